@@ -1,0 +1,173 @@
+#!/bin/sh
+# prov-entrypoint: prepare the agent user and start sshd in the foreground.
+#
+# Runs under tini (PID 1) as root, at every container start, so every step
+# must be idempotent: "docker restart" runs it again on the same filesystem.
+#
+# Environment (set by prov at "docker create"):
+#   PROV_UID, PROV_GID  numeric user and group id for "agent" (default 1000),
+#                       normally the host user's, so files in bind-mounted
+#                       host directories keep the right owner.
+# Files prov puts into the created container before it starts:
+#   /etc/ssh/ssh_host_ed25519_key(.pub)  per-container host key
+#   /etc/ssh/authorized_keys/agent       the user's public key(s)
+#
+# Nothing here may change the owner of anything inside a bind mount: host
+# directories are mounted under /home/agent, so every chown is
+# non-recursive, does not follow symlinks (-h), and skips mount points and
+# everything below them.
+set -eu
+
+HOME_DIR=/home/agent
+HOST_KEY=/etc/ssh/ssh_host_ed25519_key
+AUTH_KEYS=/etc/ssh/authorized_keys/agent
+
+die() {
+	printf 'prov-entrypoint: %s\n' "$*" >&2
+	exit 1
+}
+
+# check_id NAME VALUE: a positive decimal id that useradd/groupadd accept.
+check_id() {
+	case $2 in
+	'' | *[!0-9]*) die "$1 must be a positive integer, got '$2'" ;;
+	0) die "$1 must not be 0 (root)" ;;
+	0*) die "$1 must be written without leading zeros, got '$2'" ;;
+	esac
+	# 4294967295 is (uid_t)-1; at most 10 digits keeps the test in range.
+	if [ "${#2}" -gt 10 ] || [ "$2" -gt 4294967294 ]; then
+		die "$1 is out of range: $2"
+	fi
+}
+
+# under_mount PATH: true if PATH is a mount point at or below $HOME_DIR, or
+# lies beneath one (i.e. belongs to a bind-mounted host directory or file).
+under_mount() {
+	awk -v p="$1" -v h="$HOME_DIR" '
+		function unesc(s) {
+			gsub(/\\040/, " ", s); gsub(/\\011/, "\t", s)
+			gsub(/\\012/, "\n", s); gsub(/\\134/, "\\", s)
+			return s
+		}
+		{
+			m = unesc($5)
+			if (m != h && index(m, h "/") != 1) next
+			if (p == m || index(p, m "/") == 1) found = 1
+		}
+		END { exit !found }' /proc/self/mountinfo
+}
+
+# mounts_below_home: mount points strictly below $HOME_DIR, one per line.
+mounts_below_home() {
+	awk -v h="$HOME_DIR" '
+		function unesc(s) {
+			gsub(/\\040/, " ", s); gsub(/\\011/, "\t", s)
+			gsub(/\\012/, "\n", s); gsub(/\\134/, "\\", s)
+			return s
+		}
+		{ m = unesc($5); if (index(m, h "/") == 1) print m }' /proc/self/mountinfo
+}
+
+# give_to_agent PATH: chown PATH (only PATH itself) to agent, unless it is
+# missing or belongs to a mount.
+give_to_agent() {
+	if [ ! -e "$1" ] && [ ! -L "$1" ]; then
+		return 0
+	fi
+	if under_mount "$1"; then
+		return 0
+	fi
+	chown -h agent:agent "$1" ||
+		die "cannot chown $1 to agent"
+}
+
+# --- 1. ids ------------------------------------------------------------------
+PROV_UID=${PROV_UID:-1000}
+PROV_GID=${PROV_GID:-1000}
+check_id PROV_UID "$PROV_UID"
+check_id PROV_GID "$PROV_GID"
+
+# --- 2. group and user -------------------------------------------------------
+# The group is always called "agent". If another group already has PROV_GID
+# (e.g. GID 20 from macOS is "dialout" on Debian) it gets a second name (-o).
+if cur_gid=$(getent group agent | cut -d: -f3) && [ -n "$cur_gid" ]; then
+	if [ "$cur_gid" != "$PROV_GID" ]; then
+		groupmod -o -g "$PROV_GID" agent ||
+			die "cannot change the GID of group agent to $PROV_GID"
+	fi
+else
+	groupadd -o -g "$PROV_GID" agent ||
+		die "cannot create group agent with GID $PROV_GID"
+fi
+
+if getent passwd agent >/dev/null; then
+	cur_uid=$(id -u agent)
+	cur_gid=$(id -g agent)
+	if [ "$cur_uid" != "$PROV_UID" ] || [ "$cur_gid" != "$PROV_GID" ]; then
+		# usermod -u/-g would chown the whole home directory tree (bind
+		# mounts included) when it stats the home directory; with -d
+		# pointing at a path that does not exist it skips that, and the
+		# second call only rewrites the home field.
+		usermod -o -u "$PROV_UID" -g agent -d /nonexistent/prov-agent agent ||
+			die "cannot change agent to UID $PROV_UID / GID $PROV_GID"
+		usermod -d "$HOME_DIR" agent ||
+			die "cannot set the home directory of agent"
+	fi
+else
+	# -M: the home directory already exists (made at image build).
+	# -l: no lastlog/faillog entry (sparse multi-GB files for large UIDs).
+	useradd -o -M -l -u "$PROV_UID" -g agent -d "$HOME_DIR" -s /bin/bash agent ||
+		die "cannot create user agent with UID $PROV_UID"
+fi
+# "*": no password can match, but unlike "!" the account is not locked, so
+# sshd still allows public-key logins.
+usermod -p '*' agent >/dev/null || die "cannot set the password field of agent"
+
+# --- 3. ownership of the home directory ------------------------------------
+give_to_agent "$HOME_DIR"
+# Files copied from /etc/skel at image build (.bashrc, .profile, ...).
+find /etc/skel -mindepth 1 | while IFS= read -r skel; do
+	give_to_agent "$HOME_DIR/${skel#/etc/skel/}"
+done
+# Docker creates the missing parent directories of a bind-mount target
+# root-owned (e.g. ~/.config for ~/.config/gemini, ~/.local and ~/.local/share
+# for ~/.local/share/x): hand those to the agent. They are in the container's
+# own filesystem; give_to_agent skips any that lie inside another mount.
+give_to_agent "$HOME_DIR/.config"
+mounts_below_home | while IFS= read -r mnt; do
+	dir=$(dirname "$mnt")
+	while [ "${dir#"$HOME_DIR"/}" != "$dir" ]; do
+		if [ -d "$dir" ] && [ ! -L "$dir" ]; then
+			give_to_agent "$dir"
+		fi
+		dir=$(dirname "$dir")
+	done
+done
+
+# --- 4. injected keys --------------------------------------------------------
+[ -f "$HOST_KEY" ] ||
+	die "no host key was injected; prov puts it in before start ($HOST_KEY is missing)"
+# sshd ignores a host key that others can read; make sure it is private.
+chown root:root "$HOST_KEY" 2>/dev/null || true
+chmod 0600 "$HOST_KEY" 2>/dev/null || true
+[ -s "$AUTH_KEYS" ] ||
+	die "no authorized key was injected; prov puts it in before start ($AUTH_KEYS is missing or empty)"
+
+# --- 5. sshd -----------------------------------------------------------------
+mkdir -p /run/sshd
+chmod 0755 /run/sshd
+if ! out=$(/usr/sbin/sshd -t 2>&1); then
+	die "sshd configuration is invalid: $(printf '%s' "$out" | tr '\n' ' ')"
+fi
+
+# OpenSSH >= 9.8 penalises source addresses that fail to authenticate or
+# connect without authenticating. Behind Docker's port proxy every client has
+# the same source address, so one bad key or a readiness probe would lock out
+# every client. The keyword is unknown to older sshd (9.2, 9.6), hence not in
+# the config file but here, only where sshd accepts it.
+set -- -D -e
+if /usr/sbin/sshd -t -o PerSourcePenalties=no >/dev/null 2>&1; then
+	set -- "$@" -o PerSourcePenalties=no
+fi
+
+exec /usr/sbin/sshd "$@"

@@ -1,0 +1,140 @@
+"""`prov ssh-test`: prove a running environment works, step by step, the way NTM uses it."""
+
+from __future__ import annotations
+
+import secrets
+import shlex
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from provisioner import keys, sshconf, state
+from provisioner.config import AGENT_USER, ProvPaths
+from provisioner.engine import Engine
+from provisioner.plan import connect_host, container_name
+from provisioner.ready import Fatal, SshTarget, Transient, run_command, system_ssh
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool | None  # None: skipped because an earlier step failed
+    detail: str
+
+
+def _banner(hostname: str, port: int, timeout: float = 5.0) -> str:
+    with socket.create_connection((hostname, port), timeout=timeout) as sock:
+        sock.settimeout(timeout)
+        data = b""
+        while b"\n" not in data and len(data) < 512:
+            chunk = sock.recv(256)
+            if not chunk:
+                break
+            data += chunk
+    return data.split(b"\n", 1)[0].decode(errors="replace").strip()
+
+
+def _pinned(known_hosts: Path, alias: str) -> str | None:
+    try:
+        for line in known_hosts.read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 3 and parts[0] == alias:
+                return keys.PublicKey(parts[1], parts[2]).fingerprint
+    except FileNotFoundError:
+        return None
+    return None
+
+
+def ssh_test(name: str, paths: ProvPaths | None = None) -> list[Check]:
+    paths = paths or ProvPaths.from_env()
+    record = state.load(paths, name)
+    alias = sshconf.alias_for(name)
+    results: list[Check] = []
+
+    def add(check_name: str, fn: Callable[[], tuple[bool, str]]) -> bool:
+        # Each step builds on the one before: after a failure, say "skipped"
+        # rather than pile up consequences of the same fault.
+        if results and results[-1].ok is not True:
+            results.append(Check(check_name, None, "skipped: an earlier step failed"))
+            return False
+        try:
+            ok, detail = fn()
+        except Exception as exc:  # each step reports its own failure; the run goes on
+            ok, detail = False, f"{type(exc).__name__}: {exc}"
+        results.append(Check(check_name, ok, detail))
+        return ok
+
+    if record is None:
+        return [Check("environment recorded", False,
+                      f"prov has no record of {name!r} under {paths.envs}")]
+    engine = Engine.connect()
+    info = engine.find(container_name(name))
+    hostname = connect_host(record.bind)
+    host_pub = keys.load_or_create(paths.env_dir(name), keys.HOST_KEY_NAME, "").public
+
+    def running() -> tuple[bool, str]:
+        if info is None:
+            return False, f"no container {container_name(name)}; run `prov up {name}`"
+        return info.running, f"{info.name} is {info.status}"
+
+    def published() -> tuple[bool, str]:
+        assert info is not None  # noqa: S101 - only reached after `running` passed
+        want = (record.bind, record.port)
+        return want in info.published, f"want {want[0]}:{want[1]}, have " + (
+            ", ".join(f"{h}:{p}" for h, p in info.published) or "none")
+
+    def banner() -> tuple[bool, str]:
+        line = _banner(hostname, record.port)
+        return line.startswith("SSH-2.0-"), line or "connection closed without a banner"
+
+    target = SshTarget(hostname, record.port, AGENT_USER, host_pub, Path(record.identity_file))
+
+    def pin() -> tuple[bool, str]:
+        pinned = _pinned(paths.known_hosts, alias)
+        if pinned != host_pub.fingerprint:
+            return False, f"known_hosts pins {pinned}, prov's host key is {host_pub.fingerprint}"
+        try:
+            run_command(target, "true")
+        except Fatal as exc:
+            if "host key" in str(exc):
+                return False, str(exc)
+        except Transient as exc:
+            return False, str(exc)
+        return True, f"server presents the pinned {host_pub.fingerprint}"
+
+    def login() -> tuple[bool, str]:
+        try:
+            code, out = run_command(target, "id -un")
+        except (Fatal, Transient) as exc:
+            return False, str(exc)
+        return code == 0 and out.strip() == AGENT_USER, f"logged in as {out.strip()}"
+
+    def via_alias(command: str, expect: Callable[[int, str], bool]) -> Callable[[], tuple[bool, str]]:
+        def run() -> tuple[bool, str]:
+            code, out = system_ssh(paths.ssh_config, alias, command)
+            return expect(code, out), f"exit {code}: {out.strip()[-300:]}" if out.strip() else \
+                f"exit {code}"
+        return run
+
+    project = shlex.quote(record.project_dir)
+    session = f"prov-test-{secrets.token_hex(3)}"
+    tmux = (f"/bin/sh -c {shlex.quote(f'tmux new-session -d -s {session} -c {project}')}"
+            f" && tmux list-panes -t {session} -F '#{{pane_current_path}}'"
+            f"; rc=$?; tmux kill-session -t {session} 2>/dev/null; exit $rc")
+
+    add("container running", running)
+    add("port published as recorded", published)
+    add("SSH banner", banner)
+    add("host key matches the pin", pin)
+    add("key login", login)
+    add("command runs through the alias", via_alias("true", lambda c, _o: c == 0))
+    add("tmux and git on PATH (non-interactive and login shell)", via_alias(
+        "/bin/sh -c 'command -v tmux && command -v git' && "
+        "bash -lc 'command -v tmux && command -v git'", lambda c, _o: c == 0))
+    add("project dir at the same path, writable by agent", via_alias(
+        f"test -d {project} && test -w {project} && echo {project}", lambda c, _o: c == 0))
+    add("tmux session created the way NTM does", via_alias(
+        tmux, lambda c, o: c == 0 and record.project_dir in o))
+    return results
+

@@ -1,0 +1,108 @@
+"""Facts read from the local machine: NTM's projects_base, the project dir and
+its owner, and which agent credential paths exist. No Docker, no SSH here."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from provisioner.config import AGENT_HOME
+from provisioner.errors import ConfigError
+
+FALLBACK_UID = 1000
+
+# (path below the host home, path below the agent's home). Claude keeps state
+# both in ~/.claude/ and in ~/.claude.json; Gemini CLI uses ~/.gemini, the
+# guide names ~/.config/gemini, so both are carried when present.
+CREDENTIAL_PATHS: tuple[tuple[str, str], ...] = (
+    (".claude", ".claude"),
+    (".claude.json", ".claude.json"),
+    (".codex", ".codex"),
+    (".gemini", ".gemini"),
+    (".config/gemini", ".config/gemini"),
+)
+
+
+def ntm_config_path() -> Path:
+    if explicit := os.environ.get("NTM_CONFIG"):
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_CONFIG_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".config"
+    return base / "ntm" / "config.toml"
+
+
+def ntm_projects_base() -> Path:
+    """Where NTM looks for projects: the same order NTM itself uses."""
+    if env := os.environ.get("NTM_PROJECTS_BASE"):
+        return Path(env).expanduser().absolute()
+    path = ntm_config_path()
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        data = {}
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(
+            f"Cannot read NTM's config file {path}",
+            str(exc),
+            "fix the file, or pass --project DIR so prov does not need NTM's projects_base.",
+        ) from exc
+    configured = data.get("projects_base")
+    if isinstance(configured, str) and configured:
+        return Path(configured).expanduser().absolute()
+    return Path.home() / "ntm_Dev"
+
+
+@dataclass(frozen=True)
+class ProjectDir:
+    path: Path
+    uid: int
+    gid: int
+    owner_fallback: bool  # True when the owner was root and prov used FALLBACK_UID
+
+
+def resolve_project_dir(name: str, explicit: Path | None, create: bool) -> ProjectDir:
+    path = (explicit.expanduser() if explicit else ntm_projects_base() / name).absolute()
+    if not path.exists():
+        if not create:
+            raise ConfigError(
+                f"Project directory {path} does not exist",
+                "It is mounted into the container at the same path, where NTM will cd.",
+                "create it, pass --create-dir to let prov create it, or point --project at "
+                "an existing directory.",
+            )
+        path.mkdir(parents=True)
+    if not path.is_dir():
+        raise ConfigError(f"Project path {path} is not a directory", "",
+                          "point --project at a directory.")
+    st = path.stat()
+    if st.st_uid == 0:
+        return ProjectDir(path, FALLBACK_UID, FALLBACK_UID, True)
+    return ProjectDir(path, st.st_uid, st.st_gid, False)
+
+
+@dataclass(frozen=True)
+class CredentialMount:
+    source: Path
+    target: str
+
+
+@dataclass(frozen=True)
+class Credentials:
+    found: tuple[CredentialMount, ...]
+    missing: tuple[Path, ...]
+
+
+def find_credentials(home: Path | None = None) -> Credentials:
+    home = home or Path.home()
+    found: list[CredentialMount] = []
+    missing: list[Path] = []
+    for rel_host, rel_agent in CREDENTIAL_PATHS:
+        src = home / rel_host
+        # A missing source would make Docker create an empty root-owned dir.
+        if src.exists():
+            found.append(CredentialMount(src, f"{AGENT_HOME}/{rel_agent}"))
+        else:
+            missing.append(src)
+    return Credentials(tuple(found), tuple(missing))

@@ -1,0 +1,199 @@
+"""Pure planning: request + facts -> everything Docker and SSH need.
+
+Nothing here touches Docker, the network or the file system, so the whole
+plan can be printed with `--dry-run` and unit-tested without a daemon.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from provisioner import __version__
+from provisioner.config import AGENT_HOME, AGENT_USER, AgentCounts, ProvPaths
+from provisioner.host import CredentialMount
+from provisioner.keys import PublicKey
+from provisioner.sshconf import HostEntry, alias_for
+
+LABEL_MANAGED = "prov.managed"
+LABEL_NAME = "prov.name"
+LABEL_PORT = "prov.port"
+LABEL_BIND = "prov.bind"
+LABEL_PROJECT = "prov.project"
+LABEL_IMAGE_HASH = "prov.image-hash"
+LABEL_VERSION = "prov.version"
+LABEL_HOST_KEY = "prov.host-key-fingerprint"
+
+SSHD_PORT = "22/tcp"
+HOST_KEY_PATH = "/etc/ssh/ssh_host_ed25519_key"
+AUTHORIZED_KEYS_PATH = f"/etc/ssh/authorized_keys/{AGENT_USER}"
+
+
+def container_name(name: str) -> str:
+    return f"prov-{name}"
+
+
+@dataclass(frozen=True)
+class Mount:
+    source: Path
+    target: str
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class InjectedFile:
+    """A file put into the created container before it starts (root-owned)."""
+
+    path: str
+    mode: int
+    content: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    name: str
+    image: str
+    hostname: str
+    labels: dict[str, str]
+    environment: dict[str, str]
+    bind: str
+    port: int
+    mounts: tuple[Mount, ...]
+    files: tuple[InjectedFile, ...]
+
+
+@dataclass(frozen=True)
+class Plan:
+    env_name: str
+    container: ContainerSpec
+    ssh: HostEntry
+    project_dir: Path
+    ntm_session: str
+    ntm_command: tuple[str, ...]
+    ntm_env: dict[str, str]
+    host_key: PublicKey
+
+    @property
+    def ntm_display(self) -> str:
+        prefix = "".join(f"{k}={shlex.quote(v)} " for k, v in self.ntm_env.items())
+        return prefix + shlex.join(self.ntm_command)
+
+
+def connect_host(bind: str) -> str:
+    """Where the client connects for a port published on `bind`."""
+    addr = ipaddress.ip_address(bind)
+    if addr.is_unspecified:
+        return "::1" if addr.version == 6 else "127.0.0.1"
+    return bind
+
+
+def ntm_invocation(
+    session: str, alias: str, agents: AgentCounts, project_dir: Path, projects_base: Path
+) -> tuple[tuple[str, ...], dict[str, str]]:
+    """The `ntm spawn` command for this environment, plus the env it needs.
+
+    NTM computes the pane directory as projects_base/SESSION on the local
+    machine; when the project lives elsewhere, NTM_PROJECTS_BASE points it at
+    the project's parent so that path (which is also the mount target) exists.
+    """
+    cmd = ["ntm", "spawn", session]
+    for flag, count in (("--cc", agents.cc), ("--cod", agents.cod), ("--gmi", agents.gmi)):
+        if count:
+            cmd.append(f"{flag}={count}")
+    cmd.append(f"--ssh={alias}")
+    env: dict[str, str] = {}
+    if project_dir.parent != projects_base:
+        env["NTM_PROJECTS_BASE"] = str(project_dir.parent)
+    return tuple(cmd), env
+
+
+def build_plan(
+    *,
+    name: str,
+    image: str,
+    image_hash: str,
+    bind: str,
+    port: int,
+    project_dir: Path,
+    project_uid: int,
+    project_gid: int,
+    projects_base: Path,
+    credentials: tuple[CredentialMount, ...],
+    authorized_key: PublicKey,
+    identity_file: Path,
+    host_key_public: PublicKey,
+    host_key_private: bytes,
+    agents: AgentCounts,
+    paths: ProvPaths,
+) -> Plan:
+    alias = alias_for(name)
+    labels = {
+        LABEL_MANAGED: "true",
+        LABEL_NAME: name,
+        LABEL_PORT: str(port),
+        LABEL_BIND: bind,
+        LABEL_PROJECT: str(project_dir),
+        LABEL_IMAGE_HASH: image_hash,
+        LABEL_VERSION: __version__,
+        LABEL_HOST_KEY: host_key_public.fingerprint,
+    }
+    mounts = (Mount(project_dir, str(project_dir)),) + tuple(
+        Mount(c.source, c.target) for c in credentials
+    )
+    files = (
+        InjectedFile(HOST_KEY_PATH, 0o600, host_key_private),
+        InjectedFile(HOST_KEY_PATH + ".pub", 0o644, (host_key_public.line + "\n").encode()),
+        InjectedFile(AUTHORIZED_KEYS_PATH, 0o644, (authorized_key.line + "\n").encode()),
+    )
+    spec = ContainerSpec(
+        name=container_name(name),
+        image=image,
+        hostname=name,
+        labels=labels,
+        environment={"PROV_UID": str(project_uid), "PROV_GID": str(project_gid)},
+        bind=bind,
+        port=port,
+        mounts=mounts,
+        files=files,
+    )
+    entry = HostEntry(
+        alias=alias,
+        hostname=connect_host(bind),
+        port=port,
+        user=AGENT_USER,
+        identity_file=identity_file,
+        known_hosts=paths.known_hosts,
+        control_dir=paths.control_dir,
+    )
+    session = project_dir.name
+    cmd, env = ntm_invocation(session, alias, agents, project_dir, projects_base)
+    return Plan(
+        env_name=name,
+        container=spec,
+        ssh=entry,
+        project_dir=project_dir,
+        ntm_session=session,
+        ntm_command=cmd,
+        ntm_env=env,
+        host_key=host_key_public,
+    )
+
+
+def describe(plan: Plan) -> dict[str, object]:
+    """A JSON-ready view of the plan for --dry-run (no key material)."""
+    c = plan.container
+    return {
+        "container": c.name,
+        "image": c.image,
+        "publish": f"{c.bind}:{c.port}->{SSHD_PORT}",
+        "labels": c.labels,
+        "environment": c.environment,
+        "mounts": [f"{m.source}:{m.target}{':ro' if m.read_only else ''}" for m in c.mounts],
+        "files_injected_before_start": [f"{f.path} ({f.mode:04o})" for f in c.files],
+        "agent_home": AGENT_HOME,
+        "ssh_alias": plan.ssh.alias,
+        "host_key_fingerprint": plan.host_key.fingerprint,
+        "ntm_command": plan.ntm_display,
+    }

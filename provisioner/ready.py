@@ -1,0 +1,185 @@
+"""Readiness: running -> SSH banner -> pinned host key -> key login -> `true` exits 0.
+
+Docker's userland proxy accepts TCP connections before sshd listens, so an
+open port proves nothing; only a full login that runs a command does. Waits
+poll with short capped backoff and jitter (no fixed sleeps) and stop at once
+when the container is gone.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import random
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import paramiko
+
+from provisioner.errors import NotReady
+from provisioner.keys import PublicKey
+
+
+# paramiko logs every refused or banner-less attempt with a traceback from its
+# transport thread; waiting on purpose makes those expected, not news.
+_paramiko_log = logging.getLogger("paramiko")
+_paramiko_log.addHandler(logging.NullHandler())
+_paramiko_log.propagate = False
+
+
+@dataclass(frozen=True)
+class SshTarget:
+    host: str
+    port: int
+    user: str
+    host_key: PublicKey
+    identity_file: Path  # private key, or a .pub whose private half is in ssh-agent
+
+
+class Fatal(Exception):
+    """A readiness failure that waiting will not fix."""
+
+
+class Transient(Exception):
+    """Not ready yet; try again."""
+
+
+def _load_private_key(identity: Path) -> paramiko.PKey | None:
+    if identity.suffix == ".pub" or not identity.exists():
+        return None
+    try:
+        return paramiko.PKey.from_path(str(identity))
+    except paramiko.PasswordRequiredException:
+        return None  # encrypted: the agent is the way in
+
+
+def _client_for(target: SshTarget) -> paramiko.SSHClient:
+    client = paramiko.SSHClient()
+    key = paramiko.PKey.from_type_string(target.host_key.key_type,
+                                          base64.b64decode(target.host_key.blob_b64))
+    client.get_host_keys().add(f"[{target.host}]:{target.port}", target.host_key.key_type, key)
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    return client
+
+
+def run_command(target: SshTarget, command: str, timeout: float = 10.0) -> tuple[int, str]:
+    """Log in with the pinned host key and run `command`; (exit status, output)."""
+    client = _client_for(target)
+    pkey = _load_private_key(target.identity_file)
+    try:
+        client.connect(
+            target.host, target.port, username=target.user, pkey=pkey,
+            allow_agent=pkey is None, look_for_keys=False, timeout=timeout,
+            banner_timeout=timeout, auth_timeout=timeout,
+        )
+        _stdin, stdout, stderr = client.exec_command(command, timeout=timeout)
+        output = stdout.read().decode(errors="replace") + stderr.read().decode(errors="replace")
+        return stdout.channel.recv_exit_status(), output
+    except paramiko.BadHostKeyException as exc:
+        raise Fatal(
+            f"the server presented host key {_fingerprint(exc.key)}, not the pinned "
+            f"{target.host_key.fingerprint}: something else answers on port {target.port}"
+        ) from exc
+    except paramiko.AuthenticationException as exc:
+        raise Fatal(f"key login as {target.user} was refused ({exc})") from exc
+    except (socket.timeout, TimeoutError) as exc:
+        raise Transient("timed out waiting for the server") from exc
+    except ConnectionRefusedError as exc:
+        raise Transient("connection refused") from exc
+    except paramiko.ssh_exception.NoValidConnectionsError as exc:
+        raise Transient("connection refused") from exc
+    except (paramiko.SSHException, EOFError, OSError) as exc:
+        # Includes "Error reading SSH protocol banner": the proxy accepted
+        # the connection but sshd is not listening yet.
+        raise Transient(f"no SSH session yet ({exc or type(exc).__name__})") from exc
+    finally:
+        client.close()
+
+
+def _fingerprint(key: paramiko.PKey) -> str:
+    return PublicKey(key.get_name(), key.get_base64()).fingerprint
+
+
+ContainerProbe = Callable[[], str | None]  # None while running, else what went wrong
+
+
+def wait_ready(
+    target: SshTarget,
+    probe: ContainerProbe,
+    timeout: float,
+    on_wait: Callable[[str], None],
+    logs: Callable[[], str],
+) -> float:
+    """Block until `true` runs over SSH; return the seconds it took."""
+    start = time.monotonic()
+    deadline = start + timeout
+    delay = 0.05
+    last = "nothing tried yet"
+    while True:
+        problem = probe()
+        if problem is not None:
+            raise NotReady(
+                "The container stopped while prov waited for SSH",
+                problem,
+                "read the container's last log lines below; `prov up` again after fixing it.",
+                log_tail=logs(),
+            )
+        try:
+            status, output = run_command(target, "true", timeout=min(5.0, timeout))
+        except Transient as exc:
+            last = str(exc)
+        except Fatal as exc:
+            raise NotReady("SSH into the container failed", str(exc).capitalize() + ".",
+                           "run `prov ssh-test NAME` for details, or `prov down NAME` and "
+                           "`prov up` again.", log_tail=logs()) from exc
+        else:
+            if status == 0:
+                return time.monotonic() - start
+            last = f"`true` exited {status}: {output.strip()[:200]}"
+        now = time.monotonic()
+        if now >= deadline:
+            raise NotReady(
+                f"SSH did not become ready within {timeout:g} s",
+                f"Last attempt: {last}.",
+                "raise --timeout on a slow machine, or read the container's log below.",
+                log_tail=logs(),
+            )
+        on_wait(last)
+        time.sleep(min(delay * (1 + random.random() / 2), max(0.0, deadline - now)))  # noqa: S311 - jitter, not crypto
+        delay = min(delay * 2, 0.5)
+
+
+def system_ssh(config: Path, alias: str, command: str, timeout: float = 20.0
+               ) -> tuple[int, str]:
+    """Run `command` with the system OpenSSH client through `alias` in `config`.
+
+    Output goes to temp files, not pipes: a ControlPersist master forked by
+    this call keeps its inherited descriptors open, and a pipe would never
+    reach EOF.
+    """
+    with tempfile.TemporaryFile() as out:
+        try:
+            result = subprocess.run(
+                ["ssh", "-F", str(config), "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
+                 "--", alias, command],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                timeout=timeout, check=False,
+            )
+        except FileNotFoundError:
+            return 127, "the OpenSSH client `ssh` is not installed"
+        except subprocess.TimeoutExpired:
+            return 124, f"ssh did not finish within {timeout:g} s"
+        out.seek(0)
+        return result.returncode, out.read().decode(errors="replace")
+
+
+def stop_master(config: Path, alias: str) -> None:
+    """Close a ControlPersist master for `alias`, if one runs (best effort)."""
+    subprocess.run(["ssh", "-F", str(config), "-O", "exit", "--", alias],
+                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, timeout=10, check=False)

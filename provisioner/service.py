@@ -1,0 +1,313 @@
+"""The use cases: `up`, `down` and `ssh-test`, composed from the small modules.
+
+Data flows one way: request -> host facts -> keys -> image -> plan ->
+container (files injected before start) -> readiness -> ssh config -> result.
+Progress goes to a Reporter; only the CLI prints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import ipaddress
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from provisioner import host, keys, sshconf, state
+from provisioner.config import AGENT_USER, DEFAULT_FIRST_PORT, ProvPaths, UpRequest, is_loopback
+from provisioner.engine import ContainerInfo, Engine
+from provisioner.errors import ConflictError, NotFound, NotReady, ProvError
+from provisioner.fsutil import ensure_private_dir, file_lock
+from provisioner.image import ensure_image
+from provisioner.plan import (
+    LABEL_BIND,
+    LABEL_IMAGE_HASH,
+    LABEL_PORT,
+    LABEL_PROJECT,
+    Plan,
+    build_plan,
+    container_name,
+)
+from provisioner.ready import SshTarget, stop_master, system_ssh, wait_ready
+
+
+class Reporter(Protocol):
+    def step(self, message: str) -> None: ...
+    def note(self, message: str) -> None: ...
+    def warn(self, message: str) -> None: ...
+    def detail(self, message: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class UpResult:
+    name: str
+    container: str
+    ssh_alias: str
+    host: str
+    port: int
+    user: str
+    identity_file: str
+    known_hosts: str
+    host_key_fingerprint: str
+    project_dir: str
+    ntm_command: str
+    ntm_argv: tuple[str, ...]
+    ntm_env: dict[str, str]
+    ready_seconds: float
+    action: str  # created / started / unchanged / recreated
+
+    def public(self) -> dict[str, object]:
+        return {
+            "name": self.name, "container": self.container, "ssh_alias": self.ssh_alias,
+            "host": self.host, "port": self.port, "user": self.user,
+            "identity_file": self.identity_file, "known_hosts": self.known_hosts,
+            "host_key_fingerprint": self.host_key_fingerprint, "project_dir": self.project_dir,
+            "ntm_command": self.ntm_command,
+        }
+
+
+def _port_bindable(bind: str, port: int) -> bool:
+    family = socket.AF_INET6 if ipaddress.ip_address(bind).version == 6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((bind, port))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                return False
+            raise
+    return True
+
+
+def choose_port(engine: Engine, request: UpRequest, own: ContainerInfo | None,
+                recorded: int | None) -> int:
+    reserved = engine.reserved_ports()
+    if own is not None:
+        reserved -= {p for _, p in own.published}
+        with contextlib.suppress(ValueError):
+            reserved.discard(int(own.labels.get(LABEL_PORT, "")))
+    if request.port is not None:
+        if request.port in reserved:
+            raise ConflictError(
+                f"Port {request.port} is already reserved by another Docker container",
+                "Docker publishes it for a container prov is not creating now (it may be "
+                "stopped, and would clash when started).",
+                "pick another --port, or leave --port out to let prov choose a free one.",
+            )
+        return request.port
+    if recorded is not None and recorded not in reserved:
+        return recorded
+    for candidate in range(DEFAULT_FIRST_PORT, DEFAULT_FIRST_PORT + 2000):
+        if candidate not in reserved and _port_bindable(request.bind, candidate):
+            return candidate
+    raise ConflictError("No free port found", f"Tried {DEFAULT_FIRST_PORT}-"
+                        f"{DEFAULT_FIRST_PORT + 1999} on {request.bind}.", "pass --port.")
+
+
+def _drift(info: ContainerInfo, plan: Plan) -> list[str]:
+    want = plan.container.labels
+    diffs = []
+    for label, what in ((LABEL_IMAGE_HASH, "image"), (LABEL_PORT, "port"),
+                        (LABEL_BIND, "bind address"), (LABEL_PROJECT, "project dir")):
+        have = info.labels.get(label, "")
+        if have != want[label]:
+            shown = (have[:12], want[label][:12]) if label == LABEL_IMAGE_HASH else (have,
+                                                                                     want[label])
+            diffs.append(f"{what}: running {shown[0]!r}, asked {shown[1]!r}")
+    return diffs
+
+
+def _identity(request: UpRequest, paths: ProvPaths) -> tuple[keys.PublicKey, Path, str]:
+    """The key sshd will accept, the IdentityFile for ssh config, and its source."""
+    if request.key_file is not None:
+        pub_path = request.key_file.expanduser().absolute()
+        public = keys.read_public_key_file(pub_path)
+        private = pub_path.with_suffix("") if pub_path.suffix == ".pub" else None
+        # With only the .pub, IdentityFile still selects that key from ssh-agent.
+        identity = private if private is not None and private.exists() else pub_path
+        return public, identity, str(pub_path)
+    pair = keys.load_or_create(paths.env_dir(request.name), keys.CLIENT_KEY_NAME,
+                               f"prov-{request.name}")
+    return pair.public, paths.env_dir(request.name) / keys.CLIENT_KEY_NAME, "prov"
+
+
+def up(request: UpRequest, reporter: Reporter, paths: ProvPaths | None = None) -> UpResult:
+    paths = paths or ProvPaths.from_env()
+    ensure_private_dir(paths.home)
+    engine = Engine.connect()
+    cname = container_name(request.name)
+    existing = engine.find(cname)
+    if existing is not None and not existing.managed:
+        raise ConflictError(
+            f"A container named {cname} already exists and was not made by prov",
+            f"It has status {existing.status!r} and no prov labels; prov never touches "
+            "containers it did not create.",
+            f"choose another environment name, or remove it yourself (`docker rm -f {cname}`).",
+        )
+    if not is_loopback(request.bind):
+        reporter.warn(f"SSH will be published on {request.bind}, reachable from other "
+                      "machines; only key login for `agent` is accepted")
+    project = host.resolve_project_dir(request.name, request.project_dir, request.create_dir)
+    if project.owner_fallback:
+        reporter.warn(f"{project.path} is owned by root; the agent user gets UID/GID "
+                      f"{project.uid} instead (files agents create will belong to it)")
+    creds = host.find_credentials()
+    for mount in creds.found:
+        reporter.detail(f"mounting {mount.source} -> {mount.target}")
+    for missing in creds.missing:
+        reporter.detail(f"skipping {missing} (not present)")
+
+    with file_lock(paths.lock):
+        public, identity, key_source = _identity(request, paths)
+        host_pair = keys.load_or_create(paths.env_dir(request.name), keys.HOST_KEY_NAME,
+                                        f"prov-{request.name}-host")
+    reporter.step("image")
+    built = ensure_image(engine, request.base_image, reporter.note, reporter.detail)
+    if not built.built_now:
+        reporter.detail(f"reusing image {built.tag}")
+
+    record = state.load(paths, request.name)
+    with file_lock(paths.lock):
+        port = choose_port(engine, request, existing, record.port if record else None)
+        plan = build_plan(
+            name=request.name, image=built.tag, image_hash=built.content_hash,
+            bind=request.bind, port=port, project_dir=project.path, project_uid=project.uid,
+            project_gid=project.gid, projects_base=host.ntm_projects_base(),
+            credentials=creds.found, authorized_key=public, identity_file=identity,
+            host_key_public=host_pair.public, host_key_private=host_pair.private_openssh,
+            agents=request.agents, paths=paths,
+        )
+        action, container_id = _converge(engine, plan, existing, request, reporter)
+
+    try:
+        target = SshTarget(plan.ssh.hostname, port, AGENT_USER, host_pair.public, identity)
+        reporter.step("waiting for SSH")
+        seconds = wait_ready(
+            target, lambda: _probe(engine, container_id), request.timeout,
+            reporter.detail, lambda: engine.logs_tail(container_id),
+        )
+        with file_lock(paths.lock):
+            sshconf.pin_host_key(paths.known_hosts, plan.ssh.alias, host_pair.public.key_type,
+                                 host_pair.public.blob_b64)
+            sshconf.write_entry(paths.ssh_config, plan.ssh)
+        code, output = system_ssh(paths.ssh_config, plan.ssh.alias, "true")
+        if code != 0:
+            raise NotReady(
+                f"The system ssh client could not log in through the alias {plan.ssh.alias}",
+                f"`ssh -F {paths.ssh_config} {plan.ssh.alias} true` exited {code}: "
+                f"{output.strip()[-400:]}",
+                "check `ssh -G` output for the alias and your ssh client version.",
+            )
+    except BaseException:
+        # Nothing half-made: a container this run created goes away again.
+        if action in ("created", "recreated"):
+            engine.remove(container_id)
+        raise
+
+    with file_lock(paths.lock):
+        state.save(paths, state.EnvRecord(
+            name=request.name, port=port, bind=request.bind, project_dir=str(project.path),
+            identity_file=str(identity), authorized_key_source=key_source,
+            base_image=request.base_image,
+        ))
+        if request.write_user_ssh_config and sshconf.ensure_include(
+            host_user_ssh_config(), paths.ssh_config
+        ):
+            reporter.note(f"added `Include {paths.ssh_config}` to {host_user_ssh_config()}")
+    return UpResult(
+        name=request.name, container=plan.container.name, ssh_alias=plan.ssh.alias,
+        host=plan.ssh.hostname, port=port, user=AGENT_USER, identity_file=str(identity),
+        known_hosts=str(paths.known_hosts), host_key_fingerprint=host_pair.public.fingerprint,
+        project_dir=str(project.path), ntm_command=plan.ntm_display,
+        ntm_argv=plan.ntm_command, ntm_env=plan.ntm_env, ready_seconds=seconds, action=action,
+    )
+
+
+def host_user_ssh_config() -> Path:
+    return Path.home() / ".ssh" / "config"
+
+
+def _probe(engine: Engine, container_id: str) -> str | None:
+    info = engine.state(container_id)
+    if info.running:
+        return None
+    code = f" with code {info.exit_code}" if info.exit_code is not None else ""
+    return f"Container status is {info.status!r}{code}."
+
+
+def _converge(engine: Engine, plan: Plan, existing: ContainerInfo | None, request: UpRequest,
+              reporter: Reporter) -> tuple[str, str]:
+    """Make the container match the plan; returns (action, container id)."""
+    action = "created"
+    if existing is not None:
+        drift = _drift(existing, plan)
+        if not drift:
+            if existing.running:
+                return "unchanged", existing.id
+            reporter.step("starting the stopped container")
+            engine.start(existing.id)
+            return "started", existing.id
+        if not request.recreate:
+            raise ConflictError(
+                f"Environment {plan.env_name!r} exists but differs from what was asked",
+                "Differences: " + "; ".join(drift) + ".",
+                "run `prov up` with --recreate to replace the container (keys and host key "
+                "are kept), or repeat the original options.",
+            )
+        reporter.step("recreating the container: " + "; ".join(drift))
+        engine.remove(existing.id)
+        action = "recreated"
+    c = plan.container
+    if not _port_bindable(c.bind, c.port):
+        raise ConflictError(
+            f"Port {c.port} on {c.bind} is already in use",
+            "Another process listens there, so Docker could not publish sshd on it.",
+            "pick another --port, or leave --port out to let prov choose a free one.",
+        )
+    reporter.step("creating the container")
+    container_id = engine.create(c)
+    try:
+        engine.inject_files(container_id, [(f.path, f.mode, f.content) for f in c.files])
+        engine.start(container_id)
+    except BaseException:
+        engine.remove(container_id)
+        raise
+    return action, container_id
+
+
+@dataclass(frozen=True)
+class DownResult:
+    name: str
+    removed: bool
+
+
+def down(name: str, paths: ProvPaths | None = None) -> DownResult:
+    paths = paths or ProvPaths.from_env()
+    engine = Engine.connect()
+    cname = container_name(name)
+    info = engine.find(cname)
+    if info is None:
+        if state.load(paths, name) is None:
+            raise NotFound(f"No environment named {name!r}", "prov has no record and no "
+                           "container of that name.", "list them with `docker ps -a "
+                           "--filter label=prov.managed=true`.")
+        return DownResult(name, removed=False)
+    if not info.managed:
+        raise ConflictError(f"Container {cname} was not made by prov", "It has no prov labels.",
+                            "prov leaves it alone; remove it yourself if it is yours.")
+    stop_master(paths.ssh_config, sshconf.alias_for(name))
+    engine.remove(info.id)
+    return DownResult(name, removed=True)
+
+
+def require_env(paths: ProvPaths, name: str) -> state.EnvRecord:
+    record = state.load(paths, name)
+    if record is None:
+        raise NotFound(f"No environment named {name!r}", f"Nothing under {paths.envs}.",
+                       f"create it with `prov up {name}`.")
+    return record
+
+
+__all__ = ["DownResult", "ProvError", "Reporter", "UpResult", "down", "require_env", "up"]

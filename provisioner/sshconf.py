@@ -1,0 +1,171 @@
+"""The ssh config and known_hosts files prov owns, and the one Include line it
+adds to the user's ~/.ssh/config.
+
+NTM passes no options to ssh: port, user, key, host-key pinning and
+connection reuse must all come from ssh config, under one alias per
+environment. Rendering is pure; the file edits are atomic and only ever touch
+prov's own marked blocks.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from provisioner.fsutil import atomic_write, ensure_private_dir
+
+ALIAS_PREFIX = "prov-"
+
+
+def alias_for(name: str) -> str:
+    return ALIAS_PREFIX + name
+
+
+@dataclass(frozen=True)
+class HostEntry:
+    alias: str
+    hostname: str
+    port: int
+    user: str
+    identity_file: Path
+    known_hosts: Path
+    control_dir: Path
+
+
+def _quote(path: Path | str, token: str = "") -> str:
+    # ssh_config expands %-tokens in these paths, so a literal % is doubled;
+    # `token` (e.g. "/%C") is appended unescaped.
+    text = str(path).replace("%", "%%") + token
+    return f'"{text}"'
+
+
+def _begin(alias: str) -> str:
+    return f"# >>> prov {alias} (managed by prov; edits are overwritten)"
+
+
+def _end(alias: str) -> str:
+    return f"# <<< prov {alias}"
+
+
+def render_host_block(entry: HostEntry) -> str:
+    lines = [
+        _begin(entry.alias),
+        f"Host {entry.alias}",
+        f"    HostName {entry.hostname}",
+        f"    Port {entry.port}",
+        f"    User {entry.user}",
+        f"    IdentityFile {_quote(entry.identity_file)}",
+        "    IdentitiesOnly yes",
+        f"    UserKnownHostsFile {_quote(entry.known_hosts)}",
+        "    StrictHostKeyChecking yes",
+        # The pin is keyed by the alias, not host:port, so a port change or
+        # another environment on a reused port can never match a stale key.
+        f"    HostKeyAlias {entry.alias}",
+        "    HostKeyAlgorithms ssh-ed25519",
+        "    CheckHostIP no",
+        "    UpdateHostKeys no",
+        "    PasswordAuthentication no",
+        "    KbdInteractiveAuthentication no",
+        "    ForwardAgent no",
+        "    ForwardX11 no",
+        # NTM opens a new ssh connection for every tmux call; reuse one.
+        "    ControlMaster auto",
+        f"    ControlPath {_quote(entry.control_dir, '/%C')}",
+        "    ControlPersist 10m",
+        "    ServerAliveInterval 15",
+        "    ServerAliveCountMax 4",
+        _end(entry.alias),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _block_re(alias: str) -> re.Pattern[str]:
+    return re.compile(
+        re.escape(_begin(alias)) + r"\n.*?" + re.escape(_end(alias)) + r"\n?", re.DOTALL
+    )
+
+
+def upsert_block(text: str, entry: HostEntry) -> str:
+    block = render_host_block(entry)
+    pattern = _block_re(entry.alias)
+    if pattern.search(text):
+        return pattern.sub(lambda _m: block, text, count=1)
+    if text and not text.endswith("\n"):
+        text += "\n"
+    return text + block
+
+
+def remove_block(text: str, alias: str) -> str:
+    return _block_re(alias).sub("", text)
+
+
+def known_hosts_line(alias: str, key_type: str, blob_b64: str) -> str:
+    return f"{alias} {key_type} {blob_b64}\n"
+
+
+def upsert_known_host(text: str, alias: str, key_type: str, blob_b64: str) -> str:
+    kept = [ln for ln in text.splitlines(keepends=True) if ln.split(" ", 1)[0] != alias]
+    return "".join(kept) + known_hosts_line(alias, key_type, blob_b64)
+
+
+def remove_known_host(text: str, alias: str) -> str:
+    return "".join(ln for ln in text.splitlines(keepends=True) if ln.split(" ", 1)[0] != alias)
+
+
+def include_line(prov_config: Path) -> str:
+    return f"Include {_quote(prov_config)}"
+
+
+def with_include(user_config_text: str, prov_config: Path) -> str | None:
+    """The user's config with prov's Include added at the top, or None if present.
+
+    It goes first: an Include below a `Host` line would only apply inside that
+    host's block.
+    """
+    line = include_line(prov_config)
+    for existing in user_config_text.splitlines():
+        if existing.strip() in (line, f"Include {prov_config}"):
+            return None
+    header = "# Added by prov: aliases for its agent environments (prov-NAME)."
+    return f"{header}\n{line}\n\n{user_config_text}"
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
+
+
+def write_entry(config_path: Path, entry: HostEntry) -> None:
+    ensure_private_dir(config_path.parent)
+    ensure_private_dir(entry.control_dir)
+    atomic_write(config_path, upsert_block(_read(config_path), entry), 0o600)
+
+
+def delete_entry(config_path: Path, alias: str) -> None:
+    if config_path.exists():
+        atomic_write(config_path, remove_block(_read(config_path), alias), 0o600)
+
+
+def pin_host_key(known_hosts: Path, alias: str, key_type: str, blob_b64: str) -> None:
+    atomic_write(known_hosts, upsert_known_host(_read(known_hosts), alias, key_type, blob_b64),
+                 0o600)
+
+
+def unpin_host_key(known_hosts: Path, alias: str) -> None:
+    if known_hosts.exists():
+        atomic_write(known_hosts, remove_known_host(_read(known_hosts), alias), 0o600)
+
+
+def ensure_include(user_config: Path, prov_config: Path) -> bool:
+    """Add the Include line once; True when the file was changed."""
+    ensure_private_dir(user_config.parent)
+    existed = user_config.exists()
+    new_text = with_include(_read(user_config), prov_config)
+    if new_text is None:
+        return False
+    mode = user_config.stat().st_mode & 0o777 if existed else 0o600
+    atomic_write(user_config, new_text, mode)
+    return True

@@ -1,0 +1,49 @@
+"""prov's record of each environment, kept in PROV_HOME/envs/NAME/env.json.
+
+Together with the container's labels this is all prov knows between runs; it
+never relies on in-memory state.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from provisioner.config import ProvPaths
+from provisioner.errors import ConfigError
+from provisioner.fsutil import atomic_write
+
+RECORD_FILE = "env.json"
+
+
+@dataclass(frozen=True)
+class EnvRecord:
+    name: str
+    port: int
+    bind: str
+    project_dir: str
+    identity_file: str
+    authorized_key_source: str  # "prov" or the user's .pub path
+    base_image: str
+
+
+def save(paths: ProvPaths, record: EnvRecord) -> None:
+    atomic_write(paths.env_dir(record.name) / RECORD_FILE,
+                 json.dumps(asdict(record), indent=2) + "\n", 0o600)
+
+
+def load(paths: ProvPaths, name: str) -> EnvRecord | None:
+    path = paths.env_dir(name) / RECORD_FILE
+    try:
+        data = json.loads(path.read_text())
+        return EnvRecord(**data)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError) as exc:
+        raise ConfigError(f"prov's record of {name!r} is unreadable", f"{path}: {exc}",
+                          f"remove {path} and run `prov up {name}` again.") from exc
+
+
+def env_dir_exists(paths: ProvPaths, name: str) -> bool:
+    return Path(paths.env_dir(name)).is_dir()

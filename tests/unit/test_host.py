@@ -1,0 +1,90 @@
+"""Facts from the local machine: NTM's projects_base, project dir, credentials."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from provisioner import host
+from provisioner.baseimage import host_distro, mirror_from_sources
+from provisioner.errors import ConfigError
+
+
+def test_projects_base_order(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """NTM_PROJECTS_BASE beats the config file, which beats ~/ntm_Dev."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("NTM_PROJECTS_BASE", raising=False)
+    monkeypatch.delenv("NTM_CONFIG", raising=False)
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    assert host.ntm_projects_base() == tmp_path / "ntm_Dev"
+    cfg = tmp_path / ".config" / "ntm" / "config.toml"
+    cfg.parent.mkdir(parents=True)
+    cfg.write_text('projects_base = "~/code"\n[agents]\nclaude = "x"\n')
+    assert host.ntm_projects_base() == tmp_path / "code"
+    monkeypatch.setenv("NTM_PROJECTS_BASE", str(tmp_path / "env"))
+    assert host.ntm_projects_base() == tmp_path / "env"
+
+
+def test_broken_ntm_config_is_explained(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A malformed NTM config is reported with its path, not a TOML traceback."""
+    monkeypatch.delenv("NTM_PROJECTS_BASE", raising=False)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("projects_base = \n")
+    monkeypatch.setenv("NTM_CONFIG", str(cfg))
+    with pytest.raises(ConfigError, match="NTM's config"):
+        host.ntm_projects_base()
+
+
+def test_missing_project_dir(tmp_path: Path) -> None:
+    """A missing project dir is an error unless --create-dir."""
+    with pytest.raises(ConfigError, match="does not exist"):
+        host.resolve_project_dir("x", tmp_path / "nope", create=False)
+    made = host.resolve_project_dir("x", tmp_path / "nope", create=True)
+    assert made.path.is_dir()
+
+
+def test_project_owner_ids(tmp_path: Path) -> None:
+    """The agent gets the project owner's IDs; root-owned falls back to 1000."""
+    project = tmp_path / "p"
+    project.mkdir()
+    os.chown(project, 4321, 4322)
+    found = host.resolve_project_dir("p", project, create=False)
+    assert (found.uid, found.gid, found.owner_fallback) == (4321, 4322, False)
+    os.chown(project, 0, 0)
+    found = host.resolve_project_dir("p", project, create=False)
+    assert (found.uid, found.gid, found.owner_fallback) == (1000, 1000, True)
+
+
+def test_credentials_only_existing_ones(tmp_path: Path) -> None:
+    """Only credential paths that exist are mounted; the rest are reported missing."""
+    (tmp_path / ".claude").mkdir()
+    (tmp_path / ".claude.json").write_text("{}")
+    (tmp_path / ".config" / "gemini").mkdir(parents=True)
+    creds = host.find_credentials(tmp_path)
+    assert [(str(c.source.relative_to(tmp_path)), c.target) for c in creds.found] == [
+        (".claude", "/home/agent/.claude"),
+        (".claude.json", "/home/agent/.claude.json"),
+        (".config/gemini", "/home/agent/.config/gemini"),
+    ]
+    assert {p.name for p in creds.missing} == {".codex", ".gemini"}
+
+
+def test_mirror_from_deb822_and_one_line_sources() -> None:
+    """The mirror for the host's codename is read from either apt sources format."""
+    deb822 = ("Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\n"
+              "Components: main\n\nTypes: deb\nURIs: http://mirror.example/debian-security\n"
+              "Suites: bookworm-security\n")
+    assert mirror_from_sources([deb822], "bookworm") == "http://mirror.example/debian"
+    one_line = "# c\ndeb [arch=amd64] http://m.example/ubuntu noble main universe\n"
+    assert mirror_from_sources([one_line], "noble") == "http://m.example/ubuntu"
+    assert mirror_from_sources([one_line], "bookworm") is None
+
+
+def test_host_distro() -> None:
+    """The local base follows the host: Debian bookworm, Ubuntu noble, else unknown."""
+    assert host_distro('ID=debian\nVERSION_CODENAME=bookworm\n').tag == \
+        "prov-base:debian-bookworm"
+    assert host_distro('ID="ubuntu"\nVERSION_CODENAME=noble\n').components == "main,universe"
+    assert host_distro("ID=fedora\n") is None

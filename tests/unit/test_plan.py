@@ -1,0 +1,96 @@
+"""The pure plan: what Docker and ssh are asked to do, without a daemon."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from provisioner import keys
+from provisioner.config import AgentCounts, ProvPaths
+from provisioner.host import CredentialMount
+from provisioner.plan import build_plan, connect_host, describe
+
+
+def _plan(project: Path, base: Path, bind: str = "127.0.0.1", agents: AgentCounts | None = None):  # type: ignore[no-untyped-def]
+    client = keys.generate_ed25519("c")
+    hostkey = keys.generate_ed25519("h")
+    return build_plan(
+        name="demo", image="prov-env:abc", image_hash="abc" * 20, bind=bind, port=2222,
+        project_dir=project, project_uid=1234, project_gid=2345, projects_base=base,
+        credentials=(CredentialMount(Path("/home/u/.claude"), "/home/agent/.claude"),),
+        authorized_key=client.public, identity_file=Path("/ph/envs/demo/id_ed25519"),
+        host_key_public=hostkey.public, host_key_private=hostkey.private_openssh,
+        agents=agents or AgentCounts(), paths=ProvPaths(Path("/ph")),
+    ), client, hostkey
+
+
+def test_project_mounted_at_same_absolute_path() -> None:
+    """NTM cds to the host path inside the container, so the mount target equals the source."""
+    plan, _, _ = _plan(Path("/data/projects/demo"), Path("/data/projects"))
+    project_mount = plan.container.mounts[0]
+    assert str(project_mount.source) == project_mount.target == "/data/projects/demo"
+    assert not project_mount.read_only
+
+
+def test_published_on_loopback_with_owner_ids() -> None:
+    """SSH goes to 127.0.0.1 only, and the agent takes the project owner's UID/GID."""
+    plan, _, _ = _plan(Path("/p/demo"), Path("/p"))
+    assert (plan.container.bind, plan.container.port) == ("127.0.0.1", 2222)
+    assert plan.container.environment == {"PROV_UID": "1234", "PROV_GID": "2345"}
+    assert plan.ssh.hostname == "127.0.0.1"
+
+
+def test_keys_injected_root_owned_before_start() -> None:
+    """Host key (0600) and authorized key are files in the plan, not exec'd in later."""
+    plan, client, hostkey = _plan(Path("/p/demo"), Path("/p"))
+    files = {f.path: f for f in plan.container.files}
+    assert files["/etc/ssh/ssh_host_ed25519_key"].mode == 0o600
+    assert files["/etc/ssh/ssh_host_ed25519_key"].content == hostkey.private_openssh
+    assert files["/etc/ssh/authorized_keys/agent"].content.decode().split()[1] == \
+        client.public.blob_b64
+
+
+def test_plan_repr_and_description_hold_no_private_key() -> None:
+    """Neither repr(plan) nor the --json/--dry-run description contains key material."""
+    plan, _, hostkey = _plan(Path("/p/demo"), Path("/p"))
+    secret_line = hostkey.private_openssh.decode().splitlines()[1]
+    assert secret_line not in repr(plan)
+    assert secret_line not in str(describe(plan))
+
+
+def test_labels_let_prov_find_and_compare() -> None:
+    """Labels record what was asked, so drift can be seen from Docker alone."""
+    plan, _, hostkey = _plan(Path("/p/demo"), Path("/p"))
+    labels = plan.container.labels
+    assert labels["prov.managed"] == "true"
+    assert labels["prov.name"] == "demo"
+    assert labels["prov.port"] == "2222"
+    assert labels["prov.project"] == "/p/demo"
+    assert labels["prov.host-key-fingerprint"] == hostkey.public.fingerprint
+
+
+def test_ntm_command_uses_alias_and_counts() -> None:
+    """The handoff is an alias NTM can pass to ssh, with the requested agent counts."""
+    plan, _, _ = _plan(Path("/p/demo"), Path("/p"), agents=AgentCounts(cc=3, cod=0, gmi=1))
+    assert plan.ntm_display == "ntm spawn demo --cc=3 --gmi=1 --ssh=prov-demo"
+    assert "@" not in plan.ntm_display and ":2222" not in plan.ntm_display
+
+
+def test_ntm_projects_base_prefix_when_project_elsewhere() -> None:
+    """A project outside NTM's projects_base gets NTM_PROJECTS_BASE set to its parent."""
+    plan, _, _ = _plan(Path("/srv/code/demo"), Path("/root/ntm_Dev"))
+    assert plan.ntm_display == ("NTM_PROJECTS_BASE=/srv/code ntm spawn demo --cc=2 --cod=1 "
+                                "--ssh=prov-demo")
+
+
+def test_session_is_project_dir_name() -> None:
+    """NTM's DIR is projects_base/SESSION, so the session is the project dir's name."""
+    plan, _, _ = _plan(Path("/srv/code/webapp"), Path("/srv/code"))
+    assert plan.ntm_command[:3] == ("ntm", "spawn", "webapp")
+    assert plan.ntm_env == {}
+
+
+def test_wildcard_bind_connects_via_loopback() -> None:
+    """Publishing on 0.0.0.0 still connects locally through 127.0.0.1."""
+    assert connect_host("0.0.0.0") == "127.0.0.1"
+    assert connect_host("::") == "::1"
+    assert connect_host("192.0.2.7") == "192.0.2.7"

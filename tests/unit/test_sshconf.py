@@ -1,0 +1,111 @@
+"""The ssh config prov renders, checked with the real OpenSSH parser (`ssh -G`)."""
+
+from __future__ import annotations
+
+import re
+import stat
+import subprocess
+from pathlib import Path
+
+from provisioner import sshconf
+from provisioner.sshconf import HostEntry
+
+
+def _entry(tmp_path: Path, alias: str = "prov-demo", port: int = 2222) -> HostEntry:
+    return HostEntry(alias=alias, hostname="127.0.0.1", port=port, user="agent",
+                     identity_file=tmp_path / "my keys" / "id_ed25519",
+                     known_hosts=tmp_path / "known_hosts", control_dir=tmp_path / "cm")
+
+
+def _ssh_g(config: Path, alias: str) -> dict[str, str]:
+    out = subprocess.run(["ssh", "-G", "-F", str(config), alias], capture_output=True,
+                         text=True, check=True).stdout
+    result: dict[str, str] = {}
+    for line in out.splitlines():
+        key, _, value = line.partition(" ")
+        result.setdefault(key, value)
+    return result
+
+
+def test_alias_resolves_to_pinned_key_only_login(tmp_path: Path) -> None:
+    """OpenSSH reads the block as: our port, user, key, strict pinned known_hosts, mux."""
+    config = tmp_path / "ssh_config"
+    sshconf.write_entry(config, _entry(tmp_path))
+    seen = _ssh_g(config, "prov-demo")
+    assert seen["hostname"] == "127.0.0.1"
+    assert seen["port"] == "2222"
+    assert seen["user"] == "agent"
+    assert seen["identityfile"] == str(tmp_path / "my keys" / "id_ed25519")
+    assert seen["identitiesonly"] == "yes"
+    assert seen["stricthostkeychecking"] == "true"
+    assert seen["userknownhostsfile"].split()[0] == str(tmp_path / "known_hosts")
+    assert seen["hostkeyalias"] == "prov-demo"
+    assert seen["controlmaster"] == "auto"
+    # %C (a hash of host, port and user) keeps one master socket per environment.
+    control = Path(seen["controlpath"])
+    assert control.parent == tmp_path / "cm"
+    assert re.fullmatch(r"[0-9a-f]{40}", control.name)
+    assert seen["passwordauthentication"] == "no"
+    assert stat.S_IMODE(config.stat().st_mode) == 0o600
+
+
+def test_other_hosts_are_untouched(tmp_path: Path) -> None:
+    """Blocks are keyed by alias: updating one keeps the others and foreign text."""
+    config = tmp_path / "ssh_config"
+    config.write_text("# my own note\n")
+    sshconf.write_entry(config, _entry(tmp_path, "prov-a", 2222))
+    sshconf.write_entry(config, _entry(tmp_path, "prov-b", 2223))
+    sshconf.write_entry(config, _entry(tmp_path, "prov-a", 2300))
+    text = config.read_text()
+    assert text.startswith("# my own note\n")
+    assert text.count("Host prov-a\n") == 1
+    assert _ssh_g(config, "prov-a")["port"] == "2300"
+    assert _ssh_g(config, "prov-b")["port"] == "2223"
+    sshconf.delete_entry(config, "prov-a")
+    assert "prov-a" not in config.read_text()
+    assert _ssh_g(config, "prov-b")["port"] == "2223"
+
+
+def test_percent_in_paths_is_escaped(tmp_path: Path) -> None:
+    """A literal % in a path is written as %% so ssh's %-token expansion keeps it."""
+    weird = tmp_path / "100%real"
+    entry = HostEntry("prov-x", "127.0.0.1", 1, "agent", weird / "id", weird / "kh", weird)
+    config = tmp_path / "c"
+    config.write_text(sshconf.render_host_block(entry))
+    # `ssh -G` shows IdentityFile before token expansion, i.e. as written.
+    assert _ssh_g(config, "prov-x")["identityfile"] == str(tmp_path / "100%%real" / "id")
+
+
+def test_include_added_once_at_top(tmp_path: Path) -> None:
+    """The user's config gains one Include line, before any Host block, and keeps its text."""
+    user = tmp_path / ".ssh" / "config"
+    user.parent.mkdir()
+    user.write_text("Host other\n    Port 2200\n")
+    prov = tmp_path / "prov" / "ssh_config"
+    sshconf.write_entry(prov, _entry(tmp_path))
+    assert sshconf.ensure_include(user, prov) is True
+    assert sshconf.ensure_include(user, prov) is False
+    text = user.read_text()
+    assert text.count("Include") == 1
+    assert text.index("Include") < text.index("Host other")
+    assert _ssh_g(user, "prov-demo")["port"] == "2222"
+    assert _ssh_g(user, "other")["port"] == "2200"
+
+
+def test_include_creates_private_config(tmp_path: Path) -> None:
+    """A missing ~/.ssh/config is created 0600 inside a 0700 ~/.ssh."""
+    user = tmp_path / "home" / ".ssh" / "config"
+    sshconf.ensure_include(user, tmp_path / "prov" / "ssh_config")
+    assert stat.S_IMODE(user.stat().st_mode) == 0o600
+    assert stat.S_IMODE(user.parent.stat().st_mode) == 0o700
+
+
+def test_known_hosts_pin_replaced_and_removed(tmp_path: Path) -> None:
+    """One line per alias: re-pinning replaces it, unpinning removes only it."""
+    kh = tmp_path / "known_hosts"
+    sshconf.pin_host_key(kh, "prov-a", "ssh-ed25519", "AAAA1")
+    sshconf.pin_host_key(kh, "prov-b", "ssh-ed25519", "BBBB")
+    sshconf.pin_host_key(kh, "prov-a", "ssh-ed25519", "AAAA2")
+    assert kh.read_text().splitlines() == ["prov-b ssh-ed25519 BBBB", "prov-a ssh-ed25519 AAAA2"]
+    sshconf.unpin_host_key(kh, "prov-a")
+    assert kh.read_text() == "prov-b ssh-ed25519 BBBB\n"
