@@ -62,9 +62,10 @@ def mirror_from_sources(texts: list[str], codename: str) -> str | None:
                     continue
                 key, _, value = line.partition(":")
                 fields[key.strip().lower()] = value.strip()
-            if "deb" in fields.get("types", "").split() and codename in fields.get(
-                "suites", ""
-            ).split():
+            if (
+                "deb" in fields.get("types", "").split()
+                and codename in fields.get("suites", "").split()
+            ):
                 uris = fields.get("uris", "").split()
                 if uris:
                     return uris[0]
@@ -89,8 +90,9 @@ def host_mirror(codename: str) -> str | None:
     return mirror_from_sources(texts, codename)
 
 
-def bootstrap(distro: Distro, mirror: str, import_tar: Callable[[Path], None],
-              on_line: Callable[[str], None]) -> None:
+def bootstrap(
+    distro: Distro, mirror: str, import_tar: Callable[[Path], None], on_line: Callable[[str], None]
+) -> None:
     """Run debootstrap into a temp dir, tar it, and hand the tar to `import_tar`."""
     if shutil.which("debootstrap") is None:
         raise BuildError(
@@ -109,12 +111,18 @@ def bootstrap(distro: Distro, mirror: str, import_tar: Callable[[Path], None],
     with tempfile.TemporaryDirectory(prefix="prov-base-") as tmp:
         root = Path(tmp) / "root"
         cmd = [
-            "debootstrap", "--variant=minbase", f"--components={distro.components}",
-            f"--include={','.join(IMAGE_PACKAGES)}", distro.codename, str(root), mirror,
+            "debootstrap",
+            "--variant=minbase",
+            f"--components={distro.components}",
+            f"--include={','.join(IMAGE_PACKAGES)}",
+            distro.codename,
+            str(root),
+            mirror,
         ]
         tail: list[str] = []
-        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True) as proc:
+        with subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        ) as proc:
             assert proc.stdout is not None  # noqa: S101 - set by stdout=PIPE
             for line in proc.stdout:
                 tail = [*tail[-24:], line.rstrip()]
@@ -133,9 +141,14 @@ def bootstrap(distro: Distro, mirror: str, import_tar: Callable[[Path], None],
         tar_path = Path(tmp) / "root.tar"
         result = subprocess.run(
             ["tar", "--numeric-owner", "-C", str(root), "-cf", str(tar_path), "."],
-            capture_output=True, text=True, check=False,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if result.returncode != 0:
-            raise BuildError("Packing the bootstrapped root failed", result.stderr.strip()[-500:],
-                             "check free disk space in the temp dir.")
+            raise BuildError(
+                "Packing the bootstrapped root failed",
+                result.stderr.strip()[-500:],
+                "check free disk space in the temp dir.",
+            )
         import_tar(tar_path)

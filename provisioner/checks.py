@@ -66,8 +66,11 @@ def ssh_test(name: str, paths: ProvPaths | None = None) -> list[Check]:
         return ok
 
     if record is None:
-        return [Check("environment recorded", False,
-                      f"prov has no record of {name!r} under {paths.envs}")]
+        return [
+            Check(
+                "environment recorded", False, f"prov has no record of {name!r} under {paths.envs}"
+            )
+        ]
     engine = Engine.connect()
     info = engine.find(container_name(name))
     hostname = connect_host(record.bind)
@@ -82,7 +85,8 @@ def ssh_test(name: str, paths: ProvPaths | None = None) -> list[Check]:
         assert info is not None  # noqa: S101 - only reached after `running` passed
         want = (record.bind, record.port)
         return want in info.published, f"want {want[0]}:{want[1]}, have " + (
-            ", ".join(f"{h}:{p}" for h, p in info.published) or "none")
+            ", ".join(f"{h}:{p}" for h, p in info.published) or "none"
+        )
 
     def banner() -> tuple[bool, str]:
         line = _banner(hostname, record.port)
@@ -110,18 +114,24 @@ def ssh_test(name: str, paths: ProvPaths | None = None) -> list[Check]:
             return False, str(exc)
         return code == 0 and out.strip() == AGENT_USER, f"logged in as {out.strip()}"
 
-    def via_alias(command: str, expect: Callable[[int, str], bool]) -> Callable[[], tuple[bool, str]]:
+    def via_alias(
+        command: str, expect: Callable[[int, str], bool]
+    ) -> Callable[[], tuple[bool, str]]:
         def run() -> tuple[bool, str]:
             code, out = system_ssh(paths.ssh_config, alias, command)
-            return expect(code, out), f"exit {code}: {out.strip()[-300:]}" if out.strip() else \
-                f"exit {code}"
+            return expect(
+                code, out
+            ), f"exit {code}: {out.strip()[-300:]}" if out.strip() else f"exit {code}"
+
         return run
 
     project = shlex.quote(record.project_dir)
     session = f"prov-test-{secrets.token_hex(3)}"
-    tmux = (f"/bin/sh -c {shlex.quote(f'tmux new-session -d -s {session} -c {project}')}"
-            f" && tmux list-panes -t {session} -F '#{{pane_current_path}}'"
-            f"; rc=$?; tmux kill-session -t {session} 2>/dev/null; exit $rc")
+    tmux = (
+        f"/bin/sh -c {shlex.quote(f'tmux new-session -d -s {session} -c {project}')}"
+        f" && tmux list-panes -t {session} -F '#{{pane_current_path}}'"
+        f"; rc=$?; tmux kill-session -t {session} 2>/dev/null; exit $rc"
+    )
 
     add("container running", running)
     add("port published as recorded", published)
@@ -129,12 +139,22 @@ def ssh_test(name: str, paths: ProvPaths | None = None) -> list[Check]:
     add("host key matches the pin", pin)
     add("key login", login)
     add("command runs through the alias", via_alias("true", lambda c, _o: c == 0))
-    add("tmux and git on PATH (non-interactive and login shell)", via_alias(
-        "/bin/sh -c 'command -v tmux && command -v git' && "
-        "bash -lc 'command -v tmux && command -v git'", lambda c, _o: c == 0))
-    add("project dir at the same path, writable by agent", via_alias(
-        f"test -d {project} && test -w {project} && echo {project}", lambda c, _o: c == 0))
-    add("tmux session created the way NTM does", via_alias(
-        tmux, lambda c, o: c == 0 and record.project_dir in o))
+    add(
+        "tmux and git on PATH (non-interactive and login shell)",
+        via_alias(
+            "/bin/sh -c 'command -v tmux && command -v git' && "
+            "bash -lc 'command -v tmux && command -v git'",
+            lambda c, _o: c == 0,
+        ),
+    )
+    add(
+        "project dir at the same path, writable by agent",
+        via_alias(
+            f"test -d {project} && test -w {project} && echo {project}", lambda c, _o: c == 0
+        ),
+    )
+    add(
+        "tmux session created the way NTM does",
+        via_alias(tmux, lambda c, o: c == 0 and record.project_dir in o),
+    )
     return results
-

@@ -9,13 +9,17 @@ from __future__ import annotations
 import functools
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, ParamSpec, TypeVar
 
 import typer
 
 from provisioner.config import DEFAULT_BASE_IMAGE, DEFAULT_BIND, DEFAULT_TIMEOUT
 from provisioner.errors import ProvError
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -97,7 +101,7 @@ _verbose = False
 
 
 def _fail(exc: ProvError) -> NoReturn:
-    err.print(f"[red bold]error:[/] {escape(exc.paragraph())}", soft_wrap=False)
+    err.print(f"[red bold]error:[/] {escape(exc.paragraph())}", soft_wrap=True)
     tail = getattr(exc, "log_tail", "")
     if tail:
         err.print("[dim]--- last log lines ---[/]")
@@ -105,7 +109,7 @@ def _fail(exc: ProvError) -> NoReturn:
     raise typer.Exit(exc.exit_code)
 
 
-def _run(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+def _run(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     try:
         return fn(*args, **kwargs)
     except ProvError as exc:
@@ -117,8 +121,9 @@ def _run(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
 
 @app.callback()
 def _main(
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show build and wait details.")]
-    = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show build and wait details.")
+    ] = False,
 ) -> None:
     global _verbose
     _verbose = verbose
@@ -127,30 +132,48 @@ def _main(
 @app.command()
 def up(
     name: Annotated[str, typer.Argument(help="Environment name (also the ssh alias prov-NAME).")],
-    port: Annotated[int | None, typer.Option(help="Host port for SSH (default: a free one "
-                                                  "from 2222 up).")] = None,
-    bind: Annotated[str, typer.Option(help="Address to publish SSH on. Anything but loopback "
-                                           "exposes it to other machines.")] = DEFAULT_BIND,
-    project: Annotated[Path | None, typer.Option(help="Project dir, mounted at the same path "
-                                                      "(default: NTM's projects_base/NAME).")]
-    = None,
-    create_dir: Annotated[bool, typer.Option("--create-dir", help="Create the project dir if "
-                                                                   "missing.")] = False,
-    key: Annotated[Path | None, typer.Option(help="Your own public key (.pub) to authorize "
-                                                  "instead of a per-environment key.")] = None,
-    base_image: Annotated[str, typer.Option(help="Debian or Ubuntu base image.")]
-    = DEFAULT_BASE_IMAGE,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for SSH to be ready.")]
-    = DEFAULT_TIMEOUT,
+    port: Annotated[
+        int | None, typer.Option(help="Host port for SSH (default: a free one from 2222 up).")
+    ] = None,
+    bind: Annotated[
+        str,
+        typer.Option(
+            help="Address to publish SSH on. Anything but loopback exposes it to other machines."
+        ),
+    ] = DEFAULT_BIND,
+    project: Annotated[
+        Path | None,
+        typer.Option(
+            help="Project dir, mounted at the same path (default: NTM's projects_base/NAME)."
+        ),
+    ] = None,
+    create_dir: Annotated[
+        bool, typer.Option("--create-dir", help="Create the project dir if missing.")
+    ] = False,
+    key: Annotated[
+        Path | None,
+        typer.Option(
+            help="Your own public key (.pub) to authorize instead of a per-environment key."
+        ),
+    ] = None,
+    base_image: Annotated[
+        str, typer.Option(help="Debian or Ubuntu base image.")
+    ] = DEFAULT_BASE_IMAGE,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for SSH to be ready.")
+    ] = DEFAULT_TIMEOUT,
     cc: Annotated[int, typer.Option(help="Claude Code panes in the ntm command.")] = 2,
     cod: Annotated[int, typer.Option(help="Codex panes in the ntm command.")] = 1,
     gmi: Annotated[int, typer.Option(help="Gemini CLI panes in the ntm command.")] = 0,
-    ssh_config: Annotated[bool, typer.Option("--ssh-config/--no-ssh-config",
-                                             help="Add prov's Include to ~/.ssh/config.")] = True,
-    recreate: Annotated[bool, typer.Option("--recreate", help="Replace a container that differs "
-                                                              "from what is asked.")] = False,
-    spawn: Annotated[bool, typer.Option("--spawn", help="Run the ntm command when ready.")]
-    = False,
+    ssh_config: Annotated[
+        bool,
+        typer.Option("--ssh-config/--no-ssh-config", help="Add prov's Include to ~/.ssh/config."),
+    ] = True,
+    recreate: Annotated[
+        bool,
+        typer.Option("--recreate", help="Replace a container that differs from what is asked."),
+    ] = False,
+    spawn: Annotated[bool, typer.Option("--spawn", help="Run the ntm command when ready.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Build or reuse the image, run the environment, wait for SSH, write the alias."""
@@ -158,20 +181,35 @@ def up(
     from provisioner.config import AgentCounts, UpRequest
 
     request = _run(
-        UpRequest, name=name, port=port, bind=bind, project_dir=project, create_dir=create_dir,
-        key_file=key, base_image=base_image, timeout=timeout,
-        agents=AgentCounts(cc, cod, gmi), write_user_ssh_config=ssh_config, recreate=recreate,
+        UpRequest,
+        name=name,
+        port=port,
+        bind=bind,
+        project_dir=project,
+        create_dir=create_dir,
+        key_file=key,
+        base_image=base_image,
+        timeout=timeout,
+        agents=AgentCounts(cc, cod, gmi),
+        write_user_ssh_config=ssh_config,
+        recreate=recreate,
     )
     with ConsoleReporter(quiet=as_json) as reporter:
         result = _run(service.up, request, reporter)
     if as_json:
         out.print_json(json.dumps(result.public()))
     else:
-        verb = {"unchanged": "already running", "started": "started", "created": "ready",
-                "recreated": "recreated and ready"}[result.action]
-        err.print(f"[green bold]✓[/] {result.name} {verb} in {result.ready_seconds:.1f} s: "
-                  f"ssh {result.ssh_alias}  (host key {result.host_key_fingerprint})",
-                  soft_wrap=True)
+        verb = {
+            "unchanged": "already running",
+            "started": "started",
+            "created": "ready",
+            "recreated": "recreated and ready",
+        }[result.action]
+        err.print(
+            f"[green bold]✓[/] {result.name} {verb} in {result.ready_seconds:.1f} s: "
+            f"ssh {result.ssh_alias}  (host key {result.host_key_fingerprint})",
+            soft_wrap=True,
+        )
         err.print("Hand it to NTM with:")
         out.print(result.ntm_command, soft_wrap=True)
     if spawn:
@@ -208,10 +246,15 @@ def ssh_test(
     results = _run(checks.ssh_test, name)
     failed = [c for c in results if c.ok is not True]
     if as_json:
-        out.print_json(json.dumps({
-            "name": name, "ok": not failed,
-            "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in results],
-        }))
+        out.print_json(
+            json.dumps(
+                {
+                    "name": name,
+                    "ok": not failed,
+                    "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in results],
+                }
+            )
+        )
     else:
         for check in results:
             mark = {True: "[green]pass[/]", False: "[red]FAIL[/]", None: "[dim]skip[/]"}[check.ok]
@@ -219,9 +262,11 @@ def ssh_test(
             out.print(f"{mark}  {escape(check.name)}  [dim]{escape(detail)}[/]", soft_wrap=True)
     if failed:
         if not as_json:
-            err.print(f"[red bold]error:[/] {len([c for c in failed if c.ok is False])} check(s) "
-                      f"failed for {name}. Hint: `prov up {name}` repairs a stopped or removed "
-                      "environment; `prov up --recreate` replaces a broken one.")
+            err.print(
+                f"[red bold]error:[/] {len([c for c in failed if c.ok is False])} check(s) "
+                f"failed for {name}. Hint: `prov up {name}` repairs a stopped or removed "
+                "environment; `prov up --recreate` replaces a broken one."
+            )
         raise typer.Exit(9)
 
 

@@ -94,11 +94,17 @@ class UpRequest:
                 "--timeout is the number of seconds to wait for SSH to become ready.",
                 "pass a positive number such as 60.",
             )
-        for flag, count in (("--cc", self.agents.cc), ("--cod", self.agents.cod),
-                            ("--gmi", self.agents.gmi)):
+        for flag, count in (
+            ("--cc", self.agents.cc),
+            ("--cod", self.agents.cod),
+            ("--gmi", self.agents.gmi),
+        ):
             if count < 0:
-                raise UsageError(f"Invalid agent count {flag}={count}", "Counts cannot be negative.",
-                                 f"pass {flag}=0 to spawn none of that agent.")
+                raise UsageError(
+                    f"Invalid agent count {flag}={count}",
+                    "Counts cannot be negative.",
+                    f"pass {flag}=0 to spawn none of that agent.",
+                )
 
 
 @dataclass(frozen=True)

@@ -50,8 +50,9 @@ def _docker_errors(action: str) -> Iterator[None]:
     try:
         yield
     except docker.errors.NotFound as exc:
-        raise NotFound(f"Docker could not {action}", _explain(exc),
-                       "check the name with `docker ps -a`.") from exc
+        raise NotFound(
+            f"Docker could not {action}", _explain(exc), "check the name with `docker ps -a`."
+        ) from exc
     except docker.errors.APIError as exc:
         text = _explain(exc)
         if "port is already allocated" in text or "address already in use" in text:
@@ -60,8 +61,9 @@ def _docker_errors(action: str) -> Iterator[None]:
                 text,
                 "pick another port with --port, or stop what listens there.",
             ) from exc
-        raise ProvError(f"Docker could not {action}", text,
-                        "see the Docker daemon's log for details.") from exc
+        raise ProvError(
+            f"Docker could not {action}", text, "see the Docker daemon's log for details."
+        ) from exc
     except docker.errors.DockerException as exc:
         raise DockerUnavailable(
             "Cannot reach the Docker engine",
@@ -135,8 +137,14 @@ class Engine:
         log: list[str] = []
         with _docker_errors(f"build the image {tag}"):
             stream = self._client.api.build(
-                path=str(context), tag=tag, buildargs=buildargs, labels=labels,
-                rm=True, forcerm=True, decode=True, pull=False,
+                path=str(context),
+                tag=tag,
+                buildargs=buildargs,
+                labels=labels,
+                rm=True,
+                forcerm=True,
+                decode=True,
+                pull=False,
             )
             for chunk in stream:
                 if "stream" in chunk:
@@ -153,9 +161,12 @@ class Engine:
                         log_tail="\n".join(log[-BUILD_LOG_TAIL:]),
                     )
         if self.image_id(tag) is None:
-            raise BuildError(f"Building the image {tag} produced no image", "",
-                             "read the build log above.",
-                             log_tail="\n".join(log[-BUILD_LOG_TAIL:]))
+            raise BuildError(
+                f"Building the image {tag} produced no image",
+                "",
+                "read the build log above.",
+                log_tail="\n".join(log[-BUILD_LOG_TAIL:]),
+            )
 
     # containers -----------------------------------------------------------
 
@@ -168,7 +179,9 @@ class Engine:
 
     def list_managed(self) -> list[ContainerInfo]:
         with _docker_errors("list containers"):
-            found = self._client.api.containers(all=True, filters={"label": f"{LABEL_MANAGED}=true"})
+            found = self._client.api.containers(
+                all=True, filters={"label": f"{LABEL_MANAGED}=true"}
+            )
             infos = []
             for summary in found:
                 try:
@@ -228,8 +241,9 @@ class Engine:
         with _docker_errors("put keys into the container"):
             ok = self._client.api.put_archive(container_id, "/", buffer.getvalue())
         if not ok:
-            raise ProvError("Docker refused to put keys into the container", "",
-                            "see the Docker daemon's log.")
+            raise ProvError(
+                "Docker refused to put keys into the container", "", "see the Docker daemon's log."
+            )
 
     def start(self, container_id: str) -> None:
         with _docker_errors("start the container"):

@@ -74,8 +74,9 @@ def resolve_project_dir(name: str, explicit: Path | None, create: bool) -> Proje
             )
         path.mkdir(parents=True)
     if not path.is_dir():
-        raise ConfigError(f"Project path {path} is not a directory", "",
-                          "point --project at a directory.")
+        raise ConfigError(
+            f"Project path {path} is not a directory", "", "point --project at a directory."
+        )
     st = path.stat()
     if st.st_uid == 0:
         return ProjectDir(path, FALLBACK_UID, FALLBACK_UID, True)

@@ -27,9 +27,11 @@ def docker_context() -> Path:
     for candidate in (here / "_docker", here.parent / "docker"):
         if (candidate / "Dockerfile").is_file():
             return candidate
-    raise BuildError("prov's image assets (docker/Dockerfile) are missing",
-                     f"Looked in {here / '_docker'} and {here.parent / 'docker'}.",
-                     "reinstall prov.")
+    raise BuildError(
+        "prov's image assets (docker/Dockerfile) are missing",
+        f"Looked in {here / '_docker'} and {here.parent / 'docker'}.",
+        "reinstall prov.",
+    )
 
 
 def context_hash(context: Path, buildargs: dict[str, str], base_id: str) -> str:
@@ -89,13 +91,18 @@ def ensure_base(engine: Engine, requested: str, note: Progress, line: Progress) 
             "set PROV_APT_MIRROR to a Debian/Ubuntu mirror URL, or load a base image with "
             "`docker load` and pass --base-image.",
         )
-    note(f"{requested} is not present and cannot be pulled: building the local base "
-         f"{distro.tag} with debootstrap from {mirror} (once; about a minute)")
+    note(
+        f"{requested} is not present and cannot be pulled: building the local base "
+        f"{distro.tag} with debootstrap from {mirror} (once; about a minute)"
+    )
     baseimage.bootstrap(distro, mirror, lambda tar: engine.import_rootfs(tar, distro.tag), line)
     built = engine.image_id(distro.tag)
     if not built:
-        raise BuildError(f"Importing the local base {distro.tag} produced no image", "",
-                         "see the Docker daemon's log.")
+        raise BuildError(
+            f"Importing the local base {distro.tag} produced no image",
+            "",
+            "see the Docker daemon's log.",
+        )
     return distro.tag, built
 
 
@@ -108,6 +115,7 @@ def ensure_image(engine: Engine, base_image: str, note: Progress, line: Progress
     if engine.image_id(tag):
         return BuiltImage(tag, content_hash, base_ref, built_now=False)
     note(f"building image {tag} from {base_ref}")
-    engine.build(context, tag, buildargs,
-                 {"prov.image-hash": content_hash, "prov.base": base_ref}, line)
+    engine.build(
+        context, tag, buildargs, {"prov.image-hash": content_hash, "prov.base": base_ref}, line
+    )
     return BuiltImage(tag, content_hash, base_ref, built_now=True)

@@ -11,6 +11,7 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import load_ssh_public_key
@@ -65,7 +66,7 @@ def parse_public_key(text: str, source: str = "public key") -> PublicKey:
         )
     try:
         load_ssh_public_key(f"{parts[0]} {parts[1]}".encode())
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         kind = "a private key" if "PRIVATE KEY" in text else "not a valid OpenSSH public key"
         raise ConfigError(
             f"Cannot use {source} as an SSH public key",
@@ -85,8 +86,9 @@ def read_public_key_file(path: Path) -> PublicKey:
             "pass an existing .pub file to --key, or leave --key out to let prov make a key.",
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"Cannot read public key file {path}", str(exc),
-                          "check the path and its permissions.") from exc
+        raise ConfigError(
+            f"Cannot read public key file {path}", str(exc), "check the path and its permissions."
+        ) from exc
     return parse_public_key(text, str(path))
 
 
@@ -97,9 +99,11 @@ def generate_ed25519(comment: str) -> KeyPair:
         serialization.PrivateFormat.OpenSSH,
         serialization.NoEncryption(),
     )
-    public_line = private.public_key().public_bytes(
-        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-    ).decode()
+    public_line = (
+        private.public_key()
+        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        .decode()
+    )
     key_type, blob = public_line.split()[:2]
     return KeyPair(PublicKey(key_type, blob, comment), private_bytes)
 

@@ -139,8 +139,9 @@ def build_plan(
         LABEL_VERSION: __version__,
         LABEL_HOST_KEY: host_key_public.fingerprint,
     }
-    mounts = (Mount(project_dir, str(project_dir)),) + tuple(
-        Mount(c.source, c.target) for c in credentials
+    mounts = (
+        Mount(project_dir, str(project_dir)),
+        *(Mount(c.source, c.target) for c in credentials),
     )
     files = (
         InjectedFile(HOST_KEY_PATH, 0o600, host_key_private),

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import logging
 import random
-import socket
 import subprocess
 import tempfile
 import time
@@ -23,7 +22,6 @@ import paramiko
 
 from provisioner.errors import NotReady
 from provisioner.keys import PublicKey
-
 
 # paramiko logs every refused or banner-less attempt with a traceback from its
 # transport thread; waiting on purpose makes those expected, not news.
@@ -60,8 +58,9 @@ def _load_private_key(identity: Path) -> paramiko.PKey | None:
 
 def _client_for(target: SshTarget) -> paramiko.SSHClient:
     client = paramiko.SSHClient()
-    key = paramiko.PKey.from_type_string(target.host_key.key_type,
-                                          base64.b64decode(target.host_key.blob_b64))
+    key = paramiko.PKey.from_type_string(
+        target.host_key.key_type, base64.b64decode(target.host_key.blob_b64)
+    )
     client.get_host_keys().add(f"[{target.host}]:{target.port}", target.host_key.key_type, key)
     client.set_missing_host_key_policy(paramiko.RejectPolicy())
     return client
@@ -73,9 +72,15 @@ def run_command(target: SshTarget, command: str, timeout: float = 10.0) -> tuple
     pkey = _load_private_key(target.identity_file)
     try:
         client.connect(
-            target.host, target.port, username=target.user, pkey=pkey,
-            allow_agent=pkey is None, look_for_keys=False, timeout=timeout,
-            banner_timeout=timeout, auth_timeout=timeout,
+            target.host,
+            target.port,
+            username=target.user,
+            pkey=pkey,
+            allow_agent=pkey is None,
+            look_for_keys=False,
+            timeout=timeout,
+            banner_timeout=timeout,
+            auth_timeout=timeout,
         )
         _stdin, stdout, stderr = client.exec_command(command, timeout=timeout)
         output = stdout.read().decode(errors="replace") + stderr.read().decode(errors="replace")
@@ -87,7 +92,7 @@ def run_command(target: SshTarget, command: str, timeout: float = 10.0) -> tuple
         ) from exc
     except paramiko.AuthenticationException as exc:
         raise Fatal(f"key login as {target.user} was refused ({exc})") from exc
-    except (socket.timeout, TimeoutError) as exc:
+    except TimeoutError as exc:
         raise Transient("timed out waiting for the server") from exc
     except ConnectionRefusedError as exc:
         raise Transient("connection refused") from exc
@@ -134,9 +139,12 @@ def wait_ready(
         except Transient as exc:
             last = str(exc)
         except Fatal as exc:
-            raise NotReady("SSH into the container failed", str(exc).capitalize() + ".",
-                           "run `prov ssh-test NAME` for details, or `prov down NAME` and "
-                           "`prov up` again.", log_tail=logs()) from exc
+            raise NotReady(
+                "SSH into the container failed",
+                str(exc).capitalize() + ".",
+                "run `prov ssh-test NAME` for details, or `prov down NAME` and `prov up` again.",
+                log_tail=logs(),
+            ) from exc
         else:
             if status == 0:
                 return time.monotonic() - start
@@ -154,8 +162,7 @@ def wait_ready(
         delay = min(delay * 2, 0.5)
 
 
-def system_ssh(config: Path, alias: str, command: str, timeout: float = 20.0
-               ) -> tuple[int, str]:
+def system_ssh(config: Path, alias: str, command: str, timeout: float = 20.0) -> tuple[int, str]:
     """Run `command` with the system OpenSSH client through `alias` in `config`.
 
     Output goes to temp files, not pipes: a ControlPersist master forked by
@@ -165,10 +172,23 @@ def system_ssh(config: Path, alias: str, command: str, timeout: float = 20.0
     with tempfile.TemporaryFile() as out:
         try:
             result = subprocess.run(
-                ["ssh", "-F", str(config), "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
-                 "--", alias, command],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                timeout=timeout, check=False,
+                [
+                    "ssh",
+                    "-F",
+                    str(config),
+                    "-o",
+                    "BatchMode=yes",
+                    "-o",
+                    "ConnectTimeout=10",
+                    "--",
+                    alias,
+                    command,
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                timeout=timeout,
+                check=False,
             )
         except FileNotFoundError:
             return 127, "the OpenSSH client `ssh` is not installed"
@@ -180,6 +200,11 @@ def system_ssh(config: Path, alias: str, command: str, timeout: float = 20.0
 
 def stop_master(config: Path, alias: str) -> None:
     """Close a ControlPersist master for `alias`, if one runs (best effort)."""
-    subprocess.run(["ssh", "-F", str(config), "-O", "exit", "--", alias],
-                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL, timeout=10, check=False)
+    subprocess.run(
+        ["ssh", "-F", str(config), "-O", "exit", "--", alias],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=10,
+        check=False,
+    )

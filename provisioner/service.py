@@ -60,10 +60,16 @@ class UpResult:
 
     def public(self) -> dict[str, object]:
         return {
-            "name": self.name, "container": self.container, "ssh_alias": self.ssh_alias,
-            "host": self.host, "port": self.port, "user": self.user,
-            "identity_file": self.identity_file, "known_hosts": self.known_hosts,
-            "host_key_fingerprint": self.host_key_fingerprint, "project_dir": self.project_dir,
+            "name": self.name,
+            "container": self.container,
+            "ssh_alias": self.ssh_alias,
+            "host": self.host,
+            "port": self.port,
+            "user": self.user,
+            "identity_file": self.identity_file,
+            "known_hosts": self.known_hosts,
+            "host_key_fingerprint": self.host_key_fingerprint,
+            "project_dir": self.project_dir,
             "ntm_command": self.ntm_command,
         }
 
@@ -81,8 +87,9 @@ def _port_bindable(bind: str, port: int) -> bool:
     return True
 
 
-def choose_port(engine: Engine, request: UpRequest, own: ContainerInfo | None,
-                recorded: int | None) -> int:
+def choose_port(
+    engine: Engine, request: UpRequest, own: ContainerInfo | None, recorded: int | None
+) -> int:
     reserved = engine.reserved_ports()
     if own is not None:
         reserved -= {p for _, p in own.published}
@@ -102,19 +109,27 @@ def choose_port(engine: Engine, request: UpRequest, own: ContainerInfo | None,
     for candidate in range(DEFAULT_FIRST_PORT, DEFAULT_FIRST_PORT + 2000):
         if candidate not in reserved and _port_bindable(request.bind, candidate):
             return candidate
-    raise ConflictError("No free port found", f"Tried {DEFAULT_FIRST_PORT}-"
-                        f"{DEFAULT_FIRST_PORT + 1999} on {request.bind}.", "pass --port.")
+    raise ConflictError(
+        "No free port found",
+        f"Tried {DEFAULT_FIRST_PORT}-{DEFAULT_FIRST_PORT + 1999} on {request.bind}.",
+        "pass --port.",
+    )
 
 
 def _drift(info: ContainerInfo, plan: Plan) -> list[str]:
     want = plan.container.labels
     diffs = []
-    for label, what in ((LABEL_IMAGE_HASH, "image"), (LABEL_PORT, "port"),
-                        (LABEL_BIND, "bind address"), (LABEL_PROJECT, "project dir")):
+    for label, what in (
+        (LABEL_IMAGE_HASH, "image"),
+        (LABEL_PORT, "port"),
+        (LABEL_BIND, "bind address"),
+        (LABEL_PROJECT, "project dir"),
+    ):
         have = info.labels.get(label, "")
         if have != want[label]:
-            shown = (have[:12], want[label][:12]) if label == LABEL_IMAGE_HASH else (have,
-                                                                                     want[label])
+            shown = (
+                (have[:12], want[label][:12]) if label == LABEL_IMAGE_HASH else (have, want[label])
+            )
             diffs.append(f"{what}: running {shown[0]!r}, asked {shown[1]!r}")
     return diffs
 
@@ -128,8 +143,9 @@ def _identity(request: UpRequest, paths: ProvPaths) -> tuple[keys.PublicKey, Pat
         # With only the .pub, IdentityFile still selects that key from ssh-agent.
         identity = private if private is not None and private.exists() else pub_path
         return public, identity, str(pub_path)
-    pair = keys.load_or_create(paths.env_dir(request.name), keys.CLIENT_KEY_NAME,
-                               f"prov-{request.name}")
+    pair = keys.load_or_create(
+        paths.env_dir(request.name), keys.CLIENT_KEY_NAME, f"prov-{request.name}"
+    )
     return pair.public, paths.env_dir(request.name) / keys.CLIENT_KEY_NAME, "prov"
 
 
@@ -147,12 +163,16 @@ def up(request: UpRequest, reporter: Reporter, paths: ProvPaths | None = None) -
             f"choose another environment name, or remove it yourself (`docker rm -f {cname}`).",
         )
     if not is_loopback(request.bind):
-        reporter.warn(f"SSH will be published on {request.bind}, reachable from other "
-                      "machines; only key login for `agent` is accepted")
+        reporter.warn(
+            f"SSH will be published on {request.bind}, reachable from other "
+            "machines; only key login for `agent` is accepted"
+        )
     project = host.resolve_project_dir(request.name, request.project_dir, request.create_dir)
     if project.owner_fallback:
-        reporter.warn(f"{project.path} is owned by root; the agent user gets UID/GID "
-                      f"{project.uid} instead (files agents create will belong to it)")
+        reporter.warn(
+            f"{project.path} is owned by root; the agent user gets UID/GID "
+            f"{project.uid} instead (files agents create will belong to it)"
+        )
     creds = host.find_credentials()
     for mount in creds.found:
         reporter.detail(f"mounting {mount.source} -> {mount.target}")
@@ -161,8 +181,9 @@ def up(request: UpRequest, reporter: Reporter, paths: ProvPaths | None = None) -
 
     with file_lock(paths.lock):
         public, identity, key_source = _identity(request, paths)
-        host_pair = keys.load_or_create(paths.env_dir(request.name), keys.HOST_KEY_NAME,
-                                        f"prov-{request.name}-host")
+        host_pair = keys.load_or_create(
+            paths.env_dir(request.name), keys.HOST_KEY_NAME, f"prov-{request.name}-host"
+        )
     reporter.step("image")
     built = ensure_image(engine, request.base_image, reporter.note, reporter.detail)
     if not built.built_now:
@@ -172,12 +193,22 @@ def up(request: UpRequest, reporter: Reporter, paths: ProvPaths | None = None) -
     with file_lock(paths.lock):
         port = choose_port(engine, request, existing, record.port if record else None)
         plan = build_plan(
-            name=request.name, image=built.tag, image_hash=built.content_hash,
-            bind=request.bind, port=port, project_dir=project.path, project_uid=project.uid,
-            project_gid=project.gid, projects_base=host.ntm_projects_base(),
-            credentials=creds.found, authorized_key=public, identity_file=identity,
-            host_key_public=host_pair.public, host_key_private=host_pair.private_openssh,
-            agents=request.agents, paths=paths,
+            name=request.name,
+            image=built.tag,
+            image_hash=built.content_hash,
+            bind=request.bind,
+            port=port,
+            project_dir=project.path,
+            project_uid=project.uid,
+            project_gid=project.gid,
+            projects_base=host.ntm_projects_base(),
+            credentials=creds.found,
+            authorized_key=public,
+            identity_file=identity,
+            host_key_public=host_pair.public,
+            host_key_private=host_pair.private_openssh,
+            agents=request.agents,
+            paths=paths,
         )
         action, container_id = _converge(engine, plan, existing, request, reporter)
 
@@ -185,12 +216,19 @@ def up(request: UpRequest, reporter: Reporter, paths: ProvPaths | None = None) -
         target = SshTarget(plan.ssh.hostname, port, AGENT_USER, host_pair.public, identity)
         reporter.step("waiting for SSH")
         seconds = wait_ready(
-            target, lambda: _probe(engine, container_id), request.timeout,
-            reporter.detail, lambda: engine.logs_tail(container_id),
+            target,
+            lambda: _probe(engine, container_id),
+            request.timeout,
+            reporter.detail,
+            lambda: engine.logs_tail(container_id),
         )
         with file_lock(paths.lock):
-            sshconf.pin_host_key(paths.known_hosts, plan.ssh.alias, host_pair.public.key_type,
-                                 host_pair.public.blob_b64)
+            sshconf.pin_host_key(
+                paths.known_hosts,
+                plan.ssh.alias,
+                host_pair.public.key_type,
+                host_pair.public.blob_b64,
+            )
             sshconf.write_entry(paths.ssh_config, plan.ssh)
         code, output = system_ssh(paths.ssh_config, plan.ssh.alias, "true")
         if code != 0:
@@ -207,21 +245,38 @@ def up(request: UpRequest, reporter: Reporter, paths: ProvPaths | None = None) -
         raise
 
     with file_lock(paths.lock):
-        state.save(paths, state.EnvRecord(
-            name=request.name, port=port, bind=request.bind, project_dir=str(project.path),
-            identity_file=str(identity), authorized_key_source=key_source,
-            base_image=request.base_image,
-        ))
+        state.save(
+            paths,
+            state.EnvRecord(
+                name=request.name,
+                port=port,
+                bind=request.bind,
+                project_dir=str(project.path),
+                identity_file=str(identity),
+                authorized_key_source=key_source,
+                base_image=request.base_image,
+            ),
+        )
         if request.write_user_ssh_config and sshconf.ensure_include(
             host_user_ssh_config(), paths.ssh_config
         ):
             reporter.note(f"added `Include {paths.ssh_config}` to {host_user_ssh_config()}")
     return UpResult(
-        name=request.name, container=plan.container.name, ssh_alias=plan.ssh.alias,
-        host=plan.ssh.hostname, port=port, user=AGENT_USER, identity_file=str(identity),
-        known_hosts=str(paths.known_hosts), host_key_fingerprint=host_pair.public.fingerprint,
-        project_dir=str(project.path), ntm_command=plan.ntm_display,
-        ntm_argv=plan.ntm_command, ntm_env=plan.ntm_env, ready_seconds=seconds, action=action,
+        name=request.name,
+        container=plan.container.name,
+        ssh_alias=plan.ssh.alias,
+        host=plan.ssh.hostname,
+        port=port,
+        user=AGENT_USER,
+        identity_file=str(identity),
+        known_hosts=str(paths.known_hosts),
+        host_key_fingerprint=host_pair.public.fingerprint,
+        project_dir=str(project.path),
+        ntm_command=plan.ntm_display,
+        ntm_argv=plan.ntm_command,
+        ntm_env=plan.ntm_env,
+        ready_seconds=seconds,
+        action=action,
     )
 
 
@@ -237,8 +292,13 @@ def _probe(engine: Engine, container_id: str) -> str | None:
     return f"Container status is {info.status!r}{code}."
 
 
-def _converge(engine: Engine, plan: Plan, existing: ContainerInfo | None, request: UpRequest,
-              reporter: Reporter) -> tuple[str, str]:
+def _converge(
+    engine: Engine,
+    plan: Plan,
+    existing: ContainerInfo | None,
+    request: UpRequest,
+    reporter: Reporter,
+) -> tuple[str, str]:
     """Make the container match the plan; returns (action, container id)."""
     action = "created"
     if existing is not None:
@@ -290,13 +350,18 @@ def down(name: str, paths: ProvPaths | None = None) -> DownResult:
     info = engine.find(cname)
     if info is None:
         if state.load(paths, name) is None:
-            raise NotFound(f"No environment named {name!r}", "prov has no record and no "
-                           "container of that name.", "list them with `docker ps -a "
-                           "--filter label=prov.managed=true`.")
+            raise NotFound(
+                f"No environment named {name!r}",
+                "prov has no record and no container of that name.",
+                "list them with `docker ps -a --filter label=prov.managed=true`.",
+            )
         return DownResult(name, removed=False)
     if not info.managed:
-        raise ConflictError(f"Container {cname} was not made by prov", "It has no prov labels.",
-                            "prov leaves it alone; remove it yourself if it is yours.")
+        raise ConflictError(
+            f"Container {cname} was not made by prov",
+            "It has no prov labels.",
+            "prov leaves it alone; remove it yourself if it is yours.",
+        )
     stop_master(paths.ssh_config, sshconf.alias_for(name))
     engine.remove(info.id)
     return DownResult(name, removed=True)
@@ -305,8 +370,11 @@ def down(name: str, paths: ProvPaths | None = None) -> DownResult:
 def require_env(paths: ProvPaths, name: str) -> state.EnvRecord:
     record = state.load(paths, name)
     if record is None:
-        raise NotFound(f"No environment named {name!r}", f"Nothing under {paths.envs}.",
-                       f"create it with `prov up {name}`.")
+        raise NotFound(
+            f"No environment named {name!r}",
+            f"Nothing under {paths.envs}.",
+            f"create it with `prov up {name}`.",
+        )
     return record
 
 

@@ -150,8 +150,9 @@ def delete_entry(config_path: Path, alias: str) -> None:
 
 
 def pin_host_key(known_hosts: Path, alias: str, key_type: str, blob_b64: str) -> None:
-    atomic_write(known_hosts, upsert_known_host(_read(known_hosts), alias, key_type, blob_b64),
-                 0o600)
+    atomic_write(
+        known_hosts, upsert_known_host(_read(known_hosts), alias, key_type, blob_b64), 0o600
+    )
 
 
 def unpin_host_key(known_hosts: Path, alias: str) -> None:

@@ -29,8 +29,9 @@ class EnvRecord:
 
 
 def save(paths: ProvPaths, record: EnvRecord) -> None:
-    atomic_write(paths.env_dir(record.name) / RECORD_FILE,
-                 json.dumps(asdict(record), indent=2) + "\n", 0o600)
+    atomic_write(
+        paths.env_dir(record.name) / RECORD_FILE, json.dumps(asdict(record), indent=2) + "\n", 0o600
+    )
 
 
 def load(paths: ProvPaths, name: str) -> EnvRecord | None:
@@ -41,8 +42,11 @@ def load(paths: ProvPaths, name: str) -> EnvRecord | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError, TypeError) as exc:
-        raise ConfigError(f"prov's record of {name!r} is unreadable", f"{path}: {exc}",
-                          f"remove {path} and run `prov up {name}` again.") from exc
+        raise ConfigError(
+            f"prov's record of {name!r} is unreadable",
+            f"{path}: {exc}",
+            f"remove {path} and run `prov up {name}` again.",
+        ) from exc
 
 
 def env_dir_exists(paths: ProvPaths, name: str) -> bool:

@@ -16,8 +16,9 @@ def test_valid_names_accepted(name: str) -> None:
     assert validate_name(name) == name
 
 
-@pytest.mark.parametrize("name", ["", "-lead", "_lead", "has.dot", "has:colon", "sp ace",
-                                  "slash/x", "x" * 64, "ünï"])
+@pytest.mark.parametrize(
+    "name", ["", "-lead", "_lead", "has.dot", "has:colon", "sp ace", "slash/x", "x" * 64, "ünï"]
+)
 def test_invalid_names_rejected_with_hint(name: str) -> None:
     """Names tmux or Docker would reject fail early with an explanation."""
     with pytest.raises(UsageError) as info:

@@ -73,9 +73,11 @@ def test_credentials_only_existing_ones(tmp_path: Path) -> None:
 
 def test_mirror_from_deb822_and_one_line_sources() -> None:
     """The mirror for the host's codename is read from either apt sources format."""
-    deb822 = ("Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\n"
-              "Components: main\n\nTypes: deb\nURIs: http://mirror.example/debian-security\n"
-              "Suites: bookworm-security\n")
+    deb822 = (
+        "Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\n"
+        "Components: main\n\nTypes: deb\nURIs: http://mirror.example/debian-security\n"
+        "Suites: bookworm-security\n"
+    )
     assert mirror_from_sources([deb822], "bookworm") == "http://mirror.example/debian"
     one_line = "# c\ndeb [arch=amd64] http://m.example/ubuntu noble main universe\n"
     assert mirror_from_sources([one_line], "noble") == "http://m.example/ubuntu"
@@ -84,7 +86,6 @@ def test_mirror_from_deb822_and_one_line_sources() -> None:
 
 def test_host_distro() -> None:
     """The local base follows the host: Debian bookworm, Ubuntu noble, else unknown."""
-    assert host_distro('ID=debian\nVERSION_CODENAME=bookworm\n').tag == \
-        "prov-base:debian-bookworm"
+    assert host_distro("ID=debian\nVERSION_CODENAME=bookworm\n").tag == "prov-base:debian-bookworm"
     assert host_distro('ID="ubuntu"\nVERSION_CODENAME=noble\n').components == "main,universe"
     assert host_distro("ID=fedora\n") is None

@@ -15,12 +15,20 @@ from provisioner.errors import ConfigError
 def test_generated_key_matches_ssh_keygen_fingerprint(tmp_path: Path) -> None:
     """Our SHA256 fingerprint is the one OpenSSH prints for the same key."""
     pair = keys.load_or_create(tmp_path / "env", "id_ed25519", "prov-test")
-    out = subprocess.run(["ssh-keygen", "-lf", str(tmp_path / "env" / "id_ed25519.pub")],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["ssh-keygen", "-lf", str(tmp_path / "env" / "id_ed25519.pub")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert out.split()[1] == pair.public.fingerprint
     # OpenSSH can derive the public half from our private key file.
-    derived = subprocess.run(["ssh-keygen", "-yf", str(tmp_path / "env" / "id_ed25519")],
-                             capture_output=True, text=True, check=True).stdout
+    derived = subprocess.run(
+        ["ssh-keygen", "-yf", str(tmp_path / "env" / "id_ed25519")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert derived.split()[1] == pair.public.blob_b64
 
 
@@ -59,8 +67,10 @@ def test_repr_never_shows_private_key(tmp_path: Path) -> None:
 
 def test_user_public_key_parsed(tmp_path: Path) -> None:
     """An ssh-keygen-made .pub is accepted with its comment."""
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "me@host",
-                    "-f", str(tmp_path / "k")], check=True)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "me@host", "-f", str(tmp_path / "k")],
+        check=True,
+    )
     pub = keys.read_public_key_file(tmp_path / "k.pub")
     assert pub.key_type == "ssh-ed25519"
     assert pub.comment == "me@host"
@@ -68,14 +78,25 @@ def test_user_public_key_parsed(tmp_path: Path) -> None:
 
 def test_private_key_passed_as_public_is_explained(tmp_path: Path) -> None:
     """Passing the private key to --key says so instead of failing obscurely."""
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "k")],
-                   check=True)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "k")], check=True
+    )
     with pytest.raises(ConfigError) as info:
         keys.read_public_key_file(tmp_path / "k")
     assert "private key" in info.value.paragraph() or "one key line" in info.value.paragraph()
 
 
-@pytest.mark.parametrize("text", ["", "garbage", "ssh-ed25519 notbase64!!", "ssh-rsa AAAA"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "garbage",
+        "this is not a key",
+        "ssh-ed25519 notbase64!!",
+        "ssh-rsa AAAA",
+        "ssh-ed25519 AAAA\nssh-ed25519 BBBB",
+    ],
+)
 def test_malformed_public_key_rejected(text: str) -> None:
     """Anything that is not one valid OpenSSH key line is a ConfigError."""
     with pytest.raises(ConfigError):

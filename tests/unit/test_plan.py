@@ -13,14 +13,28 @@ from provisioner.plan import build_plan, connect_host, describe
 def _plan(project: Path, base: Path, bind: str = "127.0.0.1", agents: AgentCounts | None = None):  # type: ignore[no-untyped-def]
     client = keys.generate_ed25519("c")
     hostkey = keys.generate_ed25519("h")
-    return build_plan(
-        name="demo", image="prov-env:abc", image_hash="abc" * 20, bind=bind, port=2222,
-        project_dir=project, project_uid=1234, project_gid=2345, projects_base=base,
-        credentials=(CredentialMount(Path("/home/u/.claude"), "/home/agent/.claude"),),
-        authorized_key=client.public, identity_file=Path("/ph/envs/demo/id_ed25519"),
-        host_key_public=hostkey.public, host_key_private=hostkey.private_openssh,
-        agents=agents or AgentCounts(), paths=ProvPaths(Path("/ph")),
-    ), client, hostkey
+    return (
+        build_plan(
+            name="demo",
+            image="prov-env:abc",
+            image_hash="abc" * 20,
+            bind=bind,
+            port=2222,
+            project_dir=project,
+            project_uid=1234,
+            project_gid=2345,
+            projects_base=base,
+            credentials=(CredentialMount(Path("/home/u/.claude"), "/home/agent/.claude"),),
+            authorized_key=client.public,
+            identity_file=Path("/ph/envs/demo/id_ed25519"),
+            host_key_public=hostkey.public,
+            host_key_private=hostkey.private_openssh,
+            agents=agents or AgentCounts(),
+            paths=ProvPaths(Path("/ph")),
+        ),
+        client,
+        hostkey,
+    )
 
 
 def test_project_mounted_at_same_absolute_path() -> None:
@@ -45,8 +59,10 @@ def test_keys_injected_root_owned_before_start() -> None:
     files = {f.path: f for f in plan.container.files}
     assert files["/etc/ssh/ssh_host_ed25519_key"].mode == 0o600
     assert files["/etc/ssh/ssh_host_ed25519_key"].content == hostkey.private_openssh
-    assert files["/etc/ssh/authorized_keys/agent"].content.decode().split()[1] == \
-        client.public.blob_b64
+    assert (
+        files["/etc/ssh/authorized_keys/agent"].content.decode().split()[1]
+        == client.public.blob_b64
+    )
 
 
 def test_plan_repr_and_description_hold_no_private_key() -> None:
@@ -78,8 +94,9 @@ def test_ntm_command_uses_alias_and_counts() -> None:
 def test_ntm_projects_base_prefix_when_project_elsewhere() -> None:
     """A project outside NTM's projects_base gets NTM_PROJECTS_BASE set to its parent."""
     plan, _, _ = _plan(Path("/srv/code/demo"), Path("/root/ntm_Dev"))
-    assert plan.ntm_display == ("NTM_PROJECTS_BASE=/srv/code ntm spawn demo --cc=2 --cod=1 "
-                                "--ssh=prov-demo")
+    assert plan.ntm_display == (
+        "NTM_PROJECTS_BASE=/srv/code ntm spawn demo --cc=2 --cod=1 --ssh=prov-demo"
+    )
 
 
 def test_session_is_project_dir_name() -> None:

@@ -12,14 +12,21 @@ from provisioner.sshconf import HostEntry
 
 
 def _entry(tmp_path: Path, alias: str = "prov-demo", port: int = 2222) -> HostEntry:
-    return HostEntry(alias=alias, hostname="127.0.0.1", port=port, user="agent",
-                     identity_file=tmp_path / "my keys" / "id_ed25519",
-                     known_hosts=tmp_path / "known_hosts", control_dir=tmp_path / "cm")
+    return HostEntry(
+        alias=alias,
+        hostname="127.0.0.1",
+        port=port,
+        user="agent",
+        identity_file=tmp_path / "my keys" / "id_ed25519",
+        known_hosts=tmp_path / "known_hosts",
+        control_dir=tmp_path / "cm",
+    )
 
 
 def _ssh_g(config: Path, alias: str) -> dict[str, str]:
-    out = subprocess.run(["ssh", "-G", "-F", str(config), alias], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        ["ssh", "-G", "-F", str(config), alias], capture_output=True, text=True, check=True
+    ).stdout
     result: dict[str, str] = {}
     for line in out.splitlines():
         key, _, value = line.partition(" ")

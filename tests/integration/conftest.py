@@ -1,0 +1,142 @@
+"""Fixtures for tests against a real Docker engine, sshd, ssh client and tmux.
+
+Every test runs prov as a subprocess with its own HOME and PROV_HOME, so the
+user's real ~/.ssh and prov state are never touched. Containers carry prov's
+labels and a per-session name prefix; all of them are removed at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import docker
+import docker.errors
+import pytest
+
+PROJECT_UID = 1234
+PROJECT_GID = 1235
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/integration" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> docker.DockerClient:
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as exc:
+        pytest.fail(f"integration tests need a Docker engine (run scripts/setup.sh): {exc}")
+    return client
+
+
+@dataclass
+class Prov:
+    """Runs the prov CLI with an isolated HOME / PROV_HOME."""
+
+    home: Path
+    prov_home: Path
+    projects: Path
+    prefix: str
+    env: dict[str, str] = field(default_factory=dict)
+
+    def run(
+        self,
+        *args: str,
+        check: bool = False,
+        timeout: float = 300,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "provisioner", *args],
+            capture_output=True,
+            text=True,
+            env={**self.env, **(env or {})},
+            timeout=timeout,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"prov {' '.join(args)} exited {result.returncode}:\n"
+                f"{result.stdout}\n{result.stderr}"
+            )
+        return result
+
+    def up(self, name: str, *args: str) -> dict[str, object]:
+        result = self.run("up", name, "--json", *args, check=True)
+        return dict(json.loads(result.stdout))
+
+    def name(self, label: str) -> str:
+        return f"{self.prefix}-{label}"
+
+    def project(self, name: str) -> Path:
+        path = self.projects / name
+        path.mkdir(parents=True, exist_ok=True)
+        os.chown(path, PROJECT_UID, PROJECT_GID)
+        return path
+
+    def ssh(
+        self, alias: str, *command: str, timeout: float = 30
+    ) -> subprocess.CompletedProcess[str]:
+        """The system ssh client, through the user's config (which Includes prov's)."""
+        return subprocess.run(
+            [
+                "ssh",
+                "-F",
+                str(self.home / ".ssh" / "config"),
+                "-o",
+                "BatchMode=yes",
+                "--",
+                alias,
+                *command,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+
+
+@pytest.fixture(scope="session")
+def prov(
+    tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient
+) -> Iterator[Prov]:
+    root = tmp_path_factory.mktemp("prov")
+    home = root / "home"
+    home.mkdir()
+    projects = root / "projects"
+    projects.mkdir()
+    env = {
+        **os.environ,
+        "HOME": str(home),
+        "PROV_HOME": str(root / "ph"),
+        "NTM_PROJECTS_BASE": str(projects),
+    }
+    env.pop("NTM_CONFIG", None)
+    harness = Prov(home, root / "ph", projects, f"t{secrets.token_hex(2)}", env)
+    yield harness
+    for container in docker_client.containers.list(
+        all=True, filters={"label": "prov.managed=true"}
+    ):
+        if container.labels.get("prov.name", "").startswith(harness.prefix):
+            container.remove(force=True)
+    subprocess.run(["pkill", "-f", f"{root}/ph/cm/"], check=False)
+
+
+def prov_containers(client: docker.DockerClient, name: str) -> list[str]:
+    return [
+        c.name
+        for c in client.containers.list(all=True, filters={"name": f"prov-{name}"})
+        if c.name == f"prov-{name}"
+    ]

@@ -1,0 +1,224 @@
+"""Every bad input: one clear paragraph, a non-zero exit, no traceback, no container left."""
+
+from __future__ import annotations
+
+import io
+import socket
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+
+from tests.integration.conftest import Prov, prov_containers
+
+SSHD_WRAPPER = """#!/bin/sh
+# Test double: behaves like sshd for config checks, misbehaves when serving.
+for a in "$@"; do
+  if [ "$a" = -D ]; then {action}; fi
+done
+exec /usr/sbin/sshd.real "$@"
+"""
+
+
+def _assert_clean_failure(result, code: int, *phrases: str) -> None:  # type: ignore[no-untyped-def]
+    assert result.returncode == code, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert "error:" in result.stderr
+    for phrase in phrases:
+        assert phrase in result.stderr, result.stderr
+
+
+@pytest.fixture(scope="module")
+def local_base(prov: Prov, docker_client: docker.DockerClient) -> str:
+    """The base image prov uses on this machine (pulled or made with debootstrap)."""
+    name = prov.name("base")
+    prov.project(name)
+    env = prov.up(name)
+    image = docker_client.containers.get(str(env["container"])).image
+    prov.run("down", name, check=True)
+    return str(image.labels["prov.base"])
+
+
+def _derived_base(client: docker.DockerClient, base: str, tag: str, action: str) -> str:
+    dockerfile = (
+        f"FROM {base}\n"
+        "RUN mv /usr/sbin/sshd /usr/sbin/sshd.real\n"
+        "COPY sshd /usr/sbin/sshd\n"
+        "RUN chmod 0755 /usr/sbin/sshd\n"
+    )
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for fname, text in (
+            ("Dockerfile", dockerfile),
+            ("sshd", SSHD_WRAPPER.format(action=action)),
+        ):
+            data = text.encode()
+            info = tarfile.TarInfo(fname)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    buf.seek(0)
+    client.images.build(fileobj=buf, custom_context=True, tag=tag, rm=True)
+    return tag
+
+
+@pytest.fixture(scope="module")
+def broken_images(local_base: str, docker_client: docker.DockerClient) -> Iterator[dict[str, str]]:
+    images = {
+        "exits": _derived_base(
+            docker_client,
+            local_base,
+            "prov-test-sshd-exits:1",
+            "echo 'prov-test: sshd refuses to serve' >&2; exit 1",
+        ),
+        "hangs": _derived_base(
+            docker_client, local_base, "prov-test-sshd-hangs:1", "exec sleep infinity"
+        ),
+    }
+    empty = io.BytesIO()
+    tarfile.open(fileobj=empty, mode="w").close()
+    docker_client.api.import_image_from_data(
+        empty.getvalue(), repository="prov-test-noshell", tag="1"
+    )
+    images["noshell"] = "prov-test-noshell:1"
+    yield images
+    for ref in images.values():
+        for image in docker_client.images.list(filters={"label": f"prov.base={ref}"}):
+            docker_client.images.remove(image.id, force=True)
+        docker_client.images.remove(ref, force=True)
+    # A failed build leaves untagged intermediate layers of prov's Dockerfile.
+    docker_client.images.prune(filters={"dangling": True, "label": "prov.image=1"})
+
+
+def test_invalid_name(prov: Prov) -> None:
+    """A name tmux or Docker would reject is refused before anything happens."""
+    _assert_clean_failure(prov.run("up", "bad.name"), 2, "Invalid environment name")
+
+
+def test_missing_project_dir(prov: Prov, docker_client: docker.DockerClient) -> None:
+    """A missing project dir is an error that suggests --create-dir; nothing is created."""
+    name = prov.name("noproj")
+    _assert_clean_failure(prov.run("up", name), 2, "does not exist", "--create-dir")
+    assert prov_containers(docker_client, name) == []
+    assert not (prov.projects / name).exists()
+
+
+def test_create_dir_flag(prov: Prov) -> None:
+    """--create-dir makes the project dir and proceeds."""
+    name = prov.name("mkproj")
+    env = prov.up(name, "--create-dir")
+    assert Path(str(env["project_dir"])).is_dir()
+
+
+def test_missing_and_malformed_public_key(prov: Prov, tmp_path: Path) -> None:
+    """--key with a missing file, garbage, or a private key is explained."""
+    name = prov.name("badkey")
+    prov.project(name)
+    _assert_clean_failure(
+        prov.run("up", name, "--key", str(tmp_path / "none.pub")), 2, "does not exist"
+    )
+    (tmp_path / "junk.pub").write_text("this is not a key\n")
+    _assert_clean_failure(
+        prov.run("up", name, "--key", str(tmp_path / "junk.pub")), 2, "Cannot use"
+    )
+
+
+def test_port_in_use(prov: Prov, docker_client: docker.DockerClient) -> None:
+    """A port some process listens on is a conflict error, with no container left behind."""
+    name = prov.name("busy")
+    prov.project(name)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        result = prov.run("up", name, "--port", str(port))
+    _assert_clean_failure(result, 4, f"Port {port}", "in use")
+    assert prov_containers(docker_client, name) == []
+
+
+def test_port_reserved_by_stopped_container(
+    prov: Prov, local_base: str, docker_client: docker.DockerClient
+) -> None:
+    """A port a stopped container will publish is taken too: explicit --port is refused,
+    and automatic choice skips it."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    holder = docker_client.containers.create(
+        local_base, "true", ports={"22/tcp": ("127.0.0.1", port)}
+    )
+    try:
+        name = prov.name("reserved")
+        prov.project(name)
+        _assert_clean_failure(prov.run("up", name, "--port", str(port)), 4, "reserved")
+        assert prov_containers(docker_client, name) == []
+    finally:
+        holder.remove(force=True)
+
+
+def test_name_taken_by_foreign_container(
+    prov: Prov, local_base: str, docker_client: docker.DockerClient
+) -> None:
+    """A container named prov-NAME that prov did not make is never touched."""
+    name = prov.name("foreign")
+    prov.project(name)
+    foreign = docker_client.containers.create(local_base, "true", name=f"prov-{name}")
+    try:
+        _assert_clean_failure(prov.run("up", name), 4, "was not made by prov")
+        assert docker_client.containers.get(f"prov-{name}").id == foreign.id
+        _assert_clean_failure(prov.run("down", name), 4, "not made by prov")
+    finally:
+        foreign.remove(force=True)
+
+
+def test_docker_unreachable(prov: Prov, tmp_path: Path) -> None:
+    """No engine at DOCKER_HOST: say so and how to start one."""
+    result = prov.run(
+        "up",
+        prov.name("nodocker"),
+        "--create-dir",
+        env={"DOCKER_HOST": f"unix://{tmp_path}/no.sock"},
+    )
+    _assert_clean_failure(result, 3, "Cannot reach the Docker engine", "dockerd")
+
+
+def test_unpullable_base_image(prov: Prov) -> None:
+    """An explicit base that is neither present nor pullable is an error, not a substitute."""
+    name = prov.name("nobase")
+    prov.project(name)
+    result = prov.run("up", name, "--base-image", "prov-test-does-not-exist:1")
+    _assert_clean_failure(result, 5, "cannot be pulled", "docker load")
+
+
+def test_failed_build_shows_log_tail(
+    prov: Prov, broken_images: dict[str, str], docker_client: docker.DockerClient
+) -> None:
+    """A base the Dockerfile cannot build on fails with the end of the build log."""
+    name = prov.name("nobuild")
+    prov.project(name)
+    result = prov.run("up", name, "--base-image", broken_images["noshell"])
+    _assert_clean_failure(result, 5, "Building the image", "last log lines")
+    assert prov_containers(docker_client, name) == []
+
+
+def test_container_exit_fails_fast_with_logs(
+    prov: Prov, broken_images: dict[str, str], docker_client: docker.DockerClient
+) -> None:
+    """sshd dying at start is reported at once with its log; the container is removed."""
+    name = prov.name("dies")
+    prov.project(name)
+    result = prov.run("up", name, "--base-image", broken_images["exits"], "--timeout", "120")
+    _assert_clean_failure(result, 6, "container stopped", "sshd refuses to serve")
+    assert prov_containers(docker_client, name) == []
+
+
+def test_readiness_timeout(
+    prov: Prov, broken_images: dict[str, str], docker_client: docker.DockerClient
+) -> None:
+    """sshd that never answers hits --timeout with what was last seen; nothing is left."""
+    name = prov.name("hangs")
+    prov.project(name)
+    result = prov.run("up", name, "--base-image", broken_images["hangs"], "--timeout", "3")
+    _assert_clean_failure(result, 6, "within 3 s", "Last attempt")
+    assert prov_containers(docker_client, name) == []

@@ -1,0 +1,86 @@
+"""Keys and host keys over an environment's life: down/up, several envs, own key."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import docker
+
+from tests.integration.conftest import Prov, prov_containers
+
+
+def test_down_then_up_keeps_host_key_and_alias(
+    prov: Prov, docker_client: docker.DockerClient
+) -> None:
+    """`down` removes the container only; the next `up` presents the same pinned host key."""
+    name = prov.name("cycle")
+    prov.project(name)
+    first = prov.up(name)
+    known_before = (prov.prov_home / "known_hosts").read_text()
+    down = prov.run("down", name)
+    assert down.returncode == 0, down.stderr
+    assert prov_containers(docker_client, name) == []
+    assert (prov.prov_home / "envs" / name / "ssh_host_ed25519_key").exists()
+    assert f"Host prov-{name}\n" in (prov.prov_home / "ssh_config").read_text()
+    second = prov.up(name)
+    assert second["host_key_fingerprint"] == first["host_key_fingerprint"]
+    assert second["port"] == first["port"]
+    assert (prov.prov_home / "known_hosts").read_text() == known_before
+    # Strict checking against the old pin still lets the system client in.
+    assert prov.ssh(f"prov-{name}", "true").returncode == 0
+
+
+def test_two_environments_have_different_host_keys(prov: Prov) -> None:
+    """Each environment gets its own host key, user key and port."""
+    a, b = prov.name("hk-a"), prov.name("hk-b")
+    prov.project(a)
+    prov.project(b)
+    env_a, env_b = prov.up(a), prov.up(b)
+    assert env_a["host_key_fingerprint"] != env_b["host_key_fingerprint"]
+    assert env_a["identity_file"] != env_b["identity_file"]
+    assert env_a["port"] != env_b["port"]
+    assert prov.ssh(str(env_a["ssh_alias"]), "hostname").stdout.strip() == a
+    assert prov.ssh(str(env_b["ssh_alias"]), "hostname").stdout.strip() == b
+
+
+def test_users_own_key(prov: Prov, tmp_path: Path) -> None:
+    """--key FILE.pub authorizes the user's key and the alias uses its private half."""
+    key = tmp_path / "mykey"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    name = prov.name("ownkey")
+    prov.project(name)
+    env = prov.up(name, "--key", f"{key}.pub")
+    assert env["identity_file"] == str(key)
+    assert not (prov.prov_home / "envs" / name / "id_ed25519").exists()
+    assert prov.ssh(str(env["ssh_alias"]), "true").returncode == 0
+
+
+def test_ssh_test_fails_when_container_stopped(
+    prov: Prov, docker_client: docker.DockerClient
+) -> None:
+    """A stopped environment fails ssh-test at the first step, exit 9, rest skipped."""
+    name = prov.name("stopped")
+    prov.project(name)
+    prov.up(name)
+    docker_client.containers.get(f"prov-{name}").stop(timeout=2)
+    result = prov.run("ssh-test", name, "--json")
+    assert result.returncode == 9
+    report = json.loads(result.stdout)
+    assert report["ok"] is False
+    assert report["checks"][0]["ok"] is False
+    assert all(c["ok"] is None for c in report["checks"][1:])
+    # `up` repairs it: the stopped container is started, not replaced.
+    cid = docker_client.containers.get(f"prov-{name}").id
+    prov.up(name)
+    assert docker_client.containers.get(f"prov-{name}").id == cid
+    assert prov.run("ssh-test", name).returncode == 0
+
+
+def test_down_unknown_environment(prov: Prov) -> None:
+    """`down` of a name prov never made is a clear not-found error."""
+    result = prov.run("down", prov.name("never"))
+    assert result.returncode == 7
+    assert "No environment named" in result.stderr
+    assert "Traceback" not in result.stderr
