@@ -8,6 +8,8 @@
 #   PROV_UID, PROV_GID  numeric user and group id for "agent" (default 1000),
 #                       normally the host user's, so files in bind-mounted
 #                       host directories keep the right owner.
+#   PROV_PROJECT_DIR    the project's path, mounted at the same path as on
+#                       the host (NTM cds there).
 # Files prov puts into the created container before it starts:
 #   /etc/ssh/ssh_host_ed25519_key(.pub)  per-container host key
 #   /etc/ssh/authorized_keys/agent       the user's public key(s)
@@ -40,32 +42,37 @@ check_id() {
 	fi
 }
 
+# mount_points: every mount point of this container, one per line, with
+# mountinfo's octal escapes (space, tab, newline, backslash) undone.
+mount_points() {
+	awk '{
+		m = $5
+		gsub(/\\040/, " ", m); gsub(/\\011/, "\t", m)
+		gsub(/\\012/, "\n", m); gsub(/\\134/, "\\", m)
+		print m
+	}' /proc/self/mountinfo
+}
+
 # under_mount PATH: true if PATH is a mount point at or below $HOME_DIR, or
 # lies beneath one (i.e. belongs to a bind-mounted host directory or file).
 under_mount() {
-	awk -v p="$1" -v h="$HOME_DIR" '
-		function unesc(s) {
-			gsub(/\\040/, " ", s); gsub(/\\011/, "\t", s)
-			gsub(/\\012/, "\n", s); gsub(/\\134/, "\\", s)
-			return s
-		}
-		{
-			m = unesc($5)
-			if (m != h && index(m, h "/") != 1) next
-			if (p == m || index(p, m "/") == 1) found = 1
-		}
-		END { exit !found }' /proc/self/mountinfo
+	mount_points | awk -v p="$1" -v h="$HOME_DIR" '
+		$0 != h && index($0, h "/") != 1 { next }
+		p == $0 || index(p, $0 "/") == 1 { found = 1 }
+		END { exit !found }'
+}
+
+# in_bind_mount PATH: true if PATH is a mount point other than / or lies
+# beneath one (i.e. it is the host's, not the container's own filesystem).
+in_bind_mount() {
+	mount_points | awk -v p="$1" '
+		$0 != "/" && (p == $0 || index(p, $0 "/") == 1) { found = 1 }
+		END { exit !found }'
 }
 
 # mounts_below_home: mount points strictly below $HOME_DIR, one per line.
 mounts_below_home() {
-	awk -v h="$HOME_DIR" '
-		function unesc(s) {
-			gsub(/\\040/, " ", s); gsub(/\\011/, "\t", s)
-			gsub(/\\012/, "\n", s); gsub(/\\134/, "\\", s)
-			return s
-		}
-		{ m = unesc($5); if (index(m, h "/") == 1) print m }' /proc/self/mountinfo
+	mount_points | awk -v h="$HOME_DIR" 'index($0, h "/") == 1'
 }
 
 # give_to_agent PATH: chown PATH (only PATH itself) to agent, unless it is
@@ -143,6 +150,21 @@ mounts_below_home | while IFS= read -r mnt; do
 		dir=$(dirname "$dir")
 	done
 done
+
+# --- 3b. the way to the project -----------------------------------------------
+# The project is mounted at its host path, e.g. /root/ntm_Dev/demo. Its
+# parents inside the container are the image's own directories (Docker makes
+# missing ones root 0755, but the image's /root is 0700) and must let agent
+# pass. Only the search bit is added, and never to a directory of the host.
+if [ -n "${PROV_PROJECT_DIR:-}" ]; then
+	dir=$(dirname "$PROV_PROJECT_DIR")
+	while [ "$dir" != / ] && [ "$dir" != . ]; do
+		if [ -d "$dir" ] && [ ! -L "$dir" ] && ! in_bind_mount "$dir"; then
+			chmod a+x "$dir" || die "cannot make $dir traversable for agent"
+		fi
+		dir=$(dirname "$dir")
+	done
+fi
 
 # --- 4. injected keys --------------------------------------------------------
 [ -f "$HOST_KEY" ] ||

@@ -90,8 +90,17 @@ def host_mirror(codename: str) -> str | None:
     return mirror_from_sources(texts, codename)
 
 
+def is_milestone(line: str) -> bool:
+    """debootstrap's phase lines ("I: Unpacking the base system..."), not per-package ones."""
+    return line.startswith("I: ") and (line.endswith("...") or "successfully" in line)
+
+
 def bootstrap(
-    distro: Distro, mirror: str, import_tar: Callable[[Path], None], on_line: Callable[[str], None]
+    distro: Distro,
+    mirror: str,
+    import_tar: Callable[[Path], None],
+    on_line: Callable[[str], None],
+    on_milestone: Callable[[str], None],
 ) -> None:
     """Run debootstrap into a temp dir, tar it, and hand the tar to `import_tar`."""
     if shutil.which("debootstrap") is None:
@@ -126,7 +135,7 @@ def bootstrap(
             assert proc.stdout is not None  # noqa: S101 - set by stdout=PIPE
             for line in proc.stdout:
                 tail = [*tail[-24:], line.rstrip()]
-                on_line(line.rstrip())
+                (on_milestone if is_milestone(line.rstrip()) else on_line)(line.rstrip())
         if proc.returncode != 0:
             raise BuildError(
                 f"debootstrap of {distro.id} {distro.codename} failed (exit {proc.returncode})",

@@ -85,16 +85,16 @@ class ConsoleReporter:
 
     def note(self, message: str) -> None:
         if not self.quiet:
-            err.print(f"  {escape(message)}")
+            err.print(f"  {escape(message)}", soft_wrap=True)
 
     def warn(self, message: str) -> None:
-        err.print(f"[yellow]warning:[/] {escape(message)}")
+        err.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
 
     def detail(self, message: str) -> None:
         if self._status is not None:
             self._status.update(escape(message[:150]))
-        elif not self.quiet and err.is_terminal is False and _verbose:
-            err.print(f"  {escape(message)}")
+        if _verbose and not self.quiet:
+            err.print(f"  [dim]{escape(message)}[/]", soft_wrap=True)
 
 
 _verbose = False

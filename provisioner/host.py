@@ -54,6 +54,13 @@ def ntm_projects_base() -> Path:
     return Path.home() / "ntm_Dev"
 
 
+def _unprivileged_owner() -> tuple[int, int]:
+    uid, gid = os.environ.get("SUDO_UID", ""), os.environ.get("SUDO_GID", "")
+    if uid.isdigit() and gid.isdigit() and int(uid) != 0:
+        return int(uid), int(gid)
+    return FALLBACK_UID, FALLBACK_UID
+
+
 @dataclass(frozen=True)
 class ProjectDir:
     path: Path
@@ -73,13 +80,19 @@ def resolve_project_dir(name: str, explicit: Path | None, create: bool) -> Proje
                 "an existing directory.",
             )
         path.mkdir(parents=True)
+        if os.geteuid() == 0:
+            # Made by prov as root: give the new, empty dir to the user agents
+            # run as (the sudo caller, else the fallback UID), or they could
+            # not write to their own project.
+            os.chown(path, *_unprivileged_owner())
     if not path.is_dir():
         raise ConfigError(
             f"Project path {path} is not a directory", "", "point --project at a directory."
         )
     st = path.stat()
     if st.st_uid == 0:
-        return ProjectDir(path, FALLBACK_UID, FALLBACK_UID, True)
+        uid, gid = _unprivileged_owner()
+        return ProjectDir(path, uid, gid, True)
     return ProjectDir(path, st.st_uid, st.st_gid, False)
 
 

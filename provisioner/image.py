@@ -95,7 +95,9 @@ def ensure_base(engine: Engine, requested: str, note: Progress, line: Progress) 
         f"{requested} is not present and cannot be pulled: building the local base "
         f"{distro.tag} with debootstrap from {mirror} (once; about a minute)"
     )
-    baseimage.bootstrap(distro, mirror, lambda tar: engine.import_rootfs(tar, distro.tag), line)
+    baseimage.bootstrap(
+        distro, mirror, lambda tar: engine.import_rootfs(tar, distro.tag), line, note
+    )
     built = engine.image_id(distro.tag)
     if not built:
         raise BuildError(
@@ -115,7 +117,12 @@ def ensure_image(engine: Engine, base_image: str, note: Progress, line: Progress
     if engine.image_id(tag):
         return BuiltImage(tag, content_hash, base_ref, built_now=False)
     note(f"building image {tag} from {base_ref}")
+    # "Step N/M" lines are the build's milestones; the rest is detail.
     engine.build(
-        context, tag, buildargs, {"prov.image-hash": content_hash, "prov.base": base_ref}, line
+        context,
+        tag,
+        buildargs,
+        {"prov.image-hash": content_hash, "prov.base": base_ref},
+        lambda text: (note if text.startswith("Step ") else line)(text),
     )
     return BuiltImage(tag, content_hash, base_ref, built_now=True)

@@ -153,7 +153,11 @@ def build_plan(
         image=image,
         hostname=name,
         labels=labels,
-        environment={"PROV_UID": str(project_uid), "PROV_GID": str(project_gid)},
+        environment={
+            "PROV_UID": str(project_uid),
+            "PROV_GID": str(project_gid),
+            "PROV_PROJECT_DIR": str(project_dir),
+        },
         bind=bind,
         port=port,
         mounts=mounts,

@@ -170,14 +170,16 @@ def up(request: UpRequest, reporter: Reporter, paths: ProvPaths | None = None) -
     project = host.resolve_project_dir(request.name, request.project_dir, request.create_dir)
     if project.owner_fallback:
         reporter.warn(
-            f"{project.path} is owned by root; the agent user gets UID/GID "
-            f"{project.uid} instead (files agents create will belong to it)"
+            f"{project.path} is owned by root, and agents do not run as root: the agent "
+            f"user gets UID/GID {project.uid}:{project.gid} and cannot write there unless "
+            f"you give it the dir (`chown -R {project.uid}:{project.gid} {project.path}`) "
+            "or use a project dir owned by a regular user"
         )
     creds = host.find_credentials()
-    for mount in creds.found:
-        reporter.detail(f"mounting {mount.source} -> {mount.target}")
-    for missing in creds.missing:
-        reporter.detail(f"skipping {missing} (not present)")
+    if creds.found:
+        reporter.note("credentials mounted: " + ", ".join(str(c.source) for c in creds.found))
+    if creds.missing:
+        reporter.note("not found, not mounted: " + ", ".join(str(p) for p in creds.missing))
 
     with file_lock(paths.lock):
         public, identity, key_source = _identity(request, paths)

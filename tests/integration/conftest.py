@@ -115,6 +115,13 @@ def prov(
     root = tmp_path_factory.mktemp("prov")
     home = root / "home"
     home.mkdir()
+    # Agent credentials as a user has them: Codex's dir and Claude's JSON file
+    # exist, Gemini's do not (they must not be created by Docker).
+    (home / ".codex").mkdir()
+    (home / ".codex" / "auth.json").write_text('{"token": "t0"}')
+    (home / ".claude.json").write_text("{}")
+    for path in (home / ".codex", home / ".codex" / "auth.json", home / ".claude.json"):
+        os.chown(path, PROJECT_UID, PROJECT_GID)
     projects = root / "projects"
     projects.mkdir()
     env = {

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 from pathlib import Path
 
 import docker
+import pytest
 
 from tests.integration.conftest import Prov, prov_containers
 
@@ -84,3 +87,18 @@ def test_down_unknown_environment(prov: Prov) -> None:
     assert result.returncode == 7
     assert "No environment named" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the quick start's root case")
+def test_project_created_under_root_home_is_usable(prov: Prov) -> None:
+    """As root, `--create-dir` under /root (0700 in the image too) gives agents a
+    reachable, writable project: the quick start's case."""
+    base = Path("/root") / f".prov-test-{prov.prefix}"
+    name = prov.name("rootdir")
+    try:
+        env = prov.up(name, "--create-dir", "--project", str(base / name))
+        assert Path(str(env["project_dir"])).stat().st_uid == 1000
+        assert prov.run("ssh-test", name).returncode == 0
+        assert prov.ssh(str(env["ssh_alias"]), f"touch {base / name}/x").returncode == 0
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

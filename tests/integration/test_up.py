@@ -144,6 +144,22 @@ def _ntm_tmux(prov: Prov, alias: str, *tmux_args: str) -> subprocess.CompletedPr
     )
 
 
+def test_existing_credentials_mounted_writable(prov: Prov, env: dict[str, object]) -> None:
+    """~/.codex and ~/.claude.json reach the agent's home, writable (token refreshes);
+    missing ~/.gemini is neither mounted nor created on the host."""
+    alias = str(env["ssh_alias"])
+    result = prov.ssh(
+        alias,
+        'cat ~/.codex/auth.json && echo \'{"token": "t1"}\' > ~/.codex/auth.json '
+        "&& test -f ~/.claude.json && test ! -e ~/.gemini && mkdir -p ~/.config/x",
+    )
+    assert result.returncode == 0, result.stderr
+    assert '"t0"' in result.stdout
+    assert '"t1"' in (prov.home / ".codex" / "auth.json").read_text()
+    assert not (prov.home / ".gemini").exists()
+    assert not (prov.home / ".config" / "gemini").exists()
+
+
 def test_ntm_spawn_calls_work_over_the_alias(prov: Prov, env: dict[str, object]) -> None:
     """tmux -V, new-session -c DIR, send-keys `cd DIR && ...`: the file appears on the host,
     owned by the project's owner."""

@@ -45,6 +45,20 @@ def test_missing_project_dir(tmp_path: Path) -> None:
     assert made.path.is_dir()
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a dir to another user")
+def test_created_dir_given_to_unprivileged_user(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dir prov creates as root belongs to the sudo caller (else UID 1000), not root."""
+    monkeypatch.setenv("SUDO_UID", "4444")
+    monkeypatch.setenv("SUDO_GID", "4445")
+    made = host.resolve_project_dir("x", tmp_path / "a", create=True)
+    assert (made.uid, made.gid, made.owner_fallback) == (4444, 4445, False)
+    monkeypatch.delenv("SUDO_UID")
+    made = host.resolve_project_dir("x", tmp_path / "b", create=True)
+    assert (made.path.stat().st_uid, made.uid, made.owner_fallback) == (1000, 1000, False)
+
+
 def test_project_owner_ids(tmp_path: Path) -> None:
     """The agent gets the project owner's IDs; root-owned falls back to 1000."""
     project = tmp_path / "p"

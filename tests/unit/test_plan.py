@@ -49,7 +49,11 @@ def test_published_on_loopback_with_owner_ids() -> None:
     """SSH goes to 127.0.0.1 only, and the agent takes the project owner's UID/GID."""
     plan, _, _ = _plan(Path("/p/demo"), Path("/p"))
     assert (plan.container.bind, plan.container.port) == ("127.0.0.1", 2222)
-    assert plan.container.environment == {"PROV_UID": "1234", "PROV_GID": "2345"}
+    assert plan.container.environment == {
+        "PROV_UID": "1234",
+        "PROV_GID": "2345",
+        "PROV_PROJECT_DIR": "/p/demo",
+    }
     assert plan.ssh.hostname == "127.0.0.1"
 
 

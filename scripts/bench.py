@@ -1,0 +1,258 @@
+#!/usr/bin/env python3
+"""Measure prov's speed and print the figures, with the machine they ran on.
+
+- warm `prov up` to ready (image present, container absent), against the
+  guide's manual sequence in the same run: `docker run` of an sshd image with
+  baked host keys, `docker exec` appending the key, then an ssh retry loop;
+- `prov --help` wall time;
+- an ssh round trip through the alias, with and without connection reuse.
+
+Targets (issue 2): warm up within 1.3x the manual sequence, --help under 0.3 s.
+Everything runs against the local engine with loopback ports; all containers,
+images and temp files it makes are removed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import docker
+
+MANUAL_TAG = "prov-bench-manual:latest"
+
+
+def prov_exe() -> list[str]:
+    script = Path(sys.executable).parent / "prov"
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("prov")
+    if found:
+        return [found]
+    sys.exit("bench: the prov console script is not installed (run scripts/setup.sh)")
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def run(cmd: list[str], env: dict[str, str] | None = None, check: bool = True) -> str:
+    result = subprocess.run(
+        cmd, capture_output=True, text=True, env=env, check=False, stdin=subprocess.DEVNULL
+    )
+    if check and result.returncode != 0:
+        sys.exit(f"bench: {' '.join(cmd)} failed ({result.returncode}):\n{result.stderr}")
+    return result.stdout
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def machine() -> str:
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    engine = docker.from_env().version().get("Version", "?")
+    return (
+        f"{platform.node()}: {platform.machine()}, {os.cpu_count()} cores ({cpu}), "
+        f"{mem_gib:.0f} GiB, Linux {platform.release()}, Docker engine {engine}, "
+        f"Python {platform.python_version()}"
+    )
+
+
+def build_manual_image(client: docker.DockerClient, prov_image: str) -> None:
+    """The guide's image: stock sshd config, host keys baked at build, `agent` user."""
+    dockerfile = (
+        f"FROM {prov_image}\n"
+        "RUN rm -f /etc/ssh/sshd_config.d/00-prov.conf && ssh-keygen -A && "
+        "useradd -m -s /bin/bash agent && usermod -p '*' agent && "
+        "mkdir -p /home/agent/.ssh /run/sshd && chown agent:agent /home/agent/.ssh\n"
+        'ENTRYPOINT []\nCMD ["/usr/sbin/sshd", "-D"]\n'
+    )
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        data = dockerfile.encode()
+        info = tarfile.TarInfo("Dockerfile")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    buf.seek(0)
+    client.images.build(fileobj=buf, custom_context=True, tag=MANUAL_TAG, rm=True)
+
+
+def manual_sequence(key: Path, project: Path) -> float:
+    """docker run + docker exec key append + ssh retry loop, as in the guide."""
+    port = free_port()
+    name = f"prov-bench-manual-{port}"
+    start = time.perf_counter()
+    run(
+        [
+            "docker",
+            "run",
+            "-d",
+            "--name",
+            name,
+            "-p",
+            f"127.0.0.1:{port}:22",
+            "-v",
+            f"{project}:/home/agent/project",
+            MANUAL_TAG,
+        ]
+    )
+    with (key.with_suffix(".pub")).open() as pub:
+        subprocess.run(
+            [
+                "docker",
+                "exec",
+                "-i",
+                name,
+                "bash",
+                "-c",
+                "cat >> /home/agent/.ssh/authorized_keys && "
+                "chown agent /home/agent/.ssh/authorized_keys",
+            ],
+            stdin=pub,
+            check=True,
+            capture_output=True,
+        )
+    while True:
+        result = subprocess.run(
+            [
+                "ssh",
+                "-i",
+                str(key),
+                "-p",
+                str(port),
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "ConnectTimeout=5",
+                "-o",
+                "LogLevel=ERROR",
+                "agent@127.0.0.1",
+                "true",
+            ],
+            capture_output=True,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+        if result.returncode == 0:
+            break
+        if time.perf_counter() - start > 60:
+            sys.exit("bench: manual sequence never became ready")
+        time.sleep(0.1)
+    elapsed = time.perf_counter() - start
+    run(["docker", "rm", "-f", name])
+    return elapsed
+
+
+def fmt(values: list[float]) -> str:
+    return (
+        f"median {statistics.median(values):.3f} s  (min {min(values):.3f}, "
+        f"max {max(values):.3f}, n={len(values)})"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=5, help="repetitions per figure")
+    args = parser.parse_args()
+    prov = prov_exe()
+    client = docker.from_env()
+    tmp = Path(tempfile.mkdtemp(prefix="prov-bench-"))
+    env = {**os.environ, "HOME": str(tmp / "home"), "PROV_HOME": str(tmp / "ph")}
+    project = tmp / "bench"
+    project.mkdir()
+    (tmp / "home").mkdir()
+    name = f"bench{os.getpid()}"
+    figures: dict[str, object] = {"machine": machine()}
+    try:
+        print(f"machine: {figures['machine']}")
+        # Warm-up: builds or reuses the image and creates the keys.
+        first = json.loads(run([*prov, "up", name, "--project", str(project), "--json"], env=env))
+        prov_image = client.containers.get(first["container"]).image.id
+        run([*prov, "down", name], env=env)
+
+        help_times = [timed(lambda: run([*prov, "--help"], env=env)) for _ in range(args.runs * 2)]
+        print(f"prov --help: {fmt(help_times)}   target < 0.3 s")
+
+        build_manual_image(client, prov_image)
+        key = tmp / "manual_key"
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)])
+        up_times, manual_times = [], []
+        for _ in range(args.runs):
+            # Interleaved so both see the same machine load.
+            up_times.append(
+                timed(
+                    lambda: run([*prov, "up", name, "--project", str(project), "--json"], env=env)
+                )
+            )
+            run([*prov, "down", name], env=env)
+            manual_times.append(manual_sequence(key, project))
+        ratio = statistics.median(up_times) / statistics.median(manual_times)
+        print(f"warm prov up to ready: {fmt(up_times)}")
+        print(f"guide's manual sequence: {fmt(manual_times)}")
+        print(f"ratio prov/manual: {ratio:.2f}x   target <= 1.3x")
+
+        noop = json.loads(run([*prov, "up", name, "--project", str(project), "--json"], env=env))
+        noop_times = [
+            timed(lambda: run([*prov, "up", name, "--project", str(project), "--json"], env=env))
+            for _ in range(args.runs)
+        ]
+        print(f"no-op prov up (running, unchanged): {fmt(noop_times)}")
+
+        config = tmp / "ph" / "ssh_config"
+        alias = noop["ssh_alias"]
+        base = ["ssh", "-F", str(config), "-o", "BatchMode=yes"]
+        run([*base, alias, "true"])  # make sure a master runs
+        reuse = [timed(lambda: run([*base, alias, "true"])) for _ in range(args.runs * 4)]
+        fresh = [
+            timed(lambda: run([*base, "-o", "ControlPath=none", alias, "true"]))
+            for _ in range(args.runs * 4)
+        ]
+        print(f"ssh round trip via alias, reused connection: {fmt(reuse)}")
+        print(f"ssh round trip via alias, new connection:    {fmt(fresh)}")
+    finally:
+        subprocess.run([*prov, "down", name], env=env, capture_output=True, check=False)
+        subprocess.run(
+            ["ssh", "-F", str(tmp / "ph" / "ssh_config"), "-O", "exit", f"prov-{name}"],
+            capture_output=True,
+            check=False,
+        )
+        for container in client.containers.list(all=True, filters={"name": "prov-bench-"}):
+            container.remove(force=True)
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            client.images.remove(MANUAL_TAG, force=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
