@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import secrets
 import shlex
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +12,14 @@ from provisioner import keys, sshconf, state
 from provisioner.config import AGENT_USER, ProvPaths
 from provisioner.engine import Engine
 from provisioner.plan import connect_host, container_name
-from provisioner.ready import Fatal, SshTarget, Transient, run_command, system_ssh
+from provisioner.ready import (
+    Fatal,
+    SshTarget,
+    Transient,
+    read_banner,
+    run_command,
+    system_ssh,
+)
 
 
 @dataclass(frozen=True)
@@ -21,18 +27,6 @@ class Check:
     name: str
     ok: bool | None  # None: skipped because an earlier step failed
     detail: str
-
-
-def _banner(hostname: str, port: int, timeout: float = 5.0) -> str:
-    with socket.create_connection((hostname, port), timeout=timeout) as sock:
-        sock.settimeout(timeout)
-        data = b""
-        while b"\n" not in data and len(data) < 512:
-            chunk = sock.recv(256)
-            if not chunk:
-                break
-            data += chunk
-    return data.split(b"\n", 1)[0].decode(errors="replace").strip()
 
 
 def _pinned(known_hosts: Path, alias: str) -> str | None:
@@ -89,8 +83,11 @@ def ssh_test(name: str, paths: ProvPaths | None = None) -> list[Check]:
         )
 
     def banner() -> tuple[bool, str]:
-        line = _banner(hostname, record.port)
-        return line.startswith("SSH-2.0-"), line or "connection closed without a banner"
+        try:
+            line = read_banner(hostname, record.port)
+        except Transient as exc:
+            return False, str(exc)
+        return line.startswith("SSH-2.0-"), line
 
     target = SshTarget(hostname, record.port, AGENT_USER, host_pub, Path(record.identity_file))
 
@@ -150,7 +147,10 @@ def ssh_test(name: str, paths: ProvPaths | None = None) -> list[Check]:
     add(
         "project dir at the same path, writable by agent",
         via_alias(
-            f"test -d {project} && test -w {project} && echo {project}", lambda c, _o: c == 0
+            f"test -d {project} || {{ echo 'missing in the container'; exit 1; }}; "
+            f'test -w {project} || {{ echo "not writable by $(id -un) (uid $(id -u)); '
+            f'owner is $(stat -c %u:%g {project})"; exit 1; }}; echo {project}',
+            lambda c, _o: c == 0,
         ),
     )
     add(

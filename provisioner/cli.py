@@ -11,7 +11,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, NoReturn, ParamSpec, TextIO, TypeVar
 
 import typer
 
@@ -35,41 +35,56 @@ app = typer.Typer(
 )
 
 
-@functools.cache
-def _console(stderr: bool) -> Console:
-    from rich.console import Console
+class Stream:
+    """One output stream: rich styling on a terminal, plain lines otherwise.
 
-    return Console(stderr=stderr, highlight=False)
+    Plain output never imports rich (~0.1 s), which keeps scripted and --json
+    runs fast and their output free of escape codes.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name  # "stdout" or "stderr", looked up late (tests swap them)
+
+    @property
+    def _stream(self) -> TextIO:
+        stream: TextIO = getattr(sys, self._name)
+        return stream
+
+    @functools.cached_property
+    def tty(self) -> bool:
+        return self._stream.isatty()
+
+    @functools.cached_property
+    def console(self) -> Console:
+        from rich.console import Console
+
+        return Console(stderr=self._name == "stderr", highlight=False)
+
+    def line(self, text: str, prefix: str = "", style: str = "") -> None:
+        if self.tty:
+            from rich.text import Text
+
+            styled = Text.assemble((prefix, style), text) if prefix else Text(text, style=style)
+            self.console.print(styled, soft_wrap=True)
+        else:
+            print(prefix + text, file=self._stream, flush=True)
 
 
-def escape(text: str) -> str:
-    from rich.markup import escape as rich_escape
-
-    return rich_escape(text)
-
-
-class _LazyConsole:
-    def __init__(self, stderr: bool) -> None:
-        self._stderr = stderr
-
-    def __getattr__(self, attr: str) -> Any:
-        return getattr(_console(self._stderr), attr)
-
-
-err: Console = _LazyConsole(stderr=True)  # type: ignore[assignment]
-out: Console = _LazyConsole(stderr=False)  # type: ignore[assignment]
+err = Stream("stderr")
+out = Stream("stdout")
+_verbose = False
 
 
 class ConsoleReporter:
-    """Progress on stderr: steps as lines, details on a live status line."""
+    """Progress on stderr: steps as lines, details on a live status line (terminals only)."""
 
     def __init__(self, quiet: bool = False) -> None:
         self.quiet = quiet
         self._status: Status | None = None
 
     def __enter__(self) -> ConsoleReporter:
-        if not self.quiet and err.is_terminal:
-            self._status = err.status("starting")
+        if not self.quiet and err.tty:
+            self._status = err.console.status("starting")
             self._status.start()
         return self
 
@@ -79,34 +94,39 @@ class ConsoleReporter:
 
     def step(self, message: str) -> None:
         if not self.quiet:
-            err.print(f"[bold]•[/] {escape(message)}")
+            err.line(message, "• ", "bold")
+        self._set(message)
+
+    def _set(self, message: str) -> None:
+        from rich.text import Text
+
         if self._status is not None:
-            self._status.update(escape(message))
+            self._status.update(Text(message[:150]))
 
     def note(self, message: str) -> None:
         if not self.quiet:
-            err.print(f"  {escape(message)}", soft_wrap=True)
+            err.line(message, "  ")
 
     def warn(self, message: str) -> None:
-        err.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
+        err.line(message, "warning: ", "yellow")
 
     def detail(self, message: str) -> None:
-        if self._status is not None:
-            self._status.update(escape(message[:150]))
+        self._set(message)
         if _verbose and not self.quiet:
-            err.print(f"  [dim]{escape(message)}[/]", soft_wrap=True)
-
-
-_verbose = False
+            err.line(message, "  ", "dim")
 
 
 def _fail(exc: ProvError) -> NoReturn:
-    err.print(f"[red bold]error:[/] {escape(exc.paragraph())}", soft_wrap=True)
+    err.line(exc.paragraph(), "error: ", "bold red")
     tail = getattr(exc, "log_tail", "")
     if tail:
-        err.print("[dim]--- last log lines ---[/]")
-        err.print(escape(tail), markup=True)
+        err.line("--- last log lines ---", style="dim")
+        err.line(tail)
     raise typer.Exit(exc.exit_code)
+
+
+def _print_json(data: dict[str, object]) -> None:
+    print(json.dumps(data, indent=2), flush=True)
 
 
 def _run(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -115,7 +135,7 @@ def _run(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     except ProvError as exc:
         _fail(exc)
     except KeyboardInterrupt:
-        err.print("[red bold]interrupted:[/] nothing half-made was left behind.")
+        err.line("nothing half-made was left behind.", "interrupted: ", "bold red")
         raise typer.Exit(130) from None
 
 
@@ -197,7 +217,7 @@ def up(
     with ConsoleReporter(quiet=as_json) as reporter:
         result = _run(service.up, request, reporter)
     if as_json:
-        out.print_json(json.dumps(result.public()))
+        _print_json(result.public())
     else:
         verb = {
             "unchanged": "already running",
@@ -205,13 +225,14 @@ def up(
             "created": "ready",
             "recreated": "recreated and ready",
         }[result.action]
-        err.print(
-            f"[green bold]✓[/] {result.name} {verb} in {result.ready_seconds:.1f} s: "
-            f"ssh {result.ssh_alias}  (host key {result.host_key_fingerprint})",
-            soft_wrap=True,
+        err.line(
+            f"{result.name} {verb} in {result.ready_seconds:.1f} s: ssh {result.ssh_alias}  "
+            f"(host key {result.host_key_fingerprint})",
+            "✓ ",
+            "bold green",
         )
-        err.print("Hand it to NTM with:")
-        out.print(result.ntm_command, soft_wrap=True)
+        err.line("Hand it to NTM with:")
+        out.line(result.ntm_command)
     if spawn:
         from provisioner import handoff
 
@@ -228,9 +249,9 @@ def down(name: Annotated[str, typer.Argument(help="Environment name.")]) -> None
     _run(validate_name, name)
     result = _run(service.down, name)
     if result.removed:
-        err.print(f"[green bold]✓[/] removed container prov-{name} (keys and alias kept)")
+        err.line(f"removed container prov-{name} (keys and alias kept)", "✓ ", "bold green")
     else:
-        err.print(f"prov-{name} has no container; nothing to remove")
+        err.line(f"prov-{name} has no container; nothing to remove")
 
 
 @app.command("ssh-test")
@@ -246,26 +267,28 @@ def ssh_test(
     results = _run(checks.ssh_test, name)
     failed = [c for c in results if c.ok is not True]
     if as_json:
-        out.print_json(
-            json.dumps(
-                {
-                    "name": name,
-                    "ok": not failed,
-                    "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in results],
-                }
-            )
+        _print_json(
+            {
+                "name": name,
+                "ok": not failed,
+                "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in results],
+            }
         )
     else:
         for check in results:
-            mark = {True: "[green]pass[/]", False: "[red]FAIL[/]", None: "[dim]skip[/]"}[check.ok]
+            mark, style = {True: ("pass", "green"), False: ("FAIL", "red"), None: ("skip", "dim")}[
+                check.ok
+            ]
             detail = " ".join(check.detail.split())
-            out.print(f"{mark}  {escape(check.name)}  [dim]{escape(detail)}[/]", soft_wrap=True)
+            out.line(f"{check.name}  ({detail})", f"{mark}  ", style)
     if failed:
         if not as_json:
-            err.print(
-                f"[red bold]error:[/] {len([c for c in failed if c.ok is False])} check(s) "
-                f"failed for {name}. Hint: `prov up {name}` repairs a stopped or removed "
-                "environment; `prov up --recreate` replaces a broken one."
+            err.line(
+                f"{len([c for c in failed if c.ok is False])} check(s) failed for {name}. "
+                f"Hint: `prov up {name}` repairs a stopped or removed environment; "
+                "`prov up --recreate` replaces a broken one.",
+                "error: ",
+                "bold red",
             )
         raise typer.Exit(9)
 
@@ -274,5 +297,5 @@ def main() -> None:
     try:
         app()
     except KeyboardInterrupt:
-        err.print("[red bold]interrupted[/]")
+        err.line("", "interrupted", "bold red")
         sys.exit(130)

@@ -81,7 +81,7 @@ def ensure_base(engine: Engine, requested: str, note: Progress, line: Progress) 
     distro = baseimage.host_distro(os_release) or baseimage.Distro("debian", "bookworm")
     local_id = engine.image_id(distro.tag)
     if local_id:
-        note(f"{requested} cannot be pulled here; using the local base {distro.tag}")
+        line(f"{requested} cannot be pulled here; using the local base {distro.tag}")
         return distro.tag, local_id
     mirror = baseimage.host_mirror(distro.codename)
     if mirror is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import logging
 import random
+import socket
 import subprocess
 import tempfile
 import time
@@ -113,17 +114,48 @@ def _fingerprint(key: paramiko.PKey) -> str:
 ContainerProbe = Callable[[], str | None]  # None while running, else what went wrong
 
 
-def wait_ready(
-    target: SshTarget,
+@dataclass(frozen=True)
+class Deadline:
+    seconds: float
+    at: float
+
+    @classmethod
+    def after(cls, seconds: float) -> Deadline:
+        return cls(seconds, time.monotonic() + seconds)
+
+    def left(self) -> float:
+        return max(0.0, self.at - time.monotonic())
+
+
+def read_banner(host: str, port: int, timeout: float = 5.0) -> str:
+    """The server's identification line; Transient until sshd really answers."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            data = b""
+            while b"\n" not in data and len(data) < 512:
+                chunk = sock.recv(256)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError as exc:
+        raise Transient(f"cannot connect ({exc.strerror or exc})") from exc
+    line = data.split(b"\n", 1)[0].decode(errors="replace").strip()
+    if not line.startswith("SSH-"):
+        # Docker's proxy accepts and closes while nothing listens inside.
+        raise Transient("connection accepted but no SSH banner yet")
+    return line
+
+
+def _poll(
+    attempt: Callable[[], None],
     probe: ContainerProbe,
-    timeout: float,
+    deadline: Deadline,
     on_wait: Callable[[str], None],
     logs: Callable[[], str],
-) -> float:
-    """Block until `true` runs over SSH; return the seconds it took."""
-    start = time.monotonic()
-    deadline = start + timeout
-    delay = 0.05
+) -> None:
+    """Retry `attempt` on Transient until it passes; fail at once on Fatal or a dead container."""
+    delay = 0.02
     last = "nothing tried yet"
     while True:
         problem = probe()
@@ -135,7 +167,8 @@ def wait_ready(
                 log_tail=logs(),
             )
         try:
-            status, output = run_command(target, "true", timeout=min(5.0, timeout))
+            attempt()
+            return
         except Transient as exc:
             last = str(exc)
         except Fatal as exc:
@@ -145,57 +178,99 @@ def wait_ready(
                 "run `prov ssh-test NAME` for details, or `prov down NAME` and `prov up` again.",
                 log_tail=logs(),
             ) from exc
-        else:
-            if status == 0:
-                return time.monotonic() - start
-            last = f"`true` exited {status}: {output.strip()[:200]}"
-        now = time.monotonic()
-        if now >= deadline:
+        left = deadline.left()
+        if left <= 0:
             raise NotReady(
-                f"SSH did not become ready within {timeout:g} s",
+                f"SSH did not become ready within {deadline.seconds:g} s",
                 f"Last attempt: {last}.",
                 "raise --timeout on a slow machine, or read the container's log below.",
                 log_tail=logs(),
             )
-        on_wait(last)
-        time.sleep(min(delay * (1 + random.random() / 2), max(0.0, deadline - now)))  # noqa: S311 - jitter, not crypto
-        delay = min(delay * 2, 0.5)
+        on_wait(f"waiting for SSH: {last}")
+        # Short, capped steps: sshd is usually up within a few hundred ms,
+        # and a long sleep would be pure added latency.
+        time.sleep(min(delay * (1 + random.random() / 2), left))  # noqa: S311 - jitter, not crypto
+        delay = min(delay * 1.5, 0.25)
+
+
+def wait_banner(
+    target: SshTarget,
+    probe: ContainerProbe,
+    deadline: Deadline,
+    on_wait: Callable[[str], None],
+    logs: Callable[[], str],
+) -> None:
+    """Block until sshd itself (not Docker's proxy) sends its banner."""
+
+    def attempt() -> None:
+        read_banner(target.host, target.port)
+
+    _poll(attempt, probe, deadline, on_wait, logs)
+
+
+def wait_login(
+    target: SshTarget,
+    probe: ContainerProbe,
+    deadline: Deadline,
+    on_wait: Callable[[str], None],
+    logs: Callable[[], str],
+) -> None:
+    """Block until key login with the pinned host key runs `true` with exit 0."""
+
+    def attempt() -> None:
+        status, output = run_command(target, "true", timeout=5.0)
+        if status != 0:
+            raise Transient(f"`true` exited {status}: {output.strip()[:200]}")
+
+    _poll(attempt, probe, deadline, on_wait, logs)
+
+
+class AliasCheck:
+    """The system OpenSSH client running `command` through `alias`, in the background.
+
+    Output goes to a temp file, not a pipe: a ControlPersist master forked by
+    ssh keeps its inherited descriptors open, and a pipe would never reach EOF.
+    """
+
+    def __init__(self, config: Path, alias: str, command: str) -> None:
+        self._out = tempfile.TemporaryFile()  # noqa: SIM115 - closed in __exit__
+        argv = ["ssh", "-F", str(config), "-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]
+        try:
+            self._proc: subprocess.Popen[bytes] | None = subprocess.Popen(
+                [*argv, "--", alias, command],
+                stdin=subprocess.DEVNULL,
+                stdout=self._out,
+                stderr=subprocess.STDOUT,
+            )
+        except FileNotFoundError:
+            self._proc = None
+
+    def result(self, timeout: float = 20.0) -> tuple[int, str]:
+        if self._proc is None:
+            return 127, "the OpenSSH client `ssh` is not installed"
+        try:
+            code = self._proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+            return 124, f"ssh did not finish within {timeout:g} s"
+        self._out.seek(0)
+        return code, self._out.read().decode(errors="replace")
+
+    def __enter__(self) -> AliasCheck:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        self._out.close()
 
 
 def system_ssh(config: Path, alias: str, command: str, timeout: float = 20.0) -> tuple[int, str]:
-    """Run `command` with the system OpenSSH client through `alias` in `config`.
-
-    Output goes to temp files, not pipes: a ControlPersist master forked by
-    this call keeps its inherited descriptors open, and a pipe would never
-    reach EOF.
-    """
-    with tempfile.TemporaryFile() as out:
-        try:
-            result = subprocess.run(
-                [
-                    "ssh",
-                    "-F",
-                    str(config),
-                    "-o",
-                    "BatchMode=yes",
-                    "-o",
-                    "ConnectTimeout=10",
-                    "--",
-                    alias,
-                    command,
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                timeout=timeout,
-                check=False,
-            )
-        except FileNotFoundError:
-            return 127, "the OpenSSH client `ssh` is not installed"
-        except subprocess.TimeoutExpired:
-            return 124, f"ssh did not finish within {timeout:g} s"
-        out.seek(0)
-        return result.returncode, out.read().decode(errors="replace")
+    """Run `command` with the system OpenSSH client through `alias` in `config`."""
+    with AliasCheck(config, alias, command) as check:
+        return check.result(timeout)
 
 
 def stop_master(config: Path, alias: str) -> None:

@@ -11,11 +11,12 @@ import contextlib
 import errno
 import ipaddress
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from provisioner import host, keys, sshconf, state
+from provisioner import host, keys, ready, sshconf, state
 from provisioner.config import AGENT_USER, DEFAULT_FIRST_PORT, ProvPaths, UpRequest, is_loopback
 from provisioner.engine import ContainerInfo, Engine
 from provisioner.errors import ConflictError, NotFound, NotReady, ProvError
@@ -30,7 +31,7 @@ from provisioner.plan import (
     build_plan,
     container_name,
 )
-from provisioner.ready import SshTarget, stop_master, system_ssh, wait_ready
+from provisioner.ready import SshTarget, stop_master
 
 
 class Reporter(Protocol):
@@ -214,25 +215,28 @@ def up(request: UpRequest, reporter: Reporter, paths: ProvPaths | None = None) -
         )
         action, container_id = _converge(engine, plan, existing, request, reporter)
 
-    try:
-        target = SshTarget(plan.ssh.hostname, port, AGENT_USER, host_pair.public, identity)
-        reporter.step("waiting for SSH")
-        seconds = wait_ready(
-            target,
-            lambda: _probe(engine, container_id),
-            request.timeout,
-            reporter.detail,
-            lambda: engine.logs_tail(container_id),
+    target = SshTarget(plan.ssh.hostname, port, AGENT_USER, host_pair.public, identity)
+    with file_lock(paths.lock):
+        sshconf.pin_host_key(
+            paths.known_hosts, plan.ssh.alias, host_pair.public.key_type, host_pair.public.blob_b64
         )
-        with file_lock(paths.lock):
-            sshconf.pin_host_key(
-                paths.known_hosts,
-                plan.ssh.alias,
-                host_pair.public.key_type,
-                host_pair.public.blob_b64,
-            )
-            sshconf.write_entry(paths.ssh_config, plan.ssh)
-        code, output = system_ssh(paths.ssh_config, plan.ssh.alias, "true")
+        sshconf.write_entry(paths.ssh_config, plan.ssh)
+    try:
+        reporter.step("waiting for SSH")
+        deadline = ready.Deadline.after(request.timeout)
+        started = time.monotonic()
+
+        def probe() -> str | None:
+            return _probe(engine, container_id)
+
+        def logs() -> str:
+            return engine.logs_tail(container_id)
+
+        ready.wait_banner(target, probe, deadline, reporter.detail, logs)
+        # sshd answers: the system client's check runs while paramiko logs in.
+        with ready.AliasCheck(paths.ssh_config, plan.ssh.alias, "true") as alias_check:
+            ready.wait_login(target, probe, deadline, reporter.detail, logs)
+            code, output = alias_check.result(timeout=max(5.0, deadline.left()))
         if code != 0:
             raise NotReady(
                 f"The system ssh client could not log in through the alias {plan.ssh.alias}",
@@ -240,10 +244,16 @@ def up(request: UpRequest, reporter: Reporter, paths: ProvPaths | None = None) -
                 f"{output.strip()[-400:]}",
                 "check `ssh -G` output for the alias and your ssh client version.",
             )
+        seconds = time.monotonic() - started
     except BaseException:
-        # Nothing half-made: a container this run created goes away again.
+        # Nothing half-made: a container this run created goes away again,
+        # and so does the alias of an environment that never came up.
         if action in ("created", "recreated"):
             engine.remove(container_id)
+            if record is None:
+                with file_lock(paths.lock):
+                    sshconf.delete_entry(paths.ssh_config, plan.ssh.alias)
+                    sshconf.unpin_host_key(paths.known_hosts, plan.ssh.alias)
         raise
 
     with file_lock(paths.lock):
