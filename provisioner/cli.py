@@ -118,10 +118,9 @@ class ConsoleReporter:
 
 def _fail(exc: ProvError) -> NoReturn:
     err.line(exc.paragraph(), "error: ", "bold red")
-    tail = getattr(exc, "log_tail", "")
-    if tail:
+    if exc.log_tail:
         err.line("--- last log lines ---", style="dim")
-        err.line(tail)
+        err.line(exc.log_tail)
     raise typer.Exit(exc.exit_code)
 
 

@@ -13,11 +13,12 @@ class ProvError(Exception):
 
     exit_code = 1
 
-    def __init__(self, what: str, seen: str = "", hint: str = "") -> None:
+    def __init__(self, what: str, seen: str = "", hint: str = "", log_tail: str = "") -> None:
         super().__init__(what)
         self.what = what
         self.seen = seen
         self.hint = hint
+        self.log_tail = log_tail  # last lines of a build or container log, shown below
 
     def paragraph(self) -> str:
         parts = [self.what.rstrip(".") + "."]
@@ -51,19 +52,11 @@ class ConflictError(ProvError):
 class BuildError(ProvError):
     exit_code = 5
 
-    def __init__(self, what: str, seen: str = "", hint: str = "", log_tail: str = "") -> None:
-        super().__init__(what, seen, hint)
-        self.log_tail = log_tail
-
 
 class NotReady(ProvError):
     """The container started but SSH never became usable."""
 
     exit_code = 6
-
-    def __init__(self, what: str, seen: str = "", hint: str = "", log_tail: str = "") -> None:
-        super().__init__(what, seen, hint)
-        self.log_tail = log_tail
 
 
 class NotFound(ProvError):

@@ -86,7 +86,7 @@ class Prov:
         return path
 
     def ssh(
-        self, alias: str, *command: str, timeout: float = 30
+        self, alias: str, *command: str, timeout: float = 30, options: tuple[str, ...] = ()
     ) -> subprocess.CompletedProcess[str]:
         """The system ssh client, through the user's config (which Includes prov's)."""
         return subprocess.run(
@@ -96,6 +96,7 @@ class Prov:
                 str(self.home / ".ssh" / "config"),
                 "-o",
                 "BatchMode=yes",
+                *options,
                 "--",
                 alias,
                 *command,

@@ -71,24 +71,7 @@ def test_pinned_host_key_is_enforced(prov: Prov, env: dict[str, object]) -> None
             )
         )
         # A fresh connection: bypass any running master for this check.
-        result = subprocess.run(
-            [
-                "ssh",
-                "-F",
-                str(prov.home / ".ssh" / "config"),
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "ControlPath=none",
-                "--",
-                alias,
-                "true",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+        result = prov.ssh(alias, "true", options=("-o", "ControlPath=none"))
         assert result.returncode == 255
         assert (
             "HOST IDENTIFICATION HAS CHANGED" in result.stderr
@@ -100,25 +83,8 @@ def test_pinned_host_key_is_enforced(prov: Prov, env: dict[str, object]) -> None
 
 def test_root_and_password_logins_refused(prov: Prov, env: dict[str, object]) -> None:
     """Only `agent` with its key gets in: root with the same key is refused."""
-    result = subprocess.run(
-        [
-            "ssh",
-            "-F",
-            str(prov.home / ".ssh" / "config"),
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "ControlPath=none",
-            "-l",
-            "root",
-            "--",
-            str(env["ssh_alias"]),
-            "true",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
+    result = prov.ssh(
+        str(env["ssh_alias"]), "true", options=("-o", "ControlPath=none", "-l", "root")
     )
     assert result.returncode == 255
     assert "Permission denied" in result.stderr
