@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.status import Status
 
+    from provisioner.config import UpRequest
+
 app = typer.Typer(
     help="Isolated, SSH-reachable Docker environments for AI coding agents, handed to NTM.",
     no_args_is_help=True,
@@ -78,12 +80,13 @@ _verbose = False
 class ConsoleReporter:
     """Progress on stderr: steps as lines, details on a live status line (terminals only)."""
 
-    def __init__(self, quiet: bool = False) -> None:
+    def __init__(self, quiet: bool = False, prefix: str = "") -> None:
         self.quiet = quiet
+        self.prefix = prefix  # names the environment when several come up at once
         self._status: Status | None = None
 
     def __enter__(self) -> ConsoleReporter:
-        if not self.quiet and err.tty:
+        if not self.quiet and err.tty and not self.prefix:
             self._status = err.console.status("starting")
             self._status.start()
         return self
@@ -94,7 +97,7 @@ class ConsoleReporter:
 
     def step(self, message: str) -> None:
         if not self.quiet:
-            err.line(message, "• ", "bold")
+            err.line(self.prefix + message, "• ", "bold")
         self._set(message)
 
     def _set(self, message: str) -> None:
@@ -105,15 +108,15 @@ class ConsoleReporter:
 
     def note(self, message: str) -> None:
         if not self.quiet:
-            err.line(message, "  ")
+            err.line(self.prefix + message, "  ")
 
     def warn(self, message: str) -> None:
-        err.line(message, "warning: ", "yellow")
+        err.line(self.prefix + message, "warning: ", "yellow")
 
     def detail(self, message: str) -> None:
         self._set(message)
         if _verbose and not self.quiet:
-            err.line(message, "  ", "dim")
+            err.line(self.prefix + message, "  ", "dim")
 
 
 def _fail(exc: ProvError) -> NoReturn:
@@ -125,6 +128,10 @@ def _fail(exc: ProvError) -> NoReturn:
 
 
 def _print_json(data: dict[str, object]) -> None:
+    print(json.dumps(data, indent=2), flush=True)
+
+
+def _print_json_list(data: list[dict[str, object]]) -> None:
     print(json.dumps(data, indent=2), flush=True)
 
 
@@ -150,7 +157,12 @@ def _main(
 
 @app.command()
 def up(
-    name: Annotated[str, typer.Argument(help="Environment name (also the ssh alias prov-NAME).")],
+    names: Annotated[
+        list[str],
+        typer.Argument(
+            help="Environment name(s), also the ssh alias prov-NAME; several come up at once."
+        ),
+    ],
     port: Annotated[
         int | None, typer.Option(help="Host port for SSH (default: a free one from 2222 up).")
     ] = None,
@@ -195,24 +207,85 @@ def up(
     spawn: Annotated[bool, typer.Option("--spawn", help="Run the ntm command when ready.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Build or reuse the image, run the environment, wait for SSH, write the alias."""
-    from provisioner import service
-    from provisioner.config import AgentCounts, UpRequest
+    """Build or reuse the image, run the environment, wait for SSH, write the alias.
 
-    request = _run(
-        UpRequest,
-        name=name,
-        port=port,
-        bind=bind,
-        project_dir=project,
-        create_dir=create_dir,
-        key_file=key,
-        base_image=base_image,
-        timeout=timeout,
-        agents=AgentCounts(cc, cod, gmi),
-        write_user_ssh_config=ssh_config,
-        recreate=recreate,
-    )
+    Re-running it is safe: a running, unchanged environment is only re-verified, a
+    stopped one is started, a removed one is recreated with the same keys."""
+    from provisioner.config import AgentCounts, UpRequest
+    from provisioner.errors import UsageError
+
+    if len(names) > 1:
+        for flag, value in (("--port", port), ("--project", project), ("--spawn", spawn or None)):
+            if value is not None:
+                _fail(
+                    UsageError(
+                        f"{flag} applies to one environment, not {len(names)}",
+                        f"Asked to bring up {', '.join(names)}.",
+                        f"run `prov up NAME {flag} ...` for each one instead.",
+                    )
+                )
+    requests = [
+        _run(
+            UpRequest,
+            name=name,
+            port=port,
+            bind=bind,
+            project_dir=project,
+            create_dir=create_dir,
+            key_file=key,
+            base_image=base_image,
+            timeout=timeout,
+            agents=AgentCounts(cc, cod, gmi),
+            write_user_ssh_config=ssh_config,
+            recreate=recreate,
+        )
+        for name in names
+    ]
+    if len(requests) > 1:
+        _up_many(requests, as_json)
+        return
+    _up_one(requests[0], as_json, spawn)
+
+
+def _up_many(requests: list[UpRequest], as_json: bool) -> None:
+    """Bring several environments up concurrently; report each; fail if any failed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from provisioner import service
+
+    def one(request: UpRequest) -> service.UpResult | ProvError:
+        reporter = ConsoleReporter(quiet=as_json, prefix=f"[{request.name}] ")
+        try:
+            return service.up(request, reporter)
+        except ProvError as exc:
+            return exc
+
+    with ThreadPoolExecutor(max_workers=min(8, len(requests))) as pool:
+        outcomes = list(pool.map(one, requests))
+    failures = [(r, o) for r, o in zip(requests, outcomes, strict=True) if isinstance(o, ProvError)]
+    if as_json:
+        _print_json_list(
+            [
+                o.public()
+                if not isinstance(o, ProvError)
+                else {"name": r.name, "error": o.paragraph()}
+                for r, o in zip(requests, outcomes, strict=True)
+            ]
+        )
+    else:
+        for outcome in outcomes:
+            if not isinstance(outcome, ProvError):
+                err.line(f"{outcome.name} ready: ssh {outcome.ssh_alias}", "✓ ", "bold green")
+                out.line(outcome.ntm_command)
+    for request, failure in failures:
+        err.line(f"{request.name}: {failure.paragraph()}", "error: ", "bold red")
+    if failures:
+        raise typer.Exit(failures[0][1].exit_code)
+
+
+def _up_one(request: UpRequest, as_json: bool, spawn: bool) -> None:
+    from provisioner import service
+
     with ConsoleReporter(quiet=as_json) as reporter:
         result = _run(service.up, request, reporter)
     if as_json:
@@ -290,6 +363,178 @@ def ssh_test(
                 "bold red",
             )
         raise typer.Exit(9)
+
+
+def _name(name: str) -> str:
+    from provisioner.config import validate_name
+
+    return _run(validate_name, name)
+
+
+NameArg = Annotated[str, typer.Argument(help="Environment name.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+@app.command("ls")
+def ls(as_json: JsonOpt = False) -> None:
+    """List environments: name, state, port, project, image, agents, uptime."""
+    from provisioner import lifecycle
+
+    envs = _run(lifecycle.list_envs)
+    if as_json:
+        _print_json_list([env.public() for env in envs])
+        return
+    if not envs:
+        err.line("no environments; create one with `prov up NAME`")
+        return
+    rows = [
+        (e.name, e.state, str(e.port or "-"), e.project_dir, e.image[:24], e.agents, e.status)
+        for e in envs
+    ]
+    headers = ("NAME", "STATE", "PORT", "PROJECT", "IMAGE", "AGENTS", "STATUS")
+    if out.tty:
+        from rich.table import Table
+
+        table = Table(*headers, box=None, pad_edge=False)
+        for row in rows:
+            table.add_row(*row)
+        out.console.print(table)
+        return
+    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
+    for row in [headers, *rows]:
+        out.line(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+
+
+@app.command()
+def status(name: NameArg, as_json: JsonOpt = False) -> None:
+    """Show one environment in detail."""
+    from provisioner import lifecycle
+
+    env = _run(lifecycle.status, _name(name))
+    if as_json:
+        _print_json(env.public())
+        return
+    for key, value in env.public().items():
+        out.line(f"{key:22} {value}")
+
+
+@app.command()
+def stop(name: NameArg) -> None:
+    """Stop the container (it keeps its port, keys and files)."""
+    from provisioner import lifecycle
+
+    if _run(lifecycle.stop, _name(name)):
+        err.line(f"stopped prov-{name}", "✓ ", "bold green")
+    else:
+        err.line(f"prov-{name} was not running")
+
+
+def _start(name: str, timeout: float, restart: bool) -> None:
+    from provisioner import lifecycle
+
+    with ConsoleReporter() as reporter:
+        seconds = _run(lifecycle.start, _name(name), reporter, timeout, restart)
+    err.line(f"{name} ready in {seconds:.1f} s: ssh prov-{name}", "✓ ", "bold green")
+
+
+TimeoutOpt = Annotated[float, typer.Option(help="Seconds to wait for SSH to be ready.")]
+
+
+@app.command()
+def start(name: NameArg, timeout: TimeoutOpt = DEFAULT_TIMEOUT) -> None:
+    """Start a stopped environment and wait until SSH works."""
+    _start(name, timeout, restart=False)
+
+
+@app.command()
+def restart(name: NameArg, timeout: TimeoutOpt = DEFAULT_TIMEOUT) -> None:
+    """Restart the container and wait until SSH works."""
+    _start(name, timeout, restart=True)
+
+
+@app.command()
+def logs(
+    name: NameArg,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep streaming.")] = False,
+    tail: Annotated[int | None, typer.Option(help="Only the last N lines.")] = None,
+) -> None:
+    """Show the container's log (sshd and the entrypoint)."""
+    from provisioner import lifecycle
+
+    stream = _run(lifecycle.logs, _name(name), follow, tail)
+    try:
+        for chunk in stream:
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.buffer.flush()
+    except ProvError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
+
+
+@app.command()
+def rm(
+    name: NameArg,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Remove the environment for good: container, keys, host key, alias, known_hosts pin."""
+    from provisioner import lifecycle
+    from provisioner.errors import UsageError
+
+    _name(name)
+    if not yes:
+        if not sys.stdin.isatty():
+            _fail(
+                UsageError(
+                    f"Refusing to remove {name!r} without confirmation",
+                    "There is no terminal to ask on.",
+                    f"run `prov rm {name} --yes`.",
+                )
+            )
+        if not typer.confirm(f"Remove {name} with its keys and ssh alias?", default=False):
+            raise typer.Exit(1)
+    removal = _run(lifecycle.rm, name)
+    what = "container, keys and alias" if removal.container_removed else "keys and alias"
+    err.line(f"removed {name}: {what}", "✓ ", "bold green")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def ssh(ctx: typer.Context, name: NameArg) -> None:
+    """Open a shell (or run `-- CMD ...`) in the environment with the system ssh."""
+    import os
+
+    from provisioner.config import ProvPaths
+    from provisioner.service import require_env
+
+    paths = ProvPaths.from_env()
+    _run(require_env, paths, _name(name))
+    argv = ["ssh", "-F", str(paths.ssh_config), "--", f"prov-{name}", *ctx.args]
+    try:
+        os.execvp("ssh", argv)  # noqa: S606 - replacing prov with ssh is the point
+    except OSError as exc:
+        from provisioner.errors import ProvError as Err
+
+        _fail(Err("Cannot run ssh", str(exc), "install the OpenSSH client (openssh-client)."))
+
+
+@app.command()
+def doctor(as_json: JsonOpt = False) -> None:
+    """Check this machine for prov: engine, ssh, tmux, ntm, ssh Include, file modes, credentials."""
+    from provisioner import doctor as doc
+
+    findings = doc.diagnose()
+    if as_json:
+        _print_json_list([{"name": f.name, "level": f.level, "detail": f.detail} for f in findings])
+    else:
+        styles = {doc.PASS: "green", doc.WARN: "yellow", doc.FAIL: "bold red"}
+        for finding in findings:
+            out.line(
+                f"{finding.name}: {finding.detail}", f"{finding.level:4}  ", styles[finding.level]
+            )
+    if any(f.level == doc.FAIL for f in findings):
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -177,18 +177,13 @@ class Engine:
             except docker.errors.NotFound:
                 return None
 
-    def list_managed(self) -> list[ContainerInfo]:
+    def summaries(self) -> list[dict[str, Any]]:
+        """Docker's list entries for prov's containers: one API call, no inspects."""
         with _docker_errors("list containers"):
             found = self._client.api.containers(
                 all=True, filters={"label": f"{LABEL_MANAGED}=true"}
             )
-            infos = []
-            for summary in found:
-                try:
-                    infos.append(_info(self._client.api.inspect_container(summary["Id"])))
-                except docker.errors.NotFound:
-                    continue  # removed between list and inspect
-            return infos
+            return [dict(item) for item in found]
 
     def reserved_ports(self) -> set[int]:
         """Host ports any container (running or stopped) asks Docker to publish."""
@@ -260,6 +255,18 @@ class Engine:
                 self._client.api.remove_container(container_id, force=True, v=True)
             except docker.errors.NotFound:
                 return
+
+    def restart(self, container_id: str, timeout: int = 5) -> None:
+        with _docker_errors("restart the container"):
+            self._client.api.restart(container_id, timeout=timeout)
+
+    def logs(self, container_id: str, follow: bool, tail: int | None) -> Iterator[bytes]:
+        """The container's output, streamed when `follow`."""
+        with _docker_errors("read the container's logs"):
+            stream = self._client.api.logs(
+                container_id, stream=True, follow=follow, tail="all" if tail is None else tail
+            )
+            yield from stream
 
     def state(self, container_id: str) -> ContainerInfo:
         with _docker_errors("inspect the container"):

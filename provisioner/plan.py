@@ -7,6 +7,7 @@ plan can be printed with `--dry-run` and unit-tested without a daemon.
 from __future__ import annotations
 
 import ipaddress
+import json
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ LABEL_PROJECT = "prov.project"
 LABEL_IMAGE_HASH = "prov.image-hash"
 LABEL_VERSION = "prov.version"
 LABEL_HOST_KEY = "prov.host-key-fingerprint"
+LABEL_MOUNTS = "prov.mounts"
 
 SSHD_PORT = "22/tcp"
 HOST_KEY_PATH = "/etc/ssh/ssh_host_ed25519_key"
@@ -129,6 +131,10 @@ def build_plan(
     paths: ProvPaths,
 ) -> Plan:
     alias = alias_for(name)
+    mounts = (
+        Mount(project_dir, str(project_dir)),
+        *(Mount(c.source, c.target) for c in credentials),
+    )
     labels = {
         LABEL_MANAGED: "true",
         LABEL_NAME: name,
@@ -138,11 +144,8 @@ def build_plan(
         LABEL_IMAGE_HASH: image_hash,
         LABEL_VERSION: __version__,
         LABEL_HOST_KEY: host_key_public.fingerprint,
+        LABEL_MOUNTS: json.dumps([f"{m.source}:{m.target}" for m in mounts]),
     }
-    mounts = (
-        Mount(project_dir, str(project_dir)),
-        *(Mount(c.source, c.target) for c in credentials),
-    )
     files = (
         InjectedFile(HOST_KEY_PATH, 0o600, host_key_private),
         InjectedFile(HOST_KEY_PATH + ".pub", 0o644, (host_key_public.line + "\n").encode()),

@@ -25,6 +25,7 @@ from provisioner.image import ensure_image
 from provisioner.plan import (
     LABEL_BIND,
     LABEL_IMAGE_HASH,
+    LABEL_MOUNTS,
     LABEL_PORT,
     LABEL_PROJECT,
     Plan,
@@ -121,6 +122,7 @@ def _drift(info: ContainerInfo, plan: Plan) -> list[str]:
     want = plan.container.labels
     diffs = []
     for label, what in (
+        (LABEL_MOUNTS, "mounts"),
         (LABEL_IMAGE_HASH, "image"),
         (LABEL_PORT, "port"),
         (LABEL_BIND, "bind address"),
@@ -222,29 +224,9 @@ def up(request: UpRequest, reporter: Reporter, paths: ProvPaths | None = None) -
         )
         sshconf.write_entry(paths.ssh_config, plan.ssh)
     try:
-        reporter.step("waiting for SSH")
-        deadline = ready.Deadline.after(request.timeout)
-        started = time.monotonic()
-
-        def probe() -> str | None:
-            return _probe(engine, container_id)
-
-        def logs() -> str:
-            return engine.logs_tail(container_id)
-
-        ready.wait_banner(target, probe, deadline, reporter.detail, logs)
-        # sshd answers: the system client's check runs while paramiko logs in.
-        with ready.AliasCheck(paths.ssh_config, plan.ssh.alias, "true") as alias_check:
-            ready.wait_login(target, probe, deadline, reporter.detail, logs)
-            code, output = alias_check.result(timeout=max(5.0, deadline.left()))
-        if code != 0:
-            raise NotReady(
-                f"The system ssh client could not log in through the alias {plan.ssh.alias}",
-                f"`ssh -F {paths.ssh_config} {plan.ssh.alias} true` exited {code}: "
-                f"{output.strip()[-400:]}",
-                "check `ssh -G` output for the alias and your ssh client version.",
-            )
-        seconds = time.monotonic() - started
+        seconds = await_ssh(
+            engine, paths, target, plan.ssh.alias, container_id, request.timeout, reporter
+        )
     except BaseException:
         # Nothing half-made: a container this run created goes away again,
         # and so does the alias of an environment that never came up.
@@ -290,6 +272,41 @@ def up(request: UpRequest, reporter: Reporter, paths: ProvPaths | None = None) -
         ready_seconds=seconds,
         action=action,
     )
+
+
+def await_ssh(
+    engine: Engine,
+    paths: ProvPaths,
+    target: SshTarget,
+    alias: str,
+    container_id: str,
+    timeout: float,
+    reporter: Reporter,
+) -> float:
+    """Wait until sshd answers, paramiko logs in and runs `true`, and so does the
+    system ssh through the alias; return the seconds it took."""
+    reporter.step("waiting for SSH")
+    deadline = ready.Deadline.after(timeout)
+    started = time.monotonic()
+
+    def probe() -> str | None:
+        return _probe(engine, container_id)
+
+    def logs() -> str:
+        return engine.logs_tail(container_id)
+
+    ready.wait_banner(target, probe, deadline, reporter.detail, logs)
+    # sshd answers: the system client's check runs while paramiko logs in.
+    with ready.AliasCheck(paths.ssh_config, alias, "true") as alias_check:
+        ready.wait_login(target, probe, deadline, reporter.detail, logs)
+        code, output = alias_check.result(timeout=max(5.0, deadline.left()))
+    if code != 0:
+        raise NotReady(
+            f"The system ssh client could not log in through the alias {alias}",
+            f"`ssh -F {paths.ssh_config} {alias} true` exited {code}: {output.strip()[-400:]}",
+            "check `ssh -G` output for the alias and your ssh client version.",
+        )
+    return time.monotonic() - started
 
 
 def host_user_ssh_config() -> Path:
@@ -339,7 +356,15 @@ def _converge(
             "pick another --port, or leave --port out to let prov choose a free one.",
         )
     reporter.step("creating the container")
-    container_id = engine.create(c)
+    try:
+        container_id = engine.create(c)
+    except BaseException:
+        # Interrupted while Docker was creating it: it may exist without our
+        # having its ID yet. Only a never-started container of ours goes.
+        made = engine.find(c.name)
+        if made is not None and made.managed and made.status == "created":
+            engine.remove(made.id)
+        raise
     try:
         engine.inject_files(container_id, [(f.path, f.mode, f.content) for f in c.files])
         engine.start(container_id)

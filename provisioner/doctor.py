@@ -1,0 +1,141 @@
+"""`prov doctor`: is this machine ready for prov, and are prov's files safe?"""
+
+from __future__ import annotations
+
+import shutil
+import stat
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from provisioner import host, sshconf
+from provisioner.config import ProvPaths
+from provisioner.errors import ProvError
+
+PASS, WARN, FAIL = "pass", "warn", "fail"
+EXTRA_CA_DIR = Path("/usr/local/share/ca-certificates")
+
+
+@dataclass(frozen=True)
+class Finding:
+    name: str
+    level: str  # pass / warn / fail
+    detail: str
+
+
+def _version(cmd: list[str]) -> str | None:
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    text = (result.stdout or result.stderr).strip().splitlines()
+    return text[0] if text else ""
+
+
+def _docker() -> Finding:
+    from provisioner.engine import Engine
+
+    try:
+        version = Engine.connect().engine_version()
+    except ProvError as exc:
+        return Finding("Docker engine", FAIL, exc.paragraph())
+    return Finding("Docker engine", PASS, f"reachable, version {version}")
+
+
+def _private_files(paths: ProvPaths) -> Finding:
+    if not paths.home.exists():
+        return Finding("prov's files", PASS, f"{paths.home} not created yet")
+    loose = []
+    if stat.S_IMODE(paths.home.stat().st_mode) & 0o077:
+        loose.append(f"{paths.home} (dir, want 0700)")
+    candidates = [paths.ssh_config, paths.known_hosts]
+    if paths.envs.is_dir():
+        for env_dir in paths.envs.iterdir():
+            candidates += [p for p in env_dir.iterdir() if not p.name.endswith(".pub")]
+    for path in candidates:
+        if path.is_file() and stat.S_IMODE(path.stat().st_mode) & 0o077:
+            loose.append(f"{path} ({stat.S_IMODE(path.stat().st_mode):04o}, want 0600)")
+    if loose:
+        return Finding(
+            "prov's files",
+            FAIL,
+            "readable by others: " + ", ".join(loose) + ". Fix: chmod go-rwx on each "
+            "(prov also tightens its keys the next time it uses them).",
+        )
+    return Finding("prov's files", PASS, f"{paths.home} and its keys are private")
+
+
+def diagnose(paths: ProvPaths | None = None) -> list[Finding]:
+    paths = paths or ProvPaths.from_env()
+    findings = [_docker()]
+    ssh_version = _version(["ssh", "-V"])
+    findings.append(
+        Finding("ssh client", PASS, ssh_version)
+        if ssh_version
+        else Finding("ssh client", FAIL, "`ssh` not found: install openssh-client.")
+    )
+    tmux_version = _version(["tmux", "-V"])
+    findings.append(
+        Finding("tmux", PASS, tmux_version)
+        if tmux_version
+        else Finding("tmux", WARN, "not found locally; NTM itself needs it (apt install tmux).")
+    )
+    findings.append(
+        Finding("ntm", PASS, shutil.which("ntm") or "")
+        if shutil.which("ntm")
+        else Finding(
+            "ntm",
+            WARN,
+            "not on PATH: `prov up` still works and prints the `ntm spawn` command; install "
+            "NTM (Named Tmux Manager) from its releases to run it.",
+        )
+    )
+    user_config = Path.home() / ".ssh" / "config"
+    try:
+        included = sshconf.with_include(user_config.read_text(), paths.ssh_config) is None
+    except FileNotFoundError:
+        included = False
+    findings.append(
+        Finding("ssh Include", PASS, f"{user_config} includes {paths.ssh_config}")
+        if included
+        else Finding(
+            "ssh Include",
+            WARN,
+            f"{user_config} does not include {paths.ssh_config}, so plain `ssh prov-NAME` "
+            f"(and NTM) cannot find the aliases. Fix: run `prov up` without --no-ssh-config, "
+            f"or add `{sshconf.include_line(paths.ssh_config)}` at the top of it.",
+        )
+    )
+    findings.append(_private_files(paths))
+    creds = host.find_credentials()
+    findings.append(
+        Finding("agent credentials", PASS, ", ".join(str(c.source) for c in creds.found))
+        if creds.found
+        else Finding(
+            "agent credentials",
+            WARN,
+            "none of ~/.claude, ~/.claude.json, ~/.codex, ~/.gemini, ~/.config/gemini exist: "
+            "log the agents in on this machine, or pass their API keys.",
+        )
+    )
+    cas = sorted(EXTRA_CA_DIR.glob("*.crt"))
+    findings.append(
+        Finding(
+            "extra CA certificates",
+            PASS,
+            f"{len(cas)} found ({', '.join(p.name for p in cas)}); images get them"
+            if cas
+            else "none in /usr/local/share/ca-certificates (no TLS inspection to trust)",
+        )
+    )
+    findings.append(
+        Finding("debootstrap", PASS, shutil.which("debootstrap") or "")
+        if shutil.which("debootstrap")
+        else Finding(
+            "debootstrap",
+            WARN,
+            "not installed: needed only when the base image can neither be found nor pulled "
+            "(offline hosts). Fix: apt install debootstrap.",
+        )
+    )
+    return findings
