@@ -11,6 +11,7 @@ from pathlib import Path
 from provisioner import keys, sshconf, state
 from provisioner.config import AGENT_USER, ProvPaths
 from provisioner.engine import Engine
+from provisioner.openssh import system_ssh
 from provisioner.plan import connect_host, container_name
 from provisioner.ready import (
     Fatal,
@@ -18,7 +19,6 @@ from provisioner.ready import (
     Transient,
     read_banner,
     run_command,
-    system_ssh,
 )
 
 

@@ -315,11 +315,9 @@ def _up_one(request: UpRequest, as_json: bool, spawn: bool) -> None:
 @app.command()
 def down(name: Annotated[str, typer.Argument(help="Environment name.")]) -> None:
     """Remove the container; keys, host key and ssh alias are kept for the next `up`."""
-    from provisioner import service
-    from provisioner.config import validate_name
+    from provisioner import lifecycle
 
-    _run(validate_name, name)
-    result = _run(service.down, name)
+    result = _run(lifecycle.down, _name(name))
     if result.removed:
         err.line(f"removed container prov-{name} (keys and alias kept)", "✓ ", "bold green")
     else:
@@ -506,10 +504,10 @@ def ssh(ctx: typer.Context, name: NameArg) -> None:
     import os
 
     from provisioner.config import ProvPaths
-    from provisioner.service import require_env
+    from provisioner.state import require
 
     paths = ProvPaths.from_env()
-    _run(require_env, paths, _name(name))
+    _run(require, paths, _name(name))
     argv = ["ssh", "-F", str(paths.ssh_config), "--", f"prov-{name}", *ctx.args]
     try:
         os.execvp("ssh", argv)  # noqa: S606 - replacing prov with ssh is the point

@@ -7,6 +7,8 @@ Every docker-py exception is caught here and re-raised as a ProvError with
 from __future__ import annotations
 
 import io
+import os
+import sys
 import tarfile
 import time
 from collections.abc import Callable, Iterator
@@ -14,6 +16,25 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+
+def _import_docker() -> None:
+    """Import docker-py without the paramiko it loads for ssh:// engines.
+
+    docker-py treats paramiko as optional (ImportError is its signal), and the
+    import costs ~0.25 s on every command; prov's engine is local unless
+    DOCKER_HOST says ssh://. Commands that log in import paramiko themselves.
+    """
+    if os.environ.get("DOCKER_HOST", "").startswith("ssh://") or "paramiko" in sys.modules:
+        return  # the plain import below loads docker-py as usual
+    sys.modules["paramiko"] = None  # type: ignore[assignment]
+    try:
+        import docker  # noqa: F401
+    finally:
+        del sys.modules["paramiko"]
+
+
+_import_docker()
 
 import docker
 import docker.errors

@@ -14,6 +14,7 @@ from provisioner.config import AGENT_USER, ProvPaths
 from provisioner.engine import ContainerInfo, Engine
 from provisioner.errors import ConflictError, NotFound
 from provisioner.fsutil import file_lock
+from provisioner.openssh import stop_master
 from provisioner.plan import (
     LABEL_BIND,
     LABEL_HOST_KEY,
@@ -23,8 +24,7 @@ from provisioner.plan import (
     connect_host,
     container_name,
 )
-from provisioner.ready import SshTarget, stop_master
-from provisioner.service import Reporter, await_ssh, require_env
+from provisioner.progress import Reporter
 
 LABEL_AGENTS = "prov.agents"
 
@@ -146,7 +146,11 @@ def start(
 ) -> float:
     """Start (or restart) the container and wait until SSH works; seconds to ready."""
     paths = paths or ProvPaths.from_env()
-    record = require_env(paths, name)
+    # Imported here: paramiko is paid for only by commands that log in.
+    from provisioner.ready import SshTarget
+    from provisioner.service import await_ssh
+
+    record = state.require(paths, name)
     engine = Engine.connect()
     info = _container(engine, name)
     stop_master(paths.ssh_config, sshconf.alias_for(name))
@@ -171,6 +175,36 @@ def logs(name: str, follow: bool, tail: int | None) -> Iterator[bytes]:
     engine = Engine.connect()
     info = _container(engine, name)
     return engine.logs(info.id, follow, tail)
+
+
+@dataclass(frozen=True)
+class DownResult:
+    name: str
+    removed: bool
+
+
+def down(name: str, paths: ProvPaths | None = None) -> DownResult:
+    paths = paths or ProvPaths.from_env()
+    engine = Engine.connect()
+    cname = container_name(name)
+    info = engine.find(cname)
+    if info is None:
+        if state.load(paths, name) is None:
+            raise NotFound(
+                f"No environment named {name!r}",
+                "prov has no record and no container of that name.",
+                "list them with `docker ps -a --filter label=prov.managed=true`.",
+            )
+        return DownResult(name, removed=False)
+    if not info.managed:
+        raise ConflictError(
+            f"Container {cname} was not made by prov",
+            "It has no prov labels.",
+            "prov leaves it alone; remove it yourself if it is yours.",
+        )
+    stop_master(paths.ssh_config, sshconf.alias_for(name))
+    engine.remove(info.id)
+    return DownResult(name, removed=True)
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,11 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
-from provisioner import host, keys, ready, sshconf, state
+from provisioner import host, keys, openssh, ready, sshconf, state
 from provisioner.config import AGENT_USER, DEFAULT_FIRST_PORT, ProvPaths, UpRequest, is_loopback
 from provisioner.engine import ContainerInfo, Engine
-from provisioner.errors import ConflictError, NotFound, NotReady, ProvError
+from provisioner.errors import ConflictError, NotReady
 from provisioner.fsutil import ensure_private_dir, file_lock
 from provisioner.image import ensure_image
 from provisioner.plan import (
@@ -32,14 +31,8 @@ from provisioner.plan import (
     build_plan,
     container_name,
 )
-from provisioner.ready import SshTarget, stop_master
-
-
-class Reporter(Protocol):
-    def step(self, message: str) -> None: ...
-    def note(self, message: str) -> None: ...
-    def warn(self, message: str) -> None: ...
-    def detail(self, message: str) -> None: ...
+from provisioner.progress import Reporter
+from provisioner.ready import SshTarget
 
 
 @dataclass(frozen=True)
@@ -216,6 +209,7 @@ def up(request: UpRequest, reporter: Reporter, paths: ProvPaths | None = None) -
             paths=paths,
         )
         action, container_id = _converge(engine, plan, existing, request, reporter)
+    _launch(engine, plan, action, container_id, reporter)
 
     target = SshTarget(plan.ssh.hostname, port, AGENT_USER, host_pair.public, identity)
     with file_lock(paths.lock):
@@ -297,7 +291,7 @@ def await_ssh(
 
     ready.wait_banner(target, probe, deadline, reporter.detail, logs)
     # sshd answers: the system client's check runs while paramiko logs in.
-    with ready.AliasCheck(paths.ssh_config, alias, "true") as alias_check:
+    with openssh.AliasCheck(paths.ssh_config, alias, "true") as alias_check:
         ready.wait_login(target, probe, deadline, reporter.detail, logs)
         code, output = alias_check.result(timeout=max(5.0, deadline.left()))
     if code != 0:
@@ -328,16 +322,14 @@ def _converge(
     request: UpRequest,
     reporter: Reporter,
 ) -> tuple[str, str]:
-    """Make the container match the plan; returns (action, container id)."""
+    """Decide what to do and create the container if needed (it reserves the port
+    in Docker's eyes, so this runs under prov's lock); returns (action, container id).
+    Starting is left to `_launch`, outside the lock, so parallel `up`s overlap."""
     action = "created"
     if existing is not None:
         drift = _drift(existing, plan)
         if not drift:
-            if existing.running:
-                return "unchanged", existing.id
-            reporter.step("starting the stopped container")
-            engine.start(existing.id)
-            return "started", existing.id
+            return ("unchanged" if existing.running else "started"), existing.id
         if not request.recreate:
             raise ConflictError(
                 f"Environment {plan.env_name!r} exists but differs from what was asked",
@@ -365,54 +357,20 @@ def _converge(
         if made is not None and made.managed and made.status == "created":
             engine.remove(made.id)
         raise
-    try:
-        engine.inject_files(container_id, [(f.path, f.mode, f.content) for f in c.files])
-        engine.start(container_id)
-    except BaseException:
-        engine.remove(container_id)
-        raise
     return action, container_id
 
 
-@dataclass(frozen=True)
-class DownResult:
-    name: str
-    removed: bool
-
-
-def down(name: str, paths: ProvPaths | None = None) -> DownResult:
-    paths = paths or ProvPaths.from_env()
-    engine = Engine.connect()
-    cname = container_name(name)
-    info = engine.find(cname)
-    if info is None:
-        if state.load(paths, name) is None:
-            raise NotFound(
-                f"No environment named {name!r}",
-                "prov has no record and no container of that name.",
-                "list them with `docker ps -a --filter label=prov.managed=true`.",
+def _launch(engine: Engine, plan: Plan, action: str, container_id: str, reporter: Reporter) -> None:
+    """Put the keys into a new container and start it; start a stopped one."""
+    if action == "started":
+        reporter.step("starting the stopped container")
+        engine.start(container_id)
+    elif action in ("created", "recreated"):
+        try:
+            engine.inject_files(
+                container_id, [(f.path, f.mode, f.content) for f in plan.container.files]
             )
-        return DownResult(name, removed=False)
-    if not info.managed:
-        raise ConflictError(
-            f"Container {cname} was not made by prov",
-            "It has no prov labels.",
-            "prov leaves it alone; remove it yourself if it is yours.",
-        )
-    stop_master(paths.ssh_config, sshconf.alias_for(name))
-    engine.remove(info.id)
-    return DownResult(name, removed=True)
-
-
-def require_env(paths: ProvPaths, name: str) -> state.EnvRecord:
-    record = state.load(paths, name)
-    if record is None:
-        raise NotFound(
-            f"No environment named {name!r}",
-            f"Nothing under {paths.envs}.",
-            f"create it with `prov up {name}`.",
-        )
-    return record
-
-
-__all__ = ["DownResult", "ProvError", "Reporter", "UpResult", "down", "require_env", "up"]
+            engine.start(container_id)
+        except BaseException:
+            engine.remove(container_id)
+            raise

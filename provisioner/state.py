@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from provisioner.config import ProvPaths
-from provisioner.errors import ConfigError
+from provisioner.errors import ConfigError, NotFound
 from provisioner.fsutil import atomic_write
 
 RECORD_FILE = "env.json"
@@ -51,3 +51,14 @@ def load(paths: ProvPaths, name: str) -> EnvRecord | None:
 
 def env_dir_exists(paths: ProvPaths, name: str) -> bool:
     return Path(paths.env_dir(name)).is_dir()
+
+
+def require(paths: ProvPaths, name: str) -> EnvRecord:
+    record = load(paths, name)
+    if record is None:
+        raise NotFound(
+            f"No environment named {name!r}",
+            f"Nothing under {paths.envs}.",
+            f"create it with `prov up {name}`.",
+        )
+    return record

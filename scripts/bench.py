@@ -7,7 +7,12 @@
 - `prov --help` wall time;
 - an ssh round trip through the alias, with and without connection reuse.
 
-Targets (issue 2): warm up within 1.3x the manual sequence, --help under 0.3 s.
+- no-op `prov up` of a running, unchanged environment; `prov ls` with 10
+  environments; `prov up e1 ... e10` against one environment's up; prov's
+  peak RSS during `up`.
+
+Targets: warm up within 1.3x the manual sequence, --help under 0.3 s, no-op
+up and ls under 0.5 s, ten at once under 3x one, peak RSS under 100 MB.
 Everything runs against the local engine with loopback ports; all containers,
 images and temp files it makes are removed at the end.
 """
@@ -174,6 +179,18 @@ def manual_sequence(key: Path, project: Path) -> float:
     return elapsed
 
 
+def peak_rss_mib(cmd: list[str], env: dict[str, str]) -> float:
+    """Run `cmd` and return its own peak resident set size (MiB), from wait4."""
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL
+    )
+    _pid, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        sys.exit(f"bench: {' '.join(cmd)} failed ({proc.returncode})")
+    return usage.ru_maxrss / 1024
+
+
 def fmt(values: list[float]) -> str:
     return (
         f"median {statistics.median(values):.3f} s  (min {min(values):.3f}, "
@@ -227,7 +244,27 @@ def main() -> None:
             timed(lambda: run([*prov, "up", name, "--project", str(project), "--json"], env=env))
             for _ in range(args.runs)
         ]
-        print(f"no-op prov up (running, unchanged): {fmt(noop_times)}")
+        print(f"no-op prov up (running, unchanged): {fmt(noop_times)}   target < 0.5 s")
+
+        run([*prov, "down", name], env=env)
+        rss = peak_rss_mib([*prov, "up", name, "--project", str(project)], env)
+        print(f"peak RSS of prov up: {rss:.0f} MiB   target < 100 MB")
+
+        many = [f"{name}m{i}" for i in range(10)]
+        for other in many:
+            (tmp / other).mkdir()
+        many_env = {**env, "NTM_PROJECTS_BASE": str(tmp)}
+        one = timed(lambda: run([*prov, "up", many[0]], env=many_env))
+        run([*prov, "down", many[0]], env=many_env)
+        ten = timed(lambda: run([*prov, "up", *many], env=many_env))
+        print(
+            f"prov up of 1 environment: {one:.2f} s; of 10 at once: {ten:.2f} s "
+            f"({ten / one:.2f}x)   target < 3x"
+        )
+        ls_times = [timed(lambda: run([*prov, "ls"], env=many_env)) for _ in range(args.runs)]
+        print(f"prov ls with {len(many) + 1} environments: {fmt(ls_times)}   target < 0.5 s")
+        for other in many:
+            run([*prov, "down", other], env=many_env)
 
         config = tmp / "ph" / "ssh_config"
         alias = noop["ssh_alias"]
