@@ -19,7 +19,7 @@ from pathlib import Path
 
 from provisioner.errors import BuildError
 
-# Packages docker/Dockerfile needs; bootstrapping them in keeps the build offline.
+# Packages docker/sshd/Dockerfile needs; bootstrapping them in keeps the build offline.
 IMAGE_PACKAGES = ("openssh-server", "sudo", "tmux", "git", "bash", "ca-certificates", "tini")
 
 

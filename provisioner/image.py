@@ -21,15 +21,15 @@ from provisioner.errors import BuildError
 IMAGE_REPO = "prov-env"
 
 
-def docker_context() -> Path:
-    """docker/ as shipped in the wheel, else docker/ beside the package (source tree)."""
+def docker_context(layer: str) -> Path:
+    """docker/LAYER as shipped in the wheel, else beside the package (source tree)."""
     here = Path(__file__).resolve().parent
-    for candidate in (here / "_docker", here.parent / "docker"):
+    for candidate in (here / "_docker" / layer, here.parent / "docker" / layer):
         if (candidate / "Dockerfile").is_file():
             return candidate
     raise BuildError(
-        "prov's image assets (docker/Dockerfile) are missing",
-        f"Looked in {here / '_docker'} and {here.parent / 'docker'}.",
+        f"prov's image assets (docker/{layer}/Dockerfile) are missing",
+        f"Looked in {here / '_docker' / layer} and {here.parent / 'docker' / layer}.",
         "reinstall prov.",
     )
 
@@ -110,7 +110,7 @@ def ensure_base(engine: Engine, requested: str, note: Progress, line: Progress) 
 
 def ensure_image(engine: Engine, base_image: str, note: Progress, line: Progress) -> BuiltImage:
     base_ref, base_id = ensure_base(engine, base_image, note, line)
-    context = docker_context()
+    context = docker_context("sshd")
     buildargs = {"BASE_IMAGE": base_ref}
     content_hash = context_hash(context, buildargs, base_id)
     tag = f"{IMAGE_REPO}:{content_hash[:16]}"
