@@ -535,6 +535,147 @@ def doctor(as_json: JsonOpt = False) -> None:
         raise typer.Exit(1)
 
 
+def _exec(argv: list[str]) -> NoReturn:
+    import os
+
+    from provisioner.errors import ProvError as Err
+
+    try:
+        os.execvp(argv[0], argv)  # noqa: S606 - handing the terminal over is the point
+    except OSError as exc:
+        _fail(Err(f"Cannot run {argv[0]}", str(exc), f"install {argv[0]} or put it on PATH."))
+
+
+@app.command("exec", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def exec_(ctx: typer.Context, name: NameArg) -> None:
+    """Run `-- CMD ...` (default: a login shell) as agent in the project dir (method 1)."""
+    from provisioner.config import ProvPaths
+    from provisioner.engine import exec_argv
+    from provisioner.state import require
+
+    record = _run(require, ProvPaths.from_env(), _name(name))
+    command = list(ctx.args) or ["bash", "-l"]
+    _exec(exec_argv(f"prov-{name}", record.project_dir, command, sys.stdin.isatty()))
+
+
+@app.command("alias")
+def alias_(name: NameArg) -> None:
+    """Print shell aliases (cc-NAME, cod-NAME, gmi-NAME) that run the agents in NAME."""
+    import shlex
+
+    from provisioner.config import ProvPaths
+    from provisioner.engine import exec_argv
+    from provisioner.state import require
+
+    record = _run(require, ProvPaths.from_env(), _name(name))
+    for short, command in (
+        ("cc", ["claude", "--dangerously-skip-permissions"]),
+        ("cod", ["codex", "--dangerously-bypass-approvals-and-sandbox"]),
+        ("gmi", ["gemini", "--yolo"]),
+    ):
+        line = shlex.join(exec_argv(f"prov-{name}", record.project_dir, command, tty=True))
+        out.line(f"alias {short}-{name}={shlex.quote(line)}")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def route(ctx: typer.Context) -> None:
+    """Run `-- AGENT ARGS` in the container whose project holds this directory, else
+    locally (method 4; called by NTM's [agents] templates that `prov ntm-config --route`
+    writes)."""
+    import os
+
+    from provisioner import route as routing
+    from provisioner.engine import exec_argv
+    from provisioner.errors import UsageError
+
+    command = list(ctx.args)
+    if not command:
+        _fail(
+            UsageError(
+                "prov route needs the agent command",
+                "Nothing after `--`.",
+                "call it as `prov route -- claude ...`.",
+            )
+        )
+    # The shell's logical $PWD is the path NTM cd'ed to (the mount target);
+    # getcwd() would have resolved symlinks in it.
+    cwd = str(Path.cwd())
+    logical = os.environ.get("PWD", "")
+    if logical and Path(logical).resolve() == Path(cwd).resolve():
+        cwd = logical
+    container = _run(routing.container_for, cwd)
+    if container is None:
+        _exec(command)
+    _exec(exec_argv(container, cwd, command, sys.stdin.isatty()))
+
+
+@app.command("ntm-config")
+def ntm_config(
+    name: Annotated[str | None, typer.Argument(help="Environment to run every agent in.")] = None,
+    route_: Annotated[
+        bool,
+        typer.Option(
+            "--route", help="Per-project routing via `prov route` instead of one container."
+        ),
+    ] = False,
+    remove: Annotated[
+        bool, typer.Option("--remove", help="Put back the entries prov replaced.")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show the diff, write nothing.")
+    ] = False,
+) -> None:
+    """Point NTM's global [agents] at a container (method 3) or at `prov route` (method 4),
+    editing NTM's config in place; comments and other settings are kept."""
+    import shutil as _shutil
+
+    from provisioner import ntmconfig
+    from provisioner.config import ProvPaths
+    from provisioner.errors import UsageError
+    from provisioner.host import ntm_config_path
+    from provisioner.state import require
+
+    paths = ProvPaths.from_env()
+    path = ntm_config_path()
+    text = path.read_text() if path.exists() else ""
+    if remove:
+        previous = ntmconfig.remembered(paths.home)
+        if previous is None:
+            err.line(f"prov has not changed {path}; nothing to remove")
+            return
+        edit = _run(ntmconfig.restore_agents, text, path, previous)
+    else:
+        if route_ == (name is not None):
+            _fail(
+                UsageError(
+                    "Say where the agents should run",
+                    "Pass an environment NAME, or --route for per-project routing (not both).",
+                    "e.g. `prov ntm-config myproject` or `prov ntm-config --route`.",
+                )
+            )
+        if name is not None:
+            _run(require, paths, _name(name))
+            templates = ntmconfig.exec_templates(f"prov-{name}")
+        else:
+            exe = _shutil.which("prov") or str(Path(sys.argv[0]).resolve())
+            templates = ntmconfig.route_templates(str(Path(exe).resolve()))
+        edit = _run(ntmconfig.set_agents, text, path, templates)
+    if dry_run:
+        out.line(edit.diff or f"no change to {path}")
+        return
+    from provisioner.fsutil import ensure_private_dir
+
+    ensure_private_dir(paths.home)
+    backup = _run(ntmconfig.apply, edit, paths.home, not remove)
+    if remove:
+        ntmconfig.forget(paths.home)
+    if backup is None and edit.after == edit.before:
+        err.line(f"{path} already says that; nothing changed")
+    else:
+        saved = f" (backup: {backup})" if backup else ""
+        err.line(f"updated [agents] in {path}{saved}", "✓ ", "bold green")
+
+
 def main() -> None:
     try:
         app()

@@ -305,6 +305,25 @@ class Engine:
             return str(self._client.version().get("Version", "?"))
 
 
+def exec_argv(container: str, workdir: str, command: list[str], tty: bool) -> list[str]:
+    """The docker CLI call that runs `command` as the agent user in `workdir`.
+
+    An interactive agent needs a real terminal, which docker-py's exec API does
+    not give; the docker CLI does, so prov hands over to it (guide method 1).
+    """
+    return [
+        "docker",
+        "exec",
+        "-it" if tty else "-i",
+        "-u",
+        "agent",
+        "-w",
+        workdir,
+        container,
+        *command,
+    ]
+
+
 def _info(attrs: dict[str, Any]) -> ContainerInfo:
     state = attrs.get("State") or {}
     ports = ((attrs.get("NetworkSettings") or {}).get("Ports") or {}).get(SSHD_PORT) or []

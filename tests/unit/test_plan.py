@@ -115,3 +115,16 @@ def test_wildcard_bind_connects_via_loopback() -> None:
     assert connect_host("0.0.0.0") == "127.0.0.1"
     assert connect_host("::") == "::1"
     assert connect_host("192.0.2.7") == "192.0.2.7"
+
+
+def test_route_picks_deepest_project_containing_cwd() -> None:
+    """Routing chooses the innermost project; unrelated or prefix-only paths do not match."""
+    from provisioner.route import choose
+
+    projects = {"prov-a": "/src/a", "prov-inner": "/src/a/sub", "prov-b": "/src/b"}
+    assert choose("/src/a", projects) == "prov-a"
+    assert choose("/src/a/x/y", projects) == "prov-a"
+    assert choose("/src/a/sub/z", projects) == "prov-inner"
+    assert choose("/src/b", projects) == "prov-b"
+    assert choose("/src/bb", projects) is None
+    assert choose("/elsewhere", projects) is None

@@ -1,0 +1,153 @@
+"""NTM's global config: point its [agents] templates into a container (guide
+methods 3 and 4), edited in place with tomlkit so comments and every other
+setting stay byte-for-byte as they were.
+
+NTM renders the templates locally (Go text/template) and types the result into
+a tmux pane. The model variables are kept so `--cc=2:opus` still works.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+import tomlkit
+from tomlkit.exceptions import TOMLKitError
+
+from provisioner.errors import ConfigError
+from provisioner.fsutil import atomic_write
+
+AGENT_KEYS = ("claude", "codex", "gemini")
+
+# What follows the launcher for each agent: NTM's own default commands, with
+# their template variables (see NTM-CONTRACT.md).
+AGENT_TAILS = {
+    "claude": "claude --dangerously-skip-permissions"
+    "{{if .Model}} --model {{shellQuote .Model}}{{end}}",
+    "codex": "codex --dangerously-bypass-approvals-and-sandbox"
+    "{{if .Model}} -m {{shellQuote .Model}}{{end}}"
+    "{{if .ReasoningEffort}} -c model_reasoning_effort={{shellQuote .ReasoningEffort}}{{end}}",
+    "gemini": "gemini{{if .Model}} --model {{shellQuote .Model}}{{end}} --yolo",
+}
+
+
+def exec_templates(container: str) -> dict[str, str]:
+    """Method 3: every pane's agent runs in `container`, in the pane's project dir
+    (mounted at the same path), as the agent user, with a TTY (panes have one)."""
+    launcher = f"docker exec -it -u agent -w {{{{shellQuote .ProjectDir}}}} {container}"
+    return {key: f"{launcher} {tail}" for key, tail in AGENT_TAILS.items()}
+
+
+def route_templates(prov_executable: str) -> dict[str, str]:
+    """Method 4: `prov route` picks the container whose project contains the pane's
+    directory, or runs the agent locally when none does."""
+    launcher = f"{shlex.quote(prov_executable)} route --"
+    return {key: f"{launcher} {tail}" for key, tail in AGENT_TAILS.items()}
+
+
+@dataclass(frozen=True)
+class Edit:
+    path: Path
+    before: str
+    after: str
+    previous: dict[str, str | None]  # the entries replaced (None: there was none)
+
+    @property
+    def diff(self) -> str:
+        return "".join(
+            difflib.unified_diff(
+                self.before.splitlines(keepends=True),
+                self.after.splitlines(keepends=True),
+                str(self.path),
+                f"{self.path} (after prov)",
+            )
+        )
+
+
+def _parse(text: str, path: Path) -> tomlkit.TOMLDocument:
+    try:
+        return tomlkit.parse(text)
+    except TOMLKitError as exc:
+        raise ConfigError(
+            f"Cannot edit NTM's config {path}: it is not valid TOML",
+            str(exc),
+            "fix the file (`ntm config edit`) and run again; prov changed nothing.",
+        ) from exc
+
+
+def set_agents(text: str, path: Path, templates: dict[str, str]) -> Edit:
+    """`text` with [agents] KEY = TEMPLATE for each template; nothing else changes."""
+    doc = _parse(text, path)
+    agents = doc.get("agents")
+    if agents is None:
+        agents = tomlkit.table()
+        doc["agents"] = agents
+    elif not isinstance(agents, dict):
+        raise ConfigError(
+            f"Cannot edit NTM's config {path}",
+            "`agents` is not a table.",
+            "fix the file (`ntm config edit`).",
+        )
+    previous: dict[str, str | None] = {}
+    for key, template in templates.items():
+        old = agents.get(key)
+        previous[key] = str(old) if old is not None else None
+        agents[key] = template
+    return Edit(path, text, tomlkit.dumps(doc), previous)
+
+
+def restore_agents(text: str, path: Path, previous: dict[str, str | None]) -> Edit:
+    """`text` with the [agents] entries put back as recorded in `previous`."""
+    doc = _parse(text, path)
+    agents = doc.get("agents")
+    if not isinstance(agents, dict):
+        return Edit(path, text, text, {})
+    current = {key: (str(agents[key]) if key in agents else None) for key in previous}
+    for key, old in previous.items():
+        if old is None:
+            agents.pop(key, None)
+        else:
+            agents[key] = old
+    if agents:
+        return Edit(path, text, tomlkit.dumps(doc), current)
+    # The table was prov's: drop it, and the blank line tomlkit put before it.
+    del doc["agents"]
+    return Edit(path, text, tomlkit.dumps(doc).rstrip("\n") + "\n", current)
+
+
+# Where prov remembers what it replaced, so --remove can put it back.
+def _record_path(prov_home: Path) -> Path:
+    return prov_home / "ntm-agents-before.json"
+
+
+def apply(edit: Edit, prov_home: Path, remember: bool) -> Path | None:
+    """Write the edit (after a backup of the old file); returns the backup path."""
+    if edit.after == edit.before:
+        return None
+    backup = None
+    if edit.path.exists():
+        backup = edit.path.with_name(edit.path.name + ".prov-backup")
+        atomic_write(backup, edit.before, edit.path.stat().st_mode & 0o777)
+    record = _record_path(prov_home)
+    if remember and not record.exists():
+        # Only the first edit's "before" is the user's own; later edits by prov
+        # must not overwrite it with prov's templates.
+        atomic_write(record, json.dumps(edit.previous, indent=2) + "\n", 0o600)
+    mode = edit.path.stat().st_mode & 0o777 if edit.path.exists() else 0o600
+    atomic_write(edit.path, edit.after, mode)
+    return backup
+
+
+def remembered(prov_home: Path) -> dict[str, str | None] | None:
+    try:
+        data = json.loads(_record_path(prov_home).read_text())
+    except FileNotFoundError:
+        return None
+    return {str(k): (None if v is None else str(v)) for k, v in data.items()}
+
+
+def forget(prov_home: Path) -> None:
+    _record_path(prov_home).unlink(missing_ok=True)
