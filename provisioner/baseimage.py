@@ -38,12 +38,17 @@ class Distro:
         return "main,universe" if self.id == "ubuntu" else "main"
 
 
-def host_distro(os_release: str) -> Distro | None:
+def parse_os_release(text: str) -> dict[str, str]:
     fields: dict[str, str] = {}
-    for line in os_release.splitlines():
+    for line in text.splitlines():
         key, sep, value = line.partition("=")
         if sep:
             fields[key.strip()] = value.strip().strip('"')
+    return fields
+
+
+def host_distro(os_release: str) -> Distro | None:
+    fields = parse_os_release(os_release)
     distro_id = fields.get("ID", "")
     codename = fields.get("VERSION_CODENAME", "")
     if distro_id in ("debian", "ubuntu") and codename:

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.status import Status
 
-    from provisioner.config import UpRequest
+    from provisioner.config import Extras, UpRequest
 
 app = typer.Typer(
     help="Isolated, SSH-reachable Docker environments for AI coding agents, handed to NTM.",
@@ -206,6 +206,57 @@ def up(
     ] = False,
     spawn: Annotated[bool, typer.Option("--spawn", help="Run the ntm command when ready.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    agents: Annotated[
+        str,
+        typer.Option(
+            envvar="PROV_AGENTS",
+            help="Agent CLIs in the image: a subset of claude,codex,gemini, or none.",
+        ),
+    ] = "claude,codex,gemini",
+    agent_version: Annotated[
+        list[str] | None,
+        typer.Option("--agent-version", help="AGENT=VERSION to pin another version (repeatable)."),
+    ] = None,
+    ca_cert: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--ca-cert",
+            help="Extra CA certificate to trust in the image "
+            "(repeatable; the host's own extra CAs are added already).",
+        ),
+    ] = None,
+    from_image: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            help="Your project image (Debian/Ubuntu based) to add prov's SSH and agent layers to.",
+        ),
+    ] = None,
+    dockerfile: Annotated[
+        Path | None,
+        typer.Option(
+            help="Project Dockerfile layered on top (default: PROJECT/.prov/Dockerfile if present)."
+        ),
+    ] = None,
+    gpus: Annotated[str | None, typer.Option(help="GPUs for the container: all or N.")] = None,
+    env: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--env", "-e", help="KEY=VALUE (or KEY from here) for agent sessions (repeatable)."
+        ),
+    ] = None,
+    env_file: Annotated[Path | None, typer.Option(help="File of KEY=VALUE lines.")] = None,
+    mount: Annotated[
+        list[str] | None,
+        typer.Option("--mount", help="Extra bind mount SRC:DST[:ro] (repeatable)."),
+    ] = None,
+    credentials: Annotated[
+        str,
+        typer.Option(
+            help="Agent logins: mount (shared with the host), copy (private to "
+            "this environment) or none."
+        ),
+    ] = "mount",
 ) -> None:
     """Build or reuse the image, run the environment, wait for SSH, write the alias.
 
@@ -224,6 +275,19 @@ def up(
                         f"run `prov up NAME {flag} ...` for each one instead.",
                     )
                 )
+    extras = _run(
+        _extras,
+        agents,
+        agent_version or [],
+        ca_cert or [],
+        from_image,
+        dockerfile,
+        gpus,
+        env or [],
+        env_file,
+        mount or [],
+        credentials,
+    )
     requests = [
         _run(
             UpRequest,
@@ -238,6 +302,7 @@ def up(
             agents=AgentCounts(cc, cod, gmi),
             write_user_ssh_config=ssh_config,
             recreate=recreate,
+            extras=extras,
         )
         for name in names
     ]
@@ -245,6 +310,33 @@ def up(
         _up_many(requests, as_json)
         return
     _up_one(requests[0], as_json, spawn)
+
+
+def _extras(
+    agents: str,
+    agent_versions: list[str],
+    ca_certs: list[Path],
+    from_image: str | None,
+    dockerfile: Path | None,
+    gpus: str | None,
+    env: list[str],
+    env_file: Path | None,
+    mounts: list[str],
+    credentials: str,
+) -> Extras:
+    from provisioner import config
+
+    return config.Extras(
+        agents=config.parse_agents(agents),
+        agent_versions=tuple(config.parse_agent_versions(agent_versions).items()),
+        ca_certs=tuple(p.expanduser().absolute() for p in ca_certs),
+        from_image=from_image,
+        dockerfile=dockerfile.expanduser().absolute() if dockerfile else None,
+        gpus=config.parse_gpus(gpus) if gpus is not None else None,
+        env=config.parse_env(env, env_file),
+        mounts=tuple(config.parse_mount(m) for m in mounts),
+        credentials=credentials,
+    )
 
 
 def _up_many(requests: list[UpRequest], as_json: bool) -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from provisioner.errors import UsageError
+from provisioner.errors import ConfigError, UsageError
 
 DEFAULT_BASE_IMAGE = "ubuntu:24.04"
 DEFAULT_TIMEOUT = 60.0
@@ -67,6 +67,155 @@ class AgentCounts:
     gmi: int = 0
 
 
+KNOWN_AGENTS = ("claude", "codex", "gemini")
+# Pinned so the same inputs build the same image; `--agent-version` overrides.
+AGENT_VERSIONS = {"claude": "2.1.332", "codex": "0.171.0", "gemini": "0.61.0"}
+# Passed into the environment when set on the host; their values are never shown.
+API_KEY_VARS = ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY")
+CREDENTIAL_MODES = ("mount", "copy", "none")
+_ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_VERSION_RE = re.compile(r"^[0-9A-Za-z.+-]{1,64}$")
+
+
+def parse_agents(text: str) -> tuple[str, ...]:
+    """`claude,codex,gemini`, any subset, or `none`."""
+    if text.strip().lower() == "none":
+        return ()
+    names = tuple(dict.fromkeys(n.strip().lower() for n in text.split(",") if n.strip()))
+    unknown = [n for n in names if n not in KNOWN_AGENTS]
+    if unknown or not names:
+        raise UsageError(
+            f"Unknown agent(s) in --agents {text!r}",
+            f"prov installs {', '.join(KNOWN_AGENTS)}.",
+            "pass a comma-separated subset such as claude,codex, or `none`.",
+        )
+    return names
+
+
+def parse_agent_versions(items: list[str]) -> dict[str, str]:
+    versions = dict(AGENT_VERSIONS)
+    for item in items:
+        agent, sep, version = item.partition("=")
+        if not sep or agent not in KNOWN_AGENTS or not _VERSION_RE.match(version):
+            raise UsageError(
+                f"Invalid --agent-version {item!r}",
+                "It takes AGENT=VERSION with AGENT one of " + ", ".join(KNOWN_AGENTS) + ".",
+                "e.g. --agent-version claude=2.1.300.",
+            )
+        versions[agent] = version
+    return versions
+
+
+def parse_env(items: list[str], env_file: Path | None) -> tuple[tuple[str, str], ...]:
+    """--env KEY=VALUE (or KEY, taken from prov's own environment) and --env-file lines."""
+    lines: list[tuple[str, str]] = []
+    if env_file is not None:
+        try:
+            text = env_file.read_text()
+        except OSError as exc:
+            raise ConfigError(
+                f"Cannot read --env-file {env_file}", str(exc), "check the path."
+            ) from exc
+        lines += [
+            (str(env_file), ln)
+            for ln in text.splitlines()
+            if ln.strip() and not ln.lstrip().startswith("#")
+        ]
+    lines += [("--env", item) for item in items]
+    pairs: dict[str, str] = {}
+    for source, line in lines:
+        key, sep, value = line.strip().removeprefix("export ").partition("=")
+        key = key.strip()
+        if not _ENV_KEY_RE.match(key):
+            raise UsageError(
+                f"Invalid environment variable in {source}: {key!r}",
+                "Names are letters, digits and _, not starting with a digit.",
+                "write KEY=VALUE.",
+            )
+        if not sep:
+            if key not in os.environ:
+                raise UsageError(
+                    f"{source} names {key} without a value, and it is not set here",
+                    "",
+                    f"write {key}=VALUE or export {key} first.",
+                )
+            value = os.environ[key]
+        pairs[key] = value
+    return tuple(pairs.items())
+
+
+@dataclass(frozen=True)
+class ExtraMount:
+    source: Path
+    target: str
+    read_only: bool
+
+
+def parse_mount(text: str) -> ExtraMount:
+    parts = text.split(":")
+    read_only = len(parts) == 3 and parts[2] == "ro"
+    if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
+        raise UsageError(
+            f"Invalid --mount {text!r}",
+            "It takes SRC:DST or SRC:DST:ro.",
+            "e.g. --mount ~/datasets:/data:ro.",
+        )
+    source = Path(parts[0]).expanduser().absolute()
+    if not parts[1].startswith("/"):
+        raise UsageError(
+            f"Invalid --mount {text!r}",
+            "DST must be an absolute path.",
+            "e.g. --mount ~/datasets:/data:ro.",
+        )
+    if not source.exists():
+        # Docker would create a root-owned empty directory in its place.
+        raise ConfigError(
+            f"--mount source {source} does not exist", "", "create it first, or fix the path."
+        )
+    return ExtraMount(source, parts[1], read_only)
+
+
+def parse_gpus(text: str) -> int:
+    """`all` -> -1 (Docker's "every GPU"), or a positive count."""
+    if text == "all":
+        return -1
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    raise UsageError(
+        f"Invalid --gpus {text!r}",
+        "It takes `all` or a number of GPUs.",
+        "e.g. --gpus all or --gpus 1.",
+    )
+
+
+@dataclass(frozen=True)
+class Extras:
+    """What the project's environment adds to prov's defaults (issue: environments)."""
+
+    agents: tuple[str, ...] = KNOWN_AGENTS
+    agent_versions: tuple[tuple[str, str], ...] = tuple(AGENT_VERSIONS.items())
+    ca_certs: tuple[Path, ...] = ()
+    from_image: str | None = None
+    dockerfile: Path | None = None
+    gpus: int | None = None
+    env: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # may hold secrets
+    mounts: tuple[ExtraMount, ...] = ()
+    credentials: str = "mount"
+
+    def __post_init__(self) -> None:
+        if self.credentials not in CREDENTIAL_MODES:
+            raise UsageError(
+                f"Invalid --credentials {self.credentials!r}",
+                "It takes " + ", ".join(CREDENTIAL_MODES) + ".",
+                "use `mount` (default), `copy` or `none`.",
+            )
+        for cert in self.ca_certs:
+            if not cert.is_file():
+                raise ConfigError(
+                    f"--ca-cert {cert} does not exist", "", "pass a PEM certificate file."
+                )
+
+
 @dataclass(frozen=True)
 class UpRequest:
     """Everything `prov up NAME` was asked to do."""
@@ -82,6 +231,7 @@ class UpRequest:
     agents: AgentCounts = AgentCounts()
     write_user_ssh_config: bool = True
     recreate: bool = False
+    extras: Extras = Extras()
 
     def __post_init__(self) -> None:
         validate_name(self.name)

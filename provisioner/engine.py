@@ -38,6 +38,7 @@ _import_docker()
 
 import docker
 import docker.errors
+from docker.types import DeviceRequest
 from docker.types import Mount as DockerMount
 
 from provisioner.errors import BuildError, ConflictError, DockerUnavailable, NotFound, ProvError
@@ -189,6 +190,27 @@ class Engine:
                 log_tail="\n".join(log[-BUILD_LOG_TAIL:]),
             )
 
+    def read_image_file(self, image: str, candidates: tuple[str, ...]) -> str:
+        """The text of the first regular file among `candidates` in `image`,
+        read from a created (never started) container; "" if none exists."""
+        with _docker_errors(f"read files of image {image}"):
+            container = self._client.api.create_container(image, command=["true"])
+            try:
+                for path in candidates:
+                    try:
+                        stream, _stat = self._client.api.get_archive(container["Id"], path)
+                    except docker.errors.NotFound:
+                        continue
+                    with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+                        member = tar.next()
+                        if member is not None and member.isfile():
+                            handle = tar.extractfile(member)
+                            if handle is not None:
+                                return handle.read().decode(errors="replace")
+                return ""
+            finally:
+                self._client.api.remove_container(container["Id"], force=True)
+
     # containers -----------------------------------------------------------
 
     def find(self, name: str) -> ContainerInfo | None:
@@ -235,6 +257,11 @@ class Engine:
                 mounts=mounts,
                 detach=True,
                 restart_policy={"Name": "unless-stopped"},
+                device_requests=(
+                    [DeviceRequest(count=spec.gpus, capabilities=[["gpu"]])]
+                    if spec.gpus is not None
+                    else None
+                ),
                 init=False,  # the image runs tini as PID 1 itself
             )
         return str(container.id)
@@ -262,8 +289,18 @@ class Engine:
             )
 
     def start(self, container_id: str) -> None:
-        with _docker_errors("start the container"):
-            self._client.api.start(container_id)
+        try:
+            with _docker_errors("start the container"):
+                self._client.api.start(container_id)
+        except ProvError as exc:
+            if "capabilities: [[gpu]]" in exc.seen or "nvidia" in exc.seen.lower():
+                raise ProvError(
+                    "This Docker engine cannot give containers GPUs",
+                    exc.seen,
+                    "install the NVIDIA driver and the NVIDIA Container Toolkit on this "
+                    "host (then restart dockerd), or leave --gpus out.",
+                ) from exc
+            raise
 
     def stop(self, container_id: str, timeout: int = 5) -> None:
         with _docker_errors("stop the container"):

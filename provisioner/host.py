@@ -4,6 +4,7 @@ its owner, and which agent credential paths exist. No Docker, no SSH here."""
 from __future__ import annotations
 
 import os
+import shutil
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,3 +121,57 @@ def find_credentials(home: Path | None = None) -> Credentials:
         else:
             missing.append(src)
     return Credentials(tuple(found), tuple(missing))
+
+
+EXTRA_CA_DIR = Path("/usr/local/share/ca-certificates")
+
+
+def extra_ca_files() -> tuple[Path, ...]:
+    """CA certificates this host trusts beyond the distribution's (TLS-inspecting
+    proxies put theirs here); images get them so HTTPS works inside too."""
+    if not EXTRA_CA_DIR.is_dir():
+        return ()
+    return tuple(sorted(p for p in EXTRA_CA_DIR.rglob("*.crt") if p.is_file()))
+
+
+def npm_registry() -> str:
+    """The npm registry this host's npm uses, if configured; "" means npm's default."""
+    for var in ("NPM_CONFIG_REGISTRY", "npm_config_registry"):
+        if os.environ.get(var):
+            return os.environ[var]
+    for rc in (Path.home() / ".npmrc", Path("/etc/npmrc"), Path("/usr/etc/npmrc")):
+        try:
+            for line in rc.read_text().splitlines():
+                key, sep, value = line.partition("=")
+                if sep and key.strip() == "registry":
+                    return value.strip()
+        except OSError:
+            continue
+    return ""
+
+
+def copy_credentials(
+    creds: tuple[CredentialMount, ...], dest: Path, uid: int, gid: int
+) -> tuple[CredentialMount, ...]:
+    """Private per-environment copies of the credential paths (made once), so
+    parallel environments do not fight over token refreshes. Never readable by
+    others; owned by the agent's UID so it can refresh them."""
+    copies = []
+    for cred in creds:
+        rel = cred.target.removeprefix(AGENT_HOME + "/")
+        target = dest / rel
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if cred.source.is_dir():
+                shutil.copytree(cred.source, target, symlinks=True)
+            else:
+                shutil.copy2(cred.source, target)
+            for path in [target, *(target.rglob("*") if target.is_dir() else [])]:
+                if not path.is_symlink():
+                    path.chmod(0o700 if path.is_dir() else 0o600)
+                    if os.geteuid() == 0:
+                        os.chown(path, uid, gid)
+        copies.append(CredentialMount(target, cred.target))
+    if os.geteuid() == 0 and dest.exists():
+        os.chown(dest, uid, gid)
+    return tuple(copies)

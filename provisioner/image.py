@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from provisioner import baseimage
@@ -52,6 +54,7 @@ class BuiltImage:
     content_hash: str
     base: str
     built_now: bool
+    agent_versions: dict[str, str] = field(default_factory=dict)
 
 
 Progress = Callable[[str], None]
@@ -108,21 +111,134 @@ def ensure_base(engine: Engine, requested: str, note: Progress, line: Progress) 
     return distro.tag, built
 
 
-def ensure_image(engine: Engine, base_image: str, note: Progress, line: Progress) -> BuiltImage:
-    base_ref, base_id = ensure_base(engine, base_image, note, line)
-    context = docker_context("sshd")
-    buildargs = {"BASE_IMAGE": base_ref}
-    content_hash = context_hash(context, buildargs, base_id)
+@dataclass(frozen=True)
+class ImageRequest:
+    """Everything that goes into the environment's image, layer by layer:
+    base (or the user's --from image) -> sshd -> agents + CAs -> project Dockerfile."""
+
+    base_image: str
+    from_image: str | None = None
+    agents: tuple[str, ...] = ()
+    versions: tuple[tuple[str, str], ...] = ()
+    ca_files: tuple[Path, ...] = ()
+    npm_registry: str = ""
+    project_dockerfile: Path | None = None
+
+
+def _layer(
+    engine: Engine,
+    what: str,
+    context: Path,
+    buildargs: dict[str, str],
+    parent_id: str,
+    note: Progress,
+    line: Progress,
+) -> tuple[str, str, bool]:
+    """Build `context` unless an image with the same content hash exists; (tag, hash, built)."""
+    content_hash = context_hash(context, buildargs, parent_id)
     tag = f"{IMAGE_REPO}:{content_hash[:16]}"
     if engine.image_id(tag):
-        return BuiltImage(tag, content_hash, base_ref, built_now=False)
-    note(f"building image {tag} from {base_ref}")
+        return tag, content_hash, False
+    note(f"building the {what} layer ({tag})")
     # "Step N/M" lines are the build's milestones; the rest is detail.
     engine.build(
         context,
         tag,
         buildargs,
-        {"prov.image-hash": content_hash, "prov.base": base_ref},
+        {"prov.image-hash": content_hash},
         lambda text: (note if text.startswith("Step ") else line)(text),
     )
-    return BuiltImage(tag, content_hash, base_ref, built_now=True)
+    return tag, content_hash, True
+
+
+def _agents_context(tmp: Path, ca_files: tuple[Path, ...]) -> Path:
+    """docker/agents plus the CA files to trust, in a private temp copy."""
+    context = tmp / "agents"
+    shutil.copytree(docker_context("agents"), context)
+    for index, ca in enumerate(ca_files):
+        shutil.copyfile(ca, context / "ca" / f"{index:02d}-{ca.name}")
+    return context
+
+
+def ensure_image(
+    engine: Engine, request: ImageRequest, note: Progress, line: Progress
+) -> BuiltImage:
+    if request.from_image:
+        base_ref = request.from_image
+        base_id = engine.image_id(base_ref) or (
+            engine.image_id(base_ref) if engine.try_pull(base_ref) else None
+        )
+        if base_id is None:
+            raise BuildError(
+                f"--from image {base_ref} is not present and cannot be pulled",
+                "prov adds its SSH and agent layers on top of an existing image.",
+                "build or load it first (`docker images` should list it).",
+            )
+        _require_debian_like(engine, base_ref)
+    else:
+        base_ref, base_id = ensure_base(engine, request.base_image, note, line)
+    built_any = False
+    tag, content_hash, built = _layer(
+        engine, "SSH", docker_context("sshd"), {"BASE_IMAGE": base_ref}, base_id, note, line
+    )
+    built_any |= built
+    versions = dict(request.versions)
+    if request.agents or request.ca_files:
+        with tempfile.TemporaryDirectory(prefix="prov-build-") as tmp:
+            context = _agents_context(Path(tmp), request.ca_files)
+            buildargs = {
+                "BASE_IMAGE": tag,
+                "AGENTS": ",".join(request.agents),
+                "NPM_REGISTRY": request.npm_registry,
+                **{
+                    arg: versions[agent] if agent in request.agents else ""
+                    for agent, arg in AGENT_BUILD_ARGS.items()
+                },
+            }
+            what = "agents (" + (", ".join(request.agents) or "CA certificates only") + ")"
+            parent = engine.image_id(tag) or ""
+            tag, content_hash, built = _layer(engine, what, context, buildargs, parent, note, line)
+            built_any |= built
+    if request.project_dockerfile is not None:
+        dockerfile = request.project_dockerfile
+        parent = engine.image_id(tag) or ""
+        tag, content_hash, built = _layer(
+            engine,
+            f"project ({dockerfile})",
+            dockerfile.parent,
+            {"PROV_IMAGE": tag},
+            parent,
+            note,
+            line,
+        )
+        built_any |= built
+    labels = engine.image_labels(tag)
+    installed = {
+        a: labels[f"prov.agent.{a}"] for a in AGENT_BUILD_ARGS if f"prov.agent.{a}" in labels
+    }
+    return BuiltImage(tag, content_hash, base_ref, built_any, installed)
+
+
+AGENT_BUILD_ARGS = {
+    "claude": "CLAUDE_CODE_VERSION",
+    "codex": "CODEX_VERSION",
+    "gemini": "GEMINI_CLI_VERSION",
+}
+
+SUPPORTED_BASES = ("debian", "ubuntu")
+
+
+def _require_debian_like(engine: Engine, image: str) -> None:
+    fields = baseimage.parse_os_release(engine.read_image_file(image, OS_RELEASE_PATHS))
+    family = {fields.get("ID", ""), *fields.get("ID_LIKE", "").split()}
+    if not family & set(SUPPORTED_BASES):
+        seen = fields.get("PRETTY_NAME") or fields.get("ID") or "no /etc/os-release"
+        raise BuildError(
+            f"--from image {image} is not Debian or Ubuntu based",
+            f"It says: {seen}. prov's layers use apt and Debian's OpenSSH packaging.",
+            "use an image built FROM debian or ubuntu (e.g. python:3.11, node:22), or add "
+            "your project's packages with .prov/Dockerfile on top of prov's image instead.",
+        )
+
+
+OS_RELEASE_PATHS = ("/etc/os-release", "/usr/lib/os-release")

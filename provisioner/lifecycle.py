@@ -16,6 +16,7 @@ from provisioner.errors import ConflictError, NotFound
 from provisioner.fsutil import file_lock
 from provisioner.openssh import stop_master
 from provisioner.plan import (
+    LABEL_AGENTS,
     LABEL_BIND,
     LABEL_HOST_KEY,
     LABEL_NAME,
@@ -25,8 +26,6 @@ from provisioner.plan import (
     container_name,
 )
 from provisioner.progress import Reporter
-
-LABEL_AGENTS = "prov.agents"
 
 
 @dataclass(frozen=True)

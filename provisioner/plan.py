@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from provisioner import __version__
-from provisioner.config import AGENT_HOME, AGENT_USER, AgentCounts, ProvPaths
+from provisioner.config import AGENT_HOME, AGENT_USER, AgentCounts, ExtraMount, ProvPaths
 from provisioner.host import CredentialMount
 from provisioner.keys import PublicKey
 from provisioner.sshconf import HostEntry, alias_for
@@ -27,10 +27,14 @@ LABEL_IMAGE_HASH = "prov.image-hash"
 LABEL_VERSION = "prov.version"
 LABEL_HOST_KEY = "prov.host-key-fingerprint"
 LABEL_MOUNTS = "prov.mounts"
+LABEL_AGENTS = "prov.agents"
+LABEL_GPUS = "prov.gpus"
+LABEL_ENV_KEYS = "prov.env-keys"
 
 SSHD_PORT = "22/tcp"
 HOST_KEY_PATH = "/etc/ssh/ssh_host_ed25519_key"
 AUTHORIZED_KEYS_PATH = f"/etc/ssh/authorized_keys/{AGENT_USER}"
+SESSION_ENV_PATH = "/etc/prov/environment"
 
 
 def container_name(name: str) -> str:
@@ -64,6 +68,7 @@ class ContainerSpec:
     port: int
     mounts: tuple[Mount, ...]
     files: tuple[InjectedFile, ...]
+    gpus: int | None = None  # -1: all
 
 
 @dataclass(frozen=True)
@@ -129,11 +134,16 @@ def build_plan(
     host_key_private: bytes,
     agents: AgentCounts,
     paths: ProvPaths,
+    extra_mounts: tuple[ExtraMount, ...] = (),
+    session_env: tuple[tuple[str, str], ...] = (),
+    gpus: int | None = None,
+    agent_versions: dict[str, str] | None = None,
 ) -> Plan:
     alias = alias_for(name)
     mounts = (
         Mount(project_dir, str(project_dir)),
         *(Mount(c.source, c.target) for c in credentials),
+        *(Mount(m.source, m.target, m.read_only) for m in extra_mounts),
     )
     labels = {
         LABEL_MANAGED: "true",
@@ -144,13 +154,25 @@ def build_plan(
         LABEL_IMAGE_HASH: image_hash,
         LABEL_VERSION: __version__,
         LABEL_HOST_KEY: host_key_public.fingerprint,
-        LABEL_MOUNTS: json.dumps([f"{m.source}:{m.target}" for m in mounts]),
+        LABEL_MOUNTS: json.dumps(
+            [f"{m.source}:{m.target}{':ro' if m.read_only else ''}" for m in mounts]
+        ),
+        LABEL_AGENTS: ",".join(f"{a} {v}" for a, v in sorted((agent_versions or {}).items()))
+        or "none",
+        LABEL_GPUS: "" if gpus is None else ("all" if gpus < 0 else str(gpus)),
+        # Names only: the values may be secrets and labels are public.
+        LABEL_ENV_KEYS: ",".join(k for k, _ in session_env),
     }
-    files = (
+    files: tuple[InjectedFile, ...] = (
         InjectedFile(HOST_KEY_PATH, 0o600, host_key_private),
         InjectedFile(HOST_KEY_PATH + ".pub", 0o644, (host_key_public.line + "\n").encode()),
         InjectedFile(AUTHORIZED_KEYS_PATH, 0o644, (authorized_key.line + "\n").encode()),
     )
+    if session_env:
+        # A root-only file, not Docker's env (which `docker inspect` shows to anyone
+        # with Docker access); the entrypoint hands it to every login via pam_env.
+        body = "".join(f"{key}={value}\n" for key, value in session_env)
+        files += (InjectedFile(SESSION_ENV_PATH, 0o600, body.encode()),)
     spec = ContainerSpec(
         name=container_name(name),
         image=image,
@@ -165,6 +187,7 @@ def build_plan(
         port=port,
         mounts=mounts,
         files=files,
+        gpus=gpus,
     )
     entry = HostEntry(
         alias=alias,

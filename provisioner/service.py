@@ -10,17 +10,27 @@ from __future__ import annotations
 import contextlib
 import errno
 import ipaddress
+import os
 import socket
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from provisioner import host, keys, openssh, ready, sshconf, state
-from provisioner.config import AGENT_USER, DEFAULT_FIRST_PORT, ProvPaths, UpRequest, is_loopback
+from provisioner.config import (
+    AGENT_USER,
+    API_KEY_VARS,
+    DEFAULT_FIRST_PORT,
+    Extras,
+    ProvPaths,
+    UpRequest,
+    is_loopback,
+)
 from provisioner.engine import ContainerInfo, Engine
-from provisioner.errors import ConflictError, NotReady
+from provisioner.errors import ConfigError, ConflictError, NotReady, UsageError
 from provisioner.fsutil import ensure_private_dir, file_lock
-from provisioner.image import ensure_image
+from provisioner.image import ImageRequest, ensure_image
 from provisioner.plan import (
     LABEL_BIND,
     LABEL_IMAGE_HASH,
@@ -171,11 +181,21 @@ def up(request: UpRequest, reporter: Reporter, paths: ProvPaths | None = None) -
             f"you give it the dir (`chown -R {project.uid}:{project.gid} {project.path}`) "
             "or use a project dir owned by a regular user"
         )
-    creds = host.find_credentials()
+    extras = request.extras
+    creds = host.find_credentials() if extras.credentials != "none" else host.Credentials((), ())
     if creds.found:
-        reporter.note("credentials mounted: " + ", ".join(str(c.source) for c in creds.found))
+        how = "copied (private to this environment)" if extras.credentials == "copy" else "mounted"
+        reporter.note(f"credentials {how}: " + ", ".join(str(c.source) for c in creds.found))
     if creds.missing:
         reporter.note("not found, not mounted: " + ", ".join(str(p) for p in creds.missing))
+    if sys.platform == "darwin" and extras.credentials != "none":
+        reporter.note(
+            "on macOS Claude Code keeps its login in the Keychain, which no container "
+            "can read: set ANTHROPIC_API_KEY to log Claude in"
+        )
+    session_env = _session_env(extras)
+    if session_env:
+        reporter.note("environment passed to sessions: " + ", ".join(k for k, _ in session_env))
 
     with file_lock(paths.lock):
         public, identity, key_source = _identity(request, paths)
@@ -183,9 +203,18 @@ def up(request: UpRequest, reporter: Reporter, paths: ProvPaths | None = None) -
             paths.env_dir(request.name), keys.HOST_KEY_NAME, f"prov-{request.name}-host"
         )
     reporter.step("image")
-    built = ensure_image(engine, request.base_image, reporter.note, reporter.detail)
+    built = ensure_image(
+        engine, _image_request(request, project.path), reporter.note, reporter.detail
+    )
     if not built.built_now:
         reporter.detail(f"reusing image {built.tag}")
+    if built.agent_versions:
+        reporter.note("agents: " + ", ".join(f"{a} {v}" for a, v in built.agent_versions.items()))
+    mounted = creds.found
+    if extras.credentials == "copy":
+        mounted = host.copy_credentials(
+            creds.found, paths.env_dir(request.name) / "credentials", project.uid, project.gid
+        )
 
     record = state.load(paths, request.name)
     with file_lock(paths.lock):
@@ -200,13 +229,17 @@ def up(request: UpRequest, reporter: Reporter, paths: ProvPaths | None = None) -
             project_uid=project.uid,
             project_gid=project.gid,
             projects_base=host.ntm_projects_base(),
-            credentials=creds.found,
+            credentials=mounted,
             authorized_key=public,
             identity_file=identity,
             host_key_public=host_pair.public,
             host_key_private=host_pair.private_openssh,
             agents=request.agents,
             paths=paths,
+            extra_mounts=extras.mounts,
+            session_env=session_env,
+            gpus=extras.gpus,
+            agent_versions=built.agent_versions,
         )
         action, container_id = _converge(engine, plan, existing, request, reporter)
     _launch(engine, plan, action, container_id, reporter)
@@ -301,6 +334,42 @@ def await_ssh(
             "check `ssh -G` output for the alias and your ssh client version.",
         )
     return time.monotonic() - started
+
+
+def _session_env(extras: Extras) -> tuple[tuple[str, str], ...]:
+    """Agent API keys set on this host, then --env/--env-file (which win)."""
+    pairs = {key: os.environ[key] for key in API_KEY_VARS if os.environ.get(key)}
+    pairs.update(extras.env)
+    for key, value in pairs.items():
+        if "\n" in value:
+            raise UsageError(
+                f"The value of {key} spans several lines",
+                "Session environment values must be one line.",
+                f"pass {key} in another way (e.g. a file in the project).",
+            )
+    return tuple(pairs.items())
+
+
+def _image_request(request: UpRequest, project_dir: Path) -> ImageRequest:
+    extras = request.extras
+    dockerfile = extras.dockerfile
+    if dockerfile is None and (project_dir / ".prov" / "Dockerfile").is_file():
+        dockerfile = project_dir / ".prov" / "Dockerfile"
+    if dockerfile is not None and not dockerfile.is_file():
+        raise ConfigError(
+            f"Project Dockerfile {dockerfile} does not exist",
+            "",
+            "fix --dockerfile, or create .prov/Dockerfile in the project.",
+        )
+    return ImageRequest(
+        base_image=request.base_image,
+        from_image=extras.from_image,
+        agents=extras.agents,
+        versions=extras.agent_versions,
+        ca_files=(*host.extra_ca_files(), *extras.ca_certs),
+        npm_registry=host.npm_registry() if extras.agents else "",
+        project_dockerfile=dockerfile.absolute() if dockerfile else None,
+    )
 
 
 def host_user_ssh_config() -> Path:

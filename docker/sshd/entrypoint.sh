@@ -13,6 +13,7 @@
 # Files prov puts into the created container before it starts:
 #   /etc/ssh/ssh_host_ed25519_key(.pub)  per-container host key
 #   /etc/ssh/authorized_keys/agent       the user's public key(s)
+#   /etc/prov/environment                optional KEY=VALUE lines for sessions
 #
 # Nothing here may change the owner of anything inside a bind mount: host
 # directories are mounted under /home/agent, so every chown is
@@ -174,6 +175,25 @@ chown root:root "$HOST_KEY" 2>/dev/null || true
 chmod 0600 "$HOST_KEY" 2>/dev/null || true
 [ -s "$AUTH_KEYS" ] ||
 	die "no authorized key was injected; prov puts it in before start ($AUTH_KEYS is missing or empty)"
+
+# --- 4b. session environment -------------------------------------------------
+# prov puts KEY=VALUE lines (API keys, --env) into a root-only file before
+# start, never into Docker's env, which `docker inspect` shows. pam_env reads
+# /etc/environment for every ssh session, and tmux panes inherit it. The file
+# is made readable by root and agent only, as it may hold secrets.
+SESSION_ENV=/etc/prov/environment
+if [ -f /etc/environment ]; then
+	sed -i '/^# >>> prov session env/,/^# <<< prov session env/d' /etc/environment
+fi
+if [ -s "$SESSION_ENV" ]; then
+	{
+		echo '# >>> prov session env (rewritten at every start)'
+		cat "$SESSION_ENV"
+		echo '# <<< prov session env'
+	} >>/etc/environment
+	chown root:agent /etc/environment
+	chmod 0640 /etc/environment
+fi
 
 # --- 5. sshd -----------------------------------------------------------------
 mkdir -p /run/sshd

@@ -130,8 +130,13 @@ def prov(
         "HOME": str(home),
         "PROV_HOME": str(root / "ph"),
         "NTM_PROJECTS_BASE": str(projects),
+        # Agent CLIs take minutes to install; only tests marked slow ask for them.
+        "PROV_AGENTS": "none",
+        # NTM's config is this test home's, never the user's.
+        "NTM_CONFIG": str(home / ".config" / "ntm" / "config.toml"),
     }
-    env.pop("NTM_CONFIG", None)
+    for key in ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY", "XDG_CONFIG_HOME"):
+        env.pop(key, None)
     harness = Prov(home, root / "ph", projects, f"t{secrets.token_hex(2)}", env)
     yield harness
     for container in docker_client.containers.list(

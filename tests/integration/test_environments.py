@@ -1,0 +1,272 @@
+"""The project's environment: session env and secrets, mounts, credentials modes,
+--from images, .prov/Dockerfile, GPUs, and guide methods 1, 3 and 4."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import docker
+import pytest
+
+from tests.integration.conftest import PROJECT_GID, PROJECT_UID, Prov, prov_containers
+
+SECRET = "sk-test-0123456789-not-a-real-key"  # noqa: S105 - a marker to search for, not a key
+
+
+def _pane_output(prov: Prov, alias: str, session: str, directory: str, command: str) -> str:
+    """Type `command` into a tmux pane made the way NTM makes it; return what it wrote."""
+    out_file = f"/tmp/{session}.out"
+
+    def tmux(*args: str) -> None:
+        inner = "tmux " + " ".join(shlex.quote(a) for a in args)
+        result = prov.ssh(alias, f"/bin/sh -c {shlex.quote(inner)}")
+        assert result.returncode == 0, result.stderr
+
+    tmux("new-session", "-d", "-s", session, "-c", directory)
+    tmux(
+        "send-keys",
+        "-t",
+        session,
+        f"cd {shlex.quote(directory)} && ({command}) > {out_file} 2>&1; echo done >> {out_file}",
+        "Enter",
+    )
+    deadline = time.monotonic() + 60
+    text = ""
+    while time.monotonic() < deadline:
+        text = prov.ssh(alias, f"cat {out_file} 2>/dev/null").stdout
+        if text.rstrip().endswith("done"):
+            break
+        time.sleep(0.2)
+    tmux("kill-session", "-t", session)
+    return text
+
+
+def test_session_env_reaches_ssh_and_panes_but_not_docker_inspect(
+    prov: Prov, docker_client: docker.DockerClient, tmp_path: Path
+) -> None:
+    """API keys and --env reach agents (ssh and tmux panes), never Docker's env or output."""
+    name = prov.name("envs")
+    project = prov.project(name)
+    env_file = tmp_path / "env"
+    env_file.write_text("# comment\nFROM_FILE=file value\n")
+    result = prov.run(
+        "up",
+        name,
+        "--json",
+        "-e",
+        "PLAIN=1",
+        "--env-file",
+        str(env_file),
+        env={"ANTHROPIC_API_KEY": SECRET},
+    )
+    assert result.returncode == 0, result.stderr
+    assert SECRET not in result.stdout + result.stderr
+    alias = f"prov-{name}"
+    seen = prov.ssh(alias, 'echo "$ANTHROPIC_API_KEY|$PLAIN|$FROM_FILE"').stdout.strip()
+    assert seen == f"{SECRET}|1|file value"
+    pane = _pane_output(prov, alias, "envtest", str(project), 'echo "$ANTHROPIC_API_KEY"')
+    assert SECRET in pane
+    attrs = docker_client.containers.get(alias).attrs
+    assert SECRET not in json.dumps(attrs)
+    assert attrs["Config"]["Labels"]["prov.env-keys"] == "ANTHROPIC_API_KEY,FROM_FILE,PLAIN"
+
+
+def test_extra_mount_read_only(prov: Prov, tmp_path: Path) -> None:
+    """--mount SRC:DST:ro shows the host files and refuses writes."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "hello.txt").write_text("hi\n")
+    name = prov.name("mnt")
+    prov.project(name)
+    prov.up(name, "--mount", f"{data}:/data:ro")
+    result = prov.ssh(f"prov-{name}", "cat /data/hello.txt; touch /data/x")
+    assert result.stdout.strip() == "hi"
+    assert result.returncode != 0 and "Read-only" in result.stderr
+
+
+def test_credentials_copy_and_none(prov: Prov) -> None:
+    """copy: a private 0600 copy the agent can refresh without touching the host's;
+    none: nothing mounted."""
+    name = prov.name("credcopy")
+    prov.project(name)
+    prov.up(name, "--credentials", "copy")
+    alias = f"prov-{name}"
+    host_before = (prov.home / ".codex" / "auth.json").read_text()
+    result = prov.ssh(
+        alias,
+        'cat ~/.codex/auth.json && echo \'{"token": "copy"}\' > '
+        "~/.codex/auth.json && stat -c %a ~/.codex/auth.json",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("600")  # mode of the copy inside
+    assert (prov.home / ".codex" / "auth.json").read_text() == host_before
+    copy = prov.prov_home / "envs" / name / "credentials" / ".codex" / "auth.json"
+    assert '"copy"' in copy.read_text()
+    assert (copy.stat().st_uid, copy.stat().st_mode & 0o077) == (PROJECT_UID, 0)
+
+    bare = prov.name("credsnone")
+    prov.project(bare)
+    prov.up(bare, "--credentials", "none")
+    assert (
+        prov.ssh(f"prov-{bare}", "test ! -e ~/.codex && test ! -e ~/.claude.json").returncode == 0
+    )
+
+
+def test_project_dockerfile_layer(prov: Prov) -> None:
+    """PROJECT/.prov/Dockerfile is built on top of prov's image; changing it rebuilds."""
+    name = prov.name("projdf")
+    project = prov.project(name)
+    (project / ".prov").mkdir()
+    dockerfile = project / ".prov" / "Dockerfile"
+    dockerfile.write_text(
+        "ARG PROV_IMAGE\nFROM ${PROV_IMAGE}\nRUN echo layer-one > /etc/project-marker\n"
+    )
+    first = prov.up(name)
+    assert (
+        prov.ssh(str(first["ssh_alias"]), "cat /etc/project-marker").stdout.strip() == "layer-one"
+    )
+    dockerfile.write_text(dockerfile.read_text().replace("layer-one", "layer-two"))
+    drift = prov.run("up", name)
+    assert drift.returncode == 4 and "image" in drift.stderr
+    prov.up(name, "--recreate")
+    assert (
+        prov.ssh(str(first["ssh_alias"]), "cat /etc/project-marker").stdout.strip() == "layer-two"
+    )
+
+
+def test_from_user_image(prov: Prov, docker_client: docker.DockerClient) -> None:
+    """--from adds prov's layers to the user's Debian-based project image."""
+    base = docker_client.images.list(name="prov-base")[0]
+    docker_client.images.build(
+        fileobj=io.BytesIO(f"FROM {base.id}\nRUN echo mine > /opt/user-marker\n".encode()),
+        tag="prov-test-userimage:1",
+        rm=True,
+    )
+    try:
+        name = prov.name("fromimg")
+        prov.project(name)
+        env = prov.up(name, "--from", "prov-test-userimage:1")
+        assert prov.ssh(str(env["ssh_alias"]), "cat /opt/user-marker").stdout.strip() == "mine"
+    finally:
+        prov.run("down", prov.name("fromimg"))
+        docker_client.images.remove("prov-test-userimage:1", force=True)
+
+
+def test_from_non_debian_image_is_refused(prov: Prov, docker_client: docker.DockerClient) -> None:
+    """An image that is not Debian/Ubuntu based gets a clear error naming what it is."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        data = b'ID=alpine\nPRETTY_NAME="Alpine Linux v3.20"\n'
+        info = tarfile.TarInfo("etc/os-release")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    docker_client.api.import_image_from_data(buf.getvalue(), repository="prov-test-alpine", tag="1")
+    try:
+        name = prov.name("alpine")
+        prov.project(name)
+        result = prov.run("up", name, "--from", "prov-test-alpine:1")
+        assert result.returncode == 5
+        assert "not Debian or Ubuntu based" in result.stderr
+        assert "Alpine Linux v3.20" in result.stderr
+        assert prov_containers(docker_client, name) == []
+    finally:
+        docker_client.images.remove("prov-test-alpine:1", force=True)
+
+
+def test_gpus_without_gpu_support(prov: Prov, docker_client: docker.DockerClient) -> None:
+    """--gpus asks Docker for GPU devices; an engine without them is a clear error."""
+    name = prov.name("gpu")
+    prov.project(name)
+    result = prov.run("up", name, "--gpus", "all")
+    assert result.returncode != 0
+    assert "cannot give containers GPUs" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert prov_containers(docker_client, name) == []
+
+
+def test_systemd_run_prefix_runs_in_the_container(prov: Prov) -> None:
+    """NTM's memLimitPrefix line typed into a pane runs the command inside."""
+    name = prov.name("sdrun")
+    project = prov.project(name)
+    prov.up(name)
+    text = _pane_output(
+        prov,
+        f"prov-{name}",
+        "sdrun",
+        str(project),
+        "systemd-run --user --scope -q -p MemoryMax=4G id -un",
+    )
+    assert text.splitlines()[0] == "agent", text
+
+
+def test_exec_alias_and_route(prov: Prov, tmp_path: Path) -> None:
+    """Method 1 (exec, alias) and method 4 (route picks the project's container, else local)."""
+    a, b = prov.name("route-a"), prov.name("route-b")
+    project_a, project_b = prov.project(a), prov.project(b)
+    (project_a / "sub").mkdir()
+    prov.up(a)
+    prov.up(b)
+    ran = prov.run("exec", a, "--", "sh", "-c", "id -un; pwd")
+    assert ran.stdout.split() == ["agent", str(project_a)], ran.stderr
+    aliases = prov.run("alias", a).stdout
+    assert f"alias cc-{a}=" in aliases and f"prov-{a} claude" in aliases
+
+    def route(cwd: Path) -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "provisioner", "route", "--", "sh", "-c", "hostname; pwd"],
+            cwd=cwd,
+            env={**prov.env, "PWD": str(cwd)},
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    assert route(project_a / "sub").split() == [a, str(project_a / "sub")]
+    assert route(project_b).split() == [b, str(project_b)]
+    assert route(tmp_path).split() == [os.uname().nodename, str(tmp_path)]
+
+
+def test_ntm_config_round_trip(prov: Prov) -> None:
+    """ntm-config: --dry-run writes nothing, apply keeps comments and other keys and makes a
+    backup, --remove restores the file byte for byte."""
+    name = prov.name("ntmcfg")
+    prov.project(name)
+    prov.up(name)
+    config = Path(prov.env["NTM_CONFIG"])
+    config.parent.mkdir(parents=True, exist_ok=True)
+    original = (
+        '# my NTM settings\nprojects_base = "~/code" # here\n\n[agents]\n'
+        'aider = "aider --yes" # keep me\nclaude = "claude --verbose"\n'
+    )
+    config.write_text(original)
+    dry = prov.run("ntm-config", name, "--dry-run")
+    assert dry.returncode == 0 and f"prov-{name} claude" in dry.stdout
+    assert config.read_text() == original
+    applied = prov.run("ntm-config", name)
+    assert applied.returncode == 0, applied.stderr
+    text = config.read_text()
+    assert "# my NTM settings" in text and 'aider = "aider --yes" # keep me' in text
+    assert f"docker exec -it -u agent -w {{{{shellQuote .ProjectDir}}}} prov-{name} claude" in text
+    assert Path(f"{config}.prov-backup").read_text() == original
+    routed = prov.run("ntm-config", "--route")
+    assert routed.returncode == 0 and " route -- claude" in config.read_text()
+    removed = prov.run("ntm-config", "--remove")
+    assert removed.returncode == 0, removed.stderr
+    assert config.read_text() == original
+
+
+@pytest.mark.usefixtures("prov")
+def test_project_owner_ids_constant() -> None:
+    """The project owner used by these tests is not root (guards the UID tests above)."""
+    assert PROJECT_UID != 0 and PROJECT_GID != 0
