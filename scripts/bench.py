@@ -11,6 +11,10 @@
   environments; `prov up e1 ... e10` against one environment's up; prov's
   peak RSS during `up`.
 
+- with --agents: `prov up` with Claude Code, Codex and Gemini CLI in the image,
+  first as found (add --cold to delete prov's agent layers first) and then
+  cached, and the image's size.
+
 Targets: warm up within 1.3x the manual sequence, --help under 0.3 s, no-op
 up and ls under 0.5 s, ten at once under 3x one, peak RSS under 100 MB.
 Everything runs against the local engine with loopback ports; all containers,
@@ -191,6 +195,32 @@ def peak_rss_mib(cmd: list[str], env: dict[str, str]) -> float:
     return usage.ru_maxrss / 1024
 
 
+def bench_agents(
+    prov: list[str],
+    client: docker.DockerClient,
+    env: dict[str, str],
+    project: Path,
+    name: str,
+    cold: bool,
+) -> None:
+    full = {**env, "PROV_AGENTS": "claude,codex,gemini"}
+    if cold:
+        for image in client.images.list(filters={"label": "prov.agent=1"}):
+            client.images.remove(image.id, force=True)
+        client.images.prune(filters={"dangling": True})
+    first = timed(lambda: run([*prov, "up", name, "--project", str(project)], env=full))
+    image = client.containers.get(f"prov-{name}").image
+    run([*prov, "down", name], env=full)
+    cached = timed(lambda: run([*prov, "up", name, "--project", str(project)], env=full))
+    run([*prov, "down", name], env=full)
+    label = "cold (agent layers deleted first)" if cold else "first run, as found"
+    print(f"full image prov up, {label}: {first:.1f} s; cached: {cached:.2f} s")
+    print(
+        f"full image size: {image.attrs['Size'] / 2**20:.0f} MiB "
+        f"(agents: {image.labels.get('prov.agents', '?')})"
+    )
+
+
 def fmt(values: list[float]) -> str:
     return (
         f"median {statistics.median(values):.3f} s  (min {min(values):.3f}, "
@@ -201,11 +231,22 @@ def fmt(values: list[float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=5, help="repetitions per figure")
+    parser.add_argument(
+        "--agents", action="store_true", help="also time the full image with the three agent CLIs"
+    )
+    parser.add_argument(
+        "--cold", action="store_true", help="with --agents: delete prov's agent-layer images first"
+    )
     args = parser.parse_args()
     prov = prov_exe()
     client = docker.from_env()
     tmp = Path(tempfile.mkdtemp(prefix="prov-bench-"))
-    env = {**os.environ, "HOME": str(tmp / "home"), "PROV_HOME": str(tmp / "ph")}
+    env = {
+        **os.environ,
+        "HOME": str(tmp / "home"),
+        "PROV_HOME": str(tmp / "ph"),
+        "PROV_AGENTS": "none",
+    }
     project = tmp / "bench"
     project.mkdir()
     (tmp / "home").mkdir()
@@ -265,6 +306,9 @@ def main() -> None:
         print(f"prov ls with {len(many) + 1} environments: {fmt(ls_times)}   target < 0.5 s")
         for other in many:
             run([*prov, "down", other], env=many_env)
+
+        if args.agents:
+            bench_agents(prov, client, env, project, f"{name}full", args.cold)
 
         config = tmp / "ph" / "ssh_config"
         alias = noop["ssh_alias"]
