@@ -36,8 +36,15 @@ def docker_context(layer: str) -> Path:
     )
 
 
-def context_hash(context: Path, buildargs: dict[str, str], base_id: str) -> str:
-    digest = hashlib.sha256()
+# Bumped whenever the way prov builds or labels a layer changes, so images
+# made the old way are not mistaken for current ones.
+LAYER_FORMAT = "2"
+
+
+def context_hash(
+    context: Path, buildargs: dict[str, str], base_id: str, labels: dict[str, str] | None = None
+) -> str:
+    digest = hashlib.sha256(f"prov-layer-{LAYER_FORMAT}\0".encode())
     for path in sorted(p for p in context.rglob("*") if p.is_file()):
         rel = path.relative_to(context).as_posix()
         executable = path.stat().st_mode & 0o111 != 0
@@ -45,6 +52,7 @@ def context_hash(context: Path, buildargs: dict[str, str], base_id: str) -> str:
         digest.update(hashlib.sha256(path.read_bytes()).digest())
     digest.update(json.dumps(buildargs, sort_keys=True).encode())
     digest.update(base_id.encode())
+    digest.update(json.dumps(labels or {}, sort_keys=True).encode())
     return digest.hexdigest()
 
 
@@ -131,11 +139,13 @@ def _layer(
     context: Path,
     buildargs: dict[str, str],
     parent_id: str,
+    base_ref: str,
     note: Progress,
     line: Progress,
 ) -> tuple[str, str, bool]:
     """Build `context` unless an image with the same content hash exists; (tag, hash, built)."""
-    content_hash = context_hash(context, buildargs, parent_id)
+    labels = {"prov.base": base_ref}
+    content_hash = context_hash(context, buildargs, parent_id, labels)
     tag = f"{IMAGE_REPO}:{content_hash[:16]}"
     if engine.image_id(tag):
         return tag, content_hash, False
@@ -145,7 +155,7 @@ def _layer(
         context,
         tag,
         buildargs,
-        {"prov.image-hash": content_hash},
+        {"prov.image-hash": content_hash, **labels},
         lambda text: (note if text.startswith("Step ") else line)(text),
     )
     return tag, content_hash, True
@@ -179,7 +189,14 @@ def ensure_image(
         base_ref, base_id = ensure_base(engine, request.base_image, note, line)
     built_any = False
     tag, content_hash, built = _layer(
-        engine, "SSH", docker_context("sshd"), {"BASE_IMAGE": base_ref}, base_id, note, line
+        engine,
+        "SSH",
+        docker_context("sshd"),
+        {"BASE_IMAGE": base_ref},
+        base_id,
+        base_ref,
+        note,
+        line,
     )
     built_any |= built
     versions = dict(request.versions)
@@ -197,7 +214,9 @@ def ensure_image(
             }
             what = "agents (" + (", ".join(request.agents) or "CA certificates only") + ")"
             parent = engine.image_id(tag) or ""
-            tag, content_hash, built = _layer(engine, what, context, buildargs, parent, note, line)
+            tag, content_hash, built = _layer(
+                engine, what, context, buildargs, parent, base_ref, note, line
+            )
             built_any |= built
     if request.project_dockerfile is not None:
         dockerfile = request.project_dockerfile
@@ -208,6 +227,7 @@ def ensure_image(
             dockerfile.parent,
             {"PROV_IMAGE": tag},
             parent,
+            base_ref,
             note,
             line,
         )

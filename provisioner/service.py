@@ -11,9 +11,12 @@ import contextlib
 import errno
 import ipaddress
 import os
+import signal
 import socket
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -217,52 +220,54 @@ def up(request: UpRequest, reporter: Reporter, paths: ProvPaths | None = None) -
         )
 
     record = state.load(paths, request.name)
-    with file_lock(paths.lock):
-        port = choose_port(engine, request, existing, record.port if record else None)
-        plan = build_plan(
-            name=request.name,
-            image=built.tag,
-            image_hash=built.content_hash,
-            bind=request.bind,
-            port=port,
-            project_dir=project.path,
-            project_uid=project.uid,
-            project_gid=project.gid,
-            projects_base=host.ntm_projects_base(),
-            credentials=mounted,
-            authorized_key=public,
-            identity_file=identity,
-            host_key_public=host_pair.public,
-            host_key_private=host_pair.private_openssh,
-            agents=request.agents,
-            paths=paths,
-            extra_mounts=extras.mounts,
-            session_env=session_env,
-            gpus=extras.gpus,
-            agent_versions=built.agent_versions,
-        )
-        action, container_id = _converge(engine, plan, existing, request, reporter)
-    _launch(engine, plan, action, container_id, reporter)
-
-    target = SshTarget(plan.ssh.hostname, port, AGENT_USER, host_pair.public, identity)
-    with file_lock(paths.lock):
-        sshconf.pin_host_key(
-            paths.known_hosts, plan.ssh.alias, host_pair.public.key_type, host_pair.public.blob_b64
-        )
-        sshconf.write_entry(paths.ssh_config, plan.ssh)
+    action: str | None = None
+    container_id: str | None = None
+    alias = sshconf.alias_for(request.name)
     try:
-        seconds = await_ssh(
-            engine, paths, target, plan.ssh.alias, container_id, request.timeout, reporter
-        )
+        with file_lock(paths.lock):
+            port = choose_port(engine, request, existing, record.port if record else None)
+            plan = build_plan(
+                name=request.name,
+                image=built.tag,
+                image_hash=built.content_hash,
+                bind=request.bind,
+                port=port,
+                project_dir=project.path,
+                project_uid=project.uid,
+                project_gid=project.gid,
+                projects_base=host.ntm_projects_base(),
+                credentials=mounted,
+                authorized_key=public,
+                identity_file=identity,
+                host_key_public=host_pair.public,
+                host_key_private=host_pair.private_openssh,
+                agents=request.agents,
+                paths=paths,
+                extra_mounts=extras.mounts,
+                session_env=session_env,
+                gpus=extras.gpus,
+                agent_versions=built.agent_versions,
+            )
+            action, container_id = _converge(engine, plan, existing, request, reporter)
+        _launch(engine, plan, action, container_id, reporter)
+        target = SshTarget(plan.ssh.hostname, port, AGENT_USER, host_pair.public, identity)
+        with file_lock(paths.lock):
+            sshconf.pin_host_key(
+                paths.known_hosts, alias, host_pair.public.key_type, host_pair.public.blob_b64
+            )
+            sshconf.write_entry(paths.ssh_config, plan.ssh)
+        seconds = await_ssh(engine, paths, target, alias, container_id, request.timeout, reporter)
     except BaseException:
-        # Nothing half-made: a container this run created goes away again,
-        # and so does the alias of an environment that never came up.
-        if action in ("created", "recreated"):
-            engine.remove(container_id)
+        # Nothing half-made: a container this run created goes away again (also
+        # one Docker made while we were interrupted, before we had its ID), and
+        # so does the alias of an environment that never came up.
+        made = _created_here(engine, cname, action, container_id)
+        if made is not None:
+            engine.remove(made)
             if record is None:
                 with file_lock(paths.lock):
-                    sshconf.delete_entry(paths.ssh_config, plan.ssh.alias)
-                    sshconf.unpin_host_key(paths.known_hosts, plan.ssh.alias)
+                    sshconf.delete_entry(paths.ssh_config, alias)
+                    sshconf.unpin_host_key(paths.known_hosts, alias)
         raise
 
     with file_lock(paths.lock):
@@ -417,16 +422,42 @@ def _converge(
             "pick another --port, or leave --port out to let prov choose a free one.",
         )
     reporter.step("creating the container")
+    # A Ctrl-C during the request could leave Docker finishing a container we
+    # never learn the ID of; hold it for the few ms the request takes.
+    with _deferred_interrupt():
+        return action, engine.create(c)
+
+
+@contextlib.contextmanager
+def _deferred_interrupt() -> Iterator[None]:
+    """Delay SIGINT (KeyboardInterrupt) until the block is done; main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: received.append(signum))
     try:
-        container_id = engine.create(c)
-    except BaseException:
-        # Interrupted while Docker was creating it: it may exist without our
-        # having its ID yet. Only a never-started container of ours goes.
-        made = engine.find(c.name)
-        if made is not None and made.managed and made.status == "created":
-            engine.remove(made.id)
-        raise
-    return action, container_id
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
+
+
+def _created_here(
+    engine: Engine, name: str, action: str | None, container_id: str | None
+) -> str | None:
+    """The ID of a container this `up` created and must remove on failure, if any."""
+    if container_id is not None:
+        return container_id if action in ("created", "recreated") else None
+    if action is not None:
+        return None
+    # Interrupted before _converge returned: a never-started container of ours
+    # with this name can only be the one it was creating.
+    made = engine.find(name)
+    if made is not None and made.managed and made.status == "created":
+        return made.id
+    return None
 
 
 def _launch(engine: Engine, plan: Plan, action: str, container_id: str, reporter: Reporter) -> None:
@@ -435,11 +466,7 @@ def _launch(engine: Engine, plan: Plan, action: str, container_id: str, reporter
         reporter.step("starting the stopped container")
         engine.start(container_id)
     elif action in ("created", "recreated"):
-        try:
-            engine.inject_files(
-                container_id, [(f.path, f.mode, f.content) for f in plan.container.files]
-            )
-            engine.start(container_id)
-        except BaseException:
-            engine.remove(container_id)
-            raise
+        engine.inject_files(
+            container_id, [(f.path, f.mode, f.content) for f in plan.container.files]
+        )
+        engine.start(container_id)

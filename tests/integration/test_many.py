@@ -148,7 +148,7 @@ def test_up_several_names(prov: Prov) -> None:
         assert prov.ssh(f"prov-{name}", "hostname").stdout.strip() == name
 
 
-@pytest.mark.parametrize("delay", [0.2, 0.5, 0.8, 1.1, 1.4])
+@pytest.mark.parametrize("delay", [0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.2, 1.4])
 def test_ctrl_c_leaves_nothing_half_made(
     prov: Prov, docker_client: docker.DockerClient, delay: float
 ) -> None:
@@ -166,12 +166,12 @@ def test_ctrl_c_leaves_nothing_half_made(
     proc.send_signal(signal.SIGINT)
     _out, err = proc.communicate(timeout=120)
     assert "Traceback" not in err
-    containers = prov_containers(docker_client, name)
-    if proc.returncode == 0:
-        assert prov.run("ssh-test", name).returncode == 0  # it finished before the signal
-    else:
-        assert proc.returncode == 130, err
-        assert containers == []
+    # 0: it finished first; 130: prov caught it; -SIGINT: Python was still
+    # importing prov, or already exiting, when it arrived.
+    assert proc.returncode in (0, 130, -signal.SIGINT), err
+    if prov_containers(docker_client, name):
+        # Whatever exists must be whole: a working environment, never half of one.
+        assert prov.run("ssh-test", name).returncode == 0
     assert not list(prov.prov_home.rglob("*.tmp"))
     again = prov.up(name)
     assert prov.ssh(str(again["ssh_alias"]), "true").returncode == 0
