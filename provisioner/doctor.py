@@ -13,7 +13,6 @@ from provisioner.config import ProvPaths
 from provisioner.errors import ProvError
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
-EXTRA_CA_DIR = Path("/usr/local/share/ca-certificates")
 
 
 @dataclass(frozen=True)
@@ -65,77 +64,74 @@ def _private_files(paths: ProvPaths) -> Finding:
     return Finding("prov's files", PASS, f"{paths.home} and its keys are private")
 
 
-def diagnose(paths: ProvPaths | None = None) -> list[Finding]:
-    paths = paths or ProvPaths.from_env()
-    findings = [_docker()]
-    ssh_version = _version(["ssh", "-V"])
-    findings.append(
-        Finding("ssh client", PASS, ssh_version)
-        if ssh_version
-        else Finding("ssh client", FAIL, "`ssh` not found: install openssh-client.")
-    )
-    tmux_version = _version(["tmux", "-V"])
-    findings.append(
-        Finding("tmux", PASS, tmux_version)
-        if tmux_version
-        else Finding("tmux", WARN, "not found locally; NTM itself needs it (apt install tmux).")
-    )
-    findings.append(
-        Finding("ntm", PASS, shutil.which("ntm") or "")
-        if shutil.which("ntm")
-        else Finding(
-            "ntm",
-            WARN,
-            "not on PATH: `prov up` still works and prints the `ntm spawn` command; install "
-            "NTM (Named Tmux Manager) from its releases to run it.",
-        )
-    )
+def _check(name: str, found: str | None, missing_level: str, missing: str) -> Finding:
+    """PASS with what was found, else `missing_level` with what to do."""
+    return Finding(name, PASS, found) if found else Finding(name, missing_level, missing)
+
+
+def _included(paths: ProvPaths) -> str | None:
     user_config = Path.home() / ".ssh" / "config"
     try:
-        included = sshconf.with_include(user_config.read_text(), paths.ssh_config) is None
+        text = user_config.read_text()
     except FileNotFoundError:
-        included = False
-    findings.append(
-        Finding("ssh Include", PASS, f"{user_config} includes {paths.ssh_config}")
-        if included
-        else Finding(
-            "ssh Include",
-            WARN,
-            f"{user_config} does not include {paths.ssh_config}, so plain `ssh prov-NAME` "
-            f"(and NTM) cannot find the aliases. Fix: run `prov up` without --no-ssh-config, "
-            f"or add `{sshconf.include_line(paths.ssh_config)}` at the top of it.",
-        )
-    )
-    findings.append(_private_files(paths))
+        return None
+    if sshconf.with_include(text, paths.ssh_config) is not None:
+        return None
+    return f"{user_config} includes {paths.ssh_config}"
+
+
+def diagnose(paths: ProvPaths | None = None) -> list[Finding]:
+    paths = paths or ProvPaths.from_env()
     creds = host.find_credentials()
-    findings.append(
-        Finding("agent credentials", PASS, ", ".join(str(c.source) for c in creds.found))
-        if creds.found
-        else Finding(
+    cas = host.extra_ca_files()
+    return [
+        _docker(),
+        _check(
+            "ssh client", _version(["ssh", "-V"]), FAIL, "`ssh` not found: install openssh-client."
+        ),
+        _check(
+            "tmux",
+            _version(["tmux", "-V"]),
+            WARN,
+            "not found locally; NTM itself needs it (apt install tmux).",
+        ),
+        _check(
+            "ntm",
+            shutil.which("ntm"),
+            WARN,
+            "not on PATH: `prov up` still works and prints the `ntm spawn` command; "
+            "install NTM (Named Tmux Manager) from its releases to run it.",
+        ),
+        _check(
+            "ssh Include",
+            _included(paths),
+            WARN,
+            f"~/.ssh/config does not include {paths.ssh_config}, so plain `ssh prov-NAME` "
+            "(and NTM) cannot find the aliases. Fix: run `prov up` without "
+            f"--no-ssh-config, or add `{sshconf.include_line(paths.ssh_config)}` at the "
+            "top of it.",
+        ),
+        _private_files(paths),
+        _check(
             "agent credentials",
+            ", ".join(str(c.source) for c in creds.found),
             WARN,
-            "none of ~/.claude, ~/.claude.json, ~/.codex, ~/.gemini, ~/.config/gemini exist: "
-            "log the agents in on this machine, or pass their API keys.",
-        )
-    )
-    cas = sorted(EXTRA_CA_DIR.glob("*.crt"))
-    findings.append(
-        Finding(
+            "none of ~/.claude, ~/.claude.json, ~/.codex, ~/.gemini, ~/.config/gemini "
+            "exist: log the agents in on this machine, or pass their API keys.",
+        ),
+        _check(
             "extra CA certificates",
-            PASS,
-            f"{len(cas)} found ({', '.join(p.name for p in cas)}); images get them"
+            f"{len(cas)} found ({', '.join(p.name for p in cas)}); images trust them"
             if cas
-            else "none in /usr/local/share/ca-certificates (no TLS inspection to trust)",
-        )
-    )
-    findings.append(
-        Finding("debootstrap", PASS, shutil.which("debootstrap") or "")
-        if shutil.which("debootstrap")
-        else Finding(
+            else None,
+            PASS,
+            "none in /usr/local/share/ca-certificates (no TLS inspection to trust)",
+        ),
+        _check(
             "debootstrap",
+            shutil.which("debootstrap"),
             WARN,
-            "not installed: needed only when the base image can neither be found nor pulled "
-            "(offline hosts). Fix: apt install debootstrap.",
-        )
-    )
-    return findings
+            "not installed: needed only when the base image can neither be found nor "
+            "pulled (offline hosts). Fix: apt install debootstrap.",
+        ),
+    ]

@@ -107,19 +107,25 @@ def status(name: str, paths: ProvPaths | None = None) -> EnvStatus:
     )
 
 
-def _container(engine: Engine, name: str) -> ContainerInfo:
+def _own_container(engine: Engine, name: str) -> ContainerInfo | None:
+    """prov's container for `name`, None if there is none; never someone else's."""
     info = engine.find(container_name(name))
+    if info is not None and not info.managed:
+        raise ConflictError(
+            f"Container {info.name} was not made by prov",
+            "It has no prov labels.",
+            "prov leaves it alone; remove it yourself if it is yours.",
+        )
+    return info
+
+
+def _container(engine: Engine, name: str) -> ContainerInfo:
+    info = _own_container(engine, name)
     if info is None:
         raise NotFound(
             f"Environment {name!r} has no container",
             "It was removed (`prov down`) or never created.",
             f"`prov up {name}` creates it again with the same keys and host key.",
-        )
-    if not info.managed:
-        raise ConflictError(
-            f"Container {info.name} was not made by prov",
-            "It has no prov labels.",
-            "prov leaves it alone; remove it yourself if it is yours.",
         )
     return info
 
@@ -185,22 +191,15 @@ class DownResult:
 def down(name: str, paths: ProvPaths | None = None) -> DownResult:
     paths = paths or ProvPaths.from_env()
     engine = Engine.connect()
-    cname = container_name(name)
-    info = engine.find(cname)
+    info = _own_container(engine, name)
     if info is None:
         if state.load(paths, name) is None:
             raise NotFound(
                 f"No environment named {name!r}",
                 "prov has no record and no container of that name.",
-                "list them with `docker ps -a --filter label=prov.managed=true`.",
+                "list them with `prov ls`.",
             )
         return DownResult(name, removed=False)
-    if not info.managed:
-        raise ConflictError(
-            f"Container {cname} was not made by prov",
-            "It has no prov labels.",
-            "prov leaves it alone; remove it yourself if it is yours.",
-        )
     stop_master(paths.ssh_config, sshconf.alias_for(name))
     engine.remove(info.id)
     return DownResult(name, removed=True)
@@ -216,13 +215,7 @@ def rm(name: str, paths: ProvPaths | None = None) -> Removal:
     """Remove everything prov made for `name`: container, keys, alias, pin."""
     paths = paths or ProvPaths.from_env()
     engine = Engine.connect()
-    info = engine.find(container_name(name))
-    if info is not None and not info.managed:
-        raise ConflictError(
-            f"Container {info.name} was not made by prov",
-            "It has no prov labels.",
-            "prov leaves it alone; remove it yourself if it is yours.",
-        )
+    info = _own_container(engine, name)
     env_dir = paths.env_dir(name)
     if info is None and not env_dir.exists():
         raise NotFound(
