@@ -12,10 +12,9 @@ from provisioner import keys, sshconf, state
 from provisioner.config import AGENT_USER, ProvPaths
 from provisioner.engine import Engine
 from provisioner.openssh import system_ssh
-from provisioner.plan import connect_host, container_name
+from provisioner.plan import SshTarget, connect_host, container_name
 from provisioner.ready import (
     Fatal,
-    SshTarget,
     Transient,
     read_banner,
     run_command,

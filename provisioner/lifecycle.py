@@ -22,6 +22,7 @@ from provisioner.plan import (
     LABEL_NAME,
     LABEL_PORT,
     LABEL_PROJECT,
+    SshTarget,
     connect_host,
     container_name,
 )
@@ -152,7 +153,6 @@ def start(
     """Start (or restart) the container and wait until SSH works; seconds to ready."""
     paths = paths or ProvPaths.from_env()
     # Imported here: paramiko is paid for only by commands that log in.
-    from provisioner.ready import SshTarget
     from provisioner.service import await_ssh
 
     record = state.require(paths, name)

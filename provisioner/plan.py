@@ -72,6 +72,17 @@ class ContainerSpec:
 
 
 @dataclass(frozen=True)
+class SshTarget:
+    """Where and as whom to log in, and the host key to insist on."""
+
+    host: str
+    port: int
+    user: str
+    host_key: PublicKey
+    identity_file: Path  # private key, or a .pub whose private half is in ssh-agent
+
+
+@dataclass(frozen=True)
 class Plan:
     env_name: str
     container: ContainerSpec

@@ -21,21 +21,13 @@ import paramiko
 
 from provisioner.errors import NotReady
 from provisioner.keys import PublicKey
+from provisioner.plan import SshTarget
 
 # paramiko logs every refused or banner-less attempt with a traceback from its
 # transport thread; waiting on purpose makes those expected, not news.
 _paramiko_log = logging.getLogger("paramiko")
 _paramiko_log.addHandler(logging.NullHandler())
 _paramiko_log.propagate = False
-
-
-@dataclass(frozen=True)
-class SshTarget:
-    host: str
-    port: int
-    user: str
-    host_key: PublicKey
-    identity_file: Path  # private key, or a .pub whose private half is in ssh-agent
 
 
 class Fatal(Exception):

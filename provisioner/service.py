@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from provisioner import host, keys, openssh, ready, sshconf, state
+from provisioner import host, keys, openssh, sshconf, state
 from provisioner.config import (
     AGENT_USER,
     API_KEY_VARS,
@@ -41,11 +41,11 @@ from provisioner.plan import (
     LABEL_PORT,
     LABEL_PROJECT,
     Plan,
+    SshTarget,
     build_plan,
     container_name,
 )
 from provisioner.progress import Reporter
-from provisioner.ready import SshTarget
 
 
 @dataclass(frozen=True)
@@ -256,7 +256,12 @@ def up(request: UpRequest, reporter: Reporter, paths: ProvPaths | None = None) -
                 paths.known_hosts, alias, host_pair.public.key_type, host_pair.public.blob_b64
             )
             sshconf.write_entry(paths.ssh_config, plan.ssh)
-        seconds = await_ssh(engine, paths, target, alias, container_id, request.timeout, reporter)
+        if action == "unchanged":
+            seconds = recheck_ssh(paths, alias)
+        else:
+            seconds = await_ssh(
+                engine, paths, target, alias, container_id, request.timeout, reporter
+            )
     except BaseException:
         # Nothing half-made: a container this run created goes away again (also
         # one Docker made while we were interrupted, before we had its ID), and
@@ -306,6 +311,21 @@ def up(request: UpRequest, reporter: Reporter, paths: ProvPaths | None = None) -
     )
 
 
+def recheck_ssh(paths: ProvPaths, alias: str) -> float:
+    """A running, unchanged environment: one login through the alias proves it
+    (pinned host key, key login, a command), over the warm connection if any."""
+    started = time.monotonic()
+    code, output = openssh.system_ssh(paths.ssh_config, alias, "true")
+    if code != 0:
+        raise NotReady(
+            f"The running environment does not answer through {alias}",
+            f"`ssh -F {paths.ssh_config} {alias} true` exited {code}: {output.strip()[-400:]}",
+            "run `prov ssh-test NAME` to see which step fails; `prov up --recreate` "
+            "replaces the container (keys and host key are kept).",
+        )
+    return time.monotonic() - started
+
+
 def await_ssh(
     engine: Engine,
     paths: ProvPaths,
@@ -317,6 +337,9 @@ def await_ssh(
 ) -> float:
     """Wait until sshd answers, paramiko logs in and runs `true`, and so does the
     system ssh through the alias; return the seconds it took."""
+    # Imported here: paramiko (~0.15 s) is paid only when a container starts.
+    from provisioner import ready
+
     reporter.step("waiting for SSH")
     deadline = ready.Deadline.after(timeout)
     started = time.monotonic()

@@ -206,7 +206,8 @@ def bench_agents(
     full = {**env, "PROV_AGENTS": "claude,codex,gemini"}
     if cold:
         for image in client.images.list(filters={"label": "prov.agent=1"}):
-            client.images.remove(image.id, force=True)
+            with contextlib.suppress(docker.errors.APIError):  # in use by a container
+                client.images.remove(image.id, force=True)
         client.images.prune(filters={"dangling": True})
     first = timed(lambda: run([*prov, "up", name, "--project", str(project)], env=full))
     image = client.containers.get(f"prov-{name}").image
@@ -307,9 +308,6 @@ def main() -> None:
         for other in many:
             run([*prov, "down", other], env=many_env)
 
-        if args.agents:
-            bench_agents(prov, client, env, project, f"{name}full", args.cold)
-
         config = tmp / "ph" / "ssh_config"
         alias = noop["ssh_alias"]
         base = ["ssh", "-F", str(config), "-o", "BatchMode=yes"]
@@ -321,6 +319,9 @@ def main() -> None:
         ]
         print(f"ssh round trip via alias, reused connection: {fmt(reuse)}")
         print(f"ssh round trip via alias, new connection:    {fmt(fresh)}")
+        run([*prov, "down", name], env=env)
+        if args.agents:
+            bench_agents(prov, client, env, project, f"{name}full", args.cold)
     finally:
         subprocess.run([*prov, "down", name], env=env, capture_output=True, check=False)
         subprocess.run(
