@@ -101,10 +101,11 @@ class ConsoleReporter:
         self._set(message)
 
     def _set(self, message: str) -> None:
+        if self._status is None:
+            return
         from rich.text import Text
 
-        if self._status is not None:
-            self._status.update(Text(message[:150]))
+        self._status.update(Text(message[:150]))
 
     def note(self, message: str) -> None:
         if not self.quiet:
