@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,6 +108,16 @@ class CredentialMount:
 class Credentials:
     found: tuple[CredentialMount, ...]
     missing: tuple[Path, ...]
+
+
+def writable_by(path: Path, uid: int, gid: int) -> bool:
+    """Whether `uid`/`gid` (the agent inside) may write `path`, by its mode bits."""
+    st = path.stat()
+    if st.st_uid == uid:
+        return bool(st.st_mode & stat.S_IWUSR)
+    if st.st_gid == gid:
+        return bool(st.st_mode & stat.S_IWGRP)
+    return bool(st.st_mode & stat.S_IWOTH)
 
 
 def find_credentials(home: Path | None = None) -> Credentials:

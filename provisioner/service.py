@@ -191,6 +191,19 @@ def up(request: UpRequest, reporter: Reporter, paths: ProvPaths | None = None) -
         reporter.note(f"credentials {how}: " + ", ".join(str(c.source) for c in creds.found))
     if creds.missing:
         reporter.note("not found, not mounted: " + ", ".join(str(p) for p in creds.missing))
+    if extras.credentials == "mount":
+        locked = [
+            c.source
+            for c in creds.found
+            if not host.writable_by(c.source, project.uid, project.gid)
+        ]
+        if locked:
+            reporter.warn(
+                f"the agent (UID {project.uid}) cannot write "
+                + ", ".join(str(p) for p in locked)
+                + ": logins and token refreshes will fail there; use --credentials copy "
+                "(a private copy the agent owns) or give those paths to that user"
+            )
     if sys.platform == "darwin" and extras.credentials != "none":
         reporter.note(
             "on macOS Claude Code keeps its login in the Keychain, which no container "

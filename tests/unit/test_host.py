@@ -103,3 +103,17 @@ def test_host_distro() -> None:
     assert host_distro("ID=debian\nVERSION_CODENAME=bookworm\n").tag == "prov-base:debian-bookworm"
     assert host_distro('ID="ubuntu"\nVERSION_CODENAME=noble\n').components == "main,universe"
     assert host_distro("ID=fedora\n") is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to other users needs root")
+def test_writable_by_follows_owner_group_other(tmp_path: Path) -> None:
+    """The agent's write access to a mounted credential path is judged like the kernel does."""
+    path = tmp_path / "cred"
+    path.mkdir()
+    os.chown(path, 4000, 4001)
+    path.chmod(0o755)
+    assert host.writable_by(path, 4000, 9) is True
+    assert host.writable_by(path, 5000, 4001) is False
+    path.chmod(0o775)
+    assert host.writable_by(path, 5000, 4001) is True
+    assert host.writable_by(path, 5000, 5001) is False
