@@ -128,11 +128,7 @@ def _fail(exc: ProvError) -> NoReturn:
     raise typer.Exit(exc.exit_code)
 
 
-def _print_json(data: dict[str, object]) -> None:
-    print(json.dumps(data, indent=2), flush=True)
-
-
-def _print_json_list(data: list[dict[str, object]]) -> None:
+def _print_json(data: dict[str, object] | list[dict[str, object]]) -> None:
     print(json.dumps(data, indent=2), flush=True)
 
 
@@ -357,7 +353,7 @@ def _up_many(requests: list[UpRequest], as_json: bool) -> None:
         outcomes = list(pool.map(one, requests))
     failures = [(r, o) for r, o in zip(requests, outcomes, strict=True) if isinstance(o, ProvError)]
     if as_json:
-        _print_json_list(
+        _print_json(
             [
                 o.public()
                 if not isinstance(o, ProvError)
@@ -473,7 +469,7 @@ def ls(as_json: JsonOpt = False) -> None:
 
     envs = _run(lifecycle.list_envs)
     if as_json:
-        _print_json_list([env.public() for env in envs])
+        _print_json([env.public() for env in envs])
         return
     if not envs:
         err.line("no environments; create one with `prov up NAME`")
@@ -617,7 +613,7 @@ def doctor(as_json: JsonOpt = False) -> None:
 
     findings = doc.diagnose()
     if as_json:
-        _print_json_list([{"name": f.name, "level": f.level, "detail": f.detail} for f in findings])
+        _print_json([{"name": f.name, "level": f.level, "detail": f.detail} for f in findings])
     else:
         styles = {doc.PASS: "green", doc.WARN: "yellow", doc.FAIL: "bold red"}
         for finding in findings:

@@ -6,10 +6,9 @@ import shutil
 import stat
 import subprocess
 from dataclasses import dataclass
-from pathlib import Path
 
 from provisioner import host, sshconf
-from provisioner.config import ProvPaths
+from provisioner.config import ProvPaths, user_ssh_config
 from provisioner.errors import ProvError
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
@@ -70,7 +69,7 @@ def _check(name: str, found: str | None, missing_level: str, missing: str) -> Fi
 
 
 def _included(paths: ProvPaths) -> str | None:
-    user_config = Path.home() / ".ssh" / "config"
+    user_config = user_ssh_config()
     try:
         text = user_config.read_text()
     except FileNotFoundError:

@@ -68,15 +68,16 @@ class BuiltImage:
 Progress = Callable[[str], None]
 
 
+def _present_or_pulled(engine: Engine, ref: str) -> str | None:
+    """The image ID of `ref`, pulling it first if it is not here; None if neither works."""
+    return engine.image_id(ref) or (engine.image_id(ref) if engine.try_pull(ref) else None)
+
+
 def ensure_base(engine: Engine, requested: str, note: Progress, line: Progress) -> tuple[str, str]:
     """Return (ref, image id) of a usable base image, pulling or bootstrapping it."""
-    image_id = engine.image_id(requested)
+    image_id = _present_or_pulled(engine, requested)
     if image_id:
         return requested, image_id
-    if engine.try_pull(requested):
-        pulled = engine.image_id(requested)
-        if pulled:
-            return requested, pulled
     if requested != DEFAULT_BASE_IMAGE:
         raise BuildError(
             f"Base image {requested} is not present and cannot be pulled",
@@ -175,9 +176,7 @@ def ensure_image(
 ) -> BuiltImage:
     if request.from_image:
         base_ref = request.from_image
-        base_id = engine.image_id(base_ref) or (
-            engine.image_id(base_ref) if engine.try_pull(base_ref) else None
-        )
+        base_id = _present_or_pulled(engine, base_ref)
         if base_id is None:
             raise BuildError(
                 f"--from image {base_ref} is not present and cannot be pulled",

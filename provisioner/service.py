@@ -29,6 +29,7 @@ from provisioner.config import (
     ProvPaths,
     UpRequest,
     is_loopback,
+    user_ssh_config,
 )
 from provisioner.engine import ContainerInfo, Engine
 from provisioner.errors import ConfigError, ConflictError, NotReady, UsageError
@@ -302,9 +303,9 @@ def up(request: UpRequest, reporter: Reporter, paths: ProvPaths | None = None) -
             ),
         )
         if request.write_user_ssh_config and sshconf.ensure_include(
-            host_user_ssh_config(), paths.ssh_config
+            user_ssh_config(), paths.ssh_config
         ):
-            reporter.note(f"added `Include {paths.ssh_config}` to {host_user_ssh_config()}")
+            reporter.note(f"added `Include {paths.ssh_config}` to {user_ssh_config()}")
     return UpResult(
         name=request.name,
         container=plan.container.name,
@@ -411,10 +412,6 @@ def _image_request(request: UpRequest, project_dir: Path) -> ImageRequest:
         npm_registry=host.npm_registry() if extras.agents else "",
         project_dockerfile=dockerfile.absolute() if dockerfile else None,
     )
-
-
-def host_user_ssh_config() -> Path:
-    return Path.home() / ".ssh" / "config"
 
 
 def _probe(engine: Engine, container_id: str) -> str | None:
