@@ -1,50 +1,48 @@
-"""The only module that talks to Docker (docker-py).
+"""The only module that talks to Docker.
 
-Every docker-py exception is caught here and re-raised as a ProvError with
-`from`, so callers deal with one error family.
+The calls on every command's path (ping, inspect, list, create, put files,
+start/stop/remove) go to the Engine API as plain HTTP over the local socket,
+with the standard library's http.client: importing docker-py (requests,
+urllib3) costs ~0.2 s, most of what a no-op `prov up` or `prov ls` would take.
+docker-py does everything else (image builds and imports, reading files out of
+an image, logs), and every call when DOCKER_HOST names an engine that is not a
+local socket (tcp://, ssh://, TLS): there it is the transport for all calls.
+
+Every failure is raised as a ProvError (docker-py's with `from`), so callers
+deal with one error family.
 """
 
 from __future__ import annotations
 
+import http.client
 import io
+import json
 import os
+import socket
 import sys
 import tarfile
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-
-def _import_docker() -> None:
-    """Import docker-py without the paramiko it loads for ssh:// engines.
-
-    docker-py treats paramiko as optional (ImportError is its signal), and the
-    import costs ~0.25 s on every command; prov's engine is local unless
-    DOCKER_HOST says ssh://. Commands that log in import paramiko themselves.
-    """
-    if os.environ.get("DOCKER_HOST", "").startswith("ssh://") or "paramiko" in sys.modules:
-        return  # the plain import below loads docker-py as usual
-    sys.modules["paramiko"] = None  # type: ignore[assignment]
-    try:
-        import docker  # noqa: F401
-    finally:
-        del sys.modules["paramiko"]
-
-
-_import_docker()
-
-import docker
-import docker.errors
-from docker.types import DeviceRequest
-from docker.types import Mount as DockerMount
+from typing import TYPE_CHECKING, Any, Protocol
 
 from provisioner.errors import BuildError, ConflictError, DockerUnavailable, NotFound, ProvError
 from provisioner.plan import LABEL_MANAGED, SSHD_PORT, ContainerSpec
 
+if TYPE_CHECKING:
+    import docker
+
 BUILD_LOG_TAIL = 25
+DEFAULT_SOCKET = "/var/run/docker.sock"
+API_TIMEOUT = 120.0
+
+_START_HINT = (
+    "start dockerd (e.g. `sudo scripts/start-dockerd.sh`), check that `docker info` works "
+    "for this user, or set DOCKER_HOST."
+)
 
 
 @dataclass(frozen=True)
@@ -67,8 +65,186 @@ class ContainerInfo:
         return self.status == "running"
 
 
+# transports ----------------------------------------------------------------
+
+
+class _Transport(Protocol):
+    def request(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, str] | None = None,
+        body: bytes | None = None,
+        content_type: str = "application/json",
+        timeout: float = API_TIMEOUT,
+    ) -> tuple[int, bytes]:
+        """Send one Engine API request (path without version); (HTTP status, body)."""
+        ...
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, socket_path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._socket_path = socket_path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self._socket_path)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class _SocketTransport:
+    """The Engine API over a local Unix socket; one connection per request, so
+    threads (`prov up a b c`) never share one."""
+
+    def __init__(self, socket_path: str) -> None:
+        self.socket_path = socket_path
+        self._prefix = ""
+
+    def negotiate(self) -> None:
+        """Ping the engine and speak the API version it reports (as the docker CLI does)."""
+        status, _body, headers = self._send("GET", "/_ping", None, None, "", 10.0)
+        if status != 200:
+            raise DockerUnavailable(
+                "The Docker engine does not answer its health check",
+                f"GET /_ping on {self.socket_path} returned HTTP {status}.",
+                _START_HINT,
+            )
+        version = headers.get("Api-Version", "")
+        self._prefix = f"/v{version}" if version else ""
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, str] | None = None,
+        body: bytes | None = None,
+        content_type: str = "application/json",
+        timeout: float = API_TIMEOUT,
+    ) -> tuple[int, bytes]:
+        status, data, _headers = self._send(
+            method, self._prefix + path, params, body, content_type, timeout
+        )
+        return status, data
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, str] | None,
+        body: bytes | None,
+        content_type: str,
+        timeout: float,
+    ) -> tuple[int, bytes, http.client.HTTPMessage]:
+        url = path + ("?" + urllib.parse.urlencode(params) if params else "")
+        headers = {"Content-Type": content_type} if body is not None else {}
+        conn = _UnixHTTPConnection(self.socket_path, timeout)
+        try:
+            conn.request(method, url, body=body, headers=headers)
+            response = conn.getresponse()
+            return response.status, response.read(), response.headers
+        except PermissionError as exc:
+            raise DockerUnavailable(
+                "Cannot reach the Docker engine: permission denied",
+                f"Connecting to {self.socket_path} failed: {exc.strerror}.",
+                "run prov as a user in the `docker` group (`sudo usermod -aG docker $USER`, "
+                "then log in again), or as root.",
+            ) from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise DockerUnavailable(
+                "Cannot reach the Docker engine",
+                f"{method} {path} on {self.socket_path} failed: "
+                f"{getattr(exc, 'strerror', None) or exc or type(exc).__name__}.",
+                _START_HINT,
+            ) from None
+        finally:
+            conn.close()
+
+
+class _DockerPyTransport:
+    """The Engine API through docker-py's session: any DOCKER_HOST it supports."""
+
+    def __init__(self, client: docker.DockerClient) -> None:
+        self._api = client.api
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, str] | None = None,
+        body: bytes | None = None,
+        content_type: str = "application/json",
+        timeout: float = API_TIMEOUT,
+    ) -> tuple[int, bytes]:
+        import requests
+
+        url = f"{self._api.base_url}/v{self._api.api_version}{path}"
+        headers = {"Content-Type": content_type} if body is not None else {}
+        try:
+            response = self._api.request(
+                method, url, params=params, data=body, headers=headers, timeout=timeout
+            )
+        except requests.RequestException as exc:
+            raise DockerUnavailable(
+                "Cannot reach the Docker engine",
+                f"{method} {path} at {self._api.base_url} failed: {exc}.",
+                _START_HINT,
+            ) from exc
+        return response.status_code, response.content
+
+
+def _import_docker() -> None:
+    """Import docker-py without the paramiko it loads for ssh:// engines.
+
+    docker-py treats paramiko as optional (ImportError is its signal), and the
+    import costs ~0.25 s; prov's engine is local unless DOCKER_HOST says ssh://.
+    """
+    if "docker" in sys.modules:
+        return
+    hide = not (os.environ.get("DOCKER_HOST", "").startswith("ssh://") or "paramiko" in sys.modules)
+    if hide:
+        sys.modules["paramiko"] = None  # type: ignore[assignment]
+    try:
+        import docker  # noqa: F401
+    finally:
+        if hide:
+            del sys.modules["paramiko"]
+
+
+def _docker_client() -> docker.DockerClient:
+    _import_docker()
+    import docker
+
+    try:
+        client = docker.from_env(timeout=int(API_TIMEOUT))
+        client.ping()
+    except docker.errors.DockerException as exc:
+        raise DockerUnavailable(
+            "Cannot reach the Docker engine", f"docker-py said: {exc}", _START_HINT
+        ) from exc
+    return client
+
+
+def _local_socket() -> str | None:
+    """The socket path when the engine is local (DOCKER_HOST unset or unix://)."""
+    value = os.environ.get("DOCKER_HOST", "")
+    if not value:
+        return DEFAULT_SOCKET
+    if value.startswith("unix://"):
+        return value[len("unix://") :]
+    return None
+
+
 @contextmanager
 def _docker_errors(action: str) -> Iterator[None]:
+    """docker-py's exceptions as ProvErrors."""
+    import docker.errors
+
     try:
         yield
     except docker.errors.NotFound as exc:
@@ -76,76 +252,129 @@ def _docker_errors(action: str) -> Iterator[None]:
             f"Docker could not {action}", _explain(exc), "check the name with `docker ps -a`."
         ) from exc
     except docker.errors.APIError as exc:
-        text = _explain(exc)
-        if "port is already allocated" in text or "address already in use" in text:
-            raise ConflictError(
-                f"Docker could not {action}: the port is already in use",
-                text,
-                "pick another port with --port, or stop what listens there.",
-            ) from exc
-        raise ProvError(
-            f"Docker could not {action}", text, "see the Docker daemon's log for details."
-        ) from exc
+        raise _api_error(action, _explain(exc)) from exc
     except docker.errors.DockerException as exc:
         raise DockerUnavailable(
-            "Cannot reach the Docker engine",
-            f"While trying to {action}: {exc}",
-            "start dockerd (e.g. `sudo scripts/start-dockerd.sh`) and check `docker info` works "
-            "for this user.",
+            "Cannot reach the Docker engine", f"While trying to {action}: {exc}", _START_HINT
         ) from exc
 
 
-def _explain(exc: docker.errors.APIError) -> str:
+def _explain(exc: Exception) -> str:
     explanation = getattr(exc, "explanation", None)
     return str(explanation or exc)
+
+
+def _api_error(action: str, text: str) -> ProvError:
+    if "port is already allocated" in text or "address already in use" in text:
+        return ConflictError(
+            f"Docker could not {action}: the port is already in use",
+            text,
+            "pick another port with --port, or stop what listens there.",
+        )
+    return ProvError(f"Docker could not {action}", text, "see the Docker daemon's log for details.")
+
+
+def _message(body: bytes) -> str:
+    """The `message` of an Engine API error body (or the body as text)."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body.decode(errors="replace").strip()
+    if isinstance(data, dict) and "message" in data:
+        return str(data["message"])
+    return body.decode(errors="replace").strip()
+
+
+def _quote(ref: str) -> str:
+    return urllib.parse.quote(ref, safe="/:@")
 
 
 class Engine:
     """A connected Docker engine."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, transport: _Transport, client: docker.DockerClient | None = None) -> None:
+        self._transport = transport
         self._client = client
 
     @classmethod
     def connect(cls) -> Engine:
-        try:
-            client = docker.from_env(timeout=120)
-            client.ping()
-        except docker.errors.DockerException as exc:
-            raise DockerUnavailable(
-                "Cannot reach the Docker engine",
-                f"docker-py said: {exc}",
-                "start dockerd (e.g. `sudo scripts/start-dockerd.sh`), check that "
-                "`docker info` works for this user, or set DOCKER_HOST.",
-            ) from exc
-        return cls(client)
+        path = _local_socket()
+        if path is None:
+            client = _docker_client()
+            return cls(_DockerPyTransport(client), client)
+        transport = _SocketTransport(path)
+        transport.negotiate()
+        return cls(transport)
+
+    def _docker(self) -> docker.DockerClient:
+        """docker-py, connected on first use (builds, imports, logs)."""
+        if self._client is None:
+            self._client = _docker_client()
+        return self._client
+
+    def _call(
+        self,
+        action: str,
+        method: str,
+        path: str,
+        params: dict[str, str] | None = None,
+        body: bytes | None = None,
+        content_type: str = "application/json",
+        timeout: float = API_TIMEOUT,
+        missing_ok: bool = False,
+    ) -> bytes | None:
+        """One API call; its body, or None for a 404 when `missing_ok`."""
+        status, data = self._transport.request(method, path, params, body, content_type, timeout)
+        if status < 400:
+            return data
+        if status == 404:
+            if missing_ok:
+                return None
+            raise NotFound(
+                f"Docker could not {action}", _message(data), "check the name with `docker ps -a`."
+            )
+        raise _api_error(action, _message(data))
+
+    def _json(self, action: str, method: str, path: str, **kwargs: Any) -> Any:
+        data = self._call(action, method, path, **kwargs)
+        return None if data is None else json.loads(data or b"null")
 
     # images ---------------------------------------------------------------
 
     def image_id(self, ref: str) -> str | None:
-        with _docker_errors(f"inspect image {ref}"):
-            try:
-                return str(self._client.images.get(ref).id)
-            except docker.errors.ImageNotFound:
-                return None
+        attrs = self._json(
+            f"inspect image {ref}", "GET", f"/images/{_quote(ref)}/json", missing_ok=True
+        )
+        return None if attrs is None else str(attrs["Id"])
 
     def image_labels(self, ref: str) -> dict[str, str]:
-        with _docker_errors(f"inspect image {ref}"):
-            return dict(self._client.images.get(ref).labels or {})
+        attrs = self._json(f"inspect image {ref}", "GET", f"/images/{_quote(ref)}/json")
+        return dict((attrs.get("Config") or {}).get("Labels") or {})
 
     def try_pull(self, ref: str) -> bool:
         """Pull `ref`; False when no registry can provide it (offline hosts)."""
         repo, _, tag = ref.rpartition(":") if ":" in ref.split("/")[-1] else (ref, "", "latest")
         try:
-            self._client.images.pull(repo, tag=tag or "latest")
-        except docker.errors.DockerException:
+            data = self._call(
+                f"pull {ref}",
+                "POST",
+                "/images/create",
+                params={"fromImage": repo, "tag": tag or "latest"},
+                timeout=600.0,
+            )
+        except ProvError:
             return False
+        # The engine streams progress as JSON lines; a failure is an `error` line.
+        for line in (data or b"").splitlines():
+            with suppress(ValueError):
+                if "error" in json.loads(line):
+                    return False
         return True
 
     def import_rootfs(self, tar_path: Path, ref: str) -> None:
         repo, _, tag = ref.rpartition(":")
         with _docker_errors(f"import the base image {ref}"):
-            self._client.api.import_image(src=str(tar_path), repository=repo, tag=tag)
+            self._docker().api.import_image(src=str(tar_path), repository=repo, tag=tag)
 
     def build(
         self,
@@ -158,7 +387,7 @@ class Engine:
         """Build `context` as `tag`, streaming each output line to `on_line`."""
         log: list[str] = []
         with _docker_errors(f"build the image {tag}"):
-            stream = self._client.api.build(
+            stream = self._docker().api.build(
                 path=str(context),
                 tag=tag,
                 buildargs=buildargs,
@@ -193,12 +422,15 @@ class Engine:
     def read_image_file(self, image: str, candidates: tuple[str, ...]) -> str:
         """The text of the first regular file among `candidates` in `image`,
         read from a created (never started) container; "" if none exists."""
+        import docker.errors
+
+        api = self._docker().api
         with _docker_errors(f"read files of image {image}"):
-            container = self._client.api.create_container(image, command=["true"])
+            container = api.create_container(image, command=["true"])
             try:
                 for path in candidates:
                     try:
-                        stream, _stat = self._client.api.get_archive(container["Id"], path)
+                        stream, _stat = api.get_archive(container["Id"], path)
                     except docker.errors.NotFound:
                         continue
                     with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
@@ -209,65 +441,88 @@ class Engine:
                                 return handle.read().decode(errors="replace")
                 return ""
             finally:
-                self._client.api.remove_container(container["Id"], force=True)
+                api.remove_container(container["Id"], force=True)
 
     # containers -----------------------------------------------------------
 
     def find(self, name: str) -> ContainerInfo | None:
-        with _docker_errors(f"inspect container {name}"):
-            try:
-                return _info(self._client.api.inspect_container(name))
-            except docker.errors.NotFound:
-                return None
+        attrs = self._json(
+            f"inspect container {name}", "GET", f"/containers/{_quote(name)}/json", missing_ok=True
+        )
+        return None if attrs is None else _info(attrs)
 
     def summaries(self) -> list[dict[str, Any]]:
         """Docker's list entries for prov's containers: one API call, no inspects."""
-        with _docker_errors("list containers"):
-            found = self._client.api.containers(
-                all=True, filters={"label": f"{LABEL_MANAGED}=true"}
-            )
-            return [dict(item) for item in found]
+        found = self._json(
+            "list containers",
+            "GET",
+            "/containers/json",
+            params={"all": "1", "filters": json.dumps({"label": [f"{LABEL_MANAGED}=true"]})},
+        )
+        return [dict(item) for item in found or []]
 
     def reserved_ports(self) -> set[int]:
         """Host ports any container (running or stopped) asks Docker to publish."""
         ports: set[int] = set()
-        with _docker_errors("list containers"):
-            for summary in self._client.api.containers(all=True):
-                attrs = self._client.api.inspect_container(summary["Id"])
-                bindings = (attrs.get("HostConfig") or {}).get("PortBindings") or {}
-                for entries in bindings.values():
-                    for entry in entries or []:
-                        if str(entry.get("HostPort", "")).isdigit():
-                            ports.add(int(entry["HostPort"]))
+        listed = self._json("list containers", "GET", "/containers/json", params={"all": "1"})
+        for summary in listed or []:
+            if summary.get("State") == "running":
+                # A running container's list entry shows what it publishes.
+                ports.update(
+                    int(p["PublicPort"]) for p in summary.get("Ports") or [] if p.get("PublicPort")
+                )
+                continue
+            attrs = self._json(
+                "inspect a container",
+                "GET",
+                f"/containers/{summary['Id']}/json",
+                missing_ok=True,  # removed since the list
+            )
+            bindings = ((attrs or {}).get("HostConfig") or {}).get("PortBindings") or {}
+            for entries in bindings.values():
+                for entry in entries or []:
+                    if str(entry.get("HostPort", "")).isdigit():
+                        ports.add(int(entry["HostPort"]))
         return ports
 
     def create(self, spec: ContainerSpec) -> str:
-        mounts = [
-            DockerMount(target=m.target, source=str(m.source), type="bind", read_only=m.read_only)
-            for m in spec.mounts
-        ]
-        with _docker_errors(f"create container {spec.name}"):
-            container = self._client.containers.create(
-                spec.image,
-                name=spec.name,
-                hostname=spec.hostname,
-                labels=spec.labels,
-                environment=spec.environment,
-                ports={SSHD_PORT: (spec.bind, spec.port)},
-                mounts=mounts,
-                detach=True,
-                restart_policy={"Name": "unless-stopped"},
-                device_requests=(
-                    [DeviceRequest(count=spec.gpus, capabilities=[["gpu"]])]
-                    if spec.gpus is not None
-                    else None
-                ),
-                init=False,  # the image runs tini as PID 1 itself
-            )
-        return str(container.id)
+        host_config: dict[str, Any] = {
+            "PortBindings": {SSHD_PORT: [{"HostIp": spec.bind, "HostPort": str(spec.port)}]},
+            "Mounts": [
+                {
+                    "Type": "bind",
+                    "Source": str(m.source),
+                    "Target": m.target,
+                    "ReadOnly": m.read_only,
+                }
+                for m in spec.mounts
+            ],
+            "RestartPolicy": {"Name": "unless-stopped"},
+            "Init": False,  # the image runs tini as PID 1 itself
+        }
+        if spec.gpus is not None:
+            host_config["DeviceRequests"] = [
+                {"Driver": "", "Count": spec.gpus, "Capabilities": [["gpu"]], "Options": {}}
+            ]
+        body = {
+            "Image": spec.image,
+            "Hostname": spec.hostname,
+            "Labels": spec.labels,
+            "Env": [f"{key}={value}" for key, value in spec.environment.items()],
+            "ExposedPorts": {SSHD_PORT: {}},
+            "HostConfig": host_config,
+        }
+        created = self._json(
+            f"create container {spec.name}",
+            "POST",
+            "/containers/create",
+            params={"name": spec.name},
+            body=json.dumps(body).encode(),
+        )
+        return str(created["Id"])
 
     def inject_files(self, container_id: str, files: list[tuple[str, int, bytes]]) -> None:
-        """Put root-owned files into a created (not yet started) container."""
+        """Put root-owned files into a container, in the order given."""
         buffer = io.BytesIO()
         now = time.time()
         with tarfile.open(fileobj=buffer, mode="w") as tar:
@@ -281,17 +536,18 @@ class Engine:
                 info.size, info.mode, info.mtime = len(content), mode, now
                 info.uid = info.gid = 0
                 tar.addfile(info, io.BytesIO(content))
-        with _docker_errors("put keys into the container"):
-            ok = self._client.api.put_archive(container_id, "/", buffer.getvalue())
-        if not ok:
-            raise ProvError(
-                "Docker refused to put keys into the container", "", "see the Docker daemon's log."
-            )
+        self._call(
+            "put keys into the container",
+            "PUT",
+            f"/containers/{container_id}/archive",
+            params={"path": "/"},
+            body=buffer.getvalue(),
+            content_type="application/x-tar",
+        )
 
     def start(self, container_id: str) -> None:
         try:
-            with _docker_errors("start the container"):
-                self._client.api.start(container_id)
+            self._call("start the container", "POST", f"/containers/{container_id}/start")
         except ProvError as exc:
             if "capabilities: [[gpu]]" in exc.seen or "nvidia" in exc.seen.lower():
                 raise ProvError(
@@ -303,43 +559,55 @@ class Engine:
             raise
 
     def stop(self, container_id: str, timeout: int = 5) -> None:
-        with _docker_errors("stop the container"):
-            self._client.api.stop(container_id, timeout=timeout)
+        self._call(
+            "stop the container",
+            "POST",
+            f"/containers/{container_id}/stop",
+            params={"t": str(timeout)},
+            timeout=API_TIMEOUT + timeout,
+        )
 
     def remove(self, container_id: str) -> None:
         """Remove a container, running or not; a vanished one is not an error."""
-        with _docker_errors("remove the container"):
-            try:
-                self._client.api.remove_container(container_id, force=True, v=True)
-            except docker.errors.NotFound:
-                return
+        self._call(
+            "remove the container",
+            "DELETE",
+            f"/containers/{container_id}",
+            params={"force": "1", "v": "1"},
+            missing_ok=True,
+        )
 
     def restart(self, container_id: str, timeout: int = 5) -> None:
-        with _docker_errors("restart the container"):
-            self._client.api.restart(container_id, timeout=timeout)
+        self._call(
+            "restart the container",
+            "POST",
+            f"/containers/{container_id}/restart",
+            params={"t": str(timeout)},
+            timeout=API_TIMEOUT + timeout,
+        )
 
     def logs(self, container_id: str, follow: bool, tail: int | None) -> Iterator[bytes]:
         """The container's output, streamed when `follow`."""
         with _docker_errors("read the container's logs"):
-            stream = self._client.api.logs(
+            stream = self._docker().api.logs(
                 container_id, stream=True, follow=follow, tail="all" if tail is None else tail
             )
             yield from stream
 
     def state(self, container_id: str) -> ContainerInfo:
-        with _docker_errors("inspect the container"):
-            return _info(self._client.api.inspect_container(container_id))
+        return _info(self._json("inspect the container", "GET", f"/containers/{container_id}/json"))
 
     def logs_tail(self, container_id: str, lines: int = 20) -> str:
         try:
-            raw = self._client.api.logs(container_id, tail=lines, stdout=True, stderr=True)
-        except docker.errors.DockerException:
+            with _docker_errors("read the container's logs"):
+                raw = self._docker().api.logs(container_id, tail=lines, stdout=True, stderr=True)
+        except ProvError:
             return "(logs unavailable)"
         return bytes(raw).decode(errors="replace").rstrip()
 
     def engine_version(self) -> str:
-        with _docker_errors("read the engine version"):
-            return str(self._client.version().get("Version", "?"))
+        version = self._json("read the engine version", "GET", "/version")
+        return str((version or {}).get("Version", "?"))
 
 
 def exec_argv(container: str, workdir: str, command: list[str], tty: bool) -> list[str]:
