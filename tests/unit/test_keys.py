@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import stat
 import subprocess
 from pathlib import Path
@@ -97,10 +98,34 @@ def test_private_key_passed_as_public_is_explained(tmp_path: Path) -> None:
         "ssh-ed25519 AAAA\nssh-ed25519 BBBB",
     ],
 )
-def test_malformed_public_key_rejected(text: str) -> None:
-    """Anything that is not one valid OpenSSH key line is a ConfigError."""
+@pytest.mark.parametrize("verify", [True, False])
+def test_malformed_public_key_rejected(text: str, verify: bool) -> None:
+    """Anything that is not one valid OpenSSH key line is a ConfigError, also
+    with the stdlib-only check prov uses for its own stored keys."""
     with pytest.raises(ConfigError):
-        keys.parse_public_key(text)
+        keys.parse_public_key(text, verify=verify)
+
+
+def test_blob_of_another_type_rejected_without_cryptography() -> None:
+    """The stdlib check reads the type inside the blob: an ed25519 blob labelled
+    ssh-rsa, or a truncated blob, is refused."""
+    blob = keys.generate_ed25519("c").public.blob_b64
+    with pytest.raises(ConfigError):
+        keys.parse_public_key(f"ssh-rsa {blob}", verify=False)
+    truncated = base64.b64encode(base64.b64decode(blob)[:15]).decode()
+    with pytest.raises(ConfigError):
+        keys.parse_public_key(f"ssh-ed25519 {truncated}", verify=False)
+    assert keys.parse_public_key(f"ssh-ed25519 {blob} c", verify=False).blob_b64 == blob
+
+
+def test_bad_key_material_caught_by_verify() -> None:
+    """A well-formed blob with an impossible key (wrong length) passes the
+    structural check but not cryptography's, which user keys go through."""
+    blob = base64.b64decode(keys.generate_ed25519("c").public.blob_b64)
+    bad = base64.b64encode(blob[:-1]).decode()
+    keys.parse_public_key(f"ssh-ed25519 {bad}", verify=False)
+    with pytest.raises(ConfigError):
+        keys.parse_public_key(f"ssh-ed25519 {bad}")
 
 
 def test_missing_key_file_rejected(tmp_path: Path) -> None:
