@@ -74,8 +74,26 @@ def _present_or_pulled(engine: Engine, ref: str) -> str | None:
 
 
 def ensure_base(engine: Engine, requested: str, note: Progress, line: Progress) -> tuple[str, str]:
-    """Return (ref, image id) of a usable base image, pulling or bootstrapping it."""
-    image_id = _present_or_pulled(engine, requested)
+    """Return (ref, image id) of a usable base image, pulling or bootstrapping it.
+
+    Once prov has bootstrapped a local base (no registry reachable), the default
+    base resolves to it without asking a registry again: an offline machine
+    would wait on the pull every time, and a base that changed the day a pull
+    worked would make every environment's image differ from its container's."""
+    image_id = engine.image_id(requested)
+    if image_id:
+        return requested, image_id
+    try:
+        os_release = Path("/etc/os-release").read_text()
+    except OSError:
+        os_release = ""
+    distro = baseimage.host_distro(os_release) or baseimage.Distro("debian", "bookworm")
+    if requested == DEFAULT_BASE_IMAGE:
+        local_id = engine.image_id(distro.tag)
+        if local_id:
+            line(f"{requested} is not here; using the local base {distro.tag}")
+            return distro.tag, local_id
+    image_id = engine.image_id(requested) if engine.try_pull(requested) else None
     if image_id:
         return requested, image_id
     if requested != DEFAULT_BASE_IMAGE:
@@ -86,15 +104,6 @@ def ensure_base(engine: Engine, requested: str, note: Progress, line: Progress) 
             f"{DEFAULT_BASE_IMAGE} (prov builds a local Debian/Ubuntu base when that cannot "
             "be pulled).",
         )
-    try:
-        os_release = Path("/etc/os-release").read_text()
-    except OSError:
-        os_release = ""
-    distro = baseimage.host_distro(os_release) or baseimage.Distro("debian", "bookworm")
-    local_id = engine.image_id(distro.tag)
-    if local_id:
-        line(f"{requested} cannot be pulled here; using the local base {distro.tag}")
-        return distro.tag, local_id
     mirror = baseimage.host_mirror(distro.codename)
     if mirror is None:
         raise BuildError(
