@@ -53,6 +53,8 @@ def test_alias_resolves_to_pinned_key_only_login(tmp_path: Path) -> None:
     assert control.parent == tmp_path / "cm"
     assert re.fullmatch(r"[0-9a-f]{40}", control.name)
     assert seen["passwordauthentication"] == "no"
+    # X25519 key exchange only (the alias never leaves this machine).
+    assert seen["kexalgorithms"] == "curve25519-sha256,curve25519-sha256@libssh.org"
     assert stat.S_IMODE(config.stat().st_mode) == 0o600
 
 
