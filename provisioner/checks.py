@@ -13,12 +13,8 @@ from provisioner.config import AGENT_USER, ProvPaths
 from provisioner.engine import Engine
 from provisioner.openssh import system_ssh
 from provisioner.plan import SshTarget, connect_host, container_name
-from provisioner.ready import (
-    Fatal,
-    Transient,
-    read_banner,
-    run_command,
-)
+from provisioner.ready import Fatal, Transient, read_banner
+from provisioner.sshclient import run_command
 
 
 @dataclass(frozen=True)

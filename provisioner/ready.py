@@ -1,15 +1,16 @@
 """Readiness: running -> SSH banner -> pinned host key -> key login -> `true` exits 0.
 
 Docker's userland proxy accepts TCP connections before sshd listens, so an
-open port proves nothing; only a full login that runs a command does. Waits
-poll with short capped backoff and jitter (no fixed sleeps) and stop at once
-when the container is gone.
+open port proves nothing; only a full login that runs a command does, and
+`prov up` does it with the system OpenSSH client through the alias, the way
+NTM will connect (and leaving its ControlMaster for NTM to reuse). Waits poll
+with short capped backoff and jitter (no fixed sleeps) and stop at once when
+the container is gone. No paramiko here: its import and its handshake would
+cost every `up` ~0.2 s of CPU; `prov ssh-test` uses it as a second client.
 """
 
 from __future__ import annotations
 
-import base64
-import logging
 import random
 import socket
 import time
@@ -17,17 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import paramiko
-
+from provisioner import openssh
 from provisioner.errors import NotReady
-from provisioner.keys import PublicKey
 from provisioner.plan import SshTarget
-
-# paramiko logs every refused or banner-less attempt with a traceback from its
-# transport thread; waiting on purpose makes those expected, not news.
-_paramiko_log = logging.getLogger("paramiko")
-_paramiko_log.addHandler(logging.NullHandler())
-_paramiko_log.propagate = False
 
 
 class Fatal(Exception):
@@ -38,70 +31,8 @@ class Transient(Exception):
     """Not ready yet; try again."""
 
 
-def _load_private_key(identity: Path) -> paramiko.PKey | None:
-    if identity.suffix == ".pub" or not identity.exists():
-        return None
-    try:
-        return paramiko.PKey.from_path(str(identity))
-    except paramiko.PasswordRequiredException:
-        return None  # encrypted: the agent is the way in
-
-
-def _client_for(target: SshTarget) -> paramiko.SSHClient:
-    client = paramiko.SSHClient()
-    key = paramiko.PKey.from_type_string(
-        target.host_key.key_type, base64.b64decode(target.host_key.blob_b64)
-    )
-    client.get_host_keys().add(f"[{target.host}]:{target.port}", target.host_key.key_type, key)
-    client.set_missing_host_key_policy(paramiko.RejectPolicy())
-    return client
-
-
-def run_command(target: SshTarget, command: str, timeout: float = 10.0) -> tuple[int, str]:
-    """Log in with the pinned host key and run `command`; (exit status, output)."""
-    client = _client_for(target)
-    pkey = _load_private_key(target.identity_file)
-    try:
-        client.connect(
-            target.host,
-            target.port,
-            username=target.user,
-            pkey=pkey,
-            allow_agent=pkey is None,
-            look_for_keys=False,
-            timeout=timeout,
-            banner_timeout=timeout,
-            auth_timeout=timeout,
-        )
-        _stdin, stdout, stderr = client.exec_command(command, timeout=timeout)
-        output = stdout.read().decode(errors="replace") + stderr.read().decode(errors="replace")
-        return stdout.channel.recv_exit_status(), output
-    except paramiko.BadHostKeyException as exc:
-        raise Fatal(
-            f"the server presented host key {_fingerprint(exc.key)}, not the pinned "
-            f"{target.host_key.fingerprint}: something else answers on port {target.port}"
-        ) from exc
-    except paramiko.AuthenticationException as exc:
-        raise Fatal(f"key login as {target.user} was refused ({exc})") from exc
-    except TimeoutError as exc:
-        raise Transient("timed out waiting for the server") from exc
-    except ConnectionRefusedError as exc:
-        raise Transient("connection refused") from exc
-    except paramiko.ssh_exception.NoValidConnectionsError as exc:
-        raise Transient("connection refused") from exc
-    except (paramiko.SSHException, EOFError, OSError) as exc:
-        # Includes "Error reading SSH protocol banner": the proxy accepted
-        # the connection but sshd is not listening yet.
-        raise Transient(f"no SSH session yet ({exc or type(exc).__name__})") from exc
-    finally:
-        client.close()
-
-
-def _fingerprint(key: paramiko.PKey) -> str:
-    return PublicKey(key.get_name(), key.get_base64()).fingerprint
-
-
 ContainerProbe = Callable[[], str | None]  # None while running, else what went wrong
+PROBE_EVERY = 0.2
 
 
 @dataclass(frozen=True)
@@ -143,12 +74,21 @@ def _poll(
     deadline: Deadline,
     on_wait: Callable[[str], None],
     logs: Callable[[], str],
+    max_delay: float = 0.25,
 ) -> None:
-    """Retry `attempt` on Transient until it passes; fail at once on Fatal or a dead container."""
-    delay = 0.02
+    """Retry `attempt` on Transient until it passes; fail on Fatal, or within
+    PROBE_EVERY seconds of the container stopping."""
+    delay = min(0.02, max_delay)
     last = "nothing tried yet"
+    next_probe = 0.0
     while True:
-        problem = probe()
+        # Asking Docker whether the container still runs costs more than a
+        # banner try, so it is asked at most every PROBE_EVERY seconds.
+        now = time.monotonic()
+        problem = None
+        if now >= next_probe:
+            problem = probe()
+            next_probe = now + PROBE_EVERY
         if problem is not None:
             raise NotReady(
                 "The container stopped while prov waited for SSH",
@@ -180,7 +120,7 @@ def _poll(
         # Short, capped steps: sshd is usually up within a few hundred ms,
         # and a long sleep would be pure added latency.
         time.sleep(min(delay * (1 + random.random() / 2), left))  # noqa: S311 - jitter, not crypto
-        delay = min(delay * 1.5, 0.25)
+        delay = min(delay * 1.5, max_delay)
 
 
 def wait_banner(
@@ -195,21 +135,43 @@ def wait_banner(
     def attempt() -> None:
         read_banner(target.host, target.port)
 
-    _poll(attempt, probe, deadline, on_wait, logs)
+    # A try costs a loopback connect, so poll often: this wait is on every
+    # start's critical path.
+    _poll(attempt, probe, deadline, on_wait, logs, max_delay=0.015)
 
 
-def wait_login(
-    target: SshTarget,
+# What the OpenSSH client says when waiting longer will not help.
+_FATAL_SSH = (
+    "Host key verification failed",
+    "REMOTE HOST IDENTIFICATION HAS CHANGED",
+    "Permission denied",
+    "Bad configuration option",
+    "Too many authentication failures",
+)
+
+
+def wait_alias_login(
+    config: Path,
+    alias: str,
     probe: ContainerProbe,
     deadline: Deadline,
     on_wait: Callable[[str], None],
     logs: Callable[[], str],
 ) -> None:
-    """Block until key login with the pinned host key runs `true` with exit 0."""
+    """Block until the system ssh logs in through `alias` (pinned host key, key
+    login) and `true` exits 0."""
 
     def attempt() -> None:
-        status, output = run_command(target, "true", timeout=5.0)
-        if status != 0:
-            raise Transient(f"`true` exited {status}: {output.strip()[:200]}")
+        code, output = openssh.system_ssh(
+            config, alias, "true", timeout=max(2.0, min(15.0, deadline.left()))
+        )
+        if code == 0:
+            return
+        text = " ".join(output.split())[-300:]
+        if code == 127:
+            raise Fatal(text)
+        if code == 255 and any(marker in text for marker in _FATAL_SSH):
+            raise Fatal(f"`ssh {alias} true` failed: {text}")
+        raise Transient(f"`ssh {alias} true` exited {code}: {text}")
 
     _poll(attempt, probe, deadline, on_wait, logs)
