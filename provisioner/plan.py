@@ -35,6 +35,8 @@ SSHD_PORT = "22/tcp"
 HOST_KEY_PATH = "/etc/ssh/ssh_host_ed25519_key"
 AUTHORIZED_KEYS_PATH = f"/etc/ssh/authorized_keys/{AGENT_USER}"
 SESSION_ENV_PATH = "/etc/prov/environment"
+# Written last: the entrypoint starts sshd only once it exists (see InjectedFile).
+INJECTED_MARKER_PATH = "/etc/prov/injected"
 
 
 def container_name(name: str) -> str:
@@ -50,7 +52,11 @@ class Mount:
 
 @dataclass(frozen=True)
 class InjectedFile:
-    """A file put into the created container before it starts (root-owned)."""
+    """A root-owned file put into a new container right after it starts.
+
+    The entrypoint prepares the user meanwhile and starts sshd only once
+    INJECTED_MARKER_PATH exists; Docker unpacks the archive in order and the
+    marker comes last, so every other file is complete by then."""
 
     path: str
     mode: int
@@ -184,6 +190,7 @@ def build_plan(
         # with Docker access); the entrypoint hands it to every login via pam_env.
         body = "".join(f"{key}={value}\n" for key, value in session_env)
         files += (InjectedFile(SESSION_ENV_PATH, 0o600, body.encode()),)
+    files += (InjectedFile(INJECTED_MARKER_PATH, 0o644, b""),)
     spec = ContainerSpec(
         name=container_name(name),
         image=image,

@@ -1,7 +1,7 @@
 """The use cases: `up`, `down` and `ssh-test`, composed from the small modules.
 
 Data flows one way: request -> host facts -> keys -> image -> plan ->
-container (files injected before start) -> readiness -> ssh config -> result.
+container (started, then keys put in; sshd waits for them) -> readiness -> ssh config -> result.
 Progress goes to a Reporter; only the CLI prints.
 """
 
@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from provisioner import host, keys, openssh, sshconf, state
+from provisioner import host, keys, openssh, ready, sshconf, state
 from provisioner.config import (
     AGENT_USER,
     API_KEY_VARS,
@@ -349,11 +349,8 @@ def await_ssh(
     timeout: float,
     reporter: Reporter,
 ) -> float:
-    """Wait until sshd answers, paramiko logs in and runs `true`, and so does the
-    system ssh through the alias; return the seconds it took."""
-    # Imported here: paramiko (~0.15 s) is paid only when a container starts.
-    from provisioner import ready
-
+    """Wait until sshd answers and the system ssh logs in through the alias and
+    runs `true`; return the seconds it took."""
     reporter.step("waiting for SSH")
     deadline = ready.Deadline.after(timeout)
     started = time.monotonic()
@@ -365,16 +362,7 @@ def await_ssh(
         return engine.logs_tail(container_id)
 
     ready.wait_banner(target, probe, deadline, reporter.detail, logs)
-    # sshd answers: the system client's check runs while paramiko logs in.
-    with openssh.AliasCheck(paths.ssh_config, alias, "true") as alias_check:
-        ready.wait_login(target, probe, deadline, reporter.detail, logs)
-        code, output = alias_check.result(timeout=max(5.0, deadline.left()))
-    if code != 0:
-        raise NotReady(
-            f"The system ssh client could not log in through the alias {alias}",
-            f"`ssh -F {paths.ssh_config} {alias} true` exited {code}: {output.strip()[-400:]}",
-            "check `ssh -G` output for the alias and your ssh client version.",
-        )
+    ready.wait_alias_login(paths.ssh_config, alias, probe, deadline, reporter.detail, logs)
     return time.monotonic() - started
 
 
@@ -494,12 +482,16 @@ def _created_here(
 
 
 def _launch(engine: Engine, plan: Plan, action: str, container_id: str, reporter: Reporter) -> None:
-    """Put the keys into a new container and start it; start a stopped one."""
+    """Start a new container and put its keys in; start a stopped one (it has them).
+
+    A new container is started first and its files are put in while its
+    entrypoint sets up the user: sshd waits for them (see InjectedFile), and
+    the two overlap instead of adding up."""
     if action == "started":
         reporter.step("starting the stopped container")
         engine.start(container_id)
     elif action in ("created", "recreated"):
+        engine.start(container_id)
         engine.inject_files(
             container_id, [(f.path, f.mode, f.content) for f in plan.container.files]
         )
-        engine.start(container_id)

@@ -10,10 +10,13 @@
 #                       host directories keep the right owner.
 #   PROV_PROJECT_DIR    the project's path, mounted at the same path as on
 #                       the host (NTM cds there).
-# Files prov puts into the created container before it starts:
+# Files prov puts into a new container right after starting it, while this
+# script sets up the user (sshd waits for them in step 4):
 #   /etc/ssh/ssh_host_ed25519_key(.pub)  per-container host key
 #   /etc/ssh/authorized_keys/agent       the user's public key(s)
 #   /etc/prov/environment                optional KEY=VALUE lines for sessions
+#   /etc/prov/injected                   written last: the others are complete
+# They stay in the container's filesystem, so a restart finds them at once.
 #
 # Nothing here may change the owner of anything inside a bind mount: host
 # directories are mounted under /home/agent, so every chown is
@@ -24,6 +27,8 @@ set -eu
 HOME_DIR=/home/agent
 HOST_KEY=/etc/ssh/ssh_host_ed25519_key
 AUTH_KEYS=/etc/ssh/authorized_keys/agent
+INJECTED=/etc/prov/injected
+INJECT_WAIT_TICKS=6000 # of 10 ms: 60 s
 
 die() {
 	printf 'prov-entrypoint: %s\n' "$*" >&2
@@ -43,37 +48,57 @@ check_id() {
 	fi
 }
 
-# mount_points: every mount point of this container, one per line, with
-# mountinfo's octal escapes (space, tab, newline, backslash) undone.
-mount_points() {
-	awk '{
+# MOUNTS: every mount point of this container, one per line, with
+# mountinfo's octal escapes (space, tab, newline, backslash) undone. Read once:
+# nothing below mounts anything, and the checks run in the shell itself, so a
+# start costs a handful of processes, not a few per path.
+MOUNTS=$(awk '{
 		m = $5
 		gsub(/\\040/, " ", m); gsub(/\\011/, "\t", m)
 		gsub(/\\012/, "\n", m); gsub(/\\134/, "\\", m)
 		print m
-	}' /proc/self/mountinfo
-}
+	}' /proc/self/mountinfo)
 
 # under_mount PATH: true if PATH is a mount point at or below $HOME_DIR, or
 # lies beneath one (i.e. belongs to a bind-mounted host directory or file).
 under_mount() {
-	mount_points | awk -v p="$1" -v h="$HOME_DIR" '
-		$0 != h && index($0, h "/") != 1 { next }
-		p == $0 || index(p, $0 "/") == 1 { found = 1 }
-		END { exit !found }'
+	while IFS= read -r m; do
+		case $m in
+		"$HOME_DIR" | "$HOME_DIR"/*) ;;
+		*) continue ;;
+		esac
+		case $1 in
+		"$m" | "$m"/*) return 0 ;;
+		esac
+	done <<MOUNTS_END
+$MOUNTS
+MOUNTS_END
+	return 1
 }
 
 # in_bind_mount PATH: true if PATH is a mount point other than / or lies
 # beneath one (i.e. it is the host's, not the container's own filesystem).
 in_bind_mount() {
-	mount_points | awk -v p="$1" '
-		$0 != "/" && (p == $0 || index(p, $0 "/") == 1) { found = 1 }
-		END { exit !found }'
+	while IFS= read -r m; do
+		[ "$m" != / ] || continue
+		case $1 in
+		"$m" | "$m"/*) return 0 ;;
+		esac
+	done <<MOUNTS_END
+$MOUNTS
+MOUNTS_END
+	return 1
 }
 
 # mounts_below_home: mount points strictly below $HOME_DIR, one per line.
 mounts_below_home() {
-	mount_points | awk -v h="$HOME_DIR" 'index($0, h "/") == 1'
+	while IFS= read -r m; do
+		case $m in
+		"$HOME_DIR"/*) printf '%s\n' "$m" ;;
+		esac
+	done <<MOUNTS_END
+$MOUNTS
+MOUNTS_END
 }
 
 # give_to_agent PATH: chown PATH (only PATH itself) to agent, unless it is
@@ -124,12 +149,14 @@ if getent passwd agent >/dev/null; then
 else
 	# -M: the home directory already exists (made at image build).
 	# -l: no lastlog/faillog entry (sparse multi-GB files for large UIDs).
-	useradd -o -M -l -u "$PROV_UID" -g agent -d "$HOME_DIR" -s /bin/bash agent ||
+	useradd -o -M -l -p '*' -u "$PROV_UID" -g agent -d "$HOME_DIR" -s /bin/bash agent ||
 		die "cannot create user agent with UID $PROV_UID"
 fi
 # "*": no password can match, but unlike "!" the account is not locked, so
 # sshd still allows public-key logins.
-usermod -p '*' agent >/dev/null || die "cannot set the password field of agent"
+if [ "$(getent shadow agent | cut -d: -f2)" != '*' ]; then
+	usermod -p '*' agent >/dev/null || die "cannot set the password field of agent"
+fi
 
 # --- 3. ownership of the home directory ------------------------------------
 give_to_agent "$HOME_DIR"
@@ -168,13 +195,21 @@ if [ -n "${PROV_PROJECT_DIR:-}" ]; then
 fi
 
 # --- 4. injected keys --------------------------------------------------------
+# Wait for prov to finish putting the files in (normally done by now).
+waited=0
+while [ ! -e "$INJECTED" ]; do
+	[ "$waited" -lt "$INJECT_WAIT_TICKS" ] ||
+		die "prov did not put the keys into this container within $((INJECT_WAIT_TICKS / 100)) s ($INJECTED is missing); remove it and run prov up again"
+	sleep 0.01
+	waited=$((waited + 1))
+done
 [ -f "$HOST_KEY" ] ||
-	die "no host key was injected; prov puts it in before start ($HOST_KEY is missing)"
+	die "no host key was injected ($HOST_KEY is missing)"
 # sshd ignores a host key that others can read; make sure it is private.
 chown root:root "$HOST_KEY" 2>/dev/null || true
 chmod 0600 "$HOST_KEY" 2>/dev/null || true
 [ -s "$AUTH_KEYS" ] ||
-	die "no authorized key was injected; prov puts it in before start ($AUTH_KEYS is missing or empty)"
+	die "no authorized key was injected ($AUTH_KEYS is missing or empty)"
 
 # --- 4b. session environment -------------------------------------------------
 # prov puts KEY=VALUE lines (API keys, --env) into a root-only file before
@@ -196,20 +231,9 @@ if [ -s "$SESSION_ENV" ]; then
 fi
 
 # --- 5. sshd -----------------------------------------------------------------
+# The image build checked the configuration (sshd -t); a host key or config
+# problem found now makes sshd itself exit with its message in `docker logs`,
+# which prov shows.
 mkdir -p /run/sshd
 chmod 0755 /run/sshd
-if ! out=$(/usr/sbin/sshd -t 2>&1); then
-	die "sshd configuration is invalid: $(printf '%s' "$out" | tr '\n' ' ')"
-fi
-
-# OpenSSH >= 9.8 penalises source addresses that fail to authenticate or
-# connect without authenticating. Behind Docker's port proxy every client has
-# the same source address, so one bad key or a readiness probe would lock out
-# every client. The keyword is unknown to older sshd (9.2, 9.6), hence not in
-# the config file but here, only where sshd accepts it.
-set -- -D -e
-if /usr/sbin/sshd -t -o PerSourcePenalties=no >/dev/null 2>&1; then
-	set -- "$@" -o PerSourcePenalties=no
-fi
-
-exec /usr/sbin/sshd "$@"
+exec /usr/sbin/sshd -D -e

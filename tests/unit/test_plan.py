@@ -57,9 +57,11 @@ def test_published_on_loopback_with_owner_ids() -> None:
     assert plan.ssh.hostname == "127.0.0.1"
 
 
-def test_keys_injected_root_owned_before_start() -> None:
-    """Host key (0600) and authorized key are files in the plan, not exec'd in later."""
+def test_keys_injected_root_owned_marker_last() -> None:
+    """Host key (0600) and authorized key are files in the plan, not exec'd in
+    later, and the marker sshd waits for comes after every other file."""
     plan, client, hostkey = _plan(Path("/p/demo"), Path("/p"))
+    assert plan.container.files[-1].path == "/etc/prov/injected"
     files = {f.path: f for f in plan.container.files}
     assert files["/etc/ssh/ssh_host_ed25519_key"].mode == 0o600
     assert files["/etc/ssh/ssh_host_ed25519_key"].content == hostkey.private_openssh
