@@ -338,19 +338,10 @@ def _extras(
 
 def _up_many(requests: list[UpRequest], as_json: bool) -> None:
     """Bring several environments up concurrently; report each; fail if any failed."""
-    from concurrent.futures import ThreadPoolExecutor
-
     from provisioner import service
 
-    def one(request: UpRequest) -> service.UpResult | ProvError:
-        reporter = ConsoleReporter(quiet=as_json, prefix=f"[{request.name}] ")
-        try:
-            return service.up(request, reporter)
-        except ProvError as exc:
-            return exc
-
-    with ThreadPoolExecutor(max_workers=min(8, len(requests))) as pool:
-        outcomes = list(pool.map(one, requests))
+    items = [(r, ConsoleReporter(quiet=as_json, prefix=f"[{r.name}] ")) for r in requests]
+    outcomes = _run(service.up_many, items)
     failures = [(r, o) for r, o in zip(requests, outcomes, strict=True) if isinstance(o, ProvError)]
     if as_json:
         _print_json(

@@ -288,6 +288,11 @@ class ProvPaths:
     def env_dir(self, name: str) -> Path:
         return self.envs / name
 
+    def keys_dir(self, name: str) -> Path:
+        """What the container's sshd needs (host key, authorized key) and nothing
+        else of the env dir (never the client key): mounted read-only."""
+        return self.env_dir(name) / "sshd"
+
     @property
     def control_dir(self) -> Path:
         # A Unix socket path is limited to 107 bytes; %C expands to 40 hex

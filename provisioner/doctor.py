@@ -50,6 +50,11 @@ def _private_files(paths: ProvPaths) -> Finding:
     if paths.envs.is_dir():
         for env_dir in paths.envs.iterdir():
             candidates += [p for p in env_dir.iterdir() if not p.name.endswith(".pub")]
+            keys_dir = paths.keys_dir(env_dir.name)
+            if keys_dir.is_dir():
+                if stat.S_IMODE(keys_dir.stat().st_mode) & 0o077:
+                    loose.append(f"{keys_dir} (dir, want 0700)")
+                candidates += [p for p in keys_dir.iterdir() if p.name != "authorized_keys"]
     for path in candidates:
         if path.is_file() and stat.S_IMODE(path.stat().st_mode) & 0o077:
             loose.append(f"{path} ({stat.S_IMODE(path.stat().st_mode):04o}, want 0600)")

@@ -522,15 +522,11 @@ class Engine:
         return str(created["Id"])
 
     def inject_files(self, container_id: str, files: list[tuple[str, int, bytes]]) -> None:
-        """Put root-owned files into a container, in the order given."""
+        """Put root-owned files into a container, in the order given. Their
+        directories must exist (the image makes them, with their own modes)."""
         buffer = io.BytesIO()
         now = time.time()
         with tarfile.open(fileobj=buffer, mode="w") as tar:
-            dirs = sorted({str(Path(p).parent) for p, _, _ in files})
-            for directory in dirs:
-                info = tarfile.TarInfo(directory.lstrip("/"))
-                info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, now
-                tar.addfile(info)
             for path, mode, content in files:
                 info = tarfile.TarInfo(path.lstrip("/"))
                 info.size, info.mode, info.mtime = len(content), mode, now

@@ -1,7 +1,7 @@
 """The use cases: `up`, `down` and `ssh-test`, composed from the small modules.
 
 Data flows one way: request -> host facts -> keys -> image -> plan ->
-container (started, then keys put in; sshd waits for them) -> readiness -> ssh config -> result.
+container (keys mounted read-only) -> readiness -> ssh config -> result.
 Progress goes to a Reporter; only the CLI prints.
 """
 
@@ -16,9 +16,11 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from provisioner import host, keys, openssh, ready, sshconf, state
 from provisioner.config import (
@@ -32,9 +34,9 @@ from provisioner.config import (
     user_ssh_config,
 )
 from provisioner.engine import ContainerInfo, Engine
-from provisioner.errors import ConfigError, ConflictError, NotReady, UsageError
-from provisioner.fsutil import ensure_private_dir, file_lock
-from provisioner.image import ImageRequest, ensure_image
+from provisioner.errors import ConfigError, ConflictError, NotReady, ProvError, UsageError
+from provisioner.fsutil import atomic_write, ensure_private_dir, file_lock
+from provisioner.image import BuiltImage, ImageRequest, ensure_image
 from provisioner.plan import (
     LABEL_BIND,
     LABEL_IMAGE_HASH,
@@ -47,6 +49,9 @@ from provisioner.plan import (
     container_name,
 )
 from provisioner.progress import Reporter
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 
 @dataclass(frozen=True)
@@ -97,9 +102,14 @@ def _port_bindable(bind: str, port: int) -> bool:
 
 
 def choose_port(
-    engine: Engine, request: UpRequest, own: ContainerInfo | None, recorded: int | None
+    reserved: set[int],
+    request: UpRequest,
+    own: ContainerInfo | None,
+    recorded: int | None,
 ) -> int:
-    reserved = engine.reserved_ports()
+    """The port for `request`, given the host ports Docker has reserved for
+    other containers (and those already handed out in this run)."""
+    reserved = set(reserved)
     if own is not None:
         reserved -= {p for _, p in own.published}
         with contextlib.suppress(ValueError):
@@ -159,10 +169,107 @@ def _identity(request: UpRequest, paths: ProvPaths) -> tuple[keys.PublicKey, Pat
     return pair.public, paths.env_dir(request.name) / keys.CLIENT_KEY_NAME, "prov"
 
 
+@dataclass
+class _Pending:
+    """One environment on its way up: what preparing it found, then its place."""
+
+    request: UpRequest
+    reporter: Reporter
+    project: host.ProjectDir
+    existing: ContainerInfo | None
+    public: keys.PublicKey
+    identity: Path
+    key_source: str
+    host_pair: keys.KeyPair
+    built: BuiltImage
+    mounted: tuple[host.CredentialMount, ...]
+    session_env: tuple[tuple[str, str], ...]
+    record: state.EnvRecord | None
+    port: int = 0
+    plan: Plan | None = None
+    action: str | None = None  # set once _converge decided
+    container_id: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.request.name
+
+
+UpOutcome = UpResult | ProvError
+
+
 def up(request: UpRequest, reporter: Reporter, paths: ProvPaths | None = None) -> UpResult:
+    outcome = up_many([(request, reporter)], paths)[0]
+    if isinstance(outcome, ProvError):
+        raise outcome
+    return outcome
+
+
+def up_many(
+    items: Sequence[tuple[UpRequest, Reporter]], paths: ProvPaths | None = None
+) -> list[UpOutcome]:
+    """Bring environments up together; one outcome per item, in order.
+
+    Three phases, so that ten environments cost little more than one: each is
+    prepared (project, keys, image) in parallel; then, under prov's lock, the
+    ports Docker has reserved are listed once and every container is created
+    (Docker's container list waits for containers that are starting, so no
+    start may overlap it); then all are started and awaited in parallel.
+    A failure affects only its own environment; Ctrl-C undoes what this run
+    created, for all of them.
+    """
     paths = paths or ProvPaths.from_env()
     ensure_private_dir(paths.home)
     engine = Engine.connect()
+    images: dict[ImageRequest, BuiltImage] = {}
+    images_lock = threading.Lock()
+
+    def prepare(item: tuple[UpRequest, Reporter]) -> _Pending:
+        return _prepare(engine, item[0], item[1], paths, images, images_lock)
+
+    outcomes: list[_Pending | UpOutcome] = list(_each(prepare, items))
+    placed: list[_Pending] = []
+    try:
+        ready = [o for o in outcomes if isinstance(o, _Pending)]
+        errors = _place(engine, ready, paths, placed)
+        outcomes = [errors.get(id(o), o) if isinstance(o, _Pending) else o for o in outcomes]
+
+        def finish(pending: _Pending) -> UpResult:
+            return _finish(engine, pending, paths)
+
+        results = iter(_each(finish, [o for o in outcomes if isinstance(o, _Pending)]))
+        return [next(results) if isinstance(o, _Pending) else o for o in outcomes]
+    except BaseException:
+        for pending in placed:
+            _abandon(engine, pending, paths)
+        raise
+
+
+def _each(fn: Callable[[_T], _R], items: Sequence[_T]) -> list[_R | ProvError]:
+    """`fn` over `items`, in threads when there are several; a ProvError is that
+    item's outcome, anything else (Ctrl-C) propagates once all have finished."""
+
+    def guarded(item: _T) -> _R | ProvError:
+        try:
+            return fn(item)
+        except ProvError as exc:
+            return exc
+
+    if len(items) <= 1:
+        return [guarded(item) for item in items]
+    with ThreadPoolExecutor(max_workers=min(len(items), 32)) as pool:
+        return list(pool.map(guarded, items))
+
+
+def _prepare(
+    engine: Engine,
+    request: UpRequest,
+    reporter: Reporter,
+    paths: ProvPaths,
+    images: dict[ImageRequest, BuiltImage],
+    images_lock: threading.Lock,
+) -> _Pending:
+    """Everything before the container: checks, project, credentials, keys, image."""
     cname = container_name(request.name)
     existing = engine.find(cname)
     if existing is not None and not existing.managed:
@@ -220,9 +327,12 @@ def up(request: UpRequest, reporter: Reporter, paths: ProvPaths | None = None) -
             paths.env_dir(request.name), keys.HOST_KEY_NAME, f"prov-{request.name}-host"
         )
     reporter.step("image")
-    built = ensure_image(
-        engine, _image_request(request, project.path), reporter.note, reporter.detail
-    )
+    image_request = _image_request(request, project.path)
+    with images_lock:  # environments asking for the same image share one build
+        built = images.get(image_request) or ensure_image(
+            engine, image_request, reporter.note, reporter.detail
+        )
+        images[image_request] = built
     if not built.built_now:
         reporter.detail(f"reusing image {built.tag}")
     if built.agent_versions:
@@ -233,36 +343,88 @@ def up(request: UpRequest, reporter: Reporter, paths: ProvPaths | None = None) -
             creds.found, paths.env_dir(request.name) / "credentials", project.uid, project.gid
         )
 
-    record = state.load(paths, request.name)
-    action: str | None = None
-    container_id: str | None = None
+    return _Pending(
+        request=request,
+        reporter=reporter,
+        project=project,
+        existing=existing,
+        public=public,
+        identity=identity,
+        key_source=key_source,
+        host_pair=host_pair,
+        built=built,
+        mounted=mounted,
+        session_env=session_env,
+        record=state.load(paths, request.name),
+    )
+
+
+def _place(
+    engine: Engine, pendings: list[_Pending], paths: ProvPaths, placed: list[_Pending]
+) -> dict[int, ProvError]:
+    """Give each environment its port and container, under prov's lock (a
+    created container reserves its port in Docker's eyes). Each one that gets
+    this far is appended to `placed`; failures come back keyed by id()."""
+    errors: dict[int, ProvError] = {}
+    if not pendings:
+        return errors
+    with file_lock(paths.lock):
+        reserved = engine.reserved_ports()
+        for pending in pendings:
+            placed.append(pending)
+            request = pending.request
+            try:
+                pending.port = choose_port(
+                    reserved,
+                    request,
+                    pending.existing,
+                    pending.record.port if pending.record else None,
+                )
+                pending.plan = build_plan(
+                    name=request.name,
+                    image=pending.built.tag,
+                    image_hash=pending.built.content_hash,
+                    bind=request.bind,
+                    port=pending.port,
+                    project_dir=pending.project.path,
+                    project_uid=pending.project.uid,
+                    project_gid=pending.project.gid,
+                    projects_base=host.ntm_projects_base(),
+                    credentials=pending.mounted,
+                    authorized_key=pending.public,
+                    identity_file=pending.identity,
+                    host_key_public=pending.host_pair.public,
+                    host_key_private=pending.host_pair.private_openssh,
+                    agents=request.agents,
+                    paths=paths,
+                    extra_mounts=request.extras.mounts,
+                    session_env=pending.session_env,
+                    gpus=request.extras.gpus,
+                    agent_versions=pending.built.agent_versions,
+                )
+                pending.action, pending.container_id = _converge(
+                    engine, pending.plan, pending.existing, request, pending.reporter
+                )
+                reserved.add(pending.port)
+            except ProvError as exc:
+                placed.remove(pending)
+                errors[id(pending)] = exc
+    # Outside the lock, which _abandon takes itself.
+    for pending in pendings:
+        if id(pending) in errors:
+            _abandon(engine, pending, paths)
+    return errors
+
+
+def _finish(engine: Engine, pending: _Pending, paths: ProvPaths) -> UpResult:
+    """Start (or re-verify) a placed environment, write its alias, wait for SSH."""
+    plan, action, container_id = pending.plan, pending.action, pending.container_id
+    if plan is None or action is None or container_id is None:
+        raise RuntimeError(f"{pending.name}: _finish called before _place")
+    request, reporter, port = pending.request, pending.reporter, pending.port
+    host_pair, identity = pending.host_pair, pending.identity
     alias = sshconf.alias_for(request.name)
     try:
-        with file_lock(paths.lock):
-            port = choose_port(engine, request, existing, record.port if record else None)
-            plan = build_plan(
-                name=request.name,
-                image=built.tag,
-                image_hash=built.content_hash,
-                bind=request.bind,
-                port=port,
-                project_dir=project.path,
-                project_uid=project.uid,
-                project_gid=project.gid,
-                projects_base=host.ntm_projects_base(),
-                credentials=mounted,
-                authorized_key=public,
-                identity_file=identity,
-                host_key_public=host_pair.public,
-                host_key_private=host_pair.private_openssh,
-                agents=request.agents,
-                paths=paths,
-                extra_mounts=extras.mounts,
-                session_env=session_env,
-                gpus=extras.gpus,
-                agent_versions=built.agent_versions,
-            )
-            action, container_id = _converge(engine, plan, existing, request, reporter)
         _launch(engine, plan, action, container_id, reporter)
         target = SshTarget(plan.ssh.hostname, port, AGENT_USER, host_pair.public, identity)
         with file_lock(paths.lock):
@@ -276,17 +438,8 @@ def up(request: UpRequest, reporter: Reporter, paths: ProvPaths | None = None) -
             seconds = await_ssh(
                 engine, paths, target, alias, container_id, request.timeout, reporter
             )
-    except BaseException:
-        # Nothing half-made: a container this run created goes away again (also
-        # one Docker made while we were interrupted, before we had its ID), and
-        # so does the alias of an environment that never came up.
-        made = _created_here(engine, cname, action, container_id)
-        if made is not None:
-            engine.remove(made)
-            if record is None:
-                with file_lock(paths.lock):
-                    sshconf.delete_entry(paths.ssh_config, alias)
-                    sshconf.unpin_host_key(paths.known_hosts, alias)
+    except ProvError:
+        _abandon(engine, pending, paths)
         raise
 
     with file_lock(paths.lock):
@@ -296,9 +449,9 @@ def up(request: UpRequest, reporter: Reporter, paths: ProvPaths | None = None) -
                 name=request.name,
                 port=port,
                 bind=request.bind,
-                project_dir=str(project.path),
+                project_dir=str(pending.project.path),
                 identity_file=str(identity),
-                authorized_key_source=key_source,
+                authorized_key_source=pending.key_source,
                 base_image=request.base_image,
             ),
         )
@@ -316,13 +469,29 @@ def up(request: UpRequest, reporter: Reporter, paths: ProvPaths | None = None) -
         identity_file=str(identity),
         known_hosts=str(paths.known_hosts),
         host_key_fingerprint=host_pair.public.fingerprint,
-        project_dir=str(project.path),
+        project_dir=str(pending.project.path),
         ntm_command=plan.ntm_display,
         ntm_argv=plan.ntm_command,
         ntm_env=plan.ntm_env,
         ready_seconds=seconds,
         action=action,
     )
+
+
+def _abandon(engine: Engine, pending: _Pending, paths: ProvPaths) -> None:
+    """Nothing half-made: a container this run created goes away again (also one
+    Docker made while we were interrupted, before we had its ID), and so does the
+    alias of an environment that never came up."""
+    name = pending.request.name
+    made = _created_here(engine, container_name(name), pending.action, pending.container_id)
+    if made is None:
+        return
+    engine.remove(made)
+    if pending.record is None:
+        alias = sshconf.alias_for(name)
+        with file_lock(paths.lock):
+            sshconf.delete_entry(paths.ssh_config, alias)
+            sshconf.unpin_host_key(paths.known_hosts, alias)
 
 
 def recheck_ssh(paths: ProvPaths, alias: str) -> float:
@@ -443,6 +612,9 @@ def _converge(
             "pick another --port, or leave --port out to let prov choose a free one.",
         )
     reporter.step("creating the container")
+    ensure_private_dir(c.keys_dir)
+    for key_file in c.key_files:
+        atomic_write(c.keys_dir / key_file.name, key_file.content, key_file.mode)
     # A Ctrl-C during the request could leave Docker finishing a container we
     # never learn the ID of; hold it for the few ms the request takes.
     with _deferred_interrupt():
@@ -482,16 +654,15 @@ def _created_here(
 
 
 def _launch(engine: Engine, plan: Plan, action: str, container_id: str, reporter: Reporter) -> None:
-    """Start a new container and put its keys in; start a stopped one (it has them).
-
-    A new container is started first and its files are put in while its
-    entrypoint sets up the user: sshd waits for them (see InjectedFile), and
-    the two overlap instead of adding up."""
+    """Start a new or stopped container. A new one gets its session environment
+    (if any) right after starting, while its entrypoint sets up the user; a
+    stopped one has it already."""
     if action == "started":
         reporter.step("starting the stopped container")
         engine.start(container_id)
     elif action in ("created", "recreated"):
         engine.start(container_id)
-        engine.inject_files(
-            container_id, [(f.path, f.mode, f.content) for f in plan.container.files]
-        )
+        if plan.container.files:
+            engine.inject_files(
+                container_id, [(f.path, f.mode, f.content) for f in plan.container.files]
+            )

@@ -10,13 +10,13 @@
 #                       host directories keep the right owner.
 #   PROV_PROJECT_DIR    the project's path, mounted at the same path as on
 #                       the host (NTM cds there).
-# Files prov puts into a new container right after starting it, while this
-# script sets up the user (sshd waits for them in step 4):
-#   /etc/ssh/ssh_host_ed25519_key(.pub)  per-container host key
-#   /etc/ssh/authorized_keys/agent       the user's public key(s)
-#   /etc/prov/environment                optional KEY=VALUE lines for sessions
-#   /etc/prov/injected                   written last: the others are complete
-# They stay in the container's filesystem, so a restart finds them at once.
+# Mounted read-only by prov at /etc/prov/keys (the environment's keys dir on
+# the host, $PROV_HOME/envs/NAME/sshd), installed root-owned at every start:
+#   ssh_host_ed25519_key  per-environment host key -> /etc/ssh/
+#   authorized_keys       the user's public key    -> /etc/ssh/authorized_keys/agent
+# Put in by prov right after start, only if the user passes any:
+#   /etc/prov/environment  KEY=VALUE lines for sessions (pam_env reads it at
+#                          each login; prov logs in only once it is there)
 #
 # Nothing here may change the owner of anything inside a bind mount: host
 # directories are mounted under /home/agent, so every chown is
@@ -27,8 +27,7 @@ set -eu
 HOME_DIR=/home/agent
 HOST_KEY=/etc/ssh/ssh_host_ed25519_key
 AUTH_KEYS=/etc/ssh/authorized_keys/agent
-INJECTED=/etc/prov/injected
-INJECT_WAIT_TICKS=6000 # of 10 ms: 60 s
+KEYS=/etc/prov/keys
 
 die() {
 	printf 'prov-entrypoint: %s\n' "$*" >&2
@@ -194,41 +193,15 @@ if [ -n "${PROV_PROJECT_DIR:-}" ]; then
 	done
 fi
 
-# --- 4. injected keys --------------------------------------------------------
-# Wait for prov to finish putting the files in (normally done by now).
-waited=0
-while [ ! -e "$INJECTED" ]; do
-	[ "$waited" -lt "$INJECT_WAIT_TICKS" ] ||
-		die "prov did not put the keys into this container within $((INJECT_WAIT_TICKS / 100)) s ($INJECTED is missing); remove it and run prov up again"
-	sleep 0.01
-	waited=$((waited + 1))
-done
-[ -f "$HOST_KEY" ] ||
-	die "no host key was injected ($HOST_KEY is missing)"
-# sshd ignores a host key that others can read; make sure it is private.
-chown root:root "$HOST_KEY" 2>/dev/null || true
-chmod 0600 "$HOST_KEY" 2>/dev/null || true
-[ -s "$AUTH_KEYS" ] ||
-	die "no authorized key was injected ($AUTH_KEYS is missing or empty)"
-
-# --- 4b. session environment -------------------------------------------------
-# prov puts KEY=VALUE lines (API keys, --env) into a root-only file before
-# start, never into Docker's env, which `docker inspect` shows. pam_env reads
-# /etc/environment for every ssh session, and tmux panes inherit it. The file
-# is made readable by root and agent only, as it may hold secrets.
-SESSION_ENV=/etc/prov/environment
-if [ -f /etc/environment ]; then
-	sed -i '/^# >>> prov session env/,/^# <<< prov session env/d' /etc/environment
-fi
-if [ -s "$SESSION_ENV" ]; then
-	{
-		echo '# >>> prov session env (rewritten at every start)'
-		cat "$SESSION_ENV"
-		echo '# <<< prov session env'
-	} >>/etc/environment
-	chown root:agent /etc/environment
-	chmod 0640 /etc/environment
-fi
+# --- 4. keys -------------------------------------------------------------------
+[ -f "$KEYS/ssh_host_ed25519_key" ] && [ -s "$KEYS/authorized_keys" ] ||
+	die "the host key or authorized key is missing from $KEYS, which prov mounts from the environment's keys dir; run prov up again"
+# Copies, root-owned: sshd ignores a host key others can read, and refuses
+# authorized keys owned by anyone but root or the user.
+install -o root -g root -m 0600 "$KEYS/ssh_host_ed25519_key" "$HOST_KEY" ||
+	die "cannot read the host key in $KEYS (a Docker engine that remaps user namespaces keeps container root from reading the host user's files)"
+install -o root -g root -m 0644 "$KEYS/authorized_keys" "$AUTH_KEYS" ||
+	die "cannot read the authorized key in $KEYS"
 
 # --- 5. sshd -----------------------------------------------------------------
 # The image build checked the configuration (sshd -t); a host key or config

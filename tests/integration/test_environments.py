@@ -7,6 +7,7 @@ import io
 import json
 import os
 import shlex
+import stat
 import subprocess
 import sys
 import tarfile
@@ -77,6 +78,37 @@ def test_session_env_reaches_ssh_and_panes_but_not_docker_inspect(
     attrs = docker_client.containers.get(alias).attrs
     assert SECRET not in json.dumps(attrs)
     assert attrs["Config"]["Labels"]["prov.env-keys"] == "ANTHROPIC_API_KEY,FROM_FILE,PLAIN"
+    # Never written to the host's disk either: no file of prov's holds it.
+    for path in prov.prov_home.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+    # The agent sees it in its sessions, but the file itself is root's only.
+    assert prov.ssh(alias, "cat /etc/prov/environment").returncode != 0
+
+
+def test_keys_mount_is_read_only_and_holds_no_client_key(
+    prov: Prov, docker_client: docker.DockerClient
+) -> None:
+    """The keys dir mounted into the container holds only the host key and the
+    authorized key (never the client's private key), and even root inside
+    cannot change the host's copy."""
+    name = prov.name("keysmount")
+    prov.project(name)
+    env = prov.up(name)
+    alias = str(env["ssh_alias"])
+    listing = prov.ssh(alias, "sudo ls -A /etc/prov/keys")
+    assert listing.returncode == 0, listing.stderr
+    assert sorted(listing.stdout.split()) == ["authorized_keys", "ssh_host_ed25519_key"]
+    write = prov.ssh(alias, "sudo sh -c 'echo x >> /etc/prov/keys/authorized_keys'")
+    assert write.returncode != 0
+    assert "Read-only file system" in write.stderr
+    keys_dir = prov.prov_home / "envs" / name / "sshd"
+    assert stat.S_IMODE(keys_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE((keys_dir / "ssh_host_ed25519_key").stat().st_mode) == 0o600
+    mounts = docker_client.containers.get(alias).attrs["Mounts"]
+    keys_mount = [m for m in mounts if m["Destination"] == "/etc/prov/keys"]
+    assert keys_mount and keys_mount[0]["RW"] is False
+    assert keys_mount[0]["Source"] == str(keys_dir)
 
 
 def test_extra_mount_read_only(prov: Prov, tmp_path: Path) -> None:

@@ -148,6 +148,30 @@ def test_up_several_names(prov: Prov) -> None:
         assert prov.ssh(f"prov-{name}", "hostname").stdout.strip() == name
 
 
+def test_up_several_names_one_failing(prov: Prov, docker_client: docker.DockerClient) -> None:
+    """One environment that cannot come up (its name is taken by a foreign
+    container) fails alone, with its error; the others come up; nothing of
+    the failed one is left behind."""
+    good = [prov.name(f"mixok{i}") for i in range(2)]
+    bad = prov.name("mixbad")
+    for name in (*good, bad):
+        prov.project(name)
+    image = docker_client.images.list(name="prov-base")[0]
+    foreign = docker_client.containers.create(image.id, "true", name=f"prov-{bad}")
+    try:
+        result = prov.run("up", good[0], bad, good[1])
+        assert result.returncode == 4, result.stderr  # ConflictError
+        assert f"{bad}: A container named prov-{bad} already exists" in result.stderr
+        assert "Traceback" not in result.stderr
+        for name in good:
+            assert prov.ssh(f"prov-{name}", "true").returncode == 0
+        assert f"Host prov-{bad}\n" not in (prov.prov_home / "ssh_config").read_text()
+        made = docker_client.containers.list(all=True, filters={"label": f"prov.name={bad}"})
+        assert made == []
+    finally:
+        foreign.remove(force=True)
+
+
 @pytest.mark.parametrize("delay", [0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.2, 1.4])
 def test_ctrl_c_leaves_nothing_half_made(
     prov: Prov, docker_client: docker.DockerClient, delay: float

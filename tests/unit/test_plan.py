@@ -7,7 +7,7 @@ from pathlib import Path
 from provisioner import keys
 from provisioner.config import AgentCounts, ProvPaths
 from provisioner.host import CredentialMount
-from provisioner.plan import build_plan, connect_host, describe
+from provisioner.plan import Mount, build_plan, connect_host, describe
 
 
 def _plan(project: Path, base: Path, bind: str = "127.0.0.1", agents: AgentCounts | None = None):  # type: ignore[no-untyped-def]
@@ -57,18 +57,22 @@ def test_published_on_loopback_with_owner_ids() -> None:
     assert plan.ssh.hostname == "127.0.0.1"
 
 
-def test_keys_injected_root_owned_marker_last() -> None:
-    """Host key (0600) and authorized key are files in the plan, not exec'd in
-    later, and the marker sshd waits for comes after every other file."""
+def test_keys_come_from_a_read_only_mount_of_the_keys_dir() -> None:
+    """Host key (0600) and authorized key are files of the env's keys dir,
+    mounted read-only (not exec'd in later, and never the client key); they
+    are not in the drift label, which lists only the user's mounts."""
     plan, client, hostkey = _plan(Path("/p/demo"), Path("/p"))
-    assert plan.container.files[-1].path == "/etc/prov/injected"
-    files = {f.path: f for f in plan.container.files}
-    assert files["/etc/ssh/ssh_host_ed25519_key"].mode == 0o600
-    assert files["/etc/ssh/ssh_host_ed25519_key"].content == hostkey.private_openssh
-    assert (
-        files["/etc/ssh/authorized_keys/agent"].content.decode().split()[1]
-        == client.public.blob_b64
-    )
+    spec = plan.container
+    files = {f.name: f for f in spec.key_files}
+    assert set(files) == {"ssh_host_ed25519_key", "authorized_keys"}
+    assert files["ssh_host_ed25519_key"].mode == 0o600
+    assert files["ssh_host_ed25519_key"].content == hostkey.private_openssh
+    assert files["authorized_keys"].content.decode().split()[1] == client.public.blob_b64
+    keys_mount = [m for m in spec.mounts if m.target == "/etc/prov/keys"]
+    assert keys_mount == [Mount(spec.keys_dir, "/etc/prov/keys", read_only=True)]
+    assert spec.keys_dir.name == "sshd" and spec.keys_dir.parent.name == "demo"
+    assert "/etc/prov/keys" not in spec.labels["prov.mounts"]
+    assert spec.files == ()  # no session variables asked for: nothing put in
 
 
 def test_plan_repr_and_description_hold_no_private_key() -> None:

@@ -1,0 +1,123 @@
+"""prov's engine client: the same calls through both of its transports.
+
+A local engine is spoken to over its socket; any other DOCKER_HOST goes
+through docker-py. Both are driven here against the real engine (docker-py
+over the same local socket), so the remote path is not left untested.
+"""
+
+from __future__ import annotations
+
+import io
+import secrets
+import socket
+import stat
+import tarfile
+from pathlib import Path
+
+import docker
+import pytest
+
+from provisioner.engine import Engine, _DockerPyTransport
+from provisioner.errors import DockerUnavailable, NotFound
+from provisioner.plan import LABEL_MANAGED, LABEL_NAME, ContainerSpec, Mount
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def image(docker_client: docker.DockerClient) -> str:
+    """prov's local base with a command (the debootstrap import has none)."""
+    base = docker_client.images.list(name="prov-base")[0]
+    dockerfile = f'FROM {base.id}\nCMD ["true"]\n'.encode()
+    context = io.BytesIO()
+    with tarfile.open(fileobj=context, mode="w") as tar:
+        info = tarfile.TarInfo("Dockerfile")
+        info.size = len(dockerfile)
+        tar.addfile(info, io.BytesIO(dockerfile))
+    context.seek(0)
+    built, _log = docker_client.images.build(
+        fileobj=context, custom_context=True, tag="prov-test-engine:latest", rm=True
+    )
+    return str(built.id)
+
+
+@pytest.fixture(params=["socket", "docker-py"])
+def engine(request: pytest.FixtureRequest, docker_client: docker.DockerClient) -> Engine:
+    if request.param == "socket":
+        return Engine.connect()
+    return Engine(_DockerPyTransport(docker_client), docker_client)
+
+
+def test_container_calls(
+    engine: Engine, docker_client: docker.DockerClient, image: str, tmp_path: Path
+) -> None:
+    """create (ports, labels, env, read-only mount), find, list, reserved ports of a
+    stopped container, put files, start, state, remove; a vanished one is no error."""
+    name = f"prov-enginetest-{secrets.token_hex(3)}"
+    port = _free_port()
+    (tmp_path / "data").write_text("from the host\n")
+    spec = ContainerSpec(
+        name=name,
+        image=image,
+        hostname="enginetest",
+        labels={LABEL_MANAGED: "true", LABEL_NAME: name},
+        environment={"PROV_TEST": "1"},
+        bind="127.0.0.1",
+        port=port,
+        mounts=(Mount(tmp_path, "/mnt/host", read_only=True),),
+        keys_dir=tmp_path,
+        key_files=(),
+        files=(),
+    )
+    container_id = engine.create(spec)
+    try:
+        info = engine.find(name)
+        assert info is not None and info.id == container_id and info.status == "created"
+        assert info.managed and info.labels[LABEL_NAME] == name
+        assert name in {s["Names"][0].lstrip("/") for s in engine.summaries()}
+        assert port in engine.reserved_ports()  # from its config: it is not running
+        attrs = docker_client.api.inspect_container(container_id)
+        assert "PROV_TEST=1" in attrs["Config"]["Env"]
+        assert attrs["HostConfig"]["PortBindings"]["22/tcp"] == [
+            {"HostIp": "127.0.0.1", "HostPort": str(port)}
+        ]
+        assert attrs["Mounts"][0]["RW"] is False
+        assert attrs["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
+
+        engine.inject_files(container_id, [("/tmp/put", 0o600, b"secret-ish\n")])
+        stream, _ = docker_client.api.get_archive(container_id, "/tmp/put")
+        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+            member = tar.next()
+            assert member is not None and stat.S_IMODE(member.mode) == 0o600 and member.uid == 0
+            handle = tar.extractfile(member)
+            assert handle is not None and handle.read() == b"secret-ish\n"
+
+        engine.start(container_id)  # runs `true`, and is restarted by its policy
+        started = engine.state(container_id)
+        assert started.status in ("running", "exited", "restarting")
+        assert not started.started_at.startswith("0001")
+    finally:
+        engine.remove(container_id)
+    assert engine.find(name) is None
+    engine.remove(container_id)  # already gone: not an error
+
+
+def test_missing_things(engine: Engine) -> None:
+    """Absent images and containers are None where asked, NotFound where acted on."""
+    assert engine.image_id("prov-test-no-such-image:1") is None
+    assert engine.find("prov-test-no-such-container") is None
+    with pytest.raises(NotFound):
+        engine.start("prov-test-no-such-container")
+    assert engine.engine_version()
+
+
+def test_remote_engine_unreachable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A DOCKER_HOST that is not a local socket goes through docker-py, and an
+    unreachable one is a DockerUnavailable, not a traceback."""
+    monkeypatch.setenv("DOCKER_HOST", f"tcp://127.0.0.1:{_free_port()}")
+    with pytest.raises(DockerUnavailable, match="Cannot reach the Docker engine"):
+        Engine.connect()
