@@ -17,7 +17,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -257,6 +256,9 @@ def _each(fn: Callable[[_T], _R], items: Sequence[_T]) -> list[_R | ProvError]:
 
     if len(items) <= 1:
         return [guarded(item) for item in items]
+    # Imported here: it loads logging too (~10 ms), which one environment skips.
+    from concurrent.futures import ThreadPoolExecutor
+
     with ThreadPoolExecutor(max_workers=min(len(items), 32)) as pool:
         return list(pool.map(guarded, items))
 

@@ -89,28 +89,23 @@ MOUNTS_END
 	return 1
 }
 
-# mounts_below_home: mount points strictly below $HOME_DIR, one per line.
-mounts_below_home() {
-	while IFS= read -r m; do
-		case $m in
-		"$HOME_DIR"/*) printf '%s\n' "$m" ;;
-		esac
-	done <<MOUNTS_END
-$MOUNTS
-MOUNTS_END
+# givable PATH: true if PATH exists (or is a dangling link) and may be
+# chowned to agent, i.e. it does not belong to a mount.
+givable() {
+	if [ ! -e "$1" ] && [ ! -L "$1" ]; then
+		return 1
+	fi
+	! under_mount "$1"
 }
 
-# give_to_agent PATH: chown PATH (only PATH itself) to agent, unless it is
-# missing or belongs to a mount.
-give_to_agent() {
-	if [ ! -e "$1" ] && [ ! -L "$1" ]; then
-		return 0
-	fi
-	if under_mount "$1"; then
-		return 0
-	fi
-	chown -h agent:agent "$1" ||
-		die "cannot chown $1 to agent"
+# parent_of PATH: set $parent to PATH's directory, like dirname, without a
+# process ("/a" -> "/", "a" -> ".").
+parent_of() {
+	case $1 in
+	*/*) parent=${1%/*} ;;
+	*) parent=. ;;
+	esac
+	[ -n "$parent" ] || parent=/
 }
 
 # --- 1. ids ------------------------------------------------------------------
@@ -120,9 +115,14 @@ check_id PROV_UID "$PROV_UID"
 check_id PROV_GID "$PROV_GID"
 
 # --- 2. group and user -------------------------------------------------------
+# The image has agent as 1000:1000, so the usual start changes nothing here.
 # The group is always called "agent". If another group already has PROV_GID
 # (e.g. GID 20 from macOS is "dialout" on Debian) it gets a second name (-o).
-if cur_gid=$(getent group agent | cut -d: -f3) && [ -n "$cur_gid" ]; then
+entry=$(getent group agent) || entry=""
+if [ -n "$entry" ]; then
+	IFS=: read -r _ _ cur_gid _ <<ENTRY_END
+$entry
+ENTRY_END
 	if [ "$cur_gid" != "$PROV_GID" ]; then
 		groupmod -o -g "$PROV_GID" agent ||
 			die "cannot change the GID of group agent to $PROV_GID"
@@ -132,9 +132,11 @@ else
 		die "cannot create group agent with GID $PROV_GID"
 fi
 
-if getent passwd agent >/dev/null; then
-	cur_uid=$(id -u agent)
-	cur_gid=$(id -g agent)
+entry=$(getent passwd agent) || entry=""
+if [ -n "$entry" ]; then
+	IFS=: read -r _ _ cur_uid cur_gid _ <<ENTRY_END
+$entry
+ENTRY_END
 	if [ "$cur_uid" != "$PROV_UID" ] || [ "$cur_gid" != "$PROV_GID" ]; then
 		# usermod -u/-g would chown the whole home directory tree (bind
 		# mounts included) when it stats the home directory; with -d
@@ -153,49 +155,78 @@ else
 fi
 # "*": no password can match, but unlike "!" the account is not locked, so
 # sshd still allows public-key logins.
-if [ "$(getent shadow agent | cut -d: -f2)" != '*' ]; then
+entry=$(getent shadow agent) || entry=""
+IFS=: read -r _ cur_pw _ <<ENTRY_END
+$entry
+ENTRY_END
+if [ "$cur_pw" != '*' ]; then
 	usermod -p '*' agent >/dev/null || die "cannot set the password field of agent"
 fi
 
 # --- 3. ownership of the home directory ------------------------------------
-give_to_agent "$HOME_DIR"
+# The paths are collected in "$@" and chowned (each one itself, -h: never
+# through a link) by a single chown.
+set --
+if givable "$HOME_DIR"; then set -- "$@" "$HOME_DIR"; fi
 # Files copied from /etc/skel at image build (.bashrc, .profile, ...).
-find /etc/skel -mindepth 1 | while IFS= read -r skel; do
-	give_to_agent "$HOME_DIR/${skel#/etc/skel/}"
-done
+while IFS= read -r skel; do
+	[ -n "$skel" ] || continue
+	path="$HOME_DIR/${skel#/etc/skel/}"
+	if givable "$path"; then set -- "$@" "$path"; fi
+done <<SKEL_END
+$(find /etc/skel -mindepth 1)
+SKEL_END
 # Docker creates the missing parent directories of a bind-mount target
 # root-owned (e.g. ~/.config for ~/.config/gemini, ~/.local and ~/.local/share
 # for ~/.local/share/x): hand those to the agent. They are in the container's
-# own filesystem; give_to_agent skips any that lie inside another mount.
-give_to_agent "$HOME_DIR/.config"
-mounts_below_home | while IFS= read -r mnt; do
-	dir=$(dirname "$mnt")
+# own filesystem; givable skips any that lie inside another mount.
+if givable "$HOME_DIR/.config"; then set -- "$@" "$HOME_DIR/.config"; fi
+while IFS= read -r mnt; do
+	case $mnt in
+	"$HOME_DIR"/*) ;;
+	*) continue ;;
+	esac
+	parent_of "$mnt"
+	dir=$parent
 	while [ "${dir#"$HOME_DIR"/}" != "$dir" ]; do
-		if [ -d "$dir" ] && [ ! -L "$dir" ]; then
-			give_to_agent "$dir"
+		if [ -d "$dir" ] && [ ! -L "$dir" ] && givable "$dir"; then
+			set -- "$@" "$dir"
 		fi
-		dir=$(dirname "$dir")
+		parent_of "$dir"
+		dir=$parent
 	done
-done
+done <<MOUNTS_END
+$MOUNTS
+MOUNTS_END
+if [ $# -gt 0 ]; then
+	chown -h agent:agent -- "$@" || die "cannot chown $* to agent"
+fi
 
 # --- 3b. the way to the project -----------------------------------------------
 # The project is mounted at its host path, e.g. /root/ntm_Dev/demo. Its
 # parents inside the container are the image's own directories (Docker makes
 # missing ones root 0755, but the image's /root is 0700) and must let agent
 # pass. Only the search bit is added, and never to a directory of the host.
+set --
 if [ -n "${PROV_PROJECT_DIR:-}" ]; then
-	dir=$(dirname "$PROV_PROJECT_DIR")
+	parent_of "$PROV_PROJECT_DIR"
+	dir=$parent
 	while [ "$dir" != / ] && [ "$dir" != . ]; do
 		if [ -d "$dir" ] && [ ! -L "$dir" ] && ! in_bind_mount "$dir"; then
-			chmod a+x "$dir" || die "cannot make $dir traversable for agent"
+			set -- "$@" "$dir"
 		fi
-		dir=$(dirname "$dir")
+		parent_of "$dir"
+		dir=$parent
 	done
+fi
+if [ $# -gt 0 ]; then
+	chmod a+x -- "$@" || die "cannot make $* traversable for agent"
 fi
 
 # --- 4. keys -------------------------------------------------------------------
-[ -f "$KEYS/ssh_host_ed25519_key" ] && [ -s "$KEYS/authorized_keys" ] ||
+if [ ! -f "$KEYS/ssh_host_ed25519_key" ] || [ ! -s "$KEYS/authorized_keys" ]; then
 	die "the host key or authorized key is missing from $KEYS, which prov mounts from the environment's keys dir; run prov up again"
+fi
 # Copies, root-owned: sshd ignores a host key others can read, and refuses
 # authorized keys owned by anyone but root or the user.
 install -o root -g root -m 0600 "$KEYS/ssh_host_ed25519_key" "$HOST_KEY" ||
