@@ -129,15 +129,16 @@ def wait_banner(
     deadline: Deadline,
     on_wait: Callable[[str], None],
     logs: Callable[[], str],
+    max_delay: float = 0.015,
 ) -> None:
-    """Block until sshd itself (not Docker's proxy) sends its banner."""
+    """Block until sshd itself (not Docker's proxy) sends its banner; a try
+    costs a loopback connect, so poll often: this wait is on every start's
+    critical path."""
 
     def attempt() -> None:
         read_banner(target.host, target.port)
 
-    # A try costs a loopback connect, so poll often: this wait is on every
-    # start's critical path.
-    _poll(attempt, probe, deadline, on_wait, logs, max_delay=0.015)
+    _poll(attempt, probe, deadline, on_wait, logs, max_delay=max_delay)
 
 
 # What the OpenSSH client says when waiting longer will not help.

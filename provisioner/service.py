@@ -52,6 +52,10 @@ from provisioner.progress import Reporter
 _T = TypeVar("_T")
 _R = TypeVar("_R")
 
+# How often to try sshd's port while waiting for its banner (a loopback connect).
+BANNER_POLL = 0.015
+BANNER_POLL_CROWDED = 0.05
+
 
 @dataclass(frozen=True)
 class UpResult:
@@ -209,13 +213,13 @@ def up_many(
 ) -> list[UpOutcome]:
     """Bring environments up together; one outcome per item, in order.
 
-    Three phases, so that ten environments cost little more than one: each is
+    Phased so that ten environments cost little more than one: each is
     prepared (project, keys, image) in parallel; then, under prov's lock, the
-    ports Docker has reserved are listed once and every container is created
-    (Docker's container list waits for containers that are starting, so no
-    start may overlap it); then all are started and awaited in parallel.
-    A failure affects only its own environment; Ctrl-C undoes what this run
-    created, for all of them.
+    ports Docker has reserved are listed once (Docker's container list waits
+    for containers that are starting, so it must come before any start) and
+    the containers are created one by one, each handed on to be started and
+    awaited in parallel as soon as it exists. A failure affects only its own
+    environment; Ctrl-C undoes what this run created, for all of them.
     """
     paths = paths or ProvPaths.from_env()
     ensure_private_dir(paths.home)
@@ -227,21 +231,40 @@ def up_many(
         return _prepare(engine, item[0], item[1], paths, images, images_lock)
 
     outcomes: list[_Pending | UpOutcome] = list(_each(prepare, items))
+    pendings = [o for o in outcomes if isinstance(o, _Pending)]
+    # Many containers starting at once share the CPU; polling their ports
+    # as often as for one would only take more of it.
+    poll = BANNER_POLL if len(pendings) <= 1 else BANNER_POLL_CROWDED
+
+    def finish(pending: _Pending) -> UpOutcome:
+        try:
+            return _finish(engine, pending, paths, poll)
+        except ProvError as exc:
+            return exc
+
     placed: list[_Pending] = []
+    done: dict[int, UpOutcome] = {}
     try:
-        ready = [o for o in outcomes if isinstance(o, _Pending)]
-        errors = _place(engine, ready, paths, placed)
-        outcomes = [errors.get(id(o), o) if isinstance(o, _Pending) else o for o in outcomes]
+        if len(pendings) <= 1:
+            done.update(_place(engine, pendings, paths, placed))
+            for pending in placed:
+                done[id(pending)] = finish(pending)
+        else:
+            from concurrent.futures import Future, ThreadPoolExecutor
 
-        def finish(pending: _Pending) -> UpResult:
-            return _finish(engine, pending, paths)
+            futures: dict[int, Future[UpOutcome]] = {}
+            with ThreadPoolExecutor(max_workers=min(len(pendings), 32)) as pool:
 
-        results = iter(_each(finish, [o for o in outcomes if isinstance(o, _Pending)]))
-        return [next(results) if isinstance(o, _Pending) else o for o in outcomes]
+                def launch(pending: _Pending) -> None:
+                    futures[id(pending)] = pool.submit(finish, pending)
+
+                done.update(_place(engine, pendings, paths, placed, launch))
+                done.update({key: future.result() for key, future in futures.items()})
     except BaseException:
         for pending in placed:
             _abandon(engine, pending, paths)
         raise
+    return [done[id(o)] if isinstance(o, _Pending) else o for o in outcomes]
 
 
 def _each(fn: Callable[[_T], _R], items: Sequence[_T]) -> list[_R | ProvError]:
@@ -362,11 +385,16 @@ def _prepare(
 
 
 def _place(
-    engine: Engine, pendings: list[_Pending], paths: ProvPaths, placed: list[_Pending]
+    engine: Engine,
+    pendings: list[_Pending],
+    paths: ProvPaths,
+    placed: list[_Pending],
+    on_placed: Callable[[_Pending], None] | None = None,
 ) -> dict[int, ProvError]:
     """Give each environment its port and container, under prov's lock (a
     created container reserves its port in Docker's eyes). Each one that gets
-    this far is appended to `placed`; failures come back keyed by id()."""
+    this far is appended to `placed` and passed to `on_placed`; failures come
+    back keyed by id()."""
     errors: dict[int, ProvError] = {}
     if not pendings:
         return errors
@@ -408,6 +436,8 @@ def _place(
                     engine, pending.plan, pending.existing, request, pending.reporter
                 )
                 reserved.add(pending.port)
+                if on_placed is not None:
+                    on_placed(pending)
             except ProvError as exc:
                 placed.remove(pending)
                 errors[id(pending)] = exc
@@ -418,7 +448,7 @@ def _place(
     return errors
 
 
-def _finish(engine: Engine, pending: _Pending, paths: ProvPaths) -> UpResult:
+def _finish(engine: Engine, pending: _Pending, paths: ProvPaths, poll: float) -> UpResult:
     """Start (or re-verify) a placed environment, write its alias, wait for SSH."""
     plan, action, container_id = pending.plan, pending.action, pending.container_id
     if plan is None or action is None or container_id is None:
@@ -438,7 +468,7 @@ def _finish(engine: Engine, pending: _Pending, paths: ProvPaths) -> UpResult:
             seconds = recheck_ssh(paths, alias)
         else:
             seconds = await_ssh(
-                engine, paths, target, alias, container_id, request.timeout, reporter
+                engine, paths, target, alias, container_id, request.timeout, reporter, poll
             )
     except ProvError:
         _abandon(engine, pending, paths)
@@ -519,9 +549,11 @@ def await_ssh(
     container_id: str,
     timeout: float,
     reporter: Reporter,
+    poll: float = BANNER_POLL,
 ) -> float:
-    """Wait until sshd answers and the system ssh logs in through the alias and
-    runs `true`; return the seconds it took."""
+    """Wait until sshd answers (polling its port every `poll` seconds at most)
+    and the system ssh logs in through the alias and runs `true`; return the
+    seconds it took."""
     reporter.step("waiting for SSH")
     deadline = ready.Deadline.after(timeout)
     started = time.monotonic()
@@ -532,7 +564,7 @@ def await_ssh(
     def logs() -> str:
         return engine.logs_tail(container_id)
 
-    ready.wait_banner(target, probe, deadline, reporter.detail, logs)
+    ready.wait_banner(target, probe, deadline, reporter.detail, logs, poll)
     ready.wait_alias_login(paths.ssh_config, alias, probe, deadline, reporter.detail, logs)
     return time.monotonic() - started
 
