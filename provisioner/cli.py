@@ -1,6 +1,6 @@
 """The command line: parse flags, call the library, print, map errors to exit codes.
 
-Only this module prints or exits. Docker and paramiko are imported inside the
+Only this module prints or exits. prov's other modules are imported inside the
 commands so `prov --help` stays fast.
 """
 

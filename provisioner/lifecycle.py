@@ -152,7 +152,7 @@ def start(
 ) -> float:
     """Start (or restart) the container and wait until SSH works; seconds to ready."""
     paths = paths or ProvPaths.from_env()
-    # Imported here: paramiko is paid for only by commands that log in.
+    # Imported here: ls, status and the others do not need `up`'s modules.
     from provisioner.service import await_ssh
 
     record = state.require(paths, name)
