@@ -99,7 +99,7 @@ def build_manual_image(client: docker.DockerClient, prov_image: str) -> None:
     dockerfile = (
         f"FROM {prov_image}\n"
         "RUN rm -f /etc/ssh/sshd_config.d/00-prov.conf && ssh-keygen -A && "
-        "useradd -m -s /bin/bash agent && usermod -p '*' agent && "
+        "(id agent >/dev/null 2>&1 || useradd -m -s /bin/bash agent) && usermod -p '*' agent && "
         "mkdir -p /home/agent/.ssh /run/sshd && chown agent:agent /home/agent/.ssh\n"
         'ENTRYPOINT []\nCMD ["/usr/sbin/sshd", "-D"]\n'
     )
@@ -110,7 +110,7 @@ def build_manual_image(client: docker.DockerClient, prov_image: str) -> None:
         info.size = len(data)
         tar.addfile(info, io.BytesIO(data))
     buf.seek(0)
-    client.images.build(fileobj=buf, custom_context=True, tag=MANUAL_TAG, rm=True)
+    client.images.build(fileobj=buf, custom_context=True, tag=MANUAL_TAG, rm=True, forcerm=True)
 
 
 def manual_sequence(key: Path, project: Path) -> float:
