@@ -25,7 +25,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -68,17 +68,25 @@ class ContainerInfo:
 # transports ----------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Call:
+    """One Engine API request; `path` has no version prefix."""
+
+    method: str
+    path: str
+    params: dict[str, str] | None = None
+    body: bytes | None = field(default=None, repr=False)
+    content_type: str = "application/json"
+    timeout: float = API_TIMEOUT
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Content-Type": self.content_type} if self.body is not None else {}
+
+
 class _Transport(Protocol):
-    def request(
-        self,
-        method: str,
-        path: str,
-        params: dict[str, str] | None = None,
-        body: bytes | None = None,
-        content_type: str = "application/json",
-        timeout: float = API_TIMEOUT,
-    ) -> tuple[int, bytes]:
-        """Send one Engine API request (path without version); (HTTP status, body)."""
+    def request(self, call: _Call) -> tuple[int, bytes]:
+        """Send `call`; (HTTP status, body)."""
         ...
 
 
@@ -108,7 +116,7 @@ class _SocketTransport:
 
     def negotiate(self) -> None:
         """Ping the engine and speak the API version it reports (as the docker CLI does)."""
-        status, _body, headers = self._send("GET", "/_ping", None, None, "", 10.0)
+        status, _body, headers = self._send(_Call("GET", "/_ping", timeout=10.0))
         if status != 200:
             raise DockerUnavailable(
                 "The Docker engine does not answer its health check",
@@ -118,34 +126,15 @@ class _SocketTransport:
         version = headers.get("Api-Version", "")
         self._prefix = f"/v{version}" if version else ""
 
-    def request(
-        self,
-        method: str,
-        path: str,
-        params: dict[str, str] | None = None,
-        body: bytes | None = None,
-        content_type: str = "application/json",
-        timeout: float = API_TIMEOUT,
-    ) -> tuple[int, bytes]:
-        status, data, _headers = self._send(
-            method, self._prefix + path, params, body, content_type, timeout
-        )
+    def request(self, call: _Call) -> tuple[int, bytes]:
+        status, data, _headers = self._send(call, self._prefix)
         return status, data
 
-    def _send(
-        self,
-        method: str,
-        path: str,
-        params: dict[str, str] | None,
-        body: bytes | None,
-        content_type: str,
-        timeout: float,
-    ) -> tuple[int, bytes, http.client.HTTPMessage]:
-        url = path + ("?" + urllib.parse.urlencode(params) if params else "")
-        headers = {"Content-Type": content_type} if body is not None else {}
-        conn = _UnixHTTPConnection(self.socket_path, timeout)
+    def _send(self, call: _Call, prefix: str = "") -> tuple[int, bytes, http.client.HTTPMessage]:
+        query = "?" + urllib.parse.urlencode(call.params) if call.params else ""
+        conn = _UnixHTTPConnection(self.socket_path, call.timeout)
         try:
-            conn.request(method, url, body=body, headers=headers)
+            conn.request(call.method, prefix + call.path + query, call.body, call.headers)
             response = conn.getresponse()
             return response.status, response.read(), response.headers
         except PermissionError as exc:
@@ -158,7 +147,7 @@ class _SocketTransport:
         except (OSError, http.client.HTTPException) as exc:
             raise DockerUnavailable(
                 "Cannot reach the Docker engine",
-                f"{method} {path} on {self.socket_path} failed: "
+                f"{call.method} {call.path} on {self.socket_path} failed: "
                 f"{getattr(exc, 'strerror', None) or exc or type(exc).__name__}.",
                 _START_HINT,
             ) from None
@@ -172,27 +161,23 @@ class _DockerPyTransport:
     def __init__(self, client: docker.DockerClient) -> None:
         self._api = client.api
 
-    def request(
-        self,
-        method: str,
-        path: str,
-        params: dict[str, str] | None = None,
-        body: bytes | None = None,
-        content_type: str = "application/json",
-        timeout: float = API_TIMEOUT,
-    ) -> tuple[int, bytes]:
+    def request(self, call: _Call) -> tuple[int, bytes]:
         import requests
 
-        url = f"{self._api.base_url}/v{self._api.api_version}{path}"
-        headers = {"Content-Type": content_type} if body is not None else {}
+        url = f"{self._api.base_url}/v{self._api.api_version}{call.path}"
         try:
             response = self._api.request(
-                method, url, params=params, data=body, headers=headers, timeout=timeout
+                call.method,
+                url,
+                params=call.params,
+                data=call.body,
+                headers=call.headers,
+                timeout=call.timeout,
             )
         except requests.RequestException as exc:
             raise DockerUnavailable(
                 "Cannot reach the Docker engine",
-                f"{method} {path} at {self._api.base_url} failed: {exc}.",
+                f"{call.method} {call.path} at {self._api.base_url} failed: {exc}.",
                 _START_HINT,
             ) from exc
         return response.status_code, response.content
@@ -324,7 +309,9 @@ class Engine:
         missing_ok: bool = False,
     ) -> bytes | None:
         """One API call; its body, or None for a 404 when `missing_ok`."""
-        status, data = self._transport.request(method, path, params, body, content_type, timeout)
+        status, data = self._transport.request(
+            _Call(method, path, params, body, content_type, timeout)
+        )
         if status < 400:
             return data
         if status == 404:
@@ -555,10 +542,17 @@ class Engine:
             raise
 
     def stop(self, container_id: str, timeout: int = 5) -> None:
+        self._signal_stop("stop", container_id, timeout)
+
+    def restart(self, container_id: str, timeout: int = 5) -> None:
+        self._signal_stop("restart", container_id, timeout)
+
+    def _signal_stop(self, verb: str, container_id: str, timeout: int) -> None:
+        """stop or restart: SIGTERM, then SIGKILL after `timeout` seconds."""
         self._call(
-            "stop the container",
+            f"{verb} the container",
             "POST",
-            f"/containers/{container_id}/stop",
+            f"/containers/{container_id}/{verb}",
             params={"t": str(timeout)},
             timeout=API_TIMEOUT + timeout,
         )
@@ -571,15 +565,6 @@ class Engine:
             f"/containers/{container_id}",
             params={"force": "1", "v": "1"},
             missing_ok=True,
-        )
-
-    def restart(self, container_id: str, timeout: int = 5) -> None:
-        self._call(
-            "restart the container",
-            "POST",
-            f"/containers/{container_id}/restart",
-            params={"t": str(timeout)},
-            timeout=API_TIMEOUT + timeout,
         )
 
     def logs(self, container_id: str, follow: bool, tail: int | None) -> Iterator[bytes]:

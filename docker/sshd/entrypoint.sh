@@ -58,28 +58,18 @@ MOUNTS=$(awk '{
 		print m
 	}' /proc/self/mountinfo)
 
-# under_mount PATH: true if PATH is a mount point at or below $HOME_DIR, or
-# lies beneath one (i.e. belongs to a bind-mounted host directory or file).
-under_mount() {
-	while IFS= read -r m; do
-		case $m in
-		"$HOME_DIR" | "$HOME_DIR"/*) ;;
-		*) continue ;;
-		esac
-		case $1 in
-		"$m" | "$m"/*) return 0 ;;
-		esac
-	done <<MOUNTS_END
-$MOUNTS
-MOUNTS_END
-	return 1
-}
-
-# in_bind_mount PATH: true if PATH is a mount point other than / or lies
-# beneath one (i.e. it is the host's, not the container's own filesystem).
-in_bind_mount() {
+# in_mount PATH [TOP]: true if PATH is a mount point other than / or lies
+# beneath one, i.e. it is the host's, not the container's own filesystem.
+# With TOP, only mount points at or below TOP count.
+in_mount() {
 	while IFS= read -r m; do
 		[ "$m" != / ] || continue
+		if [ -n "${2:-}" ]; then
+			case $m in
+			"$2" | "$2"/*) ;;
+			*) continue ;;
+			esac
+		fi
 		case $1 in
 		"$m" | "$m"/*) return 0 ;;
 		esac
@@ -95,7 +85,7 @@ givable() {
 	if [ ! -e "$1" ] && [ ! -L "$1" ]; then
 		return 1
 	fi
-	! under_mount "$1"
+	! in_mount "$1" "$HOME_DIR"
 }
 
 # parent_of PATH: set $parent to PATH's directory, like dirname, without a
@@ -212,7 +202,7 @@ if [ -n "${PROV_PROJECT_DIR:-}" ]; then
 	parent_of "$PROV_PROJECT_DIR"
 	dir=$parent
 	while [ "$dir" != / ] && [ "$dir" != . ]; do
-		if [ -d "$dir" ] && [ ! -L "$dir" ] && ! in_bind_mount "$dir"; then
+		if [ -d "$dir" ] && [ ! -L "$dir" ] && ! in_mount "$dir"; then
 			set -- "$@" "$dir"
 		fi
 		parent_of "$dir"
