@@ -12,6 +12,7 @@ import secrets
 import socket
 import stat
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import docker
@@ -29,8 +30,9 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def image(docker_client: docker.DockerClient) -> str:
-    """prov's local base with a command (the debootstrap import has none)."""
+def image(docker_client: docker.DockerClient) -> Iterator[str]:
+    """prov's local base with a command (the debootstrap import has none);
+    removed again afterwards."""
     base = docker_client.images.list(name="prov-base")[0]
     dockerfile = f'FROM {base.id}\nCMD ["true"]\n'.encode()
     context = io.BytesIO()
@@ -42,7 +44,8 @@ def image(docker_client: docker.DockerClient) -> str:
     built, _log = docker_client.images.build(
         fileobj=context, custom_context=True, tag="prov-test-engine:latest", rm=True
     )
-    return str(built.id)
+    yield str(built.id)
+    docker_client.images.remove("prov-test-engine:latest", force=True)
 
 
 @pytest.fixture(params=["socket", "docker-py"])
