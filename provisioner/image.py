@@ -68,9 +68,14 @@ class BuiltImage:
 Progress = Callable[[str], None]
 
 
+def _pulled(engine: Engine, ref: str) -> str | None:
+    """The image ID of `ref` after pulling it; None when no registry provides it."""
+    return engine.image_id(ref) if engine.try_pull(ref) else None
+
+
 def _present_or_pulled(engine: Engine, ref: str) -> str | None:
     """The image ID of `ref`, pulling it first if it is not here; None if neither works."""
-    return engine.image_id(ref) or (engine.image_id(ref) if engine.try_pull(ref) else None)
+    return engine.image_id(ref) or _pulled(engine, ref)
 
 
 def ensure_base(engine: Engine, requested: str, note: Progress, line: Progress) -> tuple[str, str]:
@@ -93,7 +98,7 @@ def ensure_base(engine: Engine, requested: str, note: Progress, line: Progress) 
         if local_id:
             line(f"{requested} is not here; using the local base {distro.tag}")
             return distro.tag, local_id
-    image_id = engine.image_id(requested) if engine.try_pull(requested) else None
+    image_id = _pulled(engine, requested)
     if image_id:
         return requested, image_id
     if requested != DEFAULT_BASE_IMAGE:
