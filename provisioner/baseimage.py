@@ -20,7 +20,17 @@ from pathlib import Path
 from provisioner.errors import BuildError
 
 # Packages docker/sshd/Dockerfile needs; bootstrapping them in keeps the build offline.
-IMAGE_PACKAGES = ("openssh-server", "sudo", "tmux", "git", "bash", "ca-certificates", "tini")
+IMAGE_PACKAGES = (
+    "openssh-server",
+    "sudo",
+    "tmux",
+    "git",
+    "bash",
+    "ca-certificates",
+    "tini",
+    "iproute2",
+    "iptables",
+)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from provisioner import keys, sshconf, state
 from provisioner.config import AGENT_USER, ProvPaths
 from provisioner.engine import Engine
 from provisioner.openssh import system_ssh
+from provisioner.ownership import require_ours
 from provisioner.plan import SshTarget, connect_host, container_name
 from provisioner.ready import Fatal, Transient, read_banner
 from provisioner.sshclient import run_command
@@ -60,10 +61,22 @@ def ssh_test(name: str, paths: ProvPaths | None = None) -> list[Check]:
                 "environment recorded", False, f"prov has no record of {name!r} under {paths.envs}"
             )
         ]
+    host_pub = keys.read_public(paths.env_dir(name), keys.HOST_KEY_NAME)
+    if host_pub is None:
+        return [
+            Check(
+                "host key stored",
+                False,
+                f"{paths.env_dir(name) / keys.HOST_KEY_NAME}.pub is missing; "
+                f"`prov up {name} --recreate` makes a new one",
+            )
+        ]
     engine = Engine.connect()
     info = engine.find(container_name(name))
-    hostname = connect_host(record.bind)
-    host_pub = keys.load_or_create(paths.env_dir(name), keys.HOST_KEY_NAME, "").public
+    if info is not None:
+        require_ours(info, paths)
+    hostname = record.ssh_host or connect_host(record.bind)
+    ssh_port = record.ssh_port or record.port
 
     def running() -> tuple[bool, str]:
         if info is None:
@@ -72,6 +85,10 @@ def ssh_test(name: str, paths: ProvPaths | None = None) -> list[Check]:
 
     def published() -> tuple[bool, str]:
         assert info is not None  # noqa: S101 - only reached after `running` passed
+        if record.port == 0:  # an internal network: the alias goes to its address
+            return hostname in info.addresses, f"want {hostname}, have " + (
+                ", ".join(info.addresses) or "none"
+            )
         want = (record.bind, record.port)
         return want in info.published, f"want {want[0]}:{want[1]}, have " + (
             ", ".join(f"{h}:{p}" for h, p in info.published) or "none"
@@ -79,12 +96,12 @@ def ssh_test(name: str, paths: ProvPaths | None = None) -> list[Check]:
 
     def banner() -> tuple[bool, str]:
         try:
-            line = read_banner(hostname, record.port)
+            line = read_banner(hostname, ssh_port)
         except Transient as exc:
             return False, str(exc)
         return line.startswith("SSH-2.0-"), line
 
-    target = SshTarget(hostname, record.port, AGENT_USER, host_pub, Path(record.identity_file))
+    target = SshTarget(hostname, ssh_port, AGENT_USER, host_pub, Path(record.identity_file))
 
     def pin() -> tuple[bool, str]:
         pinned = _pinned(paths.known_hosts, alias)
@@ -126,7 +143,7 @@ def ssh_test(name: str, paths: ProvPaths | None = None) -> list[Check]:
     )
 
     add("container running", running)
-    add("port published as recorded", published)
+    add("address or port as recorded", published)
     add("SSH banner", banner)
     add("host key matches the pin", pin)
     add("key login", login)

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.status import Status
 
-    from provisioner.config import Extras, UpRequest
+    from provisioner.config import Containment, Extras, UpRequest
 
 app = typer.Typer(
     help="Isolated, SSH-reachable Docker environments for AI coding agents, handed to NTM.",
@@ -254,6 +254,39 @@ def up(
             "this environment) or none."
         ),
     ] = "mount",
+    sudo: Annotated[
+        bool,
+        typer.Option(
+            "--sudo",
+            help="Give the agent passwordless sudo (root in the container). Off by default.",
+        ),
+    ] = False,
+    egress: Annotated[
+        str,
+        typer.Option(
+            help="Outbound network: allowlist (only allowed domains, through prov's proxy), "
+            "open, or none."
+        ),
+    ] = "allowlist",
+    allow: Annotated[
+        list[str] | None,
+        typer.Option("--allow", help="Domain the agent may reach in allowlist mode (repeatable)."),
+    ] = None,
+    pids_limit: Annotated[
+        int, typer.Option(help="Most processes the environment may run at once.")
+    ] = 4096,
+    memory: Annotated[
+        str | None, typer.Option(help="Memory limit, e.g. 8g (default: none).")
+    ] = None,
+    cpus: Annotated[float | None, typer.Option(help="CPU limit, e.g. 2 (default: none).")] = None,
+    allow_unsafe_mount: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unsafe-mount",
+            help="Mount a project or --mount source prov refuses (home, system dirs, "
+            "sockets); never PROV_HOME.",
+        ),
+    ] = False,
 ) -> None:
     """Build or reuse the image, run the environment, wait for SSH, write the alias.
 
@@ -285,6 +318,9 @@ def up(
         mount or [],
         credentials,
     )
+    containment = _run(
+        _containment, sudo, egress, allow or [], pids_limit, memory, cpus, allow_unsafe_mount
+    )
     requests = [
         _run(
             UpRequest,
@@ -300,8 +336,9 @@ def up(
             write_user_ssh_config=ssh_config,
             recreate=recreate,
             extras=extras,
+            containment=containment,
         )
-        for name in names
+        for name in dict.fromkeys(names)  # `prov up x x` brings x up once
     ]
     if len(requests) > 1:
         _up_many(requests, as_json)
@@ -333,6 +370,28 @@ def _extras(
         env=config.parse_env(env, env_file),
         mounts=tuple(config.parse_mount(m) for m in mounts),
         credentials=credentials,
+    )
+
+
+def _containment(
+    sudo: bool,
+    egress: str,
+    allow: list[str],
+    pids_limit: int,
+    memory: str | None,
+    cpus: float | None,
+    allow_unsafe_mount: bool,
+) -> Containment:
+    from provisioner import config
+
+    return config.Containment(
+        sudo=sudo,
+        pids_limit=pids_limit,
+        memory=config.parse_memory(memory) if memory is not None else None,
+        cpus=config.parse_cpus(cpus) if cpus is not None else None,
+        egress=egress.strip().lower(),
+        allow=tuple(config.parse_domain(d) for d in allow),
+        allow_unsafe_mount=allow_unsafe_mount,
     )
 
 
@@ -454,11 +513,17 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
 @app.command("ls")
-def ls(as_json: JsonOpt = False) -> None:
-    """List environments: name, state, port, project, image, agents, uptime."""
+def ls(
+    as_json: JsonOpt = False,
+    everyone: Annotated[
+        bool,
+        typer.Option("--all", help="Also list other PROV_HOMEs' environments (marked)."),
+    ] = False,
+) -> None:
+    """List environments: name, state, port, project, egress, sudo, agents, uptime."""
     from provisioner import lifecycle
 
-    envs = _run(lifecycle.list_envs)
+    envs = _run(lifecycle.list_envs, None, everyone)
     if as_json:
         _print_json([env.public() for env in envs])
         return
@@ -466,10 +531,19 @@ def ls(as_json: JsonOpt = False) -> None:
         err.line("no environments; create one with `prov up NAME`")
         return
     rows = [
-        (e.name, e.state, str(e.port or "-"), e.project_dir, e.image[:24], e.agents, e.status)
+        (
+            e.name if e.home == "this" else f"{e.name} (other home)",
+            e.state,
+            str(e.port or "-"),
+            e.project_dir,
+            e.egress,
+            e.sudo,
+            e.agents,
+            e.status,
+        )
         for e in envs
     ]
-    headers = ("NAME", "STATE", "PORT", "PROJECT", "IMAGE", "AGENTS", "STATUS")
+    headers = ("NAME", "STATE", "PORT", "PROJECT", "EGRESS", "SUDO", "AGENTS", "STATUS")
     if out.tty:
         from rich.table import Table
 
@@ -496,6 +570,28 @@ def status(name: NameArg, as_json: JsonOpt = False) -> None:
         return
     for key, value in env.public().items():
         out.line(f"{key:22} {value}")
+
+
+@app.command("egress")
+def egress_(name: NameArg, as_json: JsonOpt = False) -> None:
+    """Show what the environment may reach and what its egress proxy refused lately."""
+    from provisioner import lifecycle
+
+    report = _run(lifecycle.egress_report, _name(name))
+    if as_json:
+        _print_json(report.public())
+        return
+    if report.mode == "open":
+        out.line(f"{name}: egress open (no restriction)")
+    elif report.mode == "none":
+        out.line(f"{name}: egress none (no network beyond this machine's SSH)")
+    else:
+        out.line(f"{name}: egress allowlist; allowed (with subdomains):")
+        for domain in report.allowed:
+            out.line(f"  {domain}")
+        out.line(f"recent refusals ({len(report.denials)}):")
+        for line in report.denials[-50:]:
+            out.line(f"  {line}")
 
 
 @app.command()
@@ -629,11 +725,14 @@ def _exec(argv: list[str]) -> NoReturn:
 @app.command("exec", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def exec_(ctx: typer.Context, name: NameArg) -> None:
     """Run `-- CMD ...` (default: a login shell) as agent in the project dir (method 1)."""
+    from provisioner import lifecycle
     from provisioner.config import ProvPaths
-    from provisioner.engine import exec_argv
+    from provisioner.engine import Engine, exec_argv
     from provisioner.state import require
 
-    record = _run(require, ProvPaths.from_env(), _name(name))
+    paths = ProvPaths.from_env()
+    record = _run(require, paths, _name(name))
+    _run(lifecycle.own_container, _run(Engine.connect), name, paths)
     command = list(ctx.args) or ["bash", "-l"]
     _exec(exec_argv(f"prov-{name}", record.project_dir, command, sys.stdin.isatty()))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import posixpath
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,7 +173,7 @@ def parse_mount(text: str) -> ExtraMount:
         raise ConfigError(
             f"--mount source {source} does not exist", "", "create it first, or fix the path."
         )
-    return ExtraMount(source, parts[1], read_only)
+    return ExtraMount(source, posixpath.normpath(parts[1]), read_only)
 
 
 def parse_gpus(text: str) -> int:
@@ -216,6 +217,88 @@ class Extras:
                 )
 
 
+EGRESS_MODES = ("allowlist", "open", "none")
+DEFAULT_EGRESS = "allowlist"
+DEFAULT_PIDS_LIMIT = 4096
+_DOMAIN_RE = re.compile(
+    r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+$"
+)
+_SIZE_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)\s*([kmgt]?)i?b?$")
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+MIN_MEMORY = 64 << 20
+
+
+def parse_domain(text: str) -> str:
+    """A DNS name for the egress allowlist (it also allows its subdomains)."""
+    domain = text.strip().lower().removeprefix("*.").removeprefix(".").rstrip(".")
+    if not _DOMAIN_RE.match(domain) or domain.rsplit(".", 1)[-1].isdigit():
+        raise UsageError(
+            f"Invalid --allow {text!r}",
+            "It takes a domain name such as github.com (its subdomains are allowed too); "
+            "not a URL, an IP address or a pattern.",
+            "e.g. --allow github.com --allow example.org.",
+        )
+    return domain
+
+
+def parse_memory(text: str) -> int:
+    """`4g`, `512m`, `1.5G`, or bytes -> bytes."""
+    match = _SIZE_RE.match(text.strip().lower())
+    size = int(float(match.group(1)) * _SIZE_UNITS[match.group(2)]) if match else 0
+    if size < MIN_MEMORY:
+        raise UsageError(
+            f"Invalid --memory {text!r}",
+            "It takes a size of at least 64m, such as 512m or 4g.",
+            "e.g. --memory 8g.",
+        )
+    return size
+
+
+def parse_cpus(value: float) -> float:
+    if not 0.01 <= value <= 1024:
+        raise UsageError(
+            f"Invalid --cpus {value:g}",
+            "It takes the number of CPUs the environment may use, e.g. 2 or 0.5.",
+            "e.g. --cpus 2.",
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class Containment:
+    """How the environment holds its agent: root, limits, network (issue: containment)."""
+
+    sudo: bool = False
+    pids_limit: int = DEFAULT_PIDS_LIMIT
+    memory: int | None = None  # bytes
+    cpus: float | None = None
+    egress: str = DEFAULT_EGRESS
+    allow: tuple[str, ...] = ()  # --allow domains, on top of the default list
+    allow_unsafe_mount: bool = False
+
+    def __post_init__(self) -> None:
+        if self.egress not in EGRESS_MODES:
+            raise UsageError(
+                f"Invalid --egress {self.egress!r}",
+                "It takes " + ", ".join(EGRESS_MODES) + ".",
+                "use allowlist (default: only allowed domains, through prov's proxy), "
+                "open (no restriction) or none (no network at all).",
+            )
+        if not 1 <= self.pids_limit <= 4_194_304:
+            raise UsageError(
+                f"Invalid --pids-limit {self.pids_limit}",
+                "It takes the most processes the environment may run at once.",
+                "e.g. --pids-limit 4096 (the default).",
+            )
+        for domain in self.allow:
+            parse_domain(domain)
+
+    @property
+    def internal(self) -> bool:
+        """Whether the environment's network is internal (no route out)."""
+        return self.egress != "open"
+
+
 @dataclass(frozen=True)
 class UpRequest:
     """Everything `prov up NAME` was asked to do."""
@@ -232,12 +315,24 @@ class UpRequest:
     write_user_ssh_config: bool = True
     recreate: bool = False
     extras: Extras = Extras()
+    containment: Containment = Containment()
 
     def __post_init__(self) -> None:
         validate_name(self.name)
         if self.port is not None:
             validate_port(self.port)
         validate_bind(self.bind)
+        if self.containment.internal and (self.port is not None or not is_loopback(self.bind)):
+            flag = "--port" if self.port is not None else "--bind"
+            raise UsageError(
+                f"{flag} needs --egress open",
+                f"With --egress {self.containment.egress} the environment sits on an internal "
+                "Docker network, where Docker publishes no ports; the prov-NAME alias reaches "
+                "sshd at the environment's own address on this machine instead, which no "
+                "other machine can reach.",
+                f"leave {flag} out (the alias needs no port), or add --egress open to publish "
+                "SSH on a host port with no egress restriction.",
+            )
         if self.timeout <= 0:
             raise UsageError(
                 f"Invalid timeout {self.timeout}",

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from provisioner.errors import BuildError, ConflictError, DockerUnavailable, NotFound, ProvError
-from provisioner.plan import LABEL_MANAGED, SSHD_PORT, ContainerSpec
+from provisioner.plan import LABEL_HOME, LABEL_MANAGED, SSHD_PORT, ContainerSpec, NetworkSpec
 
 if TYPE_CHECKING:
     import docker
@@ -55,10 +55,15 @@ class ContainerInfo:
     published: tuple[tuple[str, int], ...]  # (host ip, host port) bound to sshd now
     exit_code: int | None
     started_at: str
+    addresses: tuple[str, ...] = ()  # IPv4 addresses on its networks
 
     @property
     def managed(self) -> bool:
         return self.labels.get(LABEL_MANAGED) == "true"
+
+    def owned_by(self, home_id: str) -> bool:
+        """Made by prov for the PROV_HOME with this identity (not another home's)."""
+        return self.managed and self.labels.get(LABEL_HOME) == home_id
 
     @property
     def running(self) -> bool:
@@ -473,8 +478,8 @@ class Engine:
         return ports
 
     def create(self, spec: ContainerSpec) -> str:
+        sec = spec.security
         host_config: dict[str, Any] = {
-            "PortBindings": {SSHD_PORT: [{"HostIp": spec.bind, "HostPort": str(spec.port)}]},
             "Mounts": [
                 {
                     "Type": "bind",
@@ -486,19 +491,44 @@ class Engine:
             ],
             "RestartPolicy": {"Name": "unless-stopped"},
             "Init": False,  # the image runs tini as PID 1 itself
+            "NetworkMode": spec.network,
+            "CapDrop": ["ALL"],
+            "CapAdd": list(sec.cap_add),
+            "SecurityOpt": ["no-new-privileges:true"] if sec.no_new_privileges else [],
+            "PidsLimit": sec.pids_limit,
+            "ReadonlyRootfs": spec.read_only,
+            "Tmpfs": {path: "rw,nosuid,nodev,noexec,size=16m" for path in spec.tmpfs},
         }
+        if sec.memory is not None:
+            host_config["Memory"] = sec.memory
+            host_config["MemorySwap"] = sec.memory  # no swap beyond the limit
+        if sec.nano_cpus is not None:
+            host_config["NanoCpus"] = sec.nano_cpus
+        if sec.disable_ipv6:
+            host_config["Sysctls"] = {
+                "net.ipv6.conf.all.disable_ipv6": "1",
+                "net.ipv6.conf.default.disable_ipv6": "1",
+            }
+        if spec.port:
+            host_config["PortBindings"] = {
+                SSHD_PORT: [{"HostIp": spec.bind, "HostPort": str(spec.port)}]
+            }
         if spec.gpus is not None:
             host_config["DeviceRequests"] = [
                 {"Driver": "", "Count": spec.gpus, "Capabilities": [["gpu"]], "Options": {}}
             ]
-        body = {
+        body: dict[str, Any] = {
             "Image": spec.image,
             "Hostname": spec.hostname,
             "Labels": spec.labels,
             "Env": [f"{key}={value}" for key, value in spec.environment.items()],
-            "ExposedPorts": {SSHD_PORT: {}},
             "HostConfig": host_config,
+            "NetworkingConfig": {
+                "EndpointsConfig": {spec.network: {"IPAMConfig": {"IPv4Address": spec.address}}}
+            },
         }
+        if spec.port:
+            body["ExposedPorts"] = {SSHD_PORT: {}}
         created = self._json(
             f"create container {spec.name}",
             "POST",
@@ -506,7 +536,78 @@ class Engine:
             params={"name": spec.name},
             body=json.dumps(body).encode(),
         )
+        container_id = str(created["Id"])
+        if spec.extra_network:
+            try:
+                self.connect_network(spec.extra_network, container_id)
+            except ProvError:
+                self.remove(container_id)
+                raise
+        return container_id
+
+    # networks -------------------------------------------------------------
+
+    def network_subnets(self) -> list[str]:
+        """The IPv4 subnets of every Docker network (so a new one overlaps none)."""
+        listed = self._json("list networks", "GET", "/networks")
+        subnets = []
+        for net in listed or []:
+            for config in (net.get("IPAM") or {}).get("Config") or []:
+                if "." in str(config.get("Subnet", "")):
+                    subnets.append(str(config["Subnet"]))
+        return subnets
+
+    def network(self, name: str) -> dict[str, Any] | None:
+        """A network's inspect data, or None."""
+        data = self._json(
+            f"inspect network {name}", "GET", f"/networks/{_quote(name)}", missing_ok=True
+        )
+        return None if data is None else dict(data)
+
+    def create_network(self, spec: NetworkSpec) -> str:
+        body = {
+            "Name": spec.name,
+            "CheckDuplicate": True,
+            "Driver": "bridge",
+            "Internal": spec.internal,
+            "Labels": spec.labels,
+            "IPAM": {
+                "Driver": "default",
+                "Config": [{"Subnet": spec.subnet, "Gateway": spec.gateway}],
+            },
+            "Options": {"com.docker.network.bridge.name": _bridge_name(spec.name)},
+        }
+        created = self._json(
+            f"create network {spec.name}",
+            "POST",
+            "/networks/create",
+            body=json.dumps(body).encode(),
+        )
         return str(created["Id"])
+
+    def create_plain_network(self, name: str, labels: dict[str, str]) -> None:
+        """A user-defined bridge with Docker's own addressing (its embedded DNS
+        resolves outside names as well as container names)."""
+        body = {"Name": name, "CheckDuplicate": True, "Driver": "bridge", "Labels": labels}
+        try:
+            self._json(
+                f"create network {name}", "POST", "/networks/create", body=json.dumps(body).encode()
+            )
+        except ProvError as exc:
+            if "already exists" not in exc.seen:
+                raise
+
+    def connect_network(self, network: str, container_id: str) -> None:
+        self._call(
+            f"connect the container to {network}",
+            "POST",
+            f"/networks/{_quote(network)}/connect",
+            body=json.dumps({"Container": container_id}).encode(),
+        )
+
+    def remove_network(self, name: str) -> None:
+        """Remove a network; a vanished one is not an error."""
+        self._call(f"remove network {name}", "DELETE", f"/networks/{_quote(name)}", missing_ok=True)
 
     def inject_files(self, container_id: str, files: list[tuple[str, int, bytes]]) -> None:
         """Put root-owned files into a container, in the order given. Their
@@ -591,6 +692,13 @@ class Engine:
         return str((version or {}).get("Version", "?"))
 
 
+def _bridge_name(network: str) -> str:
+    """A Linux interface name (at most 15 bytes) that says whose bridge it is."""
+    import hashlib
+
+    return "prov" + hashlib.sha256(network.encode()).hexdigest()[:11]
+
+
 def exec_argv(container: str, workdir: str, command: list[str], tty: bool) -> list[str]:
     """The docker CLI call that runs `command` as the agent user in `workdir`.
 
@@ -625,4 +733,9 @@ def _info(attrs: dict[str, Any]) -> ContainerInfo:
         published=published,
         exit_code=state.get("ExitCode") if state.get("Status") == "exited" else None,
         started_at=str(state.get("StartedAt", "")),
+        addresses=tuple(
+            str(net.get("IPAddress"))
+            for net in ((attrs.get("NetworkSettings") or {}).get("Networks") or {}).values()
+            if net.get("IPAddress")
+        ),
     )

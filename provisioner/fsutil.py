@@ -16,11 +16,47 @@ from pathlib import Path
 
 
 def ensure_private_dir(path: Path) -> Path:
-    """Create `path` (and parents) and make sure the leaf is 0700."""
+    """Create `path` (and parents) and make sure the leaf is 0700 and ours.
+
+    A directory another user owns is refused, not used: prov's sockets, keys
+    and configs in it would be theirs to read or replace (e.g. a ControlPath
+    dir in /tmp made by someone else first)."""
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if path.stat().st_mode & 0o077:
+    st = path.stat()
+    if st.st_uid != os.geteuid():
+        from provisioner.errors import ConflictError
+
+        raise ConflictError(
+            f"{path} belongs to another user",
+            f"It is owned by UID {st.st_uid}; prov runs as UID {os.geteuid()} and keeps "
+            "private files there, which that user could then read or replace.",
+            "remove it if it is stale, or point prov elsewhere (PROV_HOME) so it can make its own.",
+        )
+    if st.st_mode & 0o077:
         path.chmod(0o700)
     return path
+
+
+def require_own_home() -> None:
+    """Refuse to run as root on another user's home (`sudo -E prov ...`): the
+    files prov would write there (~/.ssh/config, PROV_HOME) would become
+    root-owned, and that user could no longer read them."""
+    from provisioner.errors import UsageError
+
+    home = Path.home()
+    try:
+        owner = home.stat().st_uid
+    except OSError:
+        return
+    if os.geteuid() == 0 and owner != 0:
+        raise UsageError(
+            f"prov is running as root on the home directory {home} of UID {owner}",
+            "It would write root-owned files there (the ssh config prov edits, PROV_HOME), "
+            "which that user could no longer read or change.",
+            "run prov as that user, without sudo (add the user to the `docker` group: "
+            "`sudo usermod -aG docker USER`, then log in again), or run it as root with "
+            "root's own HOME (`sudo -H prov ...`).",
+        )
 
 
 def atomic_write(path: Path, data: bytes | str, mode: int = 0o600) -> None:

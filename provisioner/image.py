@@ -275,3 +275,19 @@ def _require_debian_like(engine: Engine, image: str) -> None:
 
 
 OS_RELEASE_PATHS = ("/etc/os-release", "/usr/lib/os-release")
+
+
+def ensure_egress_image(engine: Engine, base_image: str, note: Progress, line: Progress) -> str:
+    """The egress proxy's image (tinyproxy on prov's base), built once."""
+    base_ref, base_id = ensure_base(engine, base_image, note, line)
+    tag, _hash, _built = _layer(
+        engine,
+        "egress proxy",
+        docker_context("egress"),
+        {"BASE_IMAGE": base_ref},
+        base_id,
+        base_ref,
+        note,
+        line,
+    )
+    return tag

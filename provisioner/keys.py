@@ -148,3 +148,13 @@ def load_or_create(directory: Path, filename: str, comment: str) -> KeyPair:
     atomic_write(private_path, pair.private_openssh, 0o600)
     atomic_write(public_path, pair.public.line + "\n", 0o644)
     return pair
+
+
+def read_public(directory: Path, filename: str) -> PublicKey | None:
+    """The stored public half of `directory/filename`, or None; never creates
+    a key (read-only commands must not replace a lost key silently)."""
+    try:
+        text = (directory / (filename + ".pub")).read_text()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return parse_public_key(text, str(directory / (filename + ".pub")), verify=False)

@@ -12,19 +12,28 @@ from typing import Any
 from provisioner import keys, sshconf, state
 from provisioner.config import AGENT_USER, ProvPaths
 from provisioner.engine import ContainerInfo, Engine
-from provisioner.errors import ConflictError, NotFound
+from provisioner.errors import NotFound
 from provisioner.fsutil import file_lock
 from provisioner.openssh import stop_master
+from provisioner.ownership import require_ours
 from provisioner.plan import (
     LABEL_AGENTS,
     LABEL_BIND,
+    LABEL_EGRESS,
+    LABEL_HOME,
     LABEL_HOST_KEY,
+    LABEL_LIMITS,
     LABEL_NAME,
     LABEL_PORT,
     LABEL_PROJECT,
+    LABEL_ROLE,
+    LABEL_SUDO,
     SshTarget,
     connect_host,
     container_name,
+    home_id,
+    network_name,
+    proxy_name,
 )
 from provisioner.progress import Reporter
 
@@ -42,12 +51,16 @@ class EnvStatus:
     ssh_alias: str
     container: str
     host_key_fingerprint: str
+    sudo: str = "-"
+    egress: str = "-"
+    limits: str = "-"
+    home: str = "this"  # "this" PROV_HOME, or "other" (shown by `ls --all`)
 
     def public(self) -> dict[str, object]:
         return asdict(self)
 
 
-def _from_summary(item: dict[str, Any]) -> EnvStatus:
+def _from_summary(item: dict[str, Any], own_home: str) -> EnvStatus:
     labels = item.get("Labels") or {}
     name = labels.get(LABEL_NAME, "")
     port = labels.get(LABEL_PORT, "")
@@ -63,6 +76,10 @@ def _from_summary(item: dict[str, Any]) -> EnvStatus:
         ssh_alias=sshconf.alias_for(name),
         container=container_name(name),
         host_key_fingerprint=labels.get(LABEL_HOST_KEY, ""),
+        sudo=labels.get(LABEL_SUDO, "-"),
+        egress=labels.get(LABEL_EGRESS, "-").split(":", 1)[0],
+        limits=labels.get(LABEL_LIMITS, "-"),
+        home="this" if labels.get(LABEL_HOME) == own_home else "other",
     )
 
 
@@ -82,19 +99,29 @@ def _removed(record: state.EnvRecord) -> EnvStatus:
     )
 
 
-def list_envs(paths: ProvPaths | None = None) -> list[EnvStatus]:
-    """Every environment prov knows: its containers, plus recorded ones whose
-    container was removed with `down`."""
+def list_envs(paths: ProvPaths | None = None, everyone: bool = False) -> list[EnvStatus]:
+    """Every environment this PROV_HOME knows: its containers, plus recorded
+    ones whose container was removed with `down`. `everyone` adds the
+    containers of other PROV_HOMEs, marked as such."""
     paths = paths or ProvPaths.from_env()
     engine = Engine.connect()
-    found = {env.name: env for env in map(_from_summary, engine.summaries()) if env.name}
+    own = home_id(paths)
+    envs = [
+        _from_summary(item, own)
+        for item in engine.summaries()
+        if (item.get("Labels") or {}).get(LABEL_ROLE, "env") == "env"
+    ]
+    found = {env.name: env for env in envs if env.name and env.home == "this"}
     if paths.envs.is_dir():
         for env_dir in paths.envs.iterdir():
             if env_dir.name not in found:
                 record = state.load(paths, env_dir.name)
                 if record is not None:
                     found[record.name] = _removed(record)
-    return sorted(found.values(), key=lambda env: env.name)
+    listed = list(found.values())
+    if everyone:
+        listed += [env for env in envs if env.home != "this"]
+    return sorted(listed, key=lambda env: (env.home != "this", env.name))
 
 
 def status(name: str, paths: ProvPaths | None = None) -> EnvStatus:
@@ -108,20 +135,19 @@ def status(name: str, paths: ProvPaths | None = None) -> EnvStatus:
     )
 
 
-def _own_container(engine: Engine, name: str) -> ContainerInfo | None:
-    """prov's container for `name`, None if there is none; never someone else's."""
-    info = engine.find(container_name(name))
-    if info is not None and not info.managed:
-        raise ConflictError(
-            f"Container {info.name} was not made by prov",
-            "It has no prov labels.",
-            "prov leaves it alone; remove it yourself if it is yours.",
-        )
+def own_container(
+    engine: Engine, name: str, paths: ProvPaths, role: str = "env"
+) -> ContainerInfo | None:
+    """This PROV_HOME's container for `name` (or its egress proxy), None if
+    there is none; never one prov did not make, nor another home's."""
+    info = engine.find(container_name(name) if role == "env" else proxy_name(name))
+    if info is not None:
+        require_ours(info, paths)
     return info
 
 
-def _container(engine: Engine, name: str) -> ContainerInfo:
-    info = _own_container(engine, name)
+def _container(engine: Engine, name: str, paths: ProvPaths) -> ContainerInfo:
+    info = own_container(engine, name, paths)
     if info is None:
         raise NotFound(
             f"Environment {name!r} has no container",
@@ -132,15 +158,17 @@ def _container(engine: Engine, name: str) -> ContainerInfo:
 
 
 def stop(name: str, paths: ProvPaths | None = None) -> bool:
-    """Stop the container; False when it was not running."""
+    """Stop the container (then its egress proxy); False when it was not running."""
     paths = paths or ProvPaths.from_env()
     engine = Engine.connect()
-    info = _container(engine, name)
+    info = _container(engine, name, paths)
     stop_master(paths.ssh_config, sshconf.alias_for(name))
-    if not info.running:
-        return False
-    engine.stop(info.id)
-    return True
+    proxy = own_container(engine, name, paths, "egress")
+    if info.running:
+        engine.stop(info.id)
+    if proxy is not None and proxy.running:
+        engine.stop(proxy.id)
+    return info.running
 
 
 def start(
@@ -157,20 +185,29 @@ def start(
 
     record = state.require(paths, name)
     engine = Engine.connect()
-    info = _container(engine, name)
+    info = _container(engine, name, paths)
+    proxy = own_container(engine, name, paths, "egress")
     stop_master(paths.ssh_config, sshconf.alias_for(name))
+    if proxy is not None and not proxy.running:
+        engine.start(proxy.id)
     if restart:
         reporter.step("restarting the container")
         engine.restart(info.id)
     elif not info.running:
         reporter.step("starting the container")
         engine.start(info.id)
-    host_pair = keys.load_or_create(paths.env_dir(name), keys.HOST_KEY_NAME, "")
+    host_key = keys.read_public(paths.env_dir(name), keys.HOST_KEY_NAME)
+    if host_key is None:
+        raise NotFound(
+            f"The host key of {name!r} is missing",
+            f"{paths.env_dir(name) / keys.HOST_KEY_NAME} does not exist.",
+            f"`prov up {name} --recreate` makes a new one (and a new pin).",
+        )
     target = SshTarget(
-        connect_host(record.bind),
-        record.port,
+        record.ssh_host or connect_host(record.bind),
+        record.ssh_port or record.port,
         AGENT_USER,
-        host_pair.public,
+        host_key,
         Path(record.identity_file),
     )
     return await_ssh(engine, paths, target, sshconf.alias_for(name), info.id, timeout, reporter)
@@ -178,7 +215,7 @@ def start(
 
 def logs(name: str, follow: bool, tail: int | None) -> Iterator[bytes]:
     engine = Engine.connect()
-    info = _container(engine, name)
+    info = _container(engine, name, ProvPaths.from_env())
     return engine.logs(info.id, follow, tail)
 
 
@@ -191,7 +228,10 @@ class DownResult:
 def down(name: str, paths: ProvPaths | None = None) -> DownResult:
     paths = paths or ProvPaths.from_env()
     engine = Engine.connect()
-    info = _own_container(engine, name)
+    info = own_container(engine, name, paths)
+    proxy = own_container(engine, name, paths, "egress")
+    if proxy is not None:
+        engine.remove(proxy.id)
     if info is None:
         if state.load(paths, name) is None:
             raise NotFound(
@@ -215,7 +255,8 @@ def rm(name: str, paths: ProvPaths | None = None) -> Removal:
     """Remove everything prov made for `name`: container, keys, alias, pin."""
     paths = paths or ProvPaths.from_env()
     engine = Engine.connect()
-    info = _own_container(engine, name)
+    info = own_container(engine, name, paths)
+    proxy = own_container(engine, name, paths, "egress")
     env_dir = paths.env_dir(name)
     if info is None and not env_dir.exists():
         raise NotFound(
@@ -225,9 +266,43 @@ def rm(name: str, paths: ProvPaths | None = None) -> Removal:
     stop_master(paths.ssh_config, alias)
     if info is not None:
         engine.remove(info.id)
+    if proxy is not None:
+        engine.remove(proxy.id)
+    net = engine.network(network_name(name))
+    if net is not None and (net.get("Labels") or {}).get(LABEL_HOME) == home_id(paths):
+        engine.remove_network(network_name(name))
     with file_lock(paths.lock):
         sshconf.delete_entry(paths.ssh_config, alias)
         sshconf.unpin_host_key(paths.known_hosts, alias)
         existed = env_dir.exists()
         shutil.rmtree(env_dir, ignore_errors=True)
     return Removal(container_removed=info is not None, state_removed=existed)
+
+
+@dataclass(frozen=True)
+class EgressReport:
+    name: str
+    mode: str  # allowlist / open / none
+    allowed: tuple[str, ...]
+    denials: tuple[str, ...]  # the proxy's refusals, oldest first
+
+    def public(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def egress_report(name: str, tail: int = 200, paths: ProvPaths | None = None) -> EgressReport:
+    """What the environment may reach, and what its proxy refused lately."""
+    paths = paths or ProvPaths.from_env()
+    engine = Engine.connect()
+    info = _container(engine, name, paths)
+    mode, _, allowed = info.labels.get(LABEL_EGRESS, "open").partition(":")
+    denials: tuple[str, ...] = ()
+    proxy = own_container(engine, name, paths, "egress")
+    if proxy is not None:
+        log = engine.logs_tail(proxy.id, tail)
+        denials = tuple(
+            line.strip()
+            for line in log.splitlines()
+            if "refused" in line.lower() or "denied" in line.lower()
+        )
+    return EgressReport(name, mode, tuple(a for a in allowed.split(",") if a), denials)

@@ -43,3 +43,40 @@ def stop_master(config: Path, alias: str) -> None:
         timeout=10,
         check=False,
     )
+
+
+def alias_problem(alias: str, host: str, port: int) -> str | None:
+    """Why plain `ssh ALIAS` (no -F, as NTM and the user run it) would not reach
+    `host`:`port`, or None when it does. OpenSSH finds ~/.ssh/config through
+    the passwd entry, not $HOME, so a prov run with another HOME writes an
+    Include that ssh never reads."""
+    import os
+    import pwd
+
+    try:
+        result = subprocess.run(
+            ["ssh", "-G", "--", alias],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"`ssh -G {alias}` could not run ({exc})"
+    seen = dict(line.split(" ", 1) for line in result.stdout.splitlines() if " " in line)
+    if seen.get("hostname") == host and seen.get("port") == str(port):
+        return None
+    passwd_home = pwd.getpwuid(os.geteuid()).pw_dir
+    home = str(Path.home())
+    why = (
+        f"ssh reads {passwd_home}/.ssh/config (the home in your passwd entry), while prov "
+        f"wrote the Include into {home}/.ssh/config (HOME)"
+        if os.path.realpath(passwd_home) != os.path.realpath(home)
+        else f"~/.ssh/config does not include prov's ssh config, or another Host block "
+        f"for {alias} comes first"
+    )
+    return (
+        f"plain `ssh {alias}` resolves to {seen.get('hostname', '?')}:{seen.get('port', '?')}, "
+        f"not {host}:{port}: {why}"
+    )

@@ -13,7 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from provisioner import __version__
-from provisioner.config import AGENT_HOME, AGENT_USER, AgentCounts, ExtraMount, ProvPaths
+from provisioner.config import (
+    AGENT_USER,
+    AgentCounts,
+    Containment,
+    ExtraMount,
+    ProvPaths,
+)
 from provisioner.host import CredentialMount
 from provisioner.keys import PublicKey
 from provisioner.sshconf import HostEntry, alias_for
@@ -30,6 +36,12 @@ LABEL_MOUNTS = "prov.mounts"
 LABEL_AGENTS = "prov.agents"
 LABEL_GPUS = "prov.gpus"
 LABEL_ENV_KEYS = "prov.env-keys"
+LABEL_HOME = "prov.home"  # which PROV_HOME made it: another one treats it as foreign
+LABEL_SUDO = "prov.sudo"
+LABEL_LIMITS = "prov.limits"
+LABEL_EGRESS = "prov.egress"
+LABEL_NETWORK = "prov.network"
+LABEL_ROLE = "prov.role"  # "env" or "egress" (the environment's proxy)
 
 SSHD_PORT = "22/tcp"
 AUTHORIZED_KEYS_PATH = f"/etc/ssh/authorized_keys/{AGENT_USER}"
@@ -39,8 +51,40 @@ HOST_KEY_FILE = "ssh_host_ed25519_key"
 AUTHORIZED_KEYS_FILE = "authorized_keys"
 
 
+PROXY_PORT = 3128
+# Capabilities an environment keeps (Docker's default set less FSETID, MKNOD,
+# NET_RAW, SETFCAP, SETPCAP): what the entrypoint and sshd need as root, none
+# of which the agent's own processes hold (sshd drops them with the UID).
+ENV_CAPS = (
+    "CHOWN",  # the entrypoint gives the home dir to agent
+    "DAC_OVERRIDE",  # root reads the 0600 keys mount and writes root-only files
+    "FOWNER",  # chmod of files root does not own (the way to the project)
+    "SETUID",  # sshd switches to agent (and sudo to root, with --sudo)
+    "SETGID",  # likewise for groups
+    "SYS_CHROOT",  # sshd's unprivileged pre-auth child is chrooted
+    "AUDIT_WRITE",  # PAM writes a login record; sshd refuses logins without it
+    "KILL",  # sshd signals session processes of another UID
+    "NET_BIND_SERVICE",  # sshd on port 22 where the engine does not lower the bar
+    # Held by the entrypoint only: it removes the routes out and then drops
+    # both from the bounding set before starting sshd.
+    "NET_ADMIN",
+    "SETPCAP",
+)
+# With --sudo, root in the environment may also do what package installs need.
+SUDO_CAPS = ("FSETID", "SETFCAP")
+EGRESS_CAPS = ("SETUID", "SETGID")  # tinyproxy drops to nobody
+
+
 def container_name(name: str) -> str:
     return f"prov-{name}"
+
+
+def proxy_name(name: str) -> str:
+    return f"prov-{name}-egress"
+
+
+def network_name(name: str) -> str:
+    return f"prov-{name}-net"
 
 
 @dataclass(frozen=True)
@@ -74,6 +118,29 @@ class InjectedFile:
 
 
 @dataclass(frozen=True)
+class Security:
+    """What the container may do: capabilities, privileges, limits."""
+
+    cap_add: tuple[str, ...]
+    no_new_privileges: bool
+    pids_limit: int
+    memory: int | None = None
+    nano_cpus: int | None = None
+    disable_ipv6: bool = False  # an internal network must not leave a link-local way out
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """The environment's own network: internal unless egress is open."""
+
+    name: str
+    subnet: str
+    gateway: str
+    internal: bool
+    labels: dict[str, str]
+
+
+@dataclass(frozen=True)
 class ContainerSpec:
     name: str
     image: str
@@ -81,12 +148,30 @@ class ContainerSpec:
     labels: dict[str, str]
     environment: dict[str, str]
     bind: str
-    port: int
+    port: int  # 0: nothing published (an internal network)
     mounts: tuple[Mount, ...]
     keys_dir: Path
     key_files: tuple[KeyFile, ...]
     files: tuple[InjectedFile, ...]
+    security: Security
+    network: str
+    address: str  # on `network`
     gpus: int | None = None  # -1: all
+    extra_network: str | None = None  # the proxy's way out
+    tmpfs: tuple[str, ...] = ()
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class EgressPlan:
+    """The environment's egress proxy (allowlist mode only)."""
+
+    container: ContainerSpec
+    allow: tuple[str, ...]
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.container.address}:{PROXY_PORT}"
 
 
 @dataclass(frozen=True)
@@ -104,6 +189,8 @@ class SshTarget:
 class Plan:
     env_name: str
     container: ContainerSpec
+    network: NetworkSpec
+    egress: EgressPlan | None
     ssh: HostEntry
     project_dir: Path
     ntm_session: str
@@ -145,6 +232,46 @@ def ntm_invocation(
     return tuple(cmd), env
 
 
+def home_id(paths: ProvPaths) -> str:
+    """A short, stable identity of PROV_HOME, carried by everything it makes."""
+    import hashlib
+
+    return hashlib.sha256(str(paths.home).encode()).hexdigest()[:16]
+
+
+def build_network(
+    name: str, subnet: str, gateway: str, containment: Containment, paths: ProvPaths
+) -> NetworkSpec:
+    return NetworkSpec(
+        name=network_name(name),
+        subnet=subnet,
+        gateway=gateway,
+        internal=containment.internal,
+        labels={LABEL_MANAGED: "true", LABEL_NAME: name, LABEL_HOME: home_id(paths)},
+    )
+
+
+def _limits_label(containment: Containment) -> str:
+    parts = [f"pids={containment.pids_limit}"]
+    if containment.memory is not None:
+        parts.append(f"memory={containment.memory}")
+    if containment.cpus is not None:
+        parts.append(f"cpus={containment.cpus:g}")
+    return ",".join(parts)
+
+
+def env_security(containment: Containment) -> Security:
+    return Security(
+        cap_add=ENV_CAPS + (SUDO_CAPS if containment.sudo else ()),
+        # sudo is a setuid program: with no-new-privileges it cannot run at all.
+        no_new_privileges=not containment.sudo,
+        pids_limit=containment.pids_limit,
+        memory=containment.memory,
+        nano_cpus=int(containment.cpus * 1e9) if containment.cpus is not None else None,
+        disable_ipv6=containment.internal,
+    )
+
+
 def build_plan(
     *,
     name: str,
@@ -163,6 +290,13 @@ def build_plan(
     host_key_private: bytes,
     agents: AgentCounts,
     paths: ProvPaths,
+    network: NetworkSpec,
+    env_address: str,
+    containment: Containment,
+    egress_image: str = "",
+    egress_address: str = "",
+    egress_network: str = "",
+    allow: tuple[str, ...] = (),
     extra_mounts: tuple[ExtraMount, ...] = (),
     session_env: tuple[tuple[str, str], ...] = (),
     gpus: int | None = None,
@@ -174,9 +308,15 @@ def build_plan(
         *(Mount(c.source, c.target) for c in credentials),
         *(Mount(m.source, m.target, m.read_only) for m in extra_mounts),
     )
+    identity = home_id(paths)
+    egress_label = containment.egress
+    if containment.egress == "allowlist":
+        egress_label += ":" + ",".join(allow)
     labels = {
         LABEL_MANAGED: "true",
         LABEL_NAME: name,
+        LABEL_HOME: identity,
+        LABEL_ROLE: "env",
         LABEL_PORT: str(port),
         LABEL_BIND: bind,
         LABEL_PROJECT: str(project_dir),
@@ -191,6 +331,10 @@ def build_plan(
         LABEL_GPUS: "" if gpus is None else ("all" if gpus < 0 else str(gpus)),
         # Names only: the values may be secrets and labels are public.
         LABEL_ENV_KEYS: ",".join(k for k, _ in session_env),
+        LABEL_SUDO: "yes" if containment.sudo else "no",
+        LABEL_LIMITS: _limits_label(containment),
+        LABEL_EGRESS: egress_label,
+        LABEL_NETWORK: f"{network.name} {network.subnet}",
     }
     key_files = (
         KeyFile(HOST_KEY_FILE, 0o600, host_key_private),
@@ -202,16 +346,60 @@ def build_plan(
         # with Docker access); pam_env hands it to every login.
         body = "".join(f"{key}={value}\n" for key, value in session_env)
         files += (InjectedFile(SESSION_ENV_PATH, 0o600, body.encode()),)
+    egress: EgressPlan | None = None
+    environment = {
+        "PROV_UID": str(project_uid),
+        "PROV_GID": str(project_gid),
+        "PROV_PROJECT_DIR": str(project_dir),
+        "PROV_SUDO": "1" if containment.sudo else "0",
+        "PROV_EGRESS": containment.egress,
+    }
+    if containment.egress == "allowlist":
+        proxy = ContainerSpec(
+            name=proxy_name(name),
+            image=egress_image,
+            hostname=f"{name}-egress",
+            labels={
+                LABEL_MANAGED: "true",
+                LABEL_NAME: name,
+                LABEL_HOME: identity,
+                LABEL_ROLE: "egress",
+                LABEL_EGRESS: egress_label,
+                LABEL_NETWORK: f"{network.name} {network.subnet}",
+            },
+            environment={
+                "PROV_LISTEN": egress_address,
+                "PROV_CLIENT": env_address,
+                "PROV_ALLOW": " ".join(allow),
+            },
+            bind=bind,
+            port=0,
+            mounts=(),
+            keys_dir=paths.keys_dir(name),
+            key_files=(),
+            files=(),
+            security=Security(cap_add=EGRESS_CAPS, no_new_privileges=True, pids_limit=256),
+            network=network.name,
+            address=egress_address,
+            extra_network=egress_network,
+            tmpfs=("/run", "/tmp"),
+            read_only=True,
+        )
+        egress = EgressPlan(proxy, allow)
+        # Docker's env is right for these: they are not secret, and `prov exec`
+        # (docker exec) gets them with no login in between.
+        environment["PROV_PROXY"] = egress.url
+        environment["PROV_PROXY_ADDR"] = egress_address
+        for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+            environment[var] = egress.url
+        environment["NO_PROXY"] = environment["no_proxy"] = "localhost,127.0.0.1,::1"
+        environment["NODE_USE_ENV_PROXY"] = "1"
     spec = ContainerSpec(
         name=container_name(name),
         image=image,
         hostname=name,
         labels=labels,
-        environment={
-            "PROV_UID": str(project_uid),
-            "PROV_GID": str(project_gid),
-            "PROV_PROJECT_DIR": str(project_dir),
-        },
+        environment=environment,
         bind=bind,
         port=port,
         # Not in LABEL_MOUNTS: every environment has it, at a path of its own.
@@ -219,12 +407,18 @@ def build_plan(
         keys_dir=paths.keys_dir(name),
         key_files=key_files,
         files=files,
+        security=env_security(containment),
+        network=network.name,
+        address=env_address,
         gpus=gpus,
     )
+    # On an internal network Docker publishes nothing: the alias goes to the
+    # environment's own address, which only this machine can reach.
+    ssh_host, ssh_port = (env_address, 22) if containment.internal else (connect_host(bind), port)
     entry = HostEntry(
         alias=alias,
-        hostname=connect_host(bind),
-        port=port,
+        hostname=ssh_host,
+        port=ssh_port,
         user=AGENT_USER,
         identity_file=identity_file,
         known_hosts=paths.known_hosts,
@@ -235,6 +429,8 @@ def build_plan(
     return Plan(
         env_name=name,
         container=spec,
+        network=network,
+        egress=egress,
         ssh=entry,
         project_dir=project_dir,
         ntm_session=session,
@@ -242,21 +438,3 @@ def build_plan(
         ntm_env=env,
         host_key=host_key_public,
     )
-
-
-def describe(plan: Plan) -> dict[str, object]:
-    """A JSON-ready view of the plan for --dry-run (no key material)."""
-    c = plan.container
-    return {
-        "container": c.name,
-        "image": c.image,
-        "publish": f"{c.bind}:{c.port}->{SSHD_PORT}",
-        "labels": c.labels,
-        "environment": c.environment,
-        "mounts": [f"{m.source}:{m.target}{':ro' if m.read_only else ''}" for m in c.mounts],
-        "files_injected_before_start": [f"{f.path} ({f.mode:04o})" for f in c.files],
-        "agent_home": AGENT_HOME,
-        "ssh_alias": plan.ssh.alias,
-        "host_key_fingerprint": plan.host_key.fingerprint,
-        "ntm_command": plan.ntm_display,
-    }

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from pathlib import PurePosixPath
 
+from provisioner.config import ProvPaths
 from provisioner.engine import Engine
-from provisioner.plan import LABEL_PROJECT
+from provisioner.plan import LABEL_HOME, LABEL_PROJECT, LABEL_ROLE, home_id
 
 
 def choose(cwd: str, projects: dict[str, str]) -> str | None:
@@ -31,9 +32,13 @@ def choose(cwd: str, projects: dict[str, str]) -> str | None:
 
 def container_for(cwd: str) -> str | None:
     """The running prov container for `cwd`, if any."""
+    own = home_id(ProvPaths.from_env())
     projects = {
         str(item["Names"][0]).lstrip("/"): item["Labels"][LABEL_PROJECT]
         for item in Engine.connect().summaries()
-        if item.get("State") == "running" and (item.get("Labels") or {}).get(LABEL_PROJECT)
+        if item.get("State") == "running"
+        and (item.get("Labels") or {}).get(LABEL_PROJECT)
+        and item["Labels"].get(LABEL_HOME) == own
+        and item["Labels"].get(LABEL_ROLE, "env") == "env"
     }
     return choose(cwd, projects)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from provisioner import host, keys, openssh, ready, sshconf, state
+from provisioner import egress, host, keys, mountpolicy, netplan, openssh, ready, sshconf, state
 from provisioner.config import (
     AGENT_USER,
     API_KEY_VARS,
@@ -34,18 +34,27 @@ from provisioner.config import (
 )
 from provisioner.engine import ContainerInfo, Engine
 from provisioner.errors import ConfigError, ConflictError, NotReady, ProvError, UsageError
-from provisioner.fsutil import atomic_write, ensure_private_dir, file_lock
-from provisioner.image import BuiltImage, ImageRequest, ensure_image
+from provisioner.fsutil import atomic_write, ensure_private_dir, file_lock, require_own_home
+from provisioner.image import BuiltImage, ImageRequest, ensure_egress_image, ensure_image
+from provisioner.ownership import require_ours
 from provisioner.plan import (
     LABEL_BIND,
+    LABEL_EGRESS,
     LABEL_IMAGE_HASH,
+    LABEL_LIMITS,
     LABEL_MOUNTS,
     LABEL_PORT,
     LABEL_PROJECT,
+    LABEL_SUDO,
+    NetworkSpec,
     Plan,
     SshTarget,
+    build_network,
     build_plan,
     container_name,
+    home_id,
+    network_name,
+    proxy_name,
 )
 from provisioner.progress import Reporter
 
@@ -147,6 +156,9 @@ def _drift(info: ContainerInfo, plan: Plan) -> list[str]:
         (LABEL_PORT, "port"),
         (LABEL_BIND, "bind address"),
         (LABEL_PROJECT, "project dir"),
+        (LABEL_SUDO, "sudo"),
+        (LABEL_LIMITS, "limits"),
+        (LABEL_EGRESS, "egress"),
     ):
         have = info.labels.get(label, "")
         if have != want[label]:
@@ -188,10 +200,14 @@ class _Pending:
     mounted: tuple[host.CredentialMount, ...]
     session_env: tuple[tuple[str, str], ...]
     record: state.EnvRecord | None
+    egress_image: str
+    allow: tuple[str, ...]
     port: int = 0
     plan: Plan | None = None
     action: str | None = None  # set once _converge decided
     container_id: str | None = None
+    proxy_id: str | None = None  # set when this run created the proxy
+    network_created: bool = False
 
     @property
     def name(self) -> str:
@@ -222,6 +238,7 @@ def up_many(
     environment; Ctrl-C undoes what this run created, for all of them.
     """
     paths = paths or ProvPaths.from_env()
+    require_own_home()
     ensure_private_dir(paths.home)
     engine = Engine.connect()
     images: dict[ImageRequest, BuiltImage] = {}
@@ -297,19 +314,18 @@ def _prepare(
     """Everything before the container: checks, project, credentials, keys, image."""
     cname = container_name(request.name)
     existing = engine.find(cname)
-    if existing is not None and not existing.managed:
-        raise ConflictError(
-            f"A container named {cname} already exists and was not made by prov",
-            f"It has status {existing.status!r} and no prov labels; prov never touches "
-            "containers it did not create.",
-            f"choose another environment name, or remove it yourself (`docker rm -f {cname}`).",
-        )
+    if existing is not None:
+        require_ours(existing, paths)
+    proxy = engine.find(proxy_name(request.name))
+    if proxy is not None:
+        require_ours(proxy, paths)
     if not is_loopback(request.bind):
         reporter.warn(
             f"SSH will be published on {request.bind}, reachable from other "
             "machines; only key login for `agent` is accepted"
         )
     project = host.resolve_project_dir(request.name, request.project_dir, request.create_dir)
+    _check_mounts(request, project.path, paths, reporter)
     if project.owner_fallback:
         reporter.warn(
             f"{project.path} is owned by root, and agents do not run as root: the agent "
@@ -358,6 +374,14 @@ def _prepare(
             engine, image_request, reporter.note, reporter.detail
         )
         images[image_request] = built
+    egress_image: str = ""
+    allow: tuple[str, ...] = ()
+    if request.containment.egress == "allowlist":
+        allow = egress.allowlist(request.containment.allow)
+        with images_lock:
+            egress_image = ensure_egress_image(
+                engine, request.base_image, reporter.note, reporter.detail
+            )
     if not built.built_now:
         reporter.detail(f"reusing image {built.tag}")
     if built.agent_versions:
@@ -381,7 +405,32 @@ def _prepare(
         mounted=mounted,
         session_env=session_env,
         record=state.load(paths, request.name),
+        egress_image=egress_image,
+        allow=allow,
     )
+
+
+def _check_mounts(
+    request: UpRequest, project_dir: Path, paths: ProvPaths, reporter: Reporter
+) -> None:
+    """Refuse mounts that would hand the agent the host (see mountpolicy)."""
+    ctx = mountpolicy.HostContext(home=Path.home().resolve(), prov_home=paths.home.resolve())
+    unsafe = request.containment.allow_unsafe_mount
+    checks = [(project_dir, str(project_dir), "the project dir")]
+    checks += [(m.source, m.target, f"--mount {m.source}") for m in request.extras.mounts]
+    targets: dict[str, str] = {}
+    for source, target, what in checks:
+        warning = mountpolicy.check_source(source, what, ctx, unsafe)
+        if warning:
+            reporter.warn(warning)
+        normal = mountpolicy.check_target(target, what)
+        if normal in targets:
+            raise UsageError(
+                f"Two mounts at {normal}",
+                f"{targets[normal]} and {what} both go there.",
+                "give each --mount its own target.",
+            )
+        targets[normal] = what
 
 
 def _place(
@@ -399,17 +448,22 @@ def _place(
     if not pendings:
         return errors
     with file_lock(paths.lock):
-        reserved = engine.reserved_ports()
+        publishing = any(not p.request.containment.internal for p in pendings)
+        reserved = engine.reserved_ports() if publishing else set()
+        used = [*_subnets(engine.network_subnets()), *netplan.host_routes()]
         for pending in pendings:
             placed.append(pending)
             request = pending.request
             try:
-                pending.port = choose_port(
-                    reserved,
-                    request,
-                    pending.existing,
-                    pending.record.port if pending.record else None,
-                )
+                if not request.containment.internal:
+                    pending.port = choose_port(
+                        reserved,
+                        request,
+                        pending.existing,
+                        pending.record.port if pending.record else None,
+                    )
+                network, addrs = _network_for(engine, request, paths, used)
+                used.append(addrs.subnet)
                 pending.plan = build_plan(
                     name=request.name,
                     image=pending.built.tag,
@@ -427,14 +481,19 @@ def _place(
                     host_key_private=pending.host_pair.private_openssh,
                     agents=request.agents,
                     paths=paths,
+                    network=network,
+                    env_address=addrs.env,
+                    containment=request.containment,
+                    egress_image=pending.egress_image,
+                    egress_address=addrs.proxy,
+                    egress_network=EGRESS_NETWORK,
+                    allow=pending.allow,
                     extra_mounts=request.extras.mounts,
                     session_env=pending.session_env,
                     gpus=request.extras.gpus,
                     agent_versions=pending.built.agent_versions,
                 )
-                pending.action, pending.container_id = _converge(
-                    engine, pending.plan, pending.existing, request, pending.reporter
-                )
+                _converge(engine, pending, paths)
                 reserved.add(pending.port)
                 if on_placed is not None:
                     on_placed(pending)
@@ -457,8 +516,8 @@ def _finish(engine: Engine, pending: _Pending, paths: ProvPaths, poll: float) ->
     host_pair, identity = pending.host_pair, pending.identity
     alias = sshconf.alias_for(request.name)
     try:
-        _launch(engine, plan, action, container_id, reporter)
-        target = SshTarget(plan.ssh.hostname, port, AGENT_USER, host_pair.public, identity)
+        _launch(engine, plan, action, container_id, reporter, pending.proxy_id)
+        target = SshTarget(plan.ssh.hostname, plan.ssh.port, AGENT_USER, host_pair.public, identity)
         with file_lock(paths.lock):
             sshconf.pin_host_key(
                 paths.known_hosts, alias, host_pair.public.key_type, host_pair.public.blob_b64
@@ -485,18 +544,28 @@ def _finish(engine: Engine, pending: _Pending, paths: ProvPaths, poll: float) ->
                 identity_file=str(identity),
                 authorized_key_source=pending.key_source,
                 base_image=request.base_image,
+                ssh_host=plan.ssh.hostname,
+                ssh_port=plan.ssh.port,
             ),
         )
         if request.write_user_ssh_config and sshconf.ensure_include(
             user_ssh_config(), paths.ssh_config
         ):
             reporter.note(f"added `Include {paths.ssh_config}` to {user_ssh_config()}")
+    if request.write_user_ssh_config:
+        problem = openssh.alias_problem(alias, plan.ssh.hostname, plan.ssh.port)
+        if problem:
+            reporter.warn(
+                f"{problem}. NTM runs plain ssh, so it cannot reach this environment until "
+                f"that is fixed: add `{sshconf.include_line(paths.ssh_config)}` at the top of "
+                "the config ssh reads, or run prov with the HOME of your passwd entry"
+            )
     return UpResult(
         name=request.name,
         container=plan.container.name,
         ssh_alias=plan.ssh.alias,
         host=plan.ssh.hostname,
-        port=port,
+        port=plan.ssh.port,
         user=AGENT_USER,
         identity_file=str(identity),
         known_hosts=str(paths.known_hosts),
@@ -515,10 +584,15 @@ def _abandon(engine: Engine, pending: _Pending, paths: ProvPaths) -> None:
     Docker made while we were interrupted, before we had its ID), and so does the
     alias of an environment that never came up."""
     name = pending.request.name
+    if pending.proxy_id is not None:
+        engine.remove(pending.proxy_id)
     made = _created_here(engine, container_name(name), pending.action, pending.container_id)
+    if made is not None:
+        engine.remove(made)
+    if pending.network_created:  # after its containers: Docker refuses it while in use
+        engine.remove_network(network_name(name))
     if made is None:
         return
-    engine.remove(made)
     if pending.record is None:
         alias = sshconf.alias_for(name)
         with file_lock(paths.lock):
@@ -613,21 +687,65 @@ def _probe(engine: Engine, container_id: str) -> str | None:
     return f"Container status is {info.status!r}{code}."
 
 
-def _converge(
-    engine: Engine,
-    plan: Plan,
-    existing: ContainerInfo | None,
-    request: UpRequest,
-    reporter: Reporter,
-) -> tuple[str, str]:
-    """Decide what to do and create the container if needed (it reserves the port
-    in Docker's eyes, so this runs under prov's lock); returns (action, container id).
-    Starting is left to `_launch`, outside the lock, so parallel `up`s overlap."""
-    action = "created"
+EGRESS_NETWORK = "prov-egress"
+
+
+def _subnets(texts: list[str]) -> list[ipaddress.IPv4Network]:
+    nets = []
+    for text in texts:
+        with contextlib.suppress(ValueError):
+            nets.append(ipaddress.IPv4Network(text, strict=False))
+    return nets
+
+
+def _network_for(
+    engine: Engine, request: UpRequest, paths: ProvPaths, used: list[ipaddress.IPv4Network]
+) -> tuple[NetworkSpec, netplan.Addresses]:
+    """The environment's network: the existing one (same addresses, so the
+    alias stays valid), else a new /28 that overlaps nothing in `used`."""
+    existing = engine.network(network_name(request.name))
+    subnet = None
+    if existing is not None:
+        labels = existing.get("Labels") or {}
+        if labels.get("prov.home") != home_id(paths):
+            raise ConflictError(
+                f"Docker network {network_name(request.name)} is not this prov home's",
+                "It was made by another PROV_HOME, or by someone else.",
+                f"remove it (`docker network rm {network_name(request.name)}`) if it is stale, "
+                "or choose another name.",
+            )
+        configs = (existing.get("IPAM") or {}).get("Config") or []
+        subnets = _subnets([str(c.get("Subnet", "")) for c in configs])
+        subnet = subnets[0] if subnets else None
+    if subnet is None:
+        subnet = netplan.choose_subnet(used, netplan.pool())
+    addrs = netplan.addresses(subnet)
+    spec = build_network(request.name, str(subnet), addrs.gateway, request.containment, paths)
+    return spec, addrs
+
+
+def _converge(engine: Engine, pending: _Pending, paths: ProvPaths) -> None:
+    """Decide what to do and create what is missing (a created container
+    reserves its port and address in Docker's eyes, so this runs under prov's
+    lock); sets the pending's action and container ID. Starting is left to
+    `_launch`, outside the lock, so parallel `up`s overlap."""
+    plan, existing, request, reporter = (
+        pending.plan,
+        pending.existing,
+        pending.request,
+        pending.reporter,
+    )
+    assert plan is not None  # noqa: S101 - _place builds it first
+    c = plan.container
+    proxy = engine.find(proxy_name(request.name))
     if existing is not None:
         drift = _drift(existing, plan)
         if not drift:
-            return ("unchanged" if existing.running else "started"), existing.id
+            if plan.egress is not None and proxy is None:
+                pending.proxy_id = engine.create(plan.egress.container)
+            pending.action = "unchanged" if existing.running else "started"
+            pending.container_id = existing.id
+            return
         if not request.recreate:
             raise ConflictError(
                 f"Environment {plan.env_name!r} exists but differs from what was asked",
@@ -635,16 +753,36 @@ def _converge(
                 "run `prov up` with --recreate to replace the container (keys and host key "
                 "are kept), or repeat the original options.",
             )
-        reporter.step("recreating the container: " + "; ".join(drift))
-        engine.remove(existing.id)
-        action = "recreated"
-    c = plan.container
-    if not _port_bindable(c.bind, c.port):
+    # Check what could stop the new container from starting before the old
+    # one is removed: a failed recreate must not cost a working environment.
+    if (
+        c.port
+        and not _port_bindable(c.bind, c.port)
+        and not (existing is not None and (c.bind, c.port) in existing.published)
+    ):
         raise ConflictError(
             f"Port {c.port} on {c.bind} is already in use",
             "Another process listens there, so Docker could not publish sshd on it.",
             "pick another --port, or leave --port out to let prov choose a free one.",
         )
+    action = "created"
+    if existing is not None:
+        reporter.step("recreating the container: " + "; ".join(_drift(existing, plan)))
+        engine.remove(existing.id)
+        action = "recreated"
+    if proxy is not None:
+        engine.remove(proxy.id)
+    net = engine.network(plan.network.name)
+    if net is not None and bool(net.get("Internal")) != plan.network.internal:
+        engine.remove_network(plan.network.name)  # egress changed: open <-> internal
+        net = None
+    if net is None:
+        if plan.egress is not None:
+            engine.create_plain_network(EGRESS_NETWORK, {"prov.managed": "true"})
+        engine.create_network(plan.network)
+        pending.network_created = True
+    elif plan.egress is not None:
+        engine.create_plain_network(EGRESS_NETWORK, {"prov.managed": "true"})
     reporter.step("creating the container")
     ensure_private_dir(c.keys_dir)
     for key_file in c.key_files:
@@ -652,7 +790,10 @@ def _converge(
     # A Ctrl-C during the request could leave Docker finishing a container we
     # never learn the ID of; hold it for the few ms the request takes.
     with _deferred_interrupt():
-        return action, engine.create(c)
+        if plan.egress is not None:
+            pending.proxy_id = engine.create(plan.egress.container)
+        pending.action = action
+        pending.container_id = engine.create(c)
 
 
 @contextlib.contextmanager
@@ -687,10 +828,23 @@ def _created_here(
     return None
 
 
-def _launch(engine: Engine, plan: Plan, action: str, container_id: str, reporter: Reporter) -> None:
-    """Start a new or stopped container. A new one gets its session environment
-    (if any) right after starting, while its entrypoint sets up the user; a
-    stopped one has it already."""
+def _launch(
+    engine: Engine,
+    plan: Plan,
+    action: str,
+    container_id: str,
+    reporter: Reporter,
+    proxy_id: str | None = None,
+) -> None:
+    """Start a new or stopped container (its egress proxy first). A new one
+    gets its session environment (if any) right after starting, while its
+    entrypoint sets up the user; a stopped one has it already."""
+    if plan.egress is not None:
+        proxy = proxy_id or engine.find(plan.egress.container.name)
+        if isinstance(proxy, str):
+            engine.start(proxy)
+        elif proxy is not None and not proxy.running:
+            engine.start(proxy.id)
     if action == "started":
         reporter.step("starting the stopped container")
         engine.start(container_id)

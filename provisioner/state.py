@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from provisioner.config import ProvPaths
 from provisioner.errors import ConfigError, NotFound
@@ -26,6 +25,10 @@ class EnvRecord:
     identity_file: str
     authorized_key_source: str  # "prov" or the user's .pub path
     base_image: str
+    # Where the alias connects: the published port on loopback, or the
+    # environment's own address on its internal network (port 22).
+    ssh_host: str = ""
+    ssh_port: int = 0
 
 
 def save(paths: ProvPaths, record: EnvRecord) -> None:
@@ -47,10 +50,6 @@ def load(paths: ProvPaths, name: str) -> EnvRecord | None:
             f"{path}: {exc}",
             f"remove {path} and run `prov up {name}` again.",
         ) from exc
-
-
-def env_dir_exists(paths: ProvPaths, name: str) -> bool:
-    return Path(paths.env_dir(name)).is_dir()
 
 
 def require(paths: ProvPaths, name: str) -> EnvRecord:

@@ -14,6 +14,17 @@
 # the host, $PROV_HOME/envs/NAME/sshd), installed root-owned at every start:
 #   ssh_host_ed25519_key  per-environment host key -> /etc/ssh/
 #   authorized_keys       the user's public key    -> /etc/ssh/authorized_keys/agent
+#   PROV_SUDO           1: the agent may use sudo (`prov up --sudo`); else
+#                       no sudo rule exists (and Docker sets no-new-privileges).
+#   PROV_EGRESS         allowlist / none: the container's network is an
+#                       internal one; its default route is removed and
+#                       iptables lets new connections go only to the egress
+#                       proxy (PROV_PROXY_ADDR), not even to this machine.
+#   PROV_PROXY          allowlist: the egress proxy's URL, written for logins
+#                       (pam_env reads /etc/prov/proxy.env).
+# prov gives the container NET_ADMIN and SETPCAP for these steps only: both
+# are dropped from the bounding set before sshd starts, so no process below
+# sshd (not even root with --sudo) can get them back.
 # Put in by prov right after start, only if the user passes any:
 #   /etc/prov/environment  KEY=VALUE lines for sessions (pam_env reads it at
 #                          each login; prov logs in only once it is there)
@@ -224,10 +235,62 @@ install -o root -g root -m 0600 "$KEYS/ssh_host_ed25519_key" "$HOST_KEY" ||
 install -o root -g root -m 0644 "$KEYS/authorized_keys" "$AUTH_KEYS" ||
 	die "cannot read the authorized key in $KEYS"
 
+# --- 4b. sudo --------------------------------------------------------------------
+if [ "${PROV_SUDO:-0}" = 1 ]; then
+	printf 'agent ALL=(ALL) NOPASSWD:ALL\n' >/etc/sudoers.d/prov-agent
+	chmod 0440 /etc/sudoers.d/prov-agent
+else
+	rm -f /etc/sudoers.d/prov-agent
+fi
+
+# --- 4c. network -------------------------------------------------------------------
+case ${PROV_EGRESS:-open} in
+allowlist | none)
+	# New connections may go to this container itself and, in allowlist
+	# mode, to the egress proxy; replies to connections made to it (the
+	# host's ssh) pass. Everything else, this machine's own services on the
+	# gateway address included, is refused at once.
+	iptables -F OUTPUT &&
+		iptables -A OUTPUT -o lo -j ACCEPT &&
+		iptables -A OUTPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT ||
+		die "cannot set up the egress rules (iptables)"
+	if [ -n "${PROV_PROXY_ADDR:-}" ]; then
+		iptables -A OUTPUT -d "$PROV_PROXY_ADDR" -p tcp --dport 3128 -j ACCEPT ||
+			die "cannot allow the egress proxy"
+	fi
+	iptables -A OUTPUT -p tcp -j REJECT --reject-with tcp-reset &&
+		iptables -A OUTPUT -j REJECT &&
+		iptables -P OUTPUT DROP || die "cannot set up the egress rules (iptables)"
+	if ip -4 route show default | grep -q .; then
+		ip -4 route del default || die "cannot remove the default route"
+	fi
+	;;
+open) ;;
+*) die "PROV_EGRESS must be allowlist, open or none, got '$PROV_EGRESS'" ;;
+esac
+if [ -n "${PROV_PROXY:-}" ]; then
+	{
+		for var in HTTP_PROXY HTTPS_PROXY http_proxy https_proxy ALL_PROXY all_proxy; do
+			printf '%s=%s\n' "$var" "$PROV_PROXY"
+		done
+		printf 'NO_PROXY=localhost,127.0.0.1,::1\nno_proxy=localhost,127.0.0.1,::1\n'
+		# Node's own fetch() reads the variables above only with this set.
+		printf 'NODE_USE_ENV_PROXY=1\n'
+	} >/etc/prov/proxy.env
+else
+	: >/etc/prov/proxy.env
+fi
+
 # --- 5. sshd -----------------------------------------------------------------
 # The image build checked the configuration (sshd -t); a host key or config
 # problem found now makes sshd itself exit with its message in `docker logs`,
 # which prov shows.
 mkdir -p /run/sshd
 chmod 0755 /run/sshd
+# Give up the capabilities only the steps above needed (bits 8 and 12 of the
+# bounding set: SETPCAP, NET_ADMIN) for good.
+bounding=$(awk '/^CapBnd:/ { print $2 }' /proc/self/status)
+if [ $((0x$bounding & 0x100)) -ne 0 ]; then
+	exec setpriv --bounding-set -net_admin,-setpcap -- /usr/sbin/sshd -D -e
+fi
 exec /usr/sbin/sshd -D -e

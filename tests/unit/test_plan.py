@@ -5,14 +5,23 @@ from __future__ import annotations
 from pathlib import Path
 
 from provisioner import keys
-from provisioner.config import AgentCounts, ProvPaths
+from provisioner.config import AgentCounts, Containment, ProvPaths
 from provisioner.host import CredentialMount
-from provisioner.plan import Mount, build_plan, connect_host, describe
+from provisioner.plan import Mount, build_network, build_plan, connect_host
 
 
-def _plan(project: Path, base: Path, bind: str = "127.0.0.1", agents: AgentCounts | None = None):  # type: ignore[no-untyped-def]
+def _plan(  # type: ignore[no-untyped-def]
+    project: Path,
+    base: Path,
+    bind: str = "127.0.0.1",
+    agents: AgentCounts | None = None,
+    containment: Containment | None = None,
+):
     client = keys.generate_ed25519("c")
     hostkey = keys.generate_ed25519("h")
+    containment = containment or Containment(egress="open")
+    paths = ProvPaths(Path("/ph"))
+    network = build_network("demo", "10.213.0.0/28", "10.213.0.1", containment, paths)
     return (
         build_plan(
             name="demo",
@@ -30,7 +39,14 @@ def _plan(project: Path, base: Path, bind: str = "127.0.0.1", agents: AgentCount
             host_key_public=hostkey.public,
             host_key_private=hostkey.private_openssh,
             agents=agents or AgentCounts(),
-            paths=ProvPaths(Path("/ph")),
+            paths=paths,
+            network=network,
+            env_address="10.213.0.2",
+            containment=containment,
+            egress_image="prov-env:egress",
+            egress_address="10.213.0.3",
+            egress_network="prov-egress",
+            allow=("github.com", "example.org"),
         ),
         client,
         hostkey,
@@ -53,8 +69,11 @@ def test_published_on_loopback_with_owner_ids() -> None:
         "PROV_UID": "1234",
         "PROV_GID": "2345",
         "PROV_PROJECT_DIR": "/p/demo",
+        "PROV_SUDO": "0",
+        "PROV_EGRESS": "open",
     }
-    assert plan.ssh.hostname == "127.0.0.1"
+    assert (plan.ssh.hostname, plan.ssh.port) == ("127.0.0.1", 2222)
+    assert plan.egress is None
 
 
 def test_keys_come_from_a_read_only_mount_of_the_keys_dir() -> None:
@@ -75,12 +94,63 @@ def test_keys_come_from_a_read_only_mount_of_the_keys_dir() -> None:
     assert spec.files == ()  # no session variables asked for: nothing put in
 
 
-def test_plan_repr_and_description_hold_no_private_key() -> None:
-    """Neither repr(plan) nor the --json/--dry-run description contains key material."""
+def test_plan_repr_holds_no_private_key() -> None:
+    """repr(plan) contains no key material."""
     plan, _, hostkey = _plan(Path("/p/demo"), Path("/p"))
     secret_line = hostkey.private_openssh.decode().splitlines()[1]
     assert secret_line not in repr(plan)
-    assert secret_line not in str(describe(plan))
+
+
+def test_least_privilege_by_default() -> None:
+    """No sudo, no-new-privileges, all capabilities dropped but the listed few, a pids limit."""
+    plan, _, _ = _plan(Path("/p/demo"), Path("/p"))
+    sec = plan.container.security
+    assert sec.no_new_privileges
+    assert sec.pids_limit == 4096
+    assert "SYS_ADMIN" not in sec.cap_add and "NET_RAW" not in sec.cap_add
+    assert "FSETID" not in sec.cap_add
+    assert plan.container.labels["prov.sudo"] == "no"
+    assert plan.container.labels["prov.limits"] == "pids=4096"
+
+
+def test_sudo_lifts_no_new_privileges_and_is_recorded() -> None:
+    """--sudo: sudo can run (no no-new-privileges), and labels/env say so for drift."""
+    plan, _, _ = _plan(
+        Path("/p/demo"),
+        Path("/p"),
+        containment=Containment(sudo=True, egress="open", memory=1 << 30, cpus=1.5),
+    )
+    sec = plan.container.security
+    assert not sec.no_new_privileges
+    assert plan.container.environment["PROV_SUDO"] == "1"
+    assert (sec.memory, sec.nano_cpus) == (1 << 30, 1_500_000_000)
+    assert plan.container.labels["prov.limits"] == "pids=4096,memory=1073741824,cpus=1.5"
+
+
+def test_allowlist_puts_the_env_on_an_internal_network_behind_its_proxy() -> None:
+    """Allowlist: nothing published, the alias goes to the env's own address, the
+    proxy sits at .3 with the allowlist, and sessions get the proxy variables."""
+    plan, _, _ = _plan(Path("/p/demo"), Path("/p"), containment=Containment())
+    c = plan.container
+    assert plan.network.internal and c.network == "prov-demo-net"
+    assert (plan.ssh.hostname, plan.ssh.port) == ("10.213.0.2", 22)
+    assert c.security.disable_ipv6
+    assert plan.egress is not None
+    proxy = plan.egress.container
+    assert proxy.address == "10.213.0.3" and proxy.extra_network == "prov-egress"
+    assert proxy.environment["PROV_ALLOW"] == "github.com example.org"
+    assert proxy.environment["PROV_CLIENT"] == "10.213.0.2"
+    assert proxy.read_only and proxy.security.no_new_privileges
+    assert c.environment["HTTPS_PROXY"] == "http://10.213.0.3:3128"
+    assert c.environment["PROV_PROXY_ADDR"] == "10.213.0.3"
+    assert c.labels["prov.egress"] == "allowlist:github.com,example.org"
+
+
+def test_egress_none_has_no_proxy() -> None:
+    """--egress none: internal network, no proxy, no proxy variables."""
+    plan, _, _ = _plan(Path("/p/demo"), Path("/p"), containment=Containment(egress="none"))
+    assert plan.network.internal and plan.egress is None
+    assert "HTTPS_PROXY" not in plan.container.environment
 
 
 def test_labels_let_prov_find_and_compare() -> None:

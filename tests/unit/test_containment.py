@@ -1,0 +1,175 @@
+"""Containment rules without a daemon: mounts, subnets, limits, egress names."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from provisioner import mountpolicy, netplan
+from provisioner.config import Containment, UpRequest, parse_domain, parse_memory
+from provisioner.errors import ConflictError, UsageError
+from provisioner.fsutil import ensure_private_dir
+
+
+@pytest.fixture
+def ctx(tmp_path: Path) -> mountpolicy.HostContext:
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / "code" / "proj").mkdir(parents=True)
+    (home / ".local" / "share" / "prov").mkdir(parents=True)
+    return mountpolicy.HostContext(home=home, prov_home=home / ".local" / "share" / "prov")
+
+
+@pytest.mark.parametrize(
+    "rel",
+    ["", ".ssh", ".ssh/keys-dir", ".local"],  # home itself, ~/.ssh, inside it, above PROV_HOME
+)
+def test_home_ssh_and_prov_home_refused(ctx: mountpolicy.HostContext, rel: str) -> None:
+    """The home itself, ~/.ssh (and below) and anything holding PROV_HOME are refused."""
+    path = ctx.home / rel
+    path.mkdir(parents=True, exist_ok=True)
+    with pytest.raises(UsageError) as info:
+        mountpolicy.check_source(path, "the project dir", ctx, allow_unsafe=False)
+    assert info.value.exit_code == 2
+    assert "Refusing to mount" in info.value.paragraph()
+
+
+def test_symlink_is_resolved_before_the_check(ctx: mountpolicy.HostContext) -> None:
+    """A link named like a project that points at /etc is refused as /etc."""
+    link = ctx.home / "code" / "innocent"
+    link.symlink_to("/etc")
+    with pytest.raises(UsageError) as info:
+        mountpolicy.check_source(link, "--mount", ctx, allow_unsafe=False)
+    assert "resolves to /etc" in info.value.paragraph()
+    assert "/etc" in info.value.seen
+
+
+@pytest.mark.parametrize("path", ["/", "/etc", "/usr/lib", "/var", "/run", "/proc/1", "/home"])
+def test_system_dirs_refused(ctx: mountpolicy.HostContext, path: str) -> None:
+    """/, system directories, what lies inside them, and what contains them are refused."""
+    found = mountpolicy.source_problem(Path(path), ctx)
+    assert found is not None
+
+
+def test_a_socket_is_refused(ctx: mountpolicy.HostContext) -> None:
+    """Any socket (the Docker socket above all) is refused, wherever it lives."""
+    sock_path = ctx.home / "code" / "d.sock"
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(sock_path))
+        with pytest.raises(UsageError) as info:
+            mountpolicy.check_source(sock_path, "--mount", ctx, allow_unsafe=False)
+    assert "socket" in info.value.seen
+
+
+def test_override_warns_but_never_for_prov_home(ctx: mountpolicy.HostContext) -> None:
+    """--allow-unsafe-mount turns a refusal into a warning, except for PROV_HOME."""
+    warning = mountpolicy.check_source(ctx.home / ".ssh", "--mount", ctx, allow_unsafe=True)
+    assert warning and "--allow-unsafe-mount" in warning
+    with pytest.raises(UsageError):  # the home holds PROV_HOME here: never
+        mountpolicy.check_source(ctx.home, "the project dir", ctx, allow_unsafe=True)
+    with pytest.raises(UsageError) as info:
+        mountpolicy.check_source(ctx.prov_home / ".." / "..", "--mount", ctx, allow_unsafe=True)
+    assert "PROV_HOME is never mounted" in info.value.paragraph()
+
+
+def test_a_project_dir_is_fine(ctx: mountpolicy.HostContext) -> None:
+    """An ordinary project below the home passes without a word."""
+    assert mountpolicy.check_source(ctx.home / "code" / "proj", "p", ctx, False) is None
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["/etc/ssh", "/data/../etc", "/", "/home", "/home/agent", "/usr/local", "//etc", "/run/x"],
+)
+def test_targets_over_system_or_prov_paths_refused(target: str) -> None:
+    """Targets inside /etc, /usr, /run... or covering prov's paths, after normalising .."""
+    with pytest.raises(UsageError):
+        mountpolicy.check_target(target, "--mount x")
+
+
+def test_ordinary_targets_are_normalised() -> None:
+    """/data/./x/../y is accepted as /data/y; a target under the agent's home is fine."""
+    assert mountpolicy.check_target("/data/./x/../y", "m") == "/data/y"
+    assert mountpolicy.check_target("/home/agent/datasets", "m") == "/home/agent/datasets"
+
+
+def test_subnets_skip_docker_networks_and_routes() -> None:
+    """Each environment gets the first free /28 of the pool, never an overlapping one."""
+    pool = ipaddress.IPv4Network("10.213.0.0/16")
+    used = [ipaddress.IPv4Network("10.213.0.0/28"), ipaddress.IPv4Network("10.213.0.16/29")]
+    chosen = netplan.choose_subnet(used, pool)
+    assert chosen == ipaddress.IPv4Network("10.213.0.32/28")
+    addrs = netplan.addresses(chosen)
+    assert (addrs.gateway, addrs.env, addrs.proxy) == ("10.213.0.33", "10.213.0.34", "10.213.0.35")
+    with pytest.raises(ConflictError):
+        netplan.choose_subnet([ipaddress.IPv4Network("10.0.0.0/8")], pool)
+
+
+def test_route_table_parsing() -> None:
+    """/proc/net/route's little-endian hex gives networks; the default route is skipped."""
+    text = (
+        "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\n"
+        "eth0\t00000000\t0100000A\t0003\t0\t0\t0\t00000000\n"
+        "docker0\t000011AC\t00000000\t0001\t0\t0\t0\t0000FFFF\n"
+    )
+    assert netplan.parse_route_table(text) == [ipaddress.IPv4Network("172.17.0.0/16")]
+
+
+def test_port_and_bind_need_open_egress() -> None:
+    """--port or a public --bind on an internal network is refused with the way out."""
+    with pytest.raises(UsageError) as info:
+        UpRequest(name="x", port=2222)
+    assert "--egress open" in info.value.paragraph()
+    assert UpRequest(name="x", port=2222, containment=Containment(egress="open")).port == 2222
+
+
+@pytest.mark.parametrize("bad", ["http://x.com", "1.2.3.4", "a..b", "x", "*.*.com", "-a.com"])
+def test_bad_allow_domains_refused(bad: str) -> None:
+    """--allow takes domain names only."""
+    with pytest.raises(UsageError):
+        parse_domain(bad)
+
+
+def test_allow_domain_normalised() -> None:
+    """Case, a trailing dot and a wildcard prefix are folded to the plain name."""
+    assert parse_domain("*.GitHub.com.") == "github.com"
+
+
+def test_memory_sizes() -> None:
+    """--memory takes k/m/g suffixes and refuses nonsense and tiny limits."""
+    assert parse_memory("4g") == 4 << 30
+    assert parse_memory("512M") == 512 << 20
+    for bad in ("lots", "1k", "-4g"):
+        with pytest.raises(UsageError):
+            parse_memory(bad)
+
+
+def test_containment_validates_its_values() -> None:
+    """Unknown egress modes and silly pids limits are usage errors."""
+    for kwargs in ({"egress": "sometimes"}, {"pids_limit": 0}):
+        with pytest.raises(UsageError):
+            Containment(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a dir owned by another user")
+def test_private_dir_of_another_user_refused(tmp_path: Path) -> None:
+    """A ControlPath (or any private) dir someone else made first is refused, not used."""
+    foreign = tmp_path / "cm"
+    foreign.mkdir(mode=0o777)
+    os.chown(foreign, 4321, 4321)
+    with pytest.raises(ConflictError) as info:
+        ensure_private_dir(foreign)
+    assert "belongs to another user" in info.value.paragraph()
+
+
+def test_loose_private_dir_tightened(tmp_path: Path) -> None:
+    """Our own dir with loose permissions becomes 0700."""
+    loose = tmp_path / "cm"
+    loose.mkdir(mode=0o755)
+    loose.chmod(0o755)
+    ensure_private_dir(loose)
+    assert loose.stat().st_mode & 0o777 == 0o700
