@@ -534,7 +534,7 @@ def ls(
         (
             e.name if e.home == "this" else f"{e.name} (other home)",
             e.state,
-            str(e.port or "-"),
+            f"{e.host}:{e.port}" if e.port else "-",
             e.project_dir,
             e.egress,
             e.sudo,
@@ -543,7 +543,7 @@ def ls(
         )
         for e in envs
     ]
-    headers = ("NAME", "STATE", "PORT", "PROJECT", "EGRESS", "SUDO", "AGENTS", "STATUS")
+    headers = ("NAME", "STATE", "SSH", "PROJECT", "EGRESS", "SUDO", "AGENTS", "STATUS")
     if out.tty:
         from rich.table import Table
 

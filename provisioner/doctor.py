@@ -84,6 +84,37 @@ def _included(paths: ProvPaths) -> str | None:
     return f"{user_config} includes {paths.ssh_config}"
 
 
+def _aliases(paths: ProvPaths) -> Finding:
+    """Does plain `ssh prov-NAME` (as NTM runs it, no -F) reach each environment?"""
+    from provisioner import openssh, state
+
+    problems, checked = [], 0
+    if paths.envs.is_dir():
+        for env_dir in sorted(paths.envs.iterdir()):
+            try:
+                record = state.load(paths, env_dir.name)
+            except ProvError:
+                continue
+            if record is None:
+                continue
+            checked += 1
+            host = record.ssh_host or "127.0.0.1"
+            problem = openssh.alias_problem(
+                sshconf.alias_for(record.name), host, record.ssh_port or record.port
+            )
+            if problem:
+                problems.append(problem)
+    if problems:
+        return Finding(
+            "ssh aliases",
+            FAIL,
+            "; ".join(problems)
+            + f". Fix: add `{sshconf.include_line(paths.ssh_config)}` at the top of the "
+            "~/.ssh/config of your passwd entry's home.",
+        )
+    return Finding("ssh aliases", PASS, f"plain ssh resolves all {checked} environment aliases")
+
+
 def diagnose(paths: ProvPaths | None = None) -> list[Finding]:
     paths = paths or ProvPaths.from_env()
     creds = host.find_credentials()
@@ -116,6 +147,7 @@ def diagnose(paths: ProvPaths | None = None) -> list[Finding]:
             "top of it.",
         ),
         _private_files(paths),
+        _aliases(paths),
         _check(
             "agent credentials",
             ", ".join(str(c.source) for c in creds.found),

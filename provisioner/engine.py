@@ -523,10 +523,11 @@ class Engine:
             "Labels": spec.labels,
             "Env": [f"{key}={value}" for key, value in spec.environment.items()],
             "HostConfig": host_config,
-            "NetworkingConfig": {
-                "EndpointsConfig": {spec.network: {"IPAMConfig": {"IPv4Address": spec.address}}}
-            },
         }
+        if spec.address:
+            body["NetworkingConfig"] = {
+                "EndpointsConfig": {spec.network: {"IPAMConfig": {"IPv4Address": spec.address}}}
+            }
         if spec.port:
             body["ExposedPorts"] = {SSHD_PORT: {}}
         created = self._json(

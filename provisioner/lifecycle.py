@@ -27,6 +27,7 @@ from provisioner.plan import (
     LABEL_PORT,
     LABEL_PROJECT,
     LABEL_ROLE,
+    LABEL_SSH,
     LABEL_SUDO,
     SshTarget,
     connect_host,
@@ -43,7 +44,7 @@ class EnvStatus:
     name: str
     state: str  # running / exited / created / removed (container gone, keys kept)
     status: str  # Docker's words, e.g. "Up 3 hours"
-    port: int | None
+    port: int | None  # where the alias connects, with `host`
     bind: str
     project_dir: str
     image: str
@@ -55,6 +56,7 @@ class EnvStatus:
     egress: str = "-"
     limits: str = "-"
     home: str = "this"  # "this" PROV_HOME, or "other" (shown by `ls --all`)
+    host: str = ""
 
     def public(self) -> dict[str, object]:
         return asdict(self)
@@ -63,7 +65,12 @@ class EnvStatus:
 def _from_summary(item: dict[str, Any], own_home: str) -> EnvStatus:
     labels = item.get("Labels") or {}
     name = labels.get(LABEL_NAME, "")
-    port = labels.get(LABEL_PORT, "")
+    ssh_host, _, port = labels.get(LABEL_SSH, "").rpartition(":")
+    if not ssh_host:  # made before prov recorded it
+        ssh_host, port = (
+            connect_host(labels.get(LABEL_BIND, "127.0.0.1")),
+            labels.get(LABEL_PORT, ""),
+        )
     return EnvStatus(
         name=name,
         state=str(item.get("State", "unknown")),
@@ -78,6 +85,7 @@ def _from_summary(item: dict[str, Any], own_home: str) -> EnvStatus:
         host_key_fingerprint=labels.get(LABEL_HOST_KEY, ""),
         sudo=labels.get(LABEL_SUDO, "-"),
         egress=labels.get(LABEL_EGRESS, "-").split(":", 1)[0],
+        host=ssh_host,
         limits=labels.get(LABEL_LIMITS, "-"),
         home="this" if labels.get(LABEL_HOME) == own_home else "other",
     )
@@ -88,7 +96,8 @@ def _removed(record: state.EnvRecord) -> EnvStatus:
         name=record.name,
         state="removed",
         status="container removed; keys and alias kept (`prov up` recreates it)",
-        port=record.port,
+        port=record.ssh_port or record.port,
+        host=record.ssh_host,
         bind=record.bind,
         project_dir=record.project_dir,
         image="-",

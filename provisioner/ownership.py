@@ -14,7 +14,7 @@ def require_ours(info: ContainerInfo, paths: ProvPaths) -> None:
     """Refuse a container prov did not make, or that another PROV_HOME made."""
     if not info.managed:
         raise ConflictError(
-            f"A container named {info.name} exists and was not made by prov",
+            f"A container named {info.name} already exists and was not made by prov",
             f"It has status {info.status!r} and no prov labels; prov never touches "
             "containers it did not create.",
             f"choose another environment name, or remove it yourself (`docker rm -f {info.name}`).",

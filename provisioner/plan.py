@@ -41,6 +41,7 @@ LABEL_SUDO = "prov.sudo"
 LABEL_LIMITS = "prov.limits"
 LABEL_EGRESS = "prov.egress"
 LABEL_NETWORK = "prov.network"
+LABEL_SSH = "prov.ssh"  # where the alias connects: HOST:PORT
 LABEL_ROLE = "prov.role"  # "env" or "egress" (the environment's proxy)
 
 SSHD_PORT = "22/tcp"
@@ -415,6 +416,7 @@ def build_plan(
     # On an internal network Docker publishes nothing: the alias goes to the
     # environment's own address, which only this machine can reach.
     ssh_host, ssh_port = (env_address, 22) if containment.internal else (connect_host(bind), port)
+    labels[LABEL_SSH] = f"{ssh_host}:{ssh_port}"
     entry = HostEntry(
         alias=alias,
         hostname=ssh_host,

@@ -37,7 +37,9 @@ def _client_for(target: SshTarget) -> paramiko.SSHClient:
     key = paramiko.PKey.from_type_string(
         target.host_key.key_type, base64.b64decode(target.host_key.blob_b64)
     )
-    client.get_host_keys().add(f"[{target.host}]:{target.port}", target.host_key.key_type, key)
+    # known_hosts names port 22 by the bare host, any other port as [host]:port.
+    entry = target.host if target.port == 22 else f"[{target.host}]:{target.port}"
+    client.get_host_keys().add(entry, target.host_key.key_type, key)
     client.set_missing_host_key_policy(paramiko.RejectPolicy())
     return client
 

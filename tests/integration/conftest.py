@@ -7,6 +7,7 @@ labels and a per-session name prefix; all of them are removed at the end.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -144,6 +145,12 @@ def prov(
     ):
         if container.labels.get("prov.name", "").startswith(harness.prefix):
             container.remove(force=True)
+    for network in docker_client.networks.list(filters={"label": "prov.managed=true"}):
+        if network.attrs.get("Labels", {}).get("prov.name", "").startswith(harness.prefix):
+            network.remove()
+    for network in docker_client.networks.list(names=["prov-egress"]):
+        with contextlib.suppress(docker.errors.APIError):  # still used by someone's env
+            network.remove()
     subprocess.run(["pkill", "-f", f"{root}/ph/cm/"], check=False)
 
 

@@ -20,7 +20,7 @@ import pytest
 
 from provisioner.engine import Engine, _DockerPyTransport
 from provisioner.errors import DockerUnavailable, NotFound
-from provisioner.plan import LABEL_MANAGED, LABEL_NAME, ContainerSpec, Mount
+from provisioner.plan import LABEL_MANAGED, LABEL_NAME, ContainerSpec, Mount, Security
 
 
 def _free_port() -> int:
@@ -75,6 +75,9 @@ def test_container_calls(
         keys_dir=tmp_path,
         key_files=(),
         files=(),
+        security=Security(cap_add=("CHOWN",), no_new_privileges=True, pids_limit=99),
+        network="bridge",
+        address="",
     )
     container_id = engine.create(spec)
     try:
@@ -90,6 +93,10 @@ def test_container_calls(
         ]
         assert attrs["Mounts"][0]["RW"] is False
         assert attrs["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
+        host_config = attrs["HostConfig"]
+        assert (host_config["CapDrop"], host_config["CapAdd"]) == (["ALL"], ["CHOWN"])
+        assert host_config["SecurityOpt"] == ["no-new-privileges:true"]
+        assert host_config["PidsLimit"] == 99
 
         engine.inject_files(container_id, [("/tmp/put", 0o600, b"secret-ish\n")])
         stream, _ = docker_client.api.get_archive(container_id, "/tmp/put")

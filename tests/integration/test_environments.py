@@ -94,7 +94,7 @@ def test_keys_mount_is_read_only_and_holds_no_client_key(
     cannot change the host's copy."""
     name = prov.name("keysmount")
     prov.project(name)
-    env = prov.up(name)
+    env = prov.up(name, "--sudo")  # root inside, to try the host's copy
     alias = str(env["ssh_alias"])
     listing = prov.ssh(alias, "sudo ls -A /etc/prov/keys")
     assert listing.returncode == 0, listing.stderr

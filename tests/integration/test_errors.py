@@ -132,7 +132,7 @@ def test_port_in_use(prov: Prov, docker_client: docker.DockerClient) -> None:
         listener.bind(("127.0.0.1", 0))
         listener.listen()
         port = listener.getsockname()[1]
-        result = prov.run("up", name, "--port", str(port))
+        result = prov.run("up", name, "--egress", "open", "--port", str(port))
     _assert_clean_failure(result, 4, f"Port {port}", "in use")
     assert prov_containers(docker_client, name) == []
 
@@ -151,7 +151,9 @@ def test_port_reserved_by_stopped_container(
     try:
         name = prov.name("reserved")
         prov.project(name)
-        _assert_clean_failure(prov.run("up", name, "--port", str(port)), 4, "reserved")
+        _assert_clean_failure(
+            prov.run("up", name, "--egress", "open", "--port", str(port)), 4, "reserved"
+        )
         assert prov_containers(docker_client, name) == []
     finally:
         holder.remove(force=True)

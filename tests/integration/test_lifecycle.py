@@ -43,7 +43,7 @@ def test_two_environments_have_different_host_keys(prov: Prov) -> None:
     env_a, env_b = prov.up(a), prov.up(b)
     assert env_a["host_key_fingerprint"] != env_b["host_key_fingerprint"]
     assert env_a["identity_file"] != env_b["identity_file"]
-    assert env_a["port"] != env_b["port"]
+    assert env_a["host"] != env_b["host"]
     assert prov.ssh(str(env_a["ssh_alias"]), "hostname").stdout.strip() == a
     assert prov.ssh(str(env_b["ssh_alias"]), "hostname").stdout.strip() == b
 

@@ -54,17 +54,17 @@ def test_drift_is_reported_not_applied(prov: Prov, docker_client: docker.DockerC
     applies it and keeps the host key."""
     name = prov.name("drift")
     prov.project(name)
-    env = prov.up(name)
+    env = prov.up(name, "--egress", "open")
     before = docker_client.containers.get(f"prov-{name}").id
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         other = probe.getsockname()[1]
-    result = prov.run("up", name, "--port", str(other))
+    result = prov.run("up", name, "--egress", "open", "--port", str(other))
     assert result.returncode == 4
     assert "differs" in result.stderr and f"asked '{other}'" in result.stderr
     assert "--recreate" in result.stderr
     assert docker_client.containers.get(f"prov-{name}").id == before
-    moved = prov.up(name, "--port", str(other), "--recreate")
+    moved = prov.up(name, "--egress", "open", "--port", str(other), "--recreate")
     assert moved["port"] == other
     assert moved["host_key_fingerprint"] == env["host_key_fingerprint"]
     assert docker_client.containers.get(f"prov-{name}").id != before
@@ -93,7 +93,7 @@ def _first_free_port() -> int:
 def test_auto_port_skips_port_of_stopped_container(
     prov: Prov, docker_client: docker.DockerClient
 ) -> None:
-    """Without --port, prov skips a port a stopped container holds in Docker's config."""
+    """With --egress open and no --port, prov skips a port a stopped container holds."""
     name = prov.name("autoport")
     prov.project(name)
     image = docker_client.images.list(name="prov-base")[0]
@@ -102,7 +102,7 @@ def test_auto_port_skips_port_of_stopped_container(
         image.id, "true", ports={"22/tcp": ("127.0.0.1", taken)}
     )
     try:
-        env = prov.up(name)
+        env = prov.up(name, "--egress", "open")
         assert env["port"] != taken
     finally:
         holder.remove(force=True)
@@ -125,7 +125,7 @@ def test_concurrent_up_processes(prov: Prov) -> None:
     ]
     results = [json.loads(p.communicate(timeout=300)[0]) for p in procs]
     assert all(p.returncode == 0 for p in procs)
-    assert results[0]["port"] != results[1]["port"]
+    assert results[0]["host"] != results[1]["host"]
     config = (prov.prov_home / "ssh_config").read_text()
     known = (prov.prov_home / "known_hosts").read_text()
     for name in names:
@@ -143,7 +143,7 @@ def test_up_several_names(prov: Prov) -> None:
     data = _json(result)
     assert isinstance(data, list)
     assert [d["name"] for d in data] == names
-    assert len({d["port"] for d in data}) == 3
+    assert len({d["host"] for d in data}) == 3  # an address (and network) each
     for name in names:
         assert prov.ssh(f"prov-{name}", "hostname").stdout.strip() == name
 

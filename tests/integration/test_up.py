@@ -6,6 +6,7 @@ import json
 import shlex
 import stat
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -28,7 +29,7 @@ def test_up_reports_everything_ntm_and_ssh_need(prov: Prov, env: dict[str, objec
     assert env["name"] == name
     assert env["container"] == f"prov-{name}"
     assert env["ssh_alias"] == f"prov-{name}"
-    assert env["host"] == "127.0.0.1"
+    assert str(env["host"]).startswith("10.213.") and env["port"] == 22  # its own address
     assert env["user"] == "agent"
     assert str(env["host_key_fingerprint"]).startswith("SHA256:")
     assert env["project_dir"] == str(prov.projects / name)
@@ -37,13 +38,31 @@ def test_up_reports_everything_ntm_and_ssh_need(prov: Prov, env: dict[str, objec
     assert stat.S_IMODE(prov.prov_home.stat().st_mode) == 0o700
 
 
-def test_published_on_loopback_only(
+def test_nothing_published_by_default(
     docker_client: docker.DockerClient, env: dict[str, object]
 ) -> None:
-    """Docker publishes sshd on 127.0.0.1 only, at the reported port."""
+    """On its internal network the environment publishes no host port at all: sshd is
+    reached at its own address, which only this machine can reach."""
+    container = docker_client.containers.get(str(env["container"]))
+    assert not container.attrs["HostConfig"].get("PortBindings")
+    networks = container.attrs["NetworkSettings"]["Networks"]
+    assert list(networks) == [f"{env['container']}-net"]
+    assert networks[f"{env['container']}-net"]["IPAddress"] == env["host"]
+    assert docker_client.networks.get(f"{env['container']}-net").attrs["Internal"] is True
+
+
+def test_published_on_loopback_only_with_open_egress(
+    prov: Prov, docker_client: docker.DockerClient
+) -> None:
+    """With --egress open, Docker publishes sshd on 127.0.0.1 only, at the reported port."""
+    name = prov.name("openpub")
+    prov.project(name)
+    env = prov.up(name, "--egress", "open")
+    assert env["host"] == "127.0.0.1"
     container = docker_client.containers.get(str(env["container"]))
     bindings = container.attrs["NetworkSettings"]["Ports"]["22/tcp"]
     assert bindings == [{"HostIp": "127.0.0.1", "HostPort": str(env["port"])}]
+    assert prov.ssh(f"prov-{name}", "true").returncode == 0
 
 
 def test_system_ssh_through_alias_with_strict_pinning(prov: Prov, env: dict[str, object]) -> None:
@@ -173,7 +192,8 @@ def test_ssh_test_passes_every_step(prov: Prov, env: dict[str, object]) -> None:
 def test_ssh_audit_finds_no_failures(env: dict[str, object]) -> None:
     """ssh-audit reports no failures (exit 0 good, 2 warnings only, 3 failures)."""
     result = subprocess.run(
-        ["ssh-audit", "-p", str(env["port"]), "127.0.0.1"],
+        # The venv's own ssh-audit: a fresh machine has none on PATH.
+        [str(Path(sys.executable).parent / "ssh-audit"), "-p", str(env["port"]), str(env["host"])],
         capture_output=True,
         text=True,
         timeout=60,
