@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from provisioner.errors import BuildError, ConflictError, DockerUnavailable, NotFound, ProvError
-from provisioner.plan import LABEL_HOME, LABEL_MANAGED, SSHD_PORT, ContainerSpec, NetworkSpec
+from provisioner.plan import LABEL_MANAGED, SSHD_PORT, ContainerSpec, NetworkSpec
 
 if TYPE_CHECKING:
     import docker
@@ -60,11 +60,6 @@ class ContainerInfo:
     @property
     def managed(self) -> bool:
         return self.labels.get(LABEL_MANAGED) == "true"
-
-    def owned_by(self, home_id: str) -> bool:
-        """Made by prov for the PROV_HOME with this identity (not another home's)."""
-        return self.managed and self.labels.get(LABEL_HOME) == home_id
-
     @property
     def running(self) -> bool:
         return self.status == "running"

@@ -15,7 +15,7 @@ from provisioner.engine import ContainerInfo, Engine
 from provisioner.errors import NotFound
 from provisioner.fsutil import file_lock
 from provisioner.openssh import stop_master
-from provisioner.ownership import require_ours
+from provisioner.ownership import is_ours, require_ours
 from provisioner.plan import (
     LABEL_AGENTS,
     LABEL_BIND,
@@ -62,7 +62,7 @@ class EnvStatus:
         return asdict(self)
 
 
-def _from_summary(item: dict[str, Any], own_home: str) -> EnvStatus:
+def _from_summary(item: dict[str, Any], paths: ProvPaths) -> EnvStatus:
     labels = item.get("Labels") or {}
     name = labels.get(LABEL_NAME, "")
     ssh_host, _, port = labels.get(LABEL_SSH, "").rpartition(":")
@@ -87,7 +87,7 @@ def _from_summary(item: dict[str, Any], own_home: str) -> EnvStatus:
         egress=labels.get(LABEL_EGRESS, "-").split(":", 1)[0],
         host=ssh_host,
         limits=labels.get(LABEL_LIMITS, "-"),
-        home="this" if labels.get(LABEL_HOME) == own_home else "other",
+        home="this" if is_ours(labels, paths) else "other",
     )
 
 
@@ -114,9 +114,8 @@ def list_envs(paths: ProvPaths | None = None, everyone: bool = False) -> list[En
     containers of other PROV_HOMEs, marked as such."""
     paths = paths or ProvPaths.from_env()
     engine = Engine.connect()
-    own = home_id(paths)
     envs = [
-        _from_summary(item, own)
+        _from_summary(item, paths)
         for item in engine.summaries()
         if (item.get("Labels") or {}).get(LABEL_ROLE, "env") == "env"
     ]

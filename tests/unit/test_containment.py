@@ -173,3 +173,23 @@ def test_loose_private_dir_tightened(tmp_path: Path) -> None:
     loose.chmod(0o755)
     ensure_private_dir(loose)
     assert loose.stat().st_mode & 0o777 == 0o700
+
+
+def test_ownership_by_home_label_and_legacy_host_key(tmp_path: Path) -> None:
+    """A container is ours when it carries this PROV_HOME's identity; one from before
+    identities were recorded is ours only if it serves the host key kept here."""
+    from provisioner import keys
+    from provisioner.config import ProvPaths
+    from provisioner.ownership import is_ours
+    from provisioner.plan import home_id
+
+    paths = ProvPaths(tmp_path / "ph")
+    pair = keys.load_or_create(paths.env_dir("demo"), keys.HOST_KEY_NAME, "h")
+    base = {"prov.managed": "true", "prov.name": "demo"}
+    assert is_ours({**base, "prov.home": home_id(paths)}, paths)
+    assert not is_ours({**base, "prov.home": "0" * 16}, paths)
+    legacy = {**base, "prov.host-key-fingerprint": pair.public.fingerprint}
+    assert is_ours(legacy, paths)
+    assert not is_ours({**legacy, "prov.host-key-fingerprint": "SHA256:other"}, paths)
+    assert not is_ours({**legacy, "prov.managed": "false"}, paths)
+    assert not is_ours({**legacy, "prov.name": "../demo"}, paths)
