@@ -19,8 +19,9 @@ from pathlib import Path, PurePosixPath
 
 from provisioner.errors import UsageError
 
-# Host directories an agent must not get, nor anything inside or above them.
-SYSTEM_DIRS = (
+# The system: never a mount source (nor anything inside or above it), never
+# covered by a mount target.
+SYSTEM = (
     "/etc",
     "/usr",
     "/bin",
@@ -35,10 +36,9 @@ SYSTEM_DIRS = (
     "/sys",
     "/run",
     "/var/run",
-    "/var/lib/docker",
-    "/var/lib/containerd",
-    "/var/log",
 )
+# Host directories an agent must not get, nor anything inside or above them.
+SYSTEM_DIRS = (*SYSTEM, "/var/lib/docker", "/var/lib/containerd", "/var/log")
 # Directories refused as themselves or anything above them (what lies inside,
 # such as a project under /home/alice or /tmp, is fine): they hold other
 # users' homes, sockets (ssh-agent's in /tmp) or the whole system's state.
@@ -48,22 +48,7 @@ SECRET_DIRS = (".ssh", ".gnupg", ".aws", ".docker", ".kube", ".config/gcloud")
 
 # Container paths a mount may not cover: the system, and what prov puts there
 # (the keys mount and copies, the session env, sshd's config, the agent's home).
-PROTECTED_TARGETS = (
-    "/etc",
-    "/usr",
-    "/bin",
-    "/sbin",
-    "/lib",
-    "/lib32",
-    "/lib64",
-    "/libx32",
-    "/boot",
-    "/proc",
-    "/sys",
-    "/dev",
-    "/run",
-    "/var/run",
-)
+PROTECTED_TARGETS = SYSTEM
 PROV_TARGETS = ("/etc/prov", "/etc/ssh", "/home/agent", "/usr/local/bin", "/usr/local/sbin")
 
 OVERRIDE = "--allow-unsafe-mount"
