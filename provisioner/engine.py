@@ -60,6 +60,7 @@ class ContainerInfo:
     @property
     def managed(self) -> bool:
         return self.labels.get(LABEL_MANAGED) == "true"
+
     @property
     def running(self) -> bool:
         return self.status == "running"

@@ -828,6 +828,27 @@ def _created_here(
     return None
 
 
+def _start_beside(engine: Engine, proxy_id: str, then: Callable[[], None]) -> None:
+    """Start a new proxy while `then` starts its environment: sshd does not need
+    the proxy to be up, so the two starts overlap."""
+    errors: list[ProvError] = []
+
+    def start_proxy() -> None:
+        try:
+            engine.start(proxy_id)
+        except ProvError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=start_proxy, daemon=True)
+    thread.start()
+    try:
+        then()
+    finally:
+        thread.join()
+    if errors:
+        raise errors[0]
+
+
 def _launch(
     engine: Engine,
     plan: Plan,
@@ -842,9 +863,18 @@ def _launch(
     if plan.egress is not None:
         proxy = proxy_id or engine.find(plan.egress.container.name)
         if isinstance(proxy, str):
-            engine.start(proxy)
-        elif proxy is not None and not proxy.running:
+            _start_beside(
+                engine, proxy, lambda: _start_env(engine, plan, action, container_id, reporter)
+            )
+            return
+        if proxy is not None and not proxy.running:
             engine.start(proxy.id)
+    _start_env(engine, plan, action, container_id, reporter)
+
+
+def _start_env(
+    engine: Engine, plan: Plan, action: str, container_id: str, reporter: Reporter
+) -> None:
     if action == "started":
         reporter.step("starting the stopped container")
         engine.start(container_id)
