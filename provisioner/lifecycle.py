@@ -20,7 +20,6 @@ from provisioner.plan import (
     LABEL_AGENTS,
     LABEL_BIND,
     LABEL_EGRESS,
-    LABEL_HOME,
     LABEL_HOST_KEY,
     LABEL_LIMITS,
     LABEL_NAME,
@@ -32,7 +31,6 @@ from provisioner.plan import (
     SshTarget,
     connect_host,
     container_name,
-    home_id,
     network_name,
     proxy_name,
 )
@@ -277,7 +275,7 @@ def rm(name: str, paths: ProvPaths | None = None) -> Removal:
     if proxy is not None:
         engine.remove(proxy.id)
     net = engine.network(network_name(name))
-    if net is not None and (net.get("Labels") or {}).get(LABEL_HOME) == home_id(paths):
+    if net is not None and is_ours(net.get("Labels") or {}, paths):
         engine.remove_network(network_name(name))
     with file_lock(paths.lock):
         sshconf.delete_entry(paths.ssh_config, alias)

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from provisioner import egress, host, keys, mountpolicy, netplan, openssh, ready, sshconf, state
 from provisioner.config import (
@@ -36,7 +36,7 @@ from provisioner.engine import ContainerInfo, Engine
 from provisioner.errors import ConfigError, ConflictError, NotReady, ProvError, UsageError
 from provisioner.fsutil import atomic_write, ensure_private_dir, file_lock, require_own_home
 from provisioner.image import BuiltImage, ImageRequest, ensure_egress_image, ensure_image
-from provisioner.ownership import require_ours
+from provisioner.ownership import is_ours, require_ours
 from provisioner.plan import (
     LABEL_BIND,
     LABEL_EGRESS,
@@ -52,7 +52,6 @@ from provisioner.plan import (
     build_network,
     build_plan,
     container_name,
-    home_id,
     network_name,
     proxy_name,
 )
@@ -200,6 +199,7 @@ class _Pending:
     mounted: tuple[host.CredentialMount, ...]
     session_env: tuple[tuple[str, str], ...]
     record: state.EnvRecord | None
+    existing_proxy: ContainerInfo | None
     egress_image: str
     allow: tuple[str, ...]
     port: int = 0
@@ -207,6 +207,7 @@ class _Pending:
     action: str | None = None  # set once _converge decided
     container_id: str | None = None
     proxy_id: str | None = None  # set when this run created the proxy
+    network: dict[str, Any] | None = None  # Docker's view of its network, if it exists
     network_created: bool = False
 
     @property
@@ -316,9 +317,9 @@ def _prepare(
     existing = engine.find(cname)
     if existing is not None:
         require_ours(existing, paths)
-    proxy = engine.find(proxy_name(request.name))
-    if proxy is not None:
-        require_ours(proxy, paths)
+    existing_proxy = engine.find(proxy_name(request.name))
+    if existing_proxy is not None:
+        require_ours(existing_proxy, paths)
     if not is_loopback(request.bind):
         reporter.warn(
             f"SSH will be published on {request.bind}, reachable from other "
@@ -405,6 +406,7 @@ def _prepare(
         mounted=mounted,
         session_env=session_env,
         record=state.load(paths, request.name),
+        existing_proxy=existing_proxy,
         egress_image=egress_image,
         allow=allow,
     )
@@ -462,7 +464,8 @@ def _place(
                         pending.existing,
                         pending.record.port if pending.record else None,
                     )
-                network, addrs = _network_for(engine, request, paths, used)
+                pending.network = engine.network(network_name(request.name))
+                network, addrs = _network_for(pending.network, request, paths, used)
                 used.append(addrs.subnet)
                 pending.plan = build_plan(
                     name=request.name,
@@ -516,7 +519,9 @@ def _finish(engine: Engine, pending: _Pending, paths: ProvPaths, poll: float) ->
     host_pair, identity = pending.host_pair, pending.identity
     alias = sshconf.alias_for(request.name)
     try:
-        _launch(engine, plan, action, container_id, reporter, pending.proxy_id)
+        _launch(
+            engine, plan, action, container_id, reporter, pending.proxy_id or pending.existing_proxy
+        )
         target = SshTarget(plan.ssh.hostname, plan.ssh.port, AGENT_USER, host_pair.public, identity)
         with file_lock(paths.lock):
             sshconf.pin_host_key(
@@ -699,15 +704,16 @@ def _subnets(texts: list[str]) -> list[ipaddress.IPv4Network]:
 
 
 def _network_for(
-    engine: Engine, request: UpRequest, paths: ProvPaths, used: list[ipaddress.IPv4Network]
+    existing: dict[str, Any] | None,
+    request: UpRequest,
+    paths: ProvPaths,
+    used: list[ipaddress.IPv4Network],
 ) -> tuple[NetworkSpec, netplan.Addresses]:
     """The environment's network: the existing one (same addresses, so the
     alias stays valid), else a new /28 that overlaps nothing in `used`."""
-    existing = engine.network(network_name(request.name))
     subnet = None
     if existing is not None:
-        labels = existing.get("Labels") or {}
-        if labels.get("prov.home") != home_id(paths):
+        if not is_ours(existing.get("Labels") or {}, paths):
             raise ConflictError(
                 f"Docker network {network_name(request.name)} is not this prov home's",
                 "It was made by another PROV_HOME, or by someone else.",
@@ -737,9 +743,9 @@ def _converge(engine: Engine, pending: _Pending, paths: ProvPaths) -> None:
     )
     assert plan is not None  # noqa: S101 - _place builds it first
     c = plan.container
-    proxy = engine.find(proxy_name(request.name))
+    proxy = pending.existing_proxy
+    drift = _drift(existing, plan) if existing is not None else []
     if existing is not None:
-        drift = _drift(existing, plan)
         if not drift:
             if plan.egress is not None and proxy is None:
                 pending.proxy_id = engine.create(plan.egress.container)
@@ -767,22 +773,20 @@ def _converge(engine: Engine, pending: _Pending, paths: ProvPaths) -> None:
         )
     action = "created"
     if existing is not None:
-        reporter.step("recreating the container: " + "; ".join(_drift(existing, plan)))
+        reporter.step("recreating the container: " + "; ".join(drift))
         engine.remove(existing.id)
         action = "recreated"
     if proxy is not None:
         engine.remove(proxy.id)
-    net = engine.network(plan.network.name)
+    net = pending.network
     if net is not None and bool(net.get("Internal")) != plan.network.internal:
         engine.remove_network(plan.network.name)  # egress changed: open <-> internal
         net = None
+    if plan.egress is not None:
+        engine.create_plain_network(EGRESS_NETWORK, {"prov.managed": "true"})
     if net is None:
-        if plan.egress is not None:
-            engine.create_plain_network(EGRESS_NETWORK, {"prov.managed": "true"})
         engine.create_network(plan.network)
         pending.network_created = True
-    elif plan.egress is not None:
-        engine.create_plain_network(EGRESS_NETWORK, {"prov.managed": "true"})
     reporter.step("creating the container")
     ensure_private_dir(c.keys_dir)
     for key_file in c.key_files:
@@ -855,14 +859,14 @@ def _launch(
     action: str,
     container_id: str,
     reporter: Reporter,
-    proxy_id: str | None = None,
+    proxy: str | ContainerInfo | None = None,
 ) -> None:
-    """Start a new or stopped container (its egress proxy first). A new one
-    gets its session environment (if any) right after starting, while its
-    entrypoint sets up the user; a stopped one has it already."""
+    """Start a new or stopped container and its egress proxy (a new proxy
+    starts beside it, a stopped one first). A new container gets its session
+    environment (if any) right after starting, while its entrypoint sets up
+    the user; a stopped one has it already."""
     if plan.egress is not None:
-        proxy = proxy_id or engine.find(plan.egress.container.name)
-        if isinstance(proxy, str):
+        if isinstance(proxy, str):  # created by this run
             _start_beside(
                 engine, proxy, lambda: _start_env(engine, plan, action, container_id, reporter)
             )
