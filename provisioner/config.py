@@ -374,7 +374,19 @@ class ProvPaths:
 
     @property
     def lock(self) -> Path:
+        """Serialises edits of shared files, port and subnet choice, placement."""
         return self.home / ".lock"
+
+    @property
+    def egress_defaults(self) -> Path:
+        """Cache of the default egress allowlist (registries read from config)."""
+        return self.home / "cache" / "egress-defaults.json"
+
+    @property
+    def keys_lock(self) -> Path:
+        """Serialises key creation, apart from `lock` so that environments can be
+        prepared while others are placed (never held while waiting for `lock`)."""
+        return self.home / ".keys.lock"
 
     @property
     def envs(self) -> Path:

@@ -11,15 +11,21 @@ own files never can (a cloned repository must not open the network).
 
 from __future__ import annotations
 
-import functools
+import contextlib
+import hashlib
+import json
 import os
+import shutil
 import subprocess
+import sys
+import threading
 import urllib.parse
 from pathlib import Path
 
 from provisioner import baseimage, host
 from provisioner.config import parse_domain
 from provisioner.errors import ConfigError, UsageError
+from provisioner.fsutil import atomic_write
 
 AGENT_DOMAINS = (
     # Claude Code: API, login, its feature flags and error reports.
@@ -94,11 +100,57 @@ def _apt_mirror() -> str | None:
     return _host_of(mirror) if mirror else None
 
 
-@functools.cache
-def default_allowlist() -> tuple[str, ...]:
-    """Read once a run: `prov up a b c` asks npm (~0.1 s) only once."""
+_DEFAULTS_LOCK = threading.Lock()
+_defaults: tuple[str, ...] | None = None
+NPMRC_FILES = ("/etc/npmrc", "/usr/etc/npmrc")
+ENV_INPUTS = ("NPM_CONFIG_REGISTRY", "npm_config_registry", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL")
+
+
+def _inputs_fingerprint() -> str:
+    """What the registries are read from: a change in any of these files (or
+    in npm itself) or variables gives another fingerprint."""
+    files = [Path.home() / ".npmrc", *map(Path, NPMRC_FILES), Path("/etc/os-release")]
+    files += [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]
+    npm = shutil.which("npm")
+    if npm:
+        files.append(Path(os.path.realpath(npm)))
+    stats = []
+    for path in files:
+        try:
+            st = path.stat()
+            stats.append(f"{path}:{st.st_mtime_ns}:{st.st_size}")
+        except OSError:
+            stats.append(f"{path}:-")
+    env = [f"{v}={os.environ.get(v, '')}" for v in ENV_INPUTS]
+    digest = hashlib.sha256("\n".join([*stats, *env, sys.version]).encode())
+    return digest.hexdigest()
+
+
+def default_allowlist(cache: Path | None = None) -> tuple[str, ...]:
+    """The default names; read once a run (`prov up a b c` asks npm, ~0.5 s of
+    CPU, once) and kept in `cache` until the configuration it came from changes."""
+    global _defaults
+    with _DEFAULTS_LOCK:
+        if _defaults is None:
+            _defaults = _cached_defaults(cache)
+        return _defaults
+
+
+def _cached_defaults(cache: Path | None) -> tuple[str, ...]:
+    fingerprint = _inputs_fingerprint() if cache is not None else ""
+    if cache is not None:
+        try:
+            data = json.loads(cache.read_text())
+            if data.get("inputs") == fingerprint and all(isinstance(d, str) for d in data["names"]):
+                return tuple(data["names"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            pass  # missing or unreadable: read the configuration again
     registries = [h for h in (_npm_registry(), _apt_mirror(), *_pip_indexes()) if h]
-    return tuple(dict.fromkeys([*AGENT_DOMAINS, *GITHUB_DOMAINS, *registries]))
+    names = tuple(dict.fromkeys([*AGENT_DOMAINS, *GITHUB_DOMAINS, *registries]))
+    if cache is not None:
+        with contextlib.suppress(OSError):  # only a cache
+            atomic_write(cache, json.dumps({"inputs": fingerprint, "names": names}))
+    return names
 
 
 def user_allowlist() -> tuple[str, ...]:
@@ -125,7 +177,7 @@ def user_allowlist() -> tuple[str, ...]:
     return tuple(domains)
 
 
-def allowlist(extra: tuple[str, ...]) -> tuple[str, ...]:
+def allowlist(extra: tuple[str, ...], cache: Path | None = None) -> tuple[str, ...]:
     """Everything an allowlist environment may reach, sorted, without repeats."""
-    names = [*default_allowlist(), *user_allowlist(), *(parse_domain(d) for d in extra)]
+    names = [*default_allowlist(cache), *user_allowlist(), *(parse_domain(d) for d in extra)]
     return tuple(sorted(set(names)))

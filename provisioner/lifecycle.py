@@ -277,7 +277,7 @@ def rm(name: str, paths: ProvPaths | None = None) -> Removal:
     net = engine.network(network_name(name))
     if net is not None and is_ours(net.get("Labels") or {}, paths):
         engine.remove_network(network_name(name))
-    with file_lock(paths.lock):
+    with file_lock(paths.lock), file_lock(paths.keys_lock):
         sshconf.delete_entry(paths.ssh_config, alias)
         sshconf.unpin_host_key(paths.known_hosts, alias)
         existed = env_dir.exists()

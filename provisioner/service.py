@@ -16,7 +16,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -230,13 +230,14 @@ def up_many(
 ) -> list[UpOutcome]:
     """Bring environments up together; one outcome per item, in order.
 
-    Phased so that ten environments cost little more than one: each is
-    prepared (project, keys, image) in parallel; then, under prov's lock, the
-    ports Docker has reserved are listed once (Docker's container list waits
-    for containers that are starting, so it must come before any start) and
-    the containers are created one by one, each handed on to be started and
-    awaited in parallel as soon as it exists. A failure affects only its own
-    environment; Ctrl-C undoes what this run created, for all of them.
+    Pipelined so that ten environments cost little more than one: each is
+    prepared (project, keys, image) in parallel; meanwhile, under prov's lock,
+    the ports Docker has reserved are listed once (Docker's container list
+    waits for containers that are starting, so it must come before any start)
+    and each environment, as soon as it is prepared, gets its network and
+    containers, then is handed on to be started and awaited in parallel. A
+    failure affects only its own environment; Ctrl-C undoes what this run
+    created, for all of them.
     """
     paths = paths or ProvPaths.from_env()
     require_own_home()
@@ -248,11 +249,10 @@ def up_many(
     def prepare(item: tuple[UpRequest, Reporter]) -> _Pending:
         return _prepare(engine, item[0], item[1], paths, images, images_lock)
 
-    outcomes: list[_Pending | UpOutcome] = list(_each(prepare, items))
-    pendings = [o for o in outcomes if isinstance(o, _Pending)]
     # Many containers starting at once share the CPU; polling their ports
     # as often as for one would only take more of it.
-    poll = BANNER_POLL if len(pendings) <= 1 else BANNER_POLL_CROWDED
+    poll = BANNER_POLL if len(items) <= 1 else BANNER_POLL_CROWDED
+    publishing = any(not request.containment.internal for request, _ in items)
 
     def finish(pending: _Pending) -> UpOutcome:
         try:
@@ -260,23 +260,43 @@ def up_many(
         except ProvError as exc:
             return exc
 
+    outcomes: list[_Pending | UpOutcome]
     placed: list[_Pending] = []
     done: dict[int, UpOutcome] = {}
     try:
-        if len(pendings) <= 1:
-            done.update(_place(engine, pendings, paths, placed))
+        if len(items) <= 1:
+            outcomes = list(_each(prepare, items))
+            pendings = [o for o in outcomes if isinstance(o, _Pending)]
+            done.update(_place(engine, pendings, paths, placed, publishing))
             for pending in placed:
                 done[id(pending)] = finish(pending)
         else:
-            from concurrent.futures import Future, ThreadPoolExecutor
+            from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 
+            workers = min(len(items), 32)
             futures: dict[int, Future[UpOutcome]] = {}
-            with ThreadPoolExecutor(max_workers=min(len(pendings), 32)) as pool:
+            with (
+                ThreadPoolExecutor(max_workers=workers) as preparing,
+                ThreadPoolExecutor(max_workers=workers) as finishing,
+            ):
+                prepared = [preparing.submit(_guarded, prepare, item) for item in items]
+
+                def in_order_of_readiness() -> Iterator[_Pending]:
+                    for future in as_completed(prepared):
+                        outcome = future.result()
+                        if isinstance(outcome, _Pending):
+                            yield outcome
 
                 def launch(pending: _Pending) -> None:
-                    futures[id(pending)] = pool.submit(finish, pending)
+                    futures[id(pending)] = finishing.submit(finish, pending)
 
-                done.update(_place(engine, pendings, paths, placed, launch))
+                # Each environment is placed as soon as it is prepared, while
+                # the others are still being prepared (_prepare never waits
+                # for the lock _place holds).
+                done.update(
+                    _place(engine, in_order_of_readiness(), paths, placed, publishing, launch)
+                )
+                outcomes = [future.result() for future in prepared]
                 done.update({key: future.result() for key, future in futures.items()})
     except BaseException:
         for pending in placed:
@@ -285,23 +305,24 @@ def up_many(
     return [done[id(o)] if isinstance(o, _Pending) else o for o in outcomes]
 
 
+def _guarded(fn: Callable[[_T], _R], item: _T) -> _R | ProvError:
+    try:
+        return fn(item)
+    except ProvError as exc:
+        return exc
+
+
 def _each(fn: Callable[[_T], _R], items: Sequence[_T]) -> list[_R | ProvError]:
     """`fn` over `items`, in threads when there are several; a ProvError is that
     item's outcome, anything else (Ctrl-C) propagates once all have finished."""
 
-    def guarded(item: _T) -> _R | ProvError:
-        try:
-            return fn(item)
-        except ProvError as exc:
-            return exc
-
     if len(items) <= 1:
-        return [guarded(item) for item in items]
+        return [_guarded(fn, item) for item in items]
     # Imported here: it loads logging too (~10 ms), which one environment skips.
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=min(len(items), 32)) as pool:
-        return list(pool.map(guarded, items))
+        return list(pool.map(lambda item: _guarded(fn, item), items))
 
 
 def _prepare(
@@ -363,7 +384,7 @@ def _prepare(
     if session_env:
         reporter.note("environment passed to sessions: " + ", ".join(k for k, _ in session_env))
 
-    with file_lock(paths.lock):
+    with file_lock(paths.keys_lock):
         public, identity, key_source = _identity(request, paths)
         host_pair = keys.load_or_create(
             paths.env_dir(request.name), keys.HOST_KEY_NAME, f"prov-{request.name}-host"
@@ -378,7 +399,7 @@ def _prepare(
     egress_image: str = ""
     allow: tuple[str, ...] = ()
     if request.containment.egress == "allowlist":
-        allow = egress.allowlist(request.containment.allow)
+        allow = egress.allowlist(request.containment.allow, paths.egress_defaults)
         with images_lock:
             egress_image = ensure_egress_image(
                 engine, request.base_image, reporter.note, reporter.detail
@@ -437,23 +458,24 @@ def _check_mounts(
 
 def _place(
     engine: Engine,
-    pendings: list[_Pending],
+    pendings: Iterable[_Pending],
     paths: ProvPaths,
     placed: list[_Pending],
+    publishing: bool,
     on_placed: Callable[[_Pending], None] | None = None,
 ) -> dict[int, ProvError]:
-    """Give each environment its port and container, under prov's lock (a
-    created container reserves its port in Docker's eyes). Each one that gets
-    this far is appended to `placed` and passed to `on_placed`; failures come
-    back keyed by id()."""
+    """Give each environment its network, port and container, under prov's lock
+    (a created container reserves its port in Docker's eyes). Each one that
+    gets this far is appended to `placed` and passed to `on_placed`; failures
+    come back keyed by id(). `publishing`: some environment publishes a port
+    (then the ports Docker has reserved are listed first)."""
     errors: dict[int, ProvError] = {}
-    if not pendings:
-        return errors
+    seen: list[_Pending] = []
     with file_lock(paths.lock):
-        publishing = any(not p.request.containment.internal for p in pendings)
         reserved = engine.reserved_ports() if publishing else set()
         used = [*_subnets(engine.network_subnets()), *netplan.host_routes()]
         for pending in pendings:
+            seen.append(pending)
             placed.append(pending)
             request = pending.request
             try:
@@ -498,13 +520,21 @@ def _place(
                 )
                 _converge(engine, pending, paths)
                 reserved.add(pending.port)
+                # The alias is written here, under the lock _place holds anyway,
+                # so that no environment's start waits for the others' placing.
+                pair = pending.host_pair
+                alias = sshconf.alias_for(request.name)
+                sshconf.pin_host_key(
+                    paths.known_hosts, alias, pair.public.key_type, pair.public.blob_b64
+                )
+                sshconf.write_entry(paths.ssh_config, pending.plan.ssh)
                 if on_placed is not None:
                     on_placed(pending)
             except ProvError as exc:
                 placed.remove(pending)
                 errors[id(pending)] = exc
     # Outside the lock, which _abandon takes itself.
-    for pending in pendings:
+    for pending in seen:
         if id(pending) in errors:
             _abandon(engine, pending, paths)
     return errors
@@ -518,24 +548,27 @@ def _finish(engine: Engine, pending: _Pending, paths: ProvPaths, poll: float) ->
     request, reporter, port = pending.request, pending.reporter, pending.port
     host_pair, identity = pending.host_pair, pending.identity
     alias = sshconf.alias_for(request.name)
+    proxy_start: _Background | None = None
     try:
-        _launch(
+        proxy_start = _launch(
             engine, plan, action, container_id, reporter, pending.proxy_id or pending.existing_proxy
         )
         target = SshTarget(plan.ssh.hostname, plan.ssh.port, AGENT_USER, host_pair.public, identity)
-        with file_lock(paths.lock):
-            sshconf.pin_host_key(
-                paths.known_hosts, alias, host_pair.public.key_type, host_pair.public.blob_b64
-            )
-            sshconf.write_entry(paths.ssh_config, plan.ssh)
         if action == "unchanged":
             seconds = recheck_ssh(paths, alias)
         else:
             seconds = await_ssh(
                 engine, paths, target, alias, container_id, request.timeout, reporter, poll
             )
-    except ProvError:
-        _abandon(engine, pending, paths)
+        if proxy_start is not None:
+            proxy_start.join()
+            proxy_start = None
+    except BaseException as exc:
+        if proxy_start is not None:  # never remove a container while it is being started
+            with contextlib.suppress(ProvError):
+                proxy_start.join()
+        if isinstance(exc, ProvError):  # anything else: up_many undoes every environment
+            _abandon(engine, pending, paths)
         raise
 
     with file_lock(paths.lock):
@@ -832,25 +865,24 @@ def _created_here(
     return None
 
 
-def _start_beside(engine: Engine, proxy_id: str, then: Callable[[], None]) -> None:
-    """Start a new proxy while `then` starts its environment: sshd does not need
-    the proxy to be up, so the two starts overlap."""
-    errors: list[ProvError] = []
+class _Background:
+    """A start that runs while the caller goes on; `join` raises what it raised."""
 
-    def start_proxy() -> None:
+    def __init__(self, fn: Callable[[], None]) -> None:
+        self._error: ProvError | None = None
+        self._thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
+        self._thread.start()
+
+    def _run(self, fn: Callable[[], None]) -> None:
         try:
-            engine.start(proxy_id)
+            fn()
         except ProvError as exc:
-            errors.append(exc)
+            self._error = exc
 
-    thread = threading.Thread(target=start_proxy, daemon=True)
-    thread.start()
-    try:
-        then()
-    finally:
-        thread.join()
-    if errors:
-        raise errors[0]
+    def join(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
 
 
 def _launch(
@@ -860,20 +892,20 @@ def _launch(
     container_id: str,
     reporter: Reporter,
     proxy: str | ContainerInfo | None = None,
-) -> None:
-    """Start a new or stopped container and its egress proxy (a new proxy
-    starts beside it, a stopped one first). A new container gets its session
-    environment (if any) right after starting, while its entrypoint sets up
-    the user; a stopped one has it already."""
-    if plan.egress is not None:
-        if isinstance(proxy, str):  # created by this run
-            _start_beside(
-                engine, proxy, lambda: _start_env(engine, plan, action, container_id, reporter)
-            )
-            return
-        if proxy is not None and not proxy.running:
-            engine.start(proxy.id)
+) -> _Background | None:
+    """Start a new or stopped container and its egress proxy. A stopped proxy
+    starts first; a new one starts right after its environment, in the
+    background (sshd does not need it, and when many environments come up at
+    once Docker then starts every sshd before any proxy): join the returned
+    start before saying the environment is ready. A new container gets its
+    session environment (if any) right after starting, while its entrypoint
+    sets up the user; a stopped one has it already."""
+    if plan.egress is not None and isinstance(proxy, ContainerInfo) and not proxy.running:
+        engine.start(proxy.id)
     _start_env(engine, plan, action, container_id, reporter)
+    if plan.egress is not None and isinstance(proxy, str):  # created by this run
+        return _Background(lambda: engine.start(proxy))
+    return None
 
 
 def _start_env(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from provisioner import mountpolicy, netplan
+from provisioner import egress, mountpolicy, netplan
 from provisioner.config import Containment, UpRequest, parse_domain, parse_memory
 from provisioner.errors import ConflictError, UsageError
 from provisioner.fsutil import ensure_private_dir
@@ -193,3 +193,37 @@ def test_ownership_by_home_label_and_legacy_host_key(tmp_path: Path) -> None:
     assert not is_ours({**legacy, "prov.host-key-fingerprint": "SHA256:other"}, paths)
     assert not is_ours({**legacy, "prov.managed": "false"}, paths)
     assert not is_ours({**legacy, "prov.name": "../demo"}, paths)
+
+
+def test_default_allowlist_cached_until_its_inputs_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The registries are read once (npm costs ~0.5 s of CPU), kept on disk, and
+    read again when a variable or file they come from changes."""
+    reads: list[int] = []
+
+    def npm_registry() -> str:
+        reads.append(1)
+        return "registry.example.test"
+
+    monkeypatch.setattr(egress, "_npm_registry", npm_registry)
+    monkeypatch.setattr(egress, "_apt_mirror", lambda: None)
+    monkeypatch.delenv("PIP_INDEX_URL", raising=False)
+    cache = tmp_path / "cache" / "egress-defaults.json"
+
+    def fresh_run() -> tuple[str, ...]:
+        monkeypatch.setattr(egress, "_defaults", None)  # a new prov process
+        return egress.default_allowlist(cache)
+
+    first = fresh_run()
+    assert "registry.example.test" in first and "github.com" in first
+    assert fresh_run() == first
+    assert len(reads) == 1
+    assert cache.stat().st_mode & 0o077 == 0
+    monkeypatch.setenv("PIP_INDEX_URL", "https://pip.example.test/simple/")
+    again = fresh_run()
+    assert len(reads) == 2
+    assert "pip.example.test" in again
+    cache.write_text("{not json")
+    assert fresh_run() == again
+    assert len(reads) == 3
