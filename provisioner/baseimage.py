@@ -30,6 +30,12 @@ IMAGE_PACKAGES = (
     "tini",
     "iproute2",
     "iptables",
+    "curl",
+    "python3",
+    "python3-pip",
+    "python3-venv",
+    "rsync",
+    "netcat-openbsd",
 )
 
 

@@ -13,12 +13,14 @@ import os
 import secrets
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import docker
 import docker.errors
+import docker.models.containers
 import pytest
 
 PROJECT_UID = 1234
@@ -160,3 +162,69 @@ def prov_containers(client: docker.DockerClient, name: str) -> list[str]:
         for c in client.containers.list(all=True, filters={"name": f"prov-{name}"})
         if c.name == f"prov-{name}"
     ]
+
+
+EGRESS_NET = "prov-egress"
+SITE, DENIED_SITE = "www.allowed.prov-test", "www.denied.prov-test"
+
+
+@dataclass(frozen=True)
+class HttpsSite:
+    """The test HTTPS site (see tlssite): its names, the CA that signed it, and
+    what it has been asked so far."""
+
+    url: str
+    ca: Path
+    container: docker.models.containers.Container
+
+    def requests(self) -> str:
+        return self.container.logs().decode(errors="replace")
+
+
+@pytest.fixture(scope="session")
+def https_site(
+    tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient
+) -> Iterator[HttpsSite]:
+    """An 'outside' HTTPS server on prov's egress network, as SITE (a subdomain of
+    the name the egress tests allow) and DENIED_SITE; it runs on prov's own image
+    (python3 is in it), so it needs no registry."""
+    from provisioner.config import DEFAULT_BASE_IMAGE
+    from provisioner.engine import Engine
+    from provisioner.image import ImageRequest, ensure_image
+    from tests.integration import tlssite
+
+    root = tmp_path_factory.mktemp("site")
+    ca = tlssite.build(root, [SITE, DENIED_SITE])
+    image = ensure_image(
+        Engine.connect(), ImageRequest(base_image=DEFAULT_BASE_IMAGE), print, lambda _: None
+    )
+    if not docker_client.networks.list(names=[EGRESS_NET]):  # prov may have made it already
+        docker_client.networks.create(
+            EGRESS_NET, driver="bridge", labels={"prov.managed": "true"}, check_duplicate=True
+        )
+    api = docker_client.api
+    created = api.create_container(
+        image.tag,
+        ["python3", "/srv/server.py"],
+        entrypoint=[],
+        labels={"prov.test": "https-site"},
+        volumes=["/srv"],
+        host_config=api.create_host_config(
+            network_mode=EGRESS_NET, binds={str(root): {"bind": "/srv", "mode": "ro"}}
+        ),
+        networking_config=api.create_networking_config(
+            {EGRESS_NET: api.create_endpoint_config(aliases=[SITE, DENIED_SITE])}
+        ),
+    )
+    container = docker_client.containers.get(created["Id"])
+    try:
+        container.start()
+        for _ in range(100):
+            if b"READY" in container.logs():
+                break
+            container.reload()
+            assert container.status == "running", container.logs().decode()
+            threading.Event().wait(0.1)
+        yield HttpsSite(f"https://{SITE}", ca, container)
+    finally:
+        container.remove(force=True)

@@ -20,11 +20,21 @@ from pathlib import Path
 import docker
 import pytest
 
-from tests.integration.conftest import PROJECT_GID, PROJECT_UID, Prov
+from tests.integration.conftest import (
+    DENIED_SITE,
+    PROJECT_GID,
+    PROJECT_UID,
+    SITE,
+    HttpsSite,
+    Prov,
+)
+from tests.integration.tlssite import PACKAGE, PACKAGE_VALUE
 
 NETNS = f"provtest{os.getpid() % 10000}"
 NS_HOST, NS_PEER = "10.250.77.1", "10.250.77.2"  # this machine's end, the test host's
 EGRESS_NET = "prov-egress"
+# Clients in a session trust the test site's CA through their usual variables.
+TRUST = "SSL_CERT_FILE={ca} GIT_SSL_CAINFO={ca} PIP_CERT={ca} NODE_EXTRA_CA_CERTS={ca}"
 ALLOWED, DENIED = "allowed.prov-test", "denied.prov-test"
 
 
@@ -158,6 +168,16 @@ def boxed(prov: Prov, allowed_server: None) -> str:
     prov.project(name)
     prov.up(name, "--allow", ALLOWED, "-e", "BOX_SECRET=s3cr3t-value")
     return f"prov-{name}"
+
+
+@pytest.fixture(scope="module")
+def boxed_trust(prov: Prov, boxed: str, https_site: HttpsSite) -> str:
+    """The site's CA, copied into the boxed environment's project dir (same path
+    inside), as the variables that make curl, git, pip and node trust it."""
+    project = prov.projects / boxed.removeprefix("prov-")
+    ca = project / "site-ca.pem"
+    ca.write_bytes(https_site.ca.read_bytes())
+    return TRUST.format(ca=ca)
 
 
 @pytest.fixture(scope="module")
@@ -336,3 +356,48 @@ def test_root_on_another_users_home_refused(prov: Prov, tmp_path: Path) -> None:
     result = prov.run("up", name, env={"HOME": str(home), "PROV_HOME": str(home / ".prov")})
     assert result.returncode == 2 and "run prov as that user" in result.stderr
     assert list(home.iterdir()) == []
+
+
+def test_allowed_https_works_for_curl_git_and_pip(
+    prov: Prov, boxed: str, boxed_trust: str, https_site: HttpsSite
+) -> None:
+    """The everyday clients, with nothing but the proxy variables prov set: curl, git clone
+    and pip install --user reach an allowed name's subdomain over HTTPS, through the proxy."""
+    site = https_site.url
+    curl = prov.ssh(boxed, f"{boxed_trust} curl -fsS {site}/hello.txt", timeout=60)
+    assert curl.stdout.strip() == PACKAGE_VALUE, curl.stderr
+    clone = prov.ssh(
+        boxed,
+        f"cd /tmp && rm -rf r && {boxed_trust} git clone -q {site}/repo.git r && cat r/README",
+        timeout=60,
+    )
+    assert clone.stdout.strip() == PACKAGE_VALUE, clone.stderr
+    pip = prov.ssh(
+        boxed,
+        f"{boxed_trust} pip install -q --user --index-url {site}/simple/ {PACKAGE} && "
+        f"python3 -c 'import {PACKAGE}; print({PACKAGE}.VALUE)'",
+        timeout=120,
+    )
+    assert pip.stdout.strip().endswith(PACKAGE_VALUE), pip.stdout + pip.stderr
+    log = https_site.requests()
+    for path in ("/hello.txt", "/repo.git/info/refs", f"/simple/{PACKAGE}/", "/files/"):
+        assert f"REQ GET {path}" in log, (path, log[-2000:])
+
+
+def test_denied_https_fails_with_the_proxys_refusal(
+    prov: Prov, boxed: str, boxed_trust: str, https_site: HttpsSite
+) -> None:
+    """The same server under a name not on the list: curl gets the proxy's 403, and
+    bypassing the proxy (--noproxy) finds no route."""
+    before = https_site.requests().count("REQ ")
+    refused = prov.ssh(
+        boxed, f"{boxed_trust} curl -sS -o /dev/null https://{DENIED_SITE}/hello.txt", timeout=60
+    )
+    assert refused.returncode != 0 and "403" in refused.stderr, refused.stderr
+    direct = prov.ssh(
+        boxed,
+        f"{boxed_trust} curl -sS --max-time 8 --noproxy '*' https://{SITE}/hello.txt",
+        timeout=60,
+    )
+    assert direct.returncode != 0 and PACKAGE_VALUE not in direct.stdout
+    assert https_site.requests().count("REQ ") == before
