@@ -4,26 +4,45 @@ behind this machine's TLS-inspecting proxy. Slow: the first build takes minutes.
 from __future__ import annotations
 
 import json
+import shlex
+from pathlib import Path
 
 import docker
 import pytest
 
 from provisioner.config import AGENT_VERSIONS
-from tests.integration.conftest import Prov
+from tests.integration.conftest import SITE, HttpsSite, Prov
 from tests.integration.test_environments import _pane_output
+from tests.integration.tlssite import PACKAGE, PACKAGE_VALUE
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def agents_env(prov: Prov) -> dict[str, object]:
+    """The default egress (allowlist), plus the test site's parent name."""
     name = prov.name("agents")
     prov.project(name)
     result = prov.run(
-        "up", name, "--json", env={"PROV_AGENTS": "claude,codex,gemini"}, timeout=1800
+        "up",
+        name,
+        "--json",
+        "--allow",
+        "allowed.prov-test",
+        env={"PROV_AGENTS": "claude,codex,gemini"},
+        timeout=1800,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return dict(json.loads(result.stdout))
+
+
+@pytest.fixture(scope="module")
+def trust(prov: Prov, agents_env: dict[str, object], https_site: HttpsSite) -> str:
+    """Variables that make Node (and so npm, Claude Code, Gemini CLI) and Codex trust the
+    test site's CA; the CA sits in the project dir, at the same path inside."""
+    ca = Path(str(agents_env["project_dir"])) / "site-ca.pem"
+    ca.write_bytes(https_site.ca.read_bytes())
+    return f"NODE_EXTRA_CA_CERTS={ca} SSL_CERT_FILE={ca} npm_config_cafile={ca}"
 
 
 def test_versions_recorded_and_shown(
@@ -86,3 +105,78 @@ def test_node_trusts_the_hosts_extra_cas(prov: Prov, agents_env: dict[str, objec
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "status" in result.stdout
+
+
+def test_node_fetch_and_npm_go_through_the_egress_proxy(
+    prov: Prov, agents_env: dict[str, object], trust: str, https_site: HttpsSite
+) -> None:
+    """In allowlist mode Node's fetch and https module and npm reach an allowed HTTPS
+    site through the proxy (the environment has no other way out)."""
+    alias = str(agents_env["ssh_alias"])
+    fetch = (
+        f"fetch('https://{SITE}/hello.txt').then(r => r.text())"
+        ".then(t => console.log('fetch', t.trim()))"
+    )
+    get = (
+        f"require('https').get('https://{SITE}/hello.txt', r => "
+        "{ let d = ''; r.on('data', c => d += c); "
+        "r.on('end', () => console.log('get', d.trim())) })"
+    )
+    result = prov.ssh(alias, f'{trust} node -e "{fetch}" && {trust} node -e "{get}"', timeout=60)
+    assert f"fetch {PACKAGE_VALUE}" in result.stdout, result.stderr
+    assert f"get {PACKAGE_VALUE}" in result.stdout, result.stderr
+    npm = prov.ssh(
+        alias,
+        "rm -rf /tmp/npmt && mkdir /tmp/npmt && cd /tmp/npmt && "
+        f"{trust} npm install --no-audit --no-fund --registry https://{SITE}/npm/ {PACKAGE} "
+        f"&& node -e 'console.log(require(\"{PACKAGE}\"))'",
+        timeout=120,
+    )
+    assert npm.stdout.strip().endswith(PACKAGE_VALUE), npm.stdout + npm.stderr
+    assert f"REQ GET /npm/{PACKAGE}/-/{PACKAGE}-1.0.0.tgz" in https_site.requests()
+
+
+def test_agent_clis_reach_their_api_through_the_egress_proxy(
+    prov: Prov, agents_env: dict[str, object], trust: str, https_site: HttpsSite
+) -> None:
+    """Each agent's own HTTP client, pointed at a stub API on an allowed name, gets there
+    through the proxy (the stub answers 400, so each then stops with an API error)."""
+    alias = str(agents_env["ssh_alias"])
+    site = f"https://{SITE}"
+    codex_provider = " ".join(
+        f"-c {shlex.quote(setting)}"
+        for setting in (
+            'model_providers.stub.name="stub"',
+            f'model_providers.stub.base_url="{site}/v1"',
+            'model_providers.stub.env_key="OPENAI_API_KEY"',
+            'model_providers.stub.wire_api="responses"',
+            "model_provider=stub",
+        )
+    )
+    gemini_settings = '{"security": {"auth": {"selectedType": "gemini-api-key"}}}'
+    runs = {  # agent: (setup, variables, command, what the stub sees)
+        "claude": (
+            "true",
+            f"ANTHROPIC_BASE_URL={site} ANTHROPIC_API_KEY=sk-stub",
+            "claude -p hi",
+            "REQ POST /v1/messages",
+        ),
+        "codex": (
+            "true",
+            "OPENAI_API_KEY=sk-stub",
+            f"codex exec --skip-git-repo-check {codex_provider} hi",
+            "REQ POST /v1/responses",
+        ),
+        "gemini": (
+            f"mkdir -p ~/.gemini && echo {shlex.quote(gemini_settings)} > ~/.gemini/settings.json",
+            f"GEMINI_CLI_TRUST_WORKSPACE=true GOOGLE_GEMINI_BASE_URL={site} GEMINI_API_KEY=sk-stub",
+            "gemini -p hi",
+            "REQ POST /v1beta/models/",
+        ),
+    }
+    for agent, (setup, variables, command, request) in runs.items():
+        before = https_site.requests().count(request)
+        result = prov.ssh(
+            alias, f"cd /tmp && {setup} && {trust} {variables} timeout 90 {command}", timeout=120
+        )
+        assert https_site.requests().count(request) > before, (agent, result.stderr[-2000:])

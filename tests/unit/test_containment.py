@@ -11,7 +11,7 @@ import pytest
 
 from provisioner import egress, mountpolicy, netplan
 from provisioner.config import Containment, UpRequest, parse_domain, parse_memory
-from provisioner.errors import ConflictError, UsageError
+from provisioner.errors import ConfigError, ConflictError, UsageError
 from provisioner.fsutil import ensure_private_dir
 
 
@@ -227,3 +227,24 @@ def test_default_allowlist_cached_until_its_inputs_change(
     cache.write_text("{not json")
     assert fresh_run() == again
     assert len(reads) == 3
+
+
+def test_user_allow_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """~/.config/prov/egress-allow: one name a line, comments and blanks skipped,
+    names normalised; a line that is not a name is an error naming the line."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    assert egress.user_allowlist() == ()
+    path = tmp_path / "prov" / "egress-allow"
+    path.parent.mkdir()
+    path.write_text("# internal mirrors\nPkgs.Example.TEST\n\n  git.example.test  # gitea\n")
+    assert egress.user_allowlist() == ("pkgs.example.test", "git.example.test")
+    monkeypatch.setattr(egress, "_defaults", ("github.com",))
+    assert egress.allowlist(("extra.example.test",)) == (
+        "extra.example.test",
+        "git.example.test",
+        "github.com",
+        "pkgs.example.test",
+    )
+    path.write_text("ok.example.test\nhttp://bad.example.test/x\n")
+    with pytest.raises(ConfigError, match="line 2"):
+        egress.user_allowlist()
