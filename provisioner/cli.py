@@ -28,7 +28,10 @@ if TYPE_CHECKING:
     from provisioner.config import Containment, Extras, UpRequest
 
 app = typer.Typer(
-    help="Isolated, SSH-reachable Docker environments for AI coding agents, handed to NTM.",
+    help=(
+        "Isolated, SSH-reachable Docker environments for AI coding agents, handed to NTM.\n\n"
+        "--debug (anywhere, or PROV_DEBUG=1) shows the traceback of an internal error."
+    ),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
