@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from provisioner.errors import ConfigError, UsageError
+from provisioner.fsutil import read_user_file
 
 DEFAULT_BASE_IMAGE = "ubuntu:24.04"
 DEFAULT_TIMEOUT = 60.0
@@ -111,12 +112,7 @@ def parse_env(items: list[str], env_file: Path | None) -> tuple[tuple[str, str],
     """--env KEY=VALUE (or KEY, taken from prov's own environment) and --env-file lines."""
     lines: list[tuple[str, str]] = []
     if env_file is not None:
-        try:
-            text = env_file.read_text()
-        except OSError as exc:
-            raise ConfigError(
-                f"Cannot read --env-file {env_file}", str(exc), "check the path."
-            ) from exc
+        text = read_user_file(env_file, "--env-file")
         lines += [
             (str(env_file), ln)
             for ln in text.splitlines()
@@ -143,6 +139,39 @@ def parse_env(items: list[str], env_file: Path | None) -> tuple[tuple[str, str],
             value = os.environ[key]
         pairs[key] = value
     return tuple(pairs.items())
+
+
+# pam_env, which gives every login its session variables, reads lines of at
+# most 8 KiB (a longer one is lost, and so is every line after it).
+SESSION_LINE_MAX = 8000
+
+
+def check_session_value(key: str, value: str) -> None:
+    """Refuse a session variable that would not reach the session exactly as
+    given: pam_env strips quotes around a value, ends a value at `#`, joins a
+    line ending in a backslash with the next, and loses long lines."""
+    problem = ""
+    if "\n" in value or "\r" in value:
+        problem = "it spans several lines"
+    elif "\0" in value:
+        problem = "it holds a NUL byte"
+    elif any(0xD800 <= ord(c) <= 0xDFFF for c in value):
+        problem = "it is not valid UTF-8"
+    elif "#" in value:
+        problem = "it holds '#', where pam_env (which gives sessions their variables) cuts it"
+    elif value[:1] in ("'", '"'):
+        problem = "it starts with a quote, which pam_env strips"
+    elif value.endswith("\\"):
+        problem = "it ends with a backslash, which makes pam_env join it with the next variable"
+    elif len(f"{key}={value}".encode()) > SESSION_LINE_MAX:
+        problem = f"it is longer than pam_env's line limit (~{SESSION_LINE_MAX} bytes)"
+    if problem:
+        raise UsageError(
+            f"The session variable {key} cannot be passed as it is",
+            f"Its value would reach sessions changed or not at all: {problem}.",
+            "put the value in a file in the project (the same path inside) and have the "
+            "tool read it from there, or use a value without that.",
+        )
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from provisioner.errors import ConfigError
 
 
 def ensure_private_dir(path: Path) -> Path:
@@ -92,3 +95,41 @@ def file_lock(path: Path) -> Iterator[None]:
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def read_user_file(path: Path, what: str, limit: int = 1 << 20) -> str:
+    """A small text file the user pointed prov at (--env-file, --key, --ca-cert):
+    a regular file, at most `limit` bytes, UTF-8. Anything else is a ConfigError
+    naming `what`, never a hang on /dev/zero or a decoding traceback."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise ConfigError(
+            f"Cannot read {what} {path}", exc.strerror or str(exc), "check the path."
+        ) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ConfigError(
+            f"{what} {path} is not a regular file",
+            "prov reads only plain files there (not devices, pipes or directories).",
+            "pass a file.",
+        )
+    with os.fdopen(fd, "rb") as handle:
+        try:
+            data = handle.read(limit + 1)
+        except OSError as exc:
+            raise ConfigError(f"Cannot read {what} {path}", str(exc), "check the file.") from None
+    if len(data) > limit:
+        raise ConfigError(
+            f"{what} {path} is larger than {limit // 1024} KiB",
+            "A file of that kind is small; this does not look like one.",
+            "check the path.",
+        )
+    try:
+        return data.decode()
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{what} {path} is not UTF-8 text",
+            f"Byte {exc.start} is 0x{data[exc.start]:02x}.",
+            "save it as UTF-8.",
+        ) from None

@@ -69,10 +69,28 @@ class ProjectDir:
     uid: int
     gid: int
     owner_fallback: bool  # True when the owner was root and prov used FALLBACK_UID
+    created: Path | None = None  # the topmost directory this run made (--create-dir)
+
+
+def remove_created(project: ProjectDir) -> None:
+    """Undo --create-dir after a failed `up`: remove the dirs this run made, from
+    the project up to the topmost, each only while it is still empty."""
+    if project.created is None:
+        return
+    path = project.path
+    while True:
+        try:
+            path.rmdir()
+        except OSError:
+            return
+        if path == project.created or path.parent == path:
+            return
+        path = path.parent
 
 
 def resolve_project_dir(name: str, explicit: Path | None, create: bool) -> ProjectDir:
     path = (explicit.expanduser() if explicit else ntm_projects_base() / name).absolute()
+    created: Path | None = None
     if not path.exists():
         if not create:
             raise ConfigError(
@@ -81,6 +99,9 @@ def resolve_project_dir(name: str, explicit: Path | None, create: bool) -> Proje
                 "create it, pass --create-dir to let prov create it, or point --project at "
                 "an existing directory.",
             )
+        created = path
+        while not created.parent.exists():
+            created = created.parent
         path.mkdir(parents=True)
         if os.geteuid() == 0:
             # Made by prov as root: give the new, empty dir to the user agents
@@ -94,8 +115,8 @@ def resolve_project_dir(name: str, explicit: Path | None, create: bool) -> Proje
     st = path.stat()
     if st.st_uid == 0:
         uid, gid = _unprivileged_owner()
-        return ProjectDir(path, uid, gid, True)
-    return ProjectDir(path, st.st_uid, st.st_gid, False)
+        return ProjectDir(path, uid, gid, True, created)
+    return ProjectDir(path, st.st_uid, st.st_gid, False, created)
 
 
 @dataclass(frozen=True)

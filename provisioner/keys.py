@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from provisioner.errors import ConfigError
-from provisioner.fsutil import atomic_write, ensure_private_dir
+from provisioner.fsutil import atomic_write, ensure_private_dir, read_user_file
 
 CLIENT_KEY_NAME = "id_ed25519"
 HOST_KEY_NAME = "ssh_host_ed25519_key"
@@ -95,19 +95,13 @@ def _loads(key_type: str, blob_b64: str) -> bool:
 
 
 def read_public_key_file(path: Path) -> PublicKey:
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
+    if not path.exists():
         raise ConfigError(
             f"Public key file {path} does not exist",
             "",
             "pass an existing .pub file to --key, or leave --key out to let prov make a key.",
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(
-            f"Cannot read public key file {path}", str(exc), "check the path and its permissions."
-        ) from exc
-    return parse_public_key(text, str(path))
+        )
+    return parse_public_key(read_user_file(path, "--key", limit=64 * 1024), str(path))
 
 
 def generate_ed25519(comment: str) -> KeyPair:

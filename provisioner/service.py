@@ -11,6 +11,7 @@ import contextlib
 import errno
 import ipaddress
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -29,6 +30,7 @@ from provisioner.config import (
     Extras,
     ProvPaths,
     UpRequest,
+    check_session_value,
     is_loopback,
     user_ssh_config,
 )
@@ -108,7 +110,18 @@ def _port_bindable(bind: str, port: int) -> bool:
         except OSError as exc:
             if exc.errno in (errno.EADDRINUSE, errno.EACCES):
                 return False
-            raise
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise UsageError(
+                    f"--bind {bind} is not an address of this machine",
+                    f"Binding a socket to it failed: {exc.strerror}.",
+                    "pass one of this machine's addresses (`ip -brief addr`), or leave "
+                    "--bind out to publish on 127.0.0.1.",
+                ) from None
+            raise UsageError(
+                f"Cannot check port {port} on {bind}",
+                f"Binding a test socket failed: {exc.strerror or exc}.",
+                "pick another --bind or --port.",
+            ) from None
     return True
 
 
@@ -209,6 +222,7 @@ class _Pending:
     proxy_id: str | None = None  # set when this run created the proxy
     network: dict[str, Any] | None = None  # Docker's view of its network, if it exists
     network_created: bool = False
+    fresh: bool = False  # no key dir before this run: a failure removes it again
 
     @property
     def name(self) -> str:
@@ -333,7 +347,37 @@ def _prepare(
     images: dict[ImageRequest, BuiltImage],
     images_lock: threading.Lock,
 ) -> _Pending:
-    """Everything before the container: checks, project, credentials, keys, image."""
+    """Everything before the container: checks, project, credentials, keys, image.
+    A failure leaves nothing of this run behind: no key dir for an environment
+    that did not exist, no project dir that --create-dir made."""
+    fresh = not paths.env_dir(request.name).exists()
+    made: list[host.ProjectDir] = []
+    try:
+        pending = _prepare_steps(engine, request, reporter, paths, images, images_lock, made)
+    except BaseException:
+        for project in made:
+            host.remove_created(project)
+        if fresh:
+            _forget_keys(paths, request.name)
+        raise
+    pending.fresh = fresh
+    return pending
+
+
+def _forget_keys(paths: ProvPaths, name: str) -> None:
+    with file_lock(paths.keys_lock):
+        shutil.rmtree(paths.env_dir(name), ignore_errors=True)
+
+
+def _prepare_steps(
+    engine: Engine,
+    request: UpRequest,
+    reporter: Reporter,
+    paths: ProvPaths,
+    images: dict[ImageRequest, BuiltImage],
+    images_lock: threading.Lock,
+    made: list[host.ProjectDir],
+) -> _Pending:
     cname = container_name(request.name)
     existing = engine.find(cname)
     if existing is not None:
@@ -347,6 +391,7 @@ def _prepare(
             "machines; only key login for `agent` is accepted"
         )
     project = host.resolve_project_dir(request.name, request.project_dir, request.create_dir)
+    made.append(project)
     _check_mounts(request, project.path, paths, reporter)
     if project.owner_fallback:
         reporter.warn(
@@ -619,8 +664,9 @@ def _finish(engine: Engine, pending: _Pending, paths: ProvPaths, poll: float) ->
 
 def _abandon(engine: Engine, pending: _Pending, paths: ProvPaths) -> None:
     """Nothing half-made: a container this run created goes away again (also one
-    Docker made while we were interrupted, before we had its ID), and so does the
-    alias of an environment that never came up."""
+    Docker made while we were interrupted, before we had its ID), and so do the
+    alias, the keys and a --create-dir project dir of an environment that never
+    came up."""
     name = pending.request.name
     if pending.proxy_id is not None:
         engine.remove(pending.proxy_id)
@@ -629,13 +675,14 @@ def _abandon(engine: Engine, pending: _Pending, paths: ProvPaths) -> None:
         engine.remove(made)
     if pending.network_created:  # after its containers: Docker refuses it while in use
         engine.remove_network(network_name(name))
-    if made is None:
-        return
-    if pending.record is None:
+    if pending.record is None and (made is not None or pending.fresh):
         alias = sshconf.alias_for(name)
         with file_lock(paths.lock):
             sshconf.delete_entry(paths.ssh_config, alias)
             sshconf.unpin_host_key(paths.known_hosts, alias)
+    if pending.fresh:  # an environment this run meant to make: its keys and dir go too
+        _forget_keys(paths, name)
+        host.remove_created(pending.project)
 
 
 def recheck_ssh(paths: ProvPaths, alias: str) -> float:
@@ -686,12 +733,7 @@ def _session_env(extras: Extras) -> tuple[tuple[str, str], ...]:
     pairs = {key: os.environ[key] for key in API_KEY_VARS if os.environ.get(key)}
     pairs.update(extras.env)
     for key, value in pairs.items():
-        if "\n" in value:
-            raise UsageError(
-                f"The value of {key} spans several lines",
-                "Session environment values must be one line.",
-                f"pass {key} in another way (e.g. a file in the project).",
-            )
+        check_session_value(key, value)
     return tuple(pairs.items())
 
 

@@ -224,3 +224,54 @@ def test_readiness_timeout(
     result = prov.run("up", name, "--base-image", broken_images["hangs"], "--timeout", "3")
     _assert_clean_failure(result, 6, "within 3 s", "Last attempt")
     assert prov_containers(docker_client, name) == []
+
+
+def _snapshot(root: Path) -> dict[str, bytes | None]:
+    """Every file under `root` (None for dirs), to compare before and after."""
+    if not root.exists():
+        return {}
+    return {
+        str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None)
+        for p in sorted(root.rglob("*"))
+        if not p.is_symlink()
+    }
+
+
+def _hostile_cases(tmp: Path) -> list[tuple[str, list[str], int, str]]:
+    """(label, arguments after `up NAME`, exit code, phrase) for inputs a careless or
+    hostile user gives."""
+    (tmp / "latin1.env").write_bytes(b"A=caf\xe9\n")
+    return [
+        ("bind not here", ["--egress", "open", "--bind", "10.255.254.253"], 2, "not an address"),
+        ("env file not UTF-8", ["--env-file", str(tmp / "latin1.env")], 2, "not UTF-8"),
+        ("env file a device", ["--env-file", "/dev/zero"], 2, "not a regular file"),
+        ("env file a dir", ["--env-file", str(tmp)], 2, "not a regular file"),
+        ("key a device", ["--key", "/dev/zero"], 2, "not a regular file"),
+        ("value with #", ["-e", "A=x#y"], 2, "'#'"),
+        ("value quoted", ["-e", 'A="x"'], 2, "quote"),
+        ("value too long", ["-e", "A=" + "v" * 9000], 2, "line limit"),
+        ("value ends in backslash", ["-e", "A=x\\"], 2, "backslash"),
+    ]
+
+
+def test_hostile_inputs_fail_cleanly(
+    prov: Prov, tmp_path: Path, docker_client: docker.DockerClient
+) -> None:
+    """Each bad input: its exit code, one paragraph, no traceback, and nothing left behind
+    (no container, no key dir, no alias, no --create-dir project dir, the user's files as
+    they were)."""
+    ssh_config = prov.prov_home / "ssh_config"
+    for index, (label, args, code, phrase) in enumerate(_hostile_cases(tmp_path)):
+        name = prov.name(f"hostile{index}")
+        project = prov.projects / "hostile" / name
+        before = _snapshot(prov.home)
+        result = prov.run("up", name, "--create-dir", "--project", str(project), *args)
+        assert result.returncode == code, (label, result.stderr)
+        assert "Traceback" not in result.stderr, label
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and phrase in errors[0], (label, result.stderr)
+        assert prov_containers(docker_client, name) == [], label
+        assert not (prov.prov_home / "envs" / name).exists(), label
+        assert not project.exists() and not project.parent.exists(), label
+        assert not ssh_config.exists() or f"prov-{name}" not in ssh_config.read_text(), label
+        assert _snapshot(prov.home) == before, label

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from provisioner.config import ProvPaths, UpRequest, validate_name
-from provisioner.errors import UsageError
+from provisioner.config import ProvPaths, UpRequest, check_session_value, validate_name
+from provisioner.errors import ConfigError, UsageError
+from provisioner.fsutil import read_user_file
 
 
 @pytest.mark.parametrize("name", ["myproject", "a", "my-project_2", "A1", "x" * 63])
@@ -57,3 +58,47 @@ def test_control_dir_falls_back_when_socket_path_too_long(tmp_path: Path) -> Non
     control = ProvPaths(deep).control_dir
     # ssh binds "<ControlPath>.<16 random chars>" before renaming it into place.
     assert len(f"{control}/{'x' * 40}.{'y' * 16}") <= 107
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("a#b", "'#'"),
+        ('"quoted"', "quote"),
+        ("'quoted'", "quote"),
+        ("ends\\", "backslash"),
+        ("x" * 8000, "line limit"),
+        ("two\nlines", "several lines"),
+        ("caf\udce9", "UTF-8"),
+    ],
+)
+def test_session_values_pam_env_would_change_are_refused(value: str, reason: str) -> None:
+    with pytest.raises(UsageError, match="TOKEN") as caught:
+        check_session_value("TOKEN", value)
+    assert reason in caught.value.seen
+
+
+@pytest.mark.parametrize(
+    "value", ["plain", "with spaces inside", " lead", "trail ", 'a"b', "$HOME"]
+)
+def test_session_values_pam_env_keeps_are_accepted(value: str) -> None:
+    check_session_value("TOKEN", value)
+
+
+def test_user_files_are_bounded_regular_utf8(tmp_path: Path) -> None:
+    good = tmp_path / "ok.env"
+    good.write_text("A=1\n")
+    assert read_user_file(good, "--env-file") == "A=1\n"
+    big = tmp_path / "big"
+    big.write_bytes(b"x" * 2048)
+    with pytest.raises(ConfigError, match="larger than 1 KiB"):
+        read_user_file(big, "--key", limit=1024)
+    for bad, phrase in ((Path("/dev/zero"), "regular file"), (tmp_path, "regular file")):
+        with pytest.raises(ConfigError, match=phrase):
+            read_user_file(bad, "--env-file")
+    latin = tmp_path / "latin1"
+    latin.write_bytes(b"caf\xe9")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        read_user_file(latin, "--env-file")
+    with pytest.raises(ConfigError, match="Cannot read"):
+        read_user_file(tmp_path / "missing", "--env-file")
