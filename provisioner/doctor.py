@@ -76,10 +76,10 @@ def _check(name: str, found: str | None, missing_level: str, missing: str) -> Fi
 def _included(paths: ProvPaths) -> str | None:
     user_config = user_ssh_config()
     try:
-        text = user_config.read_text()
-    except FileNotFoundError:
+        data = user_config.read_bytes()
+    except OSError:
         return None
-    if sshconf.with_include(text, paths.ssh_config) is not None:
+    if sshconf.with_include(data, paths.ssh_config) is not None:
         return None
     return f"{user_config} includes {paths.ssh_config}"
 

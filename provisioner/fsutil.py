@@ -8,6 +8,7 @@ to be private is never visible with looser permissions, not even briefly.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import stat
@@ -24,8 +25,27 @@ def ensure_private_dir(path: Path) -> Path:
     A directory another user owns is refused, not used: prov's sockets, keys
     and configs in it would be theirs to read or replace (e.g. a ControlPath
     dir in /tmp made by someone else first)."""
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    st = path.stat()
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        st = path.stat()
+    except FileExistsError:
+        raise ConfigError(
+            f"{path} is a file, where prov needs a directory",
+            "prov keeps private files (keys, configs, sockets) in it.",
+            "move the file away, or point prov elsewhere (PROV_HOME).",
+        ) from None
+    except OSError as exc:
+        raise ConfigError(
+            f"Cannot make the directory {path}",
+            f"{exc.strerror or exc}"
+            + (f" ({exc.filename})" if exc.filename and str(exc.filename) != str(path) else "")
+            + ".",
+            "check that every part of the path is a directory you can write.",
+        ) from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise ConfigError(
+            f"{path} is not a directory", "", "move it away, or point prov elsewhere (PROV_HOME)."
+        )
     if st.st_uid != os.geteuid():
         from provisioner.errors import ConflictError
 
@@ -62,22 +82,79 @@ def require_own_home() -> None:
         )
 
 
-def atomic_write(path: Path, data: bytes | str, mode: int = 0o600) -> None:
-    """Replace `path` with `data` in one rename; the file has `mode` from birth."""
+def write_error(path: Path, exc: OSError) -> ConfigError:
+    immutable = exc.errno == errno.EPERM
+    return ConfigError(
+        f"Cannot write {path}",
+        f"{exc.strerror or exc}.",
+        "check its permissions"
+        + (" and attributes (`lsattr`; `chattr -i` undoes +i)" if immutable else "")
+        + ", then run the command again.",
+    )
+
+
+def atomic_write(
+    path: Path, data: bytes | str, mode: int = 0o600, owner: tuple[int, int] | None = None
+) -> None:
+    """Replace `path` with `data` in one rename; the file has `mode` (and `owner`)
+    from birth. Failures are ConfigErrors that name the file."""
     if isinstance(data, str):
-        data = data.encode()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        data = data.encode(errors="surrogateescape")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise write_error(path, exc) from None
     try:
         os.fchmod(fd, mode)
+        if owner is not None and os.geteuid() == 0:
+            os.fchown(fd, *owner)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         Path(tmp).replace(path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise write_error(path, exc) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def read_owned(path: Path, what: str, limit: int = 16 << 20) -> bytes | None:
+    """The bytes of a file the user owns and prov edits (~/.ssh/config), or None
+    when it does not exist. A directory or unreadable file is a ConfigError."""
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(limit + 1)
+    except FileNotFoundError:
+        return None
+    except IsADirectoryError:
+        raise ConfigError(
+            f"{what} {path} is a directory",
+            "prov adds one line to that file.",
+            "move the directory away (OpenSSH reads a file there).",
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"Cannot read {what} {path}", f"{exc.strerror or exc}.", "") from None
+    if len(data) > limit:
+        raise ConfigError(f"{what} {path} is larger than {limit >> 20} MiB", "", "check it.")
+    return data
+
+
+def edit_in_place(path: Path, data: bytes) -> None:
+    """Write `data` to a file the user owns: through a symlink to its target (the
+    link stays), keeping the target's mode and owner; a new file is 0600."""
+    target = Path(os.path.realpath(path))
+    try:
+        st = target.stat()
+        mode, owner = stat.S_IMODE(st.st_mode), (st.st_uid, st.st_gid)
+    except FileNotFoundError:
+        mode, owner = 0o600, None
+    except OSError as exc:
+        raise write_error(path, exc) from None
+    atomic_write(target, data, mode, owner)
 
 
 @contextlib.contextmanager

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from provisioner import keys, sshconf, state
-from provisioner.config import AGENT_USER, ProvPaths
+from provisioner.config import AGENT_USER, ProvPaths, validate_name
 from provisioner.engine import ContainerInfo, Engine
-from provisioner.errors import NotFound
+from provisioner.errors import NotFound, ProvError
 from provisioner.fsutil import file_lock
 from provisioner.openssh import stop_master
 from provisioner.ownership import is_ours, require_ours
@@ -106,6 +106,32 @@ def _removed(record: state.EnvRecord) -> EnvStatus:
     )
 
 
+def _is_env_name(name: str) -> bool:
+    try:
+        validate_name(name)
+    except ProvError:
+        return False
+    return True
+
+
+def _unlisted(name: str, state_word: str, status: str) -> EnvStatus:
+    """A key dir prov cannot describe fully (no record, or one it cannot read):
+    shown, so it can be removed, rather than hidden or failing the whole list."""
+    return EnvStatus(
+        name=name,
+        state=state_word,
+        status=status,
+        port=None,
+        bind="-",
+        project_dir="-",
+        image="-",
+        agents="-",
+        ssh_alias=sshconf.alias_for(name),
+        container="-",
+        host_key_fingerprint="",
+    )
+
+
 def list_envs(paths: ProvPaths | None = None, everyone: bool = False) -> list[EnvStatus]:
     """Every environment this PROV_HOME knows: its containers, plus recorded
     ones whose container was removed with `down`. `everyone` adds the
@@ -120,10 +146,20 @@ def list_envs(paths: ProvPaths | None = None, everyone: bool = False) -> list[En
     found = {env.name: env for env in envs if env.name and env.home == "this"}
     if paths.envs.is_dir():
         for env_dir in paths.envs.iterdir():
-            if env_dir.name not in found:
-                record = state.load(paths, env_dir.name)
-                if record is not None:
-                    found[record.name] = _removed(record)
+            name = env_dir.name
+            # Only prov's own entries: a stray file (.DS_Store) is not an environment.
+            if name in found or not env_dir.is_dir() or not _is_env_name(name):
+                continue
+            try:
+                record = state.load(paths, name)
+            except ProvError as exc:
+                found[name] = _unlisted(name, "broken", f"{exc.what}: {exc.hint}")
+                continue
+            found[name] = (
+                _removed(record)
+                if record is not None
+                else _unlisted(name, "incomplete", f"keys but no record; `prov rm {name}`")
+            )
     listed = list(found.values())
     if everyone:
         listed += [env for env in envs if env.home != "this"]
@@ -264,11 +300,11 @@ def rm(name: str, paths: ProvPaths | None = None) -> Removal:
     info = own_container(engine, name, paths)
     proxy = own_container(engine, name, paths, "egress")
     env_dir = paths.env_dir(name)
-    if info is None and not env_dir.exists():
+    alias = sshconf.alias_for(name)
+    if info is None and not env_dir.exists() and not sshconf.has_entry(paths.ssh_config, alias):
         raise NotFound(
             f"No environment named {name!r}", "Nothing to remove.", "list them with `prov ls`."
         )
-    alias = sshconf.alias_for(name)
     stop_master(paths.ssh_config, alias)
     if info is not None:
         engine.remove(info.id)
@@ -278,10 +314,18 @@ def rm(name: str, paths: ProvPaths | None = None) -> Removal:
     if net is not None and is_ours(net.get("Labels") or {}, paths):
         engine.remove_network(network_name(name))
     with file_lock(paths.lock), file_lock(paths.keys_lock):
-        sshconf.delete_entry(paths.ssh_config, alias)
-        sshconf.unpin_host_key(paths.known_hosts, alias)
         existed = env_dir.exists()
         shutil.rmtree(env_dir, ignore_errors=True)
+        try:
+            sshconf.delete_entry(paths.ssh_config, alias)
+            sshconf.unpin_host_key(paths.known_hosts, alias)
+        except ProvError as exc:
+            # Everything else is gone; say so, and what is left to do by hand.
+            raise type(exc)(
+                f"Removed {name}'s container and keys, but not its alias: {exc.what}",
+                exc.seen,
+                exc.hint,
+            ) from None
     return Removal(container_removed=info is not None, state_removed=existed)
 
 

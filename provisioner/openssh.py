@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import tempfile
 from pathlib import Path
@@ -34,15 +35,17 @@ def system_ssh(config: Path, alias: str, command: str, timeout: float = 20.0) ->
 
 
 def stop_master(config: Path, alias: str) -> None:
-    """Close a ControlPersist master for `alias`, if one runs (best effort)."""
-    subprocess.run(
-        ["ssh", "-F", str(config), "-O", "exit", "--", alias],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        timeout=10,
-        check=False,
-    )
+    """Close a ControlPersist master for `alias`, if one runs (best effort: no
+    ssh on PATH, or one that hangs, means there is nothing to close)."""
+    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+        subprocess.run(
+            ["ssh", "-F", str(config), "-O", "exit", "--", alias],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=10,
+            check=False,
+        )
 
 
 def alias_problem(alias: str, host: str, port: int) -> str | None:

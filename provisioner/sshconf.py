@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from provisioner.fsutil import atomic_write, ensure_private_dir
+from provisioner.fsutil import atomic_write, edit_in_place, ensure_private_dir, read_owned
 
 ALIAS_PREFIX = "prov-"
 
@@ -102,6 +102,10 @@ def upsert_block(text: str, entry: HostEntry) -> str:
     return text + block
 
 
+def has_entry(config_path: Path, alias: str) -> bool:
+    return _block_re(alias).search(_read(config_path)) is not None
+
+
 def remove_block(text: str, alias: str) -> str:
     return _block_re(alias).sub("", text)
 
@@ -123,25 +127,27 @@ def include_line(prov_config: Path) -> str:
     return f"Include {_quote(prov_config)}"
 
 
-def with_include(user_config_text: str, prov_config: Path) -> str | None:
+def with_include(user_config: bytes, prov_config: Path) -> bytes | None:
     """The user's config with prov's Include added at the top, or None if present.
 
     It goes first: an Include below a `Host` line would only apply inside that
-    host's block.
+    host's block. Bytes in, bytes out: every byte of the user's file is kept
+    (whatever its encoding), and the new lines use its line ends (CRLF or LF).
     """
-    line = include_line(prov_config)
-    for existing in user_config_text.splitlines():
-        if existing.strip() in (line, f"Include {prov_config}"):
+    line = include_line(prov_config).encode()
+    plain = f"Include {prov_config}".encode()
+    for existing in user_config.splitlines():
+        if existing.strip() in (line, plain):
             return None
-    header = "# Added by prov: aliases for its agent environments (prov-NAME)."
-    return f"{header}\n{line}\n\n{user_config_text}"
+    newline = b"\r\n" if user_config.split(b"\n", 1)[0].endswith(b"\r") else b"\n"
+    header = b"# Added by prov: aliases for its agent environments (prov-NAME)."
+    return header + newline + line + newline + newline + user_config
 
 
 def _read(path: Path) -> str:
-    try:
-        return path.read_text()
-    except FileNotFoundError:
-        return ""
+    """One of prov's own files; bytes that are not UTF-8 survive the round trip."""
+    data = read_owned(path, "prov's file")
+    return data.decode(errors="surrogateescape") if data else ""
 
 
 def write_entry(config_path: Path, entry: HostEntry) -> None:
@@ -167,12 +173,12 @@ def unpin_host_key(known_hosts: Path, alias: str) -> None:
 
 
 def ensure_include(user_config: Path, prov_config: Path) -> bool:
-    """Add the Include line once; True when the file was changed."""
+    """Add the Include line once, editing the user's file in place (a symlink
+    stays a symlink, mode and owner stay); True when the file was changed."""
     ensure_private_dir(user_config.parent)
-    existed = user_config.exists()
-    new_text = with_include(_read(user_config), prov_config)
-    if new_text is None:
+    current = read_owned(user_config, "Your ssh config")
+    new = with_include(current or b"", prov_config)
+    if new is None:
         return False
-    mode = user_config.stat().st_mode & 0o777 if existed else 0o600
-    atomic_write(user_config, new_text, mode)
+    edit_in_place(user_config, new)
     return True

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import re
 import stat
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from provisioner import sshconf
+from provisioner.errors import ConfigError
 from provisioner.sshconf import HostEntry
 
 
@@ -118,3 +122,57 @@ def test_known_hosts_pin_replaced_and_removed(tmp_path: Path) -> None:
     assert kh.read_text().splitlines() == ["prov-b ssh-ed25519 BBBB", "prov-a ssh-ed25519 AAAA2"]
     sshconf.unpin_host_key(kh, "prov-a")
     assert kh.read_text() == "prov-b ssh-ed25519 BBBB\n"
+
+
+def test_include_edits_a_symlinked_config_in_place(tmp_path: Path) -> None:
+    """A dotfiles-style symlink stays a symlink; its target gains the line and keeps its
+    mode, its CRLF line ends and bytes that are not UTF-8."""
+    dotfiles = tmp_path / "dotfiles"
+    dotfiles.mkdir()
+    target = dotfiles / "ssh_config"
+    original = b"# caf\xe9 (latin-1)\r\nHost other\r\n    Port 2200\r\n"
+    target.write_bytes(original)
+    target.chmod(0o640)
+    user = tmp_path / ".ssh" / "config"
+    user.parent.mkdir(mode=0o700)
+    user.symlink_to(target)
+    prov = tmp_path / "prov" / "ssh_config"
+    assert sshconf.ensure_include(user, prov) is True
+    assert user.is_symlink() and user.resolve() == target
+    data = target.read_bytes()
+    assert data.endswith(original)
+    added = data[: -len(original)]
+    assert added.count(b"\r\n") == added.count(b"\n") == 3
+    assert b"Include" in added
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640
+
+
+def test_include_refuses_a_directory_or_a_file_for_ssh_dir(tmp_path: Path) -> None:
+    user = tmp_path / ".ssh" / "config"
+    user.mkdir(parents=True)
+    with pytest.raises(ConfigError, match="is a directory"):
+        sshconf.ensure_include(user, tmp_path / "prov" / "ssh_config")
+    home = tmp_path / "home2"
+    home.mkdir()
+    (home / ".ssh").write_text("oops")
+    with pytest.raises(ConfigError, match="is a file"):
+        sshconf.ensure_include(home / ".ssh" / "config", tmp_path / "prov" / "ssh_config")
+
+
+def test_immutable_or_unwritable_prov_file_is_a_clear_error(tmp_path: Path) -> None:
+    """A file prov cannot replace (chattr +i, a read-only dir) is a ConfigError naming it."""
+    prov_dir = tmp_path / "prov"
+    sshconf.write_entry(prov_dir / "ssh_config", _entry(tmp_path))
+    prov_dir.chmod(0o500)
+    try:
+        if os.access(prov_dir, os.W_OK):  # root ignores the mode: use the immutable bit
+            result = subprocess.run(
+                ["chattr", "+i", str(prov_dir / "ssh_config")], capture_output=True, check=False
+            )
+            if result.returncode != 0:
+                pytest.skip("chattr +i is not available on this filesystem")
+        with pytest.raises(ConfigError, match="Cannot write"):
+            sshconf.delete_entry(prov_dir / "ssh_config", "prov-demo")
+    finally:
+        subprocess.run(["chattr", "-i", str(prov_dir / "ssh_config")], capture_output=True)
+        prov_dir.chmod(0o700)
