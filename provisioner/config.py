@@ -21,16 +21,24 @@ AGENT_HOME = "/home/agent"
 
 # Docker allows [a-zA-Z0-9][a-zA-Z0-9_.-]*; tmux rejects '.' and ':' in session
 # names and NTM uses the name as the session, so the intersection is used.
-_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_-]{0,62}$")
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 
 def validate_name(name: str) -> str:
+    if name != name.lower() and _NAME_RE.match(name.lower()):
+        raise UsageError(
+            f"Invalid environment name {name!r}: it has upper-case letters",
+            "OpenSSH lower-cases host names, so prov-MyApp and prov-myapp would be one "
+            "alias with one pinned host key.",
+            f"use {name.lower()!r}.",
+        )
     if not _NAME_RE.match(name):
         raise UsageError(
             f"Invalid environment name {name!r}",
             "A name must start with a letter or digit and contain only letters, digits, "
             "'-' and '_' (at most 63 characters), so that it is valid for Docker, "
-            "tmux and ssh alike.",
+            "tmux and ssh alike (tmux renames a session with '.' or ':', so NTM would not "
+            "find it).",
             "choose a name such as 'myproject' or 'my-project_2'.",
         )
     return name
@@ -390,7 +398,10 @@ class ProvPaths:
     @classmethod
     def from_env(cls) -> ProvPaths:
         raw = os.environ.get("PROV_HOME")
-        home = Path(raw).expanduser() if raw else Path.home() / ".local" / "share" / "prov"
+        data = os.environ.get("XDG_DATA_HOME", "")
+        # The XDG base dir spec: a relative XDG_DATA_HOME is invalid and ignored.
+        base = Path(data) if data and Path(data).is_absolute() else Path.home() / ".local/share"
+        home = Path(raw).expanduser() if raw else base / "prov"
         return cls(home.absolute())
 
     @property

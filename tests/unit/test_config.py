@@ -11,7 +11,7 @@ from provisioner.errors import ConfigError, UsageError
 from provisioner.fsutil import read_user_file
 
 
-@pytest.mark.parametrize("name", ["myproject", "a", "my-project_2", "A1", "x" * 63])
+@pytest.mark.parametrize("name", ["myproject", "a", "my-project_2", "x" * 63])
 def test_valid_names_accepted(name: str) -> None:
     """Names usable by Docker, tmux and ssh pass unchanged."""
     assert validate_name(name) == name
@@ -102,3 +102,27 @@ def test_user_files_are_bounded_regular_utf8(tmp_path: Path) -> None:
         read_user_file(latin, "--env-file")
     with pytest.raises(ConfigError, match="Cannot read"):
         read_user_file(tmp_path / "missing", "--env-file")
+
+
+def test_names_are_lower_case_and_tmux_safe() -> None:
+    """Upper case would share a pin (ssh lower-cases hosts); '.' and ':' tmux renames."""
+    with pytest.raises(UsageError, match="upper-case"):
+        validate_name("MyApp")
+    for bad in ("my.app", "my:app"):
+        with pytest.raises(UsageError) as caught:
+            validate_name(bad)
+        assert "tmux renames" in caught.value.seen
+    assert validate_name("my-app_2") == "my-app_2"
+
+
+def test_prov_home_follows_xdg_data_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PROV_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    assert ProvPaths.from_env().home == tmp_path / "data" / "prov"
+    monkeypatch.setenv("XDG_DATA_HOME", "relative/ignored")
+    assert ProvPaths.from_env().home == tmp_path / ".local" / "share" / "prov"
+    monkeypatch.delenv("XDG_DATA_HOME")
+    assert ProvPaths.from_env().home == tmp_path / ".local" / "share" / "prov"
+    monkeypatch.setenv("PROV_HOME", str(tmp_path / "explicit"))
+    assert ProvPaths.from_env().home == tmp_path / "explicit"
