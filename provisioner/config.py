@@ -247,11 +247,15 @@ class Extras:
                 "It takes " + ", ".join(CREDENTIAL_MODES) + ".",
                 "use `mount` (default), `copy` or `none`.",
             )
-        for cert in self.ca_certs:
-            if not cert.is_file():
-                raise ConfigError(
-                    f"--ca-cert {cert} does not exist", "", "pass a PEM certificate file."
-                )
+        if self.ca_certs:
+            from provisioner.host import ca_pem
+
+            for cert in self.ca_certs:
+                if not cert.is_file():
+                    raise ConfigError(
+                        f"--ca-cert {cert} does not exist", "", "pass a CA certificate file."
+                    )
+                ca_pem(cert)
 
 
 EGRESS_MODES = ("allowlist", "open", "none")

@@ -166,6 +166,39 @@ def extra_ca_files() -> tuple[Path, ...]:
     return tuple(sorted(p for p in EXTRA_CA_DIR.rglob("*.crt") if p.is_file()))
 
 
+def ca_pem(path: Path) -> bytes:
+    """The X.509 certificate(s) in `path` (PEM, or one DER certificate, as .crt
+    files often are) as PEM; anything else is a ConfigError."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    try:
+        if not path.is_file() or path.stat().st_size > (1 << 20):
+            raise ConfigError(
+                f"--ca-cert {path} is not a certificate file",
+                "It is not a regular file of at most 1 MiB.",
+                "pass a CA certificate in PEM (.pem, .crt) or DER (.crt, .der) form.",
+            )
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"Cannot read --ca-cert {path}", f"{exc.strerror or exc}.", "") from None
+    certs: list[x509.Certificate] = []
+    try:
+        if b"-----BEGIN" in data:
+            certs = x509.load_pem_x509_certificates(data)
+        elif data:
+            certs = [x509.load_der_x509_certificate(data)]
+    except ValueError:
+        certs = []
+    if not certs:
+        raise ConfigError(
+            f"--ca-cert {path} is not an X.509 certificate",
+            "prov bakes the CAs you pass into the image; it read no certificate from that file.",
+            "pass a CA certificate in PEM (.pem, .crt) or DER (.crt, .der) form.",
+        )
+    return b"".join(cert.public_bytes(Encoding.PEM) for cert in certs)
+
+
 def npm_registry() -> str:
     """The npm registry this host's npm uses, if configured; "" means npm's default."""
     for var in ("NPM_CONFIG_REGISTRY", "npm_config_registry"):

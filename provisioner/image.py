@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from provisioner import baseimage
+from provisioner import baseimage, host
 from provisioner.config import DEFAULT_BASE_IMAGE
 from provisioner.engine import Engine
 from provisioner.errors import BuildError
@@ -181,7 +181,8 @@ def _agents_context(tmp: Path, ca_files: tuple[Path, ...]) -> Path:
     context = tmp / "agents"
     shutil.copytree(docker_context("agents"), context)
     for index, ca in enumerate(ca_files):
-        shutil.copyfile(ca, context / "ca" / f"{index:02d}-{ca.name}")
+        # As PEM named *.crt, the form update-ca-certificates installs.
+        (context / "ca" / f"{index:02d}-{ca.stem}.crt").write_bytes(host.ca_pem(ca))
     return context
 
 

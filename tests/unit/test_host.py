@@ -117,3 +117,24 @@ def test_writable_by_follows_owner_group_other(tmp_path: Path) -> None:
     path.chmod(0o775)
     assert host.writable_by(path, 5000, 4001) is True
     assert host.writable_by(path, 5000, 5001) is False
+
+
+def test_ca_certs_checked_and_normalised(tmp_path: Path) -> None:
+    """--ca-cert takes PEM (any suffix) or one DER certificate, and gives PEM back (installed
+    as *.crt); anything that is not a certificate is refused."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from tests.integration.tlssite import make_certs
+
+    pem_path = make_certs(tmp_path, ["ca.example.test"])
+    pem = pem_path.read_bytes()
+    assert host.ca_pem(pem_path) == pem
+    der = tmp_path / "ca.crt"
+    der.write_bytes(x509.load_pem_x509_certificate(pem).public_bytes(Encoding.DER))
+    assert host.ca_pem(der) == pem
+    junk = tmp_path / "junk.pem"
+    junk.write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+    for bad in (junk, tmp_path / "key.pem", tmp_path, Path("/dev/zero")):
+        with pytest.raises(ConfigError):
+            host.ca_pem(bad)
