@@ -122,14 +122,15 @@ def parse_env(items: list[str], env_file: Path | None) -> tuple[tuple[str, str],
     if env_file is not None:
         text = read_user_file(env_file, "--env-file")
         lines += [
-            (str(env_file), ln)
-            for ln in text.splitlines()
+            (str(env_file), ln.removesuffix("\r"))
+            for ln in text.split("\n")
             if ln.strip() and not ln.lstrip().startswith("#")
         ]
     lines += [("--env", item) for item in items]
     pairs: dict[str, str] = {}
     for source, line in lines:
-        key, sep, value = line.strip().removeprefix("export ").partition("=")
+        # The value exactly as written (spaces included); only the key is trimmed.
+        key, sep, value = line.lstrip().removeprefix("export ").partition("=")
         key = key.strip()
         if not _ENV_KEY_RE.match(key):
             raise UsageError(

@@ -626,6 +626,24 @@ class Engine:
             content_type="application/x-tar",
         )
 
+    def read_file(self, container_id: str, path: str, limit: int = 1 << 20) -> bytes | None:
+        """A small file's content from a container (running or not), None if absent."""
+        data = self._call(
+            f"read {path} in the container",
+            "GET",
+            f"/containers/{container_id}/archive",
+            params={"path": path},
+            missing_ok=True,
+        )
+        if data is None:
+            return None
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+            member = tar.next()
+            if member is None or not member.isfile() or member.size > limit:
+                return None
+            handle = tar.extractfile(member)
+            return handle.read() if handle is not None else None
+
     def start(self, container_id: str) -> None:
         try:
             self._call("start the container", "POST", f"/containers/{container_id}/start")

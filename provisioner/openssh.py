@@ -48,6 +48,21 @@ def stop_master(config: Path, alias: str) -> None:
         )
 
 
+def stop_multiplexing(config: Path, alias: str) -> None:
+    """Ask a running master to take no new sessions (`-O stop`): the sessions it
+    carries go on, and the next ssh logs in afresh (a new PAM session, so new
+    session variables). Best effort."""
+    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+        subprocess.run(
+            ["ssh", "-F", str(config), "-O", "stop", "--", alias],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=10,
+            check=False,
+        )
+
+
 def alias_problem(alias: str, host: str, port: int) -> str | None:
     """Why plain `ssh ALIAS` (no -F, as NTM and the user run it) would not reach
     `host`:`port`, or None when it does. OpenSSH finds ~/.ssh/config through

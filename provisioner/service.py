@@ -48,6 +48,7 @@ from provisioner.plan import (
     LABEL_PORT,
     LABEL_PROJECT,
     LABEL_SUDO,
+    SESSION_ENV_PATH,
     NetworkSpec,
     Plan,
     SshTarget,
@@ -599,6 +600,10 @@ def _finish(engine: Engine, pending: _Pending, paths: ProvPaths, poll: float) ->
             engine, plan, action, container_id, reporter, pending.proxy_id or pending.existing_proxy
         )
         target = SshTarget(plan.ssh.hostname, plan.ssh.port, AGENT_USER, host_pair.public, identity)
+        if action in ("unchanged", "started") and _update_session_env(
+            engine, plan, container_id, reporter
+        ):
+            openssh.stop_multiplexing(paths.ssh_config, alias)
         if action == "unchanged":
             seconds = recheck_ssh(paths, alias)
         else:
@@ -948,6 +953,26 @@ def _launch(
     if plan.egress is not None and isinstance(proxy, str):  # created by this run
         return _Background(lambda: engine.start(proxy))
     return None
+
+
+def _update_session_env(
+    engine: Engine, plan: Plan, container_id: str, reporter: Reporter
+) -> bool:
+    """An existing environment asked for other session variables (-e, --env-file,
+    API keys set here): rewrite its root-only file, say what that changes, and
+    return True. Asked for none: what it has stays."""
+    wanted = next((f for f in plan.container.files if f.path == SESSION_ENV_PATH), None)
+    if wanted is None:
+        return False
+    if engine.read_file(container_id, SESSION_ENV_PATH) == wanted.content:
+        return False
+    engine.inject_files(container_id, [(wanted.path, wanted.mode, wanted.content)])
+    keys = sorted({line.split("=", 1)[0] for line in wanted.content.decode().splitlines()})
+    reporter.warn(
+        "session environment updated (" + ", ".join(keys) + "): new logins get it; "
+        "tmux panes and agents already running keep their old values until restarted"
+    )
+    return True
 
 
 def _start_env(

@@ -86,6 +86,26 @@ def test_session_env_reaches_ssh_and_panes_but_not_docker_inspect(
     assert prov.ssh(alias, "cat /etc/prov/environment").returncode != 0
 
 
+def test_session_env_changes_are_applied_not_dropped(prov: Prov) -> None:
+    """`up -e KEY=new` on a running, then a stopped environment: new logins see the new
+    value (exactly as given), and prov says running panes keep the old one."""
+    name = prov.name("envchange")
+    prov.project(name)
+    alias = f"prov-{name}"
+    prov.up(name, "-e", "TOKEN=old value")
+    assert prov.ssh(alias, 'echo "[$TOKEN]"').stdout.strip() == "[old value]"
+    again = prov.run("up", name, "-e", "TOKEN=new value ", check=True)
+    assert "session environment updated (TOKEN)" in again.stderr
+    assert "keep their old values" in again.stderr
+    assert prov.ssh(alias, 'echo "[$TOKEN]"').stdout.strip() == "[new value ]"
+    same = prov.run("up", name, "-e", "TOKEN=new value ", check=True)
+    assert "session environment updated" not in same.stderr
+    prov.run("stop", name, check=True)
+    started = prov.run("up", name, "-e", "TOKEN=third", check=True)
+    assert "session environment updated (TOKEN)" in started.stderr
+    assert prov.ssh(alias, 'echo "[$TOKEN]"').stdout.strip() == "[third]"
+
+
 def test_keys_mount_is_read_only_and_holds_no_client_key(
     prov: Prov, docker_client: docker.DockerClient
 ) -> None:

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from provisioner.config import ProvPaths, UpRequest, check_session_value, validate_name
+from provisioner.config import (
+    ProvPaths,
+    UpRequest,
+    check_session_value,
+    parse_env,
+    validate_name,
+)
 from provisioner.errors import ConfigError, UsageError
 from provisioner.fsutil import read_user_file
 
@@ -126,3 +132,11 @@ def test_prov_home_follows_xdg_data_home(tmp_path: Path, monkeypatch: pytest.Mon
     assert ProvPaths.from_env().home == tmp_path / ".local" / "share" / "prov"
     monkeypatch.setenv("PROV_HOME", str(tmp_path / "explicit"))
     assert ProvPaths.from_env().home == tmp_path / "explicit"
+
+
+def test_env_values_kept_exactly(tmp_path: Path) -> None:
+    """Spaces inside and around a value stay; CRLF files lose only their line ends."""
+    env_file = tmp_path / "env"
+    env_file.write_bytes(b"# c\r\nexport A= two  words \r\n  B=x\r\n")
+    pairs = dict(parse_env(["C=  padded  ", "D="], env_file))
+    assert pairs == {"A": " two  words ", "B": "x", "C": "  padded  ", "D": ""}
