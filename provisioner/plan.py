@@ -50,6 +50,8 @@ SESSION_ENV_PATH = "/etc/prov/environment"
 KEYS_MOUNT = "/etc/prov/keys"
 HOST_KEY_FILE = "ssh_host_ed25519_key"
 AUTHORIZED_KEYS_FILE = "authorized_keys"
+# Where the entrypoint installs it (sshd's AuthorizedKeysFile for agent).
+AUTHORIZED_KEYS_PATH = "/etc/ssh/authorized_keys/agent"
 
 
 PROXY_PORT = 3128

@@ -40,6 +40,9 @@ from provisioner.fsutil import atomic_write, ensure_private_dir, file_lock, requ
 from provisioner.image import BuiltImage, ImageRequest, ensure_egress_image, ensure_image
 from provisioner.ownership import is_ours, require_ours
 from provisioner.plan import (
+    AUTHORIZED_KEYS_FILE,
+    AUTHORIZED_KEYS_PATH,
+    HOST_KEY_FILE,
     LABEL_BIND,
     LABEL_EGRESS,
     LABEL_IMAGE_HASH,
@@ -49,6 +52,8 @@ from provisioner.plan import (
     LABEL_PROJECT,
     LABEL_SUDO,
     SESSION_ENV_PATH,
+    ContainerSpec,
+    KeyFile,
     NetworkSpec,
     Plan,
     SshTarget,
@@ -224,6 +229,7 @@ class _Pending:
     network: dict[str, Any] | None = None  # Docker's view of its network, if it exists
     network_created: bool = False
     fresh: bool = False  # no key dir before this run: a failure removes it again
+    reauthorize: bool = False  # the authorized key on this machine was repaired
 
     @property
     def name(self) -> str:
@@ -600,6 +606,16 @@ def _finish(engine: Engine, pending: _Pending, paths: ProvPaths, poll: float) ->
             engine, plan, action, container_id, reporter, pending.proxy_id or pending.existing_proxy
         )
         target = SshTarget(plan.ssh.hostname, plan.ssh.port, AGENT_USER, host_pair.public, identity)
+        if pending.reauthorize:
+            if action == "unchanged":
+                # sshd reads its authorized key from a root-owned copy the entrypoint
+                # made at start: replace that copy (a stopped one gets it at start).
+                key = next(k for k in plan.container.key_files if k.name == AUTHORIZED_KEYS_FILE)
+                engine.inject_files(container_id, [(AUTHORIZED_KEYS_PATH, 0o644, key.content)])
+            reporter.warn(
+                f"the environment's authorized key did not match {identity} (a key was "
+                "removed or replaced here): authorized it again"
+            )
         if action in ("unchanged", "started") and _update_session_env(
             engine, plan, container_id, reporter
         ):
@@ -825,8 +841,17 @@ def _converge(engine: Engine, pending: _Pending, paths: ProvPaths) -> None:
     c = plan.container
     proxy = pending.existing_proxy
     drift = _drift(existing, plan) if existing is not None else []
+    stale = _stale_keys(c.keys_dir, c.key_files) if existing is not None else set()
+    if HOST_KEY_FILE in stale:
+        drift.append(
+            "host key: the environment's host key was replaced or removed on this machine "
+            "since the container started"
+        )
     if existing is not None:
         if not drift:
+            if stale:  # the authorized key: repair it (see _finish)
+                _write_keys(c)
+                pending.reauthorize = True
             if plan.egress is not None and proxy is None:
                 pending.proxy_id = engine.create(plan.egress.container)
             pending.action = "unchanged" if existing.running else "started"
@@ -868,9 +893,7 @@ def _converge(engine: Engine, pending: _Pending, paths: ProvPaths) -> None:
         engine.create_network(plan.network)
         pending.network_created = True
     reporter.step("creating the container")
-    ensure_private_dir(c.keys_dir)
-    for key_file in c.key_files:
-        atomic_write(c.keys_dir / key_file.name, key_file.content, key_file.mode)
+    _write_keys(c)
     # A Ctrl-C during the request could leave Docker finishing a container we
     # never learn the ID of; hold it for the few ms the request takes.
     with _deferred_interrupt():
@@ -878,6 +901,25 @@ def _converge(engine: Engine, pending: _Pending, paths: ProvPaths) -> None:
             pending.proxy_id = engine.create(plan.egress.container)
         pending.action = action
         pending.container_id = engine.create(c)
+
+
+def _stale_keys(keys_dir: Path, key_files: tuple[KeyFile, ...]) -> set[str]:
+    """Key files whose copy on this machine (what the container mounts) is not
+    what the plan holds: removed, emptied, or made for another key."""
+    stale = set()
+    for key_file in key_files:
+        try:
+            if (keys_dir / key_file.name).read_bytes() != key_file.content:
+                stale.add(key_file.name)
+        except OSError:
+            stale.add(key_file.name)
+    return stale
+
+
+def _write_keys(c: ContainerSpec) -> None:
+    ensure_private_dir(c.keys_dir)
+    for key_file in c.key_files:
+        atomic_write(c.keys_dir / key_file.name, key_file.content, key_file.mode)
 
 
 @contextlib.contextmanager
@@ -955,9 +997,7 @@ def _launch(
     return None
 
 
-def _update_session_env(
-    engine: Engine, plan: Plan, container_id: str, reporter: Reporter
-) -> bool:
+def _update_session_env(engine: Engine, plan: Plan, container_id: str, reporter: Reporter) -> bool:
     """An existing environment asked for other session variables (-e, --env-file,
     API keys set here): rewrite its root-only file, say what that changes, and
     return True. Asked for none: what it has stays."""
@@ -980,6 +1020,10 @@ def _start_env(
 ) -> None:
     if action == "started":
         reporter.step("starting the stopped container")
+        if engine.state(container_id).status == "restarting":
+            # Docker's restart loop (e.g. its keys were missing; now repaired)
+            # waits ever longer between tries: start it now instead.
+            engine.stop(container_id, timeout=1)
         engine.start(container_id)
     elif action in ("created", "recreated"):
         engine.start(container_id)

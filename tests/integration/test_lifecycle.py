@@ -102,3 +102,38 @@ def test_project_created_under_root_home_is_usable(prov: Prov) -> None:
         assert prov.ssh(str(env["ssh_alias"]), f"touch {base / name}/x").returncode == 0
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_lost_keys_are_repaired_or_the_fix_is_named(
+    prov: Prov, docker_client: docker.DockerClient
+) -> None:
+    """A deleted client key, an emptied authorized_keys (container in Docker's restart
+    loop) are repaired by `up`; a replaced host key is drift whose named fix works."""
+    name = prov.name("repair")
+    prov.project(name)
+    alias = f"prov-{name}"
+    env_dir = prov.prov_home / "envs" / name
+    prov.up(name)
+    subprocess.run(["ssh", "-F", str(prov.prov_home / "ssh_config"), "-O", "exit", alias],
+                   capture_output=True, check=False)  # fmt: skip
+    for key in ("id_ed25519", "id_ed25519.pub"):
+        (env_dir / key).unlink()
+    repaired = prov.run("up", name, check=True)
+    assert "authorized it again" in repaired.stderr
+    assert prov.ssh(alias, "true").returncode == 0
+
+    (env_dir / "sshd" / "authorized_keys").write_text("")
+    docker_client.containers.get(alias).restart(timeout=1)
+    restarted = prov.run("up", name)
+    assert restarted.returncode == 0, restarted.stderr
+    assert docker_client.containers.get(alias).status == "running"
+    assert prov.ssh(alias, "true").returncode == 0
+
+    before = prov.up(name)["host_key_fingerprint"]
+    for key in ("ssh_host_ed25519_key", "ssh_host_ed25519_key.pub"):
+        (env_dir / key).unlink()
+    drift = prov.run("up", name)
+    assert drift.returncode == 4 and "host key" in drift.stderr and "--recreate" in drift.stderr
+    after = prov.up(name, "--recreate")["host_key_fingerprint"]
+    assert after != before
+    assert prov.ssh(alias, "true").returncode == 0
