@@ -24,7 +24,7 @@ import tarfile
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -245,6 +245,14 @@ def _docker_errors(action: str) -> Iterator[None]:
         ) from exc
 
 
+def _pull_refusals() -> tuple[type[Exception], ...]:
+    """What a registry's refusal looks like from docker-py (not found, denied,
+    unreachable registry): the engine answered, the registry did not give it."""
+    import docker.errors
+
+    return (docker.errors.APIError,)
+
+
 def _explain(exc: Exception) -> str:
     explanation = getattr(exc, "explanation", None)
     return str(explanation or exc)
@@ -339,25 +347,30 @@ class Engine:
         attrs = self._json(f"inspect image {ref}", "GET", f"/images/{_quote(ref)}/json")
         return dict((attrs.get("Config") or {}).get("Labels") or {})
 
-    def try_pull(self, ref: str) -> bool:
-        """Pull `ref`; False when no registry can provide it (offline hosts)."""
-        repo, _, tag = ref.rpartition(":") if ":" in ref.split("/")[-1] else (ref, "", "latest")
-        try:
-            data = self._call(
-                f"pull {ref}",
-                "POST",
-                "/images/create",
-                params={"fromImage": repo, "tag": tag or "latest"},
-                timeout=600.0,
-            )
-        except ProvError:
-            return False
-        # The engine streams progress as JSON lines; a failure is an `error` line.
-        for line in (data or b"").splitlines():
-            with suppress(ValueError):
-                if "error" in json.loads(line):
-                    return False
-        return True
+    def pull(self, ref: str, progress: Callable[[str], None]) -> str | None:
+        """Pull `ref` (name[:tag] or name@digest) through docker-py, which sends the
+        credentials `docker login` stored for its registry; None when pulled, else
+        what the engine or registry said. An unreachable engine is raised."""
+        from docker.utils import parse_repository_tag
+
+        repository, tag = parse_repository_tag(ref)
+        shown: dict[str, str] = {}
+        with _docker_errors(f"pull {ref}"):
+            try:
+                stream = self._docker().api.pull(
+                    repository, tag=tag or "latest", stream=True, decode=True
+                )
+                for event in stream:
+                    if "error" in event:
+                        return str(event.get("error") or "the pull failed")
+                    layer, status = str(event.get("id", "")), str(event.get("status", ""))
+                    if status and shown.get(layer) != status:
+                        shown[layer] = status
+                        detail = event.get("progress") or ""
+                        progress(f"pulling {ref}: {layer + ' ' if layer else ''}{status} {detail}")
+            except _pull_refusals() as exc:
+                return _explain(exc)
+        return None
 
     def import_rootfs(self, tar_path: Path, ref: str) -> None:
         repo, _, tag = ref.rpartition(":")

@@ -68,14 +68,20 @@ class BuiltImage:
 Progress = Callable[[str], None]
 
 
-def _pulled(engine: Engine, ref: str) -> str | None:
-    """The image ID of `ref` after pulling it; None when no registry provides it."""
-    return engine.image_id(ref) if engine.try_pull(ref) else None
+def _pulled(engine: Engine, ref: str, line: Progress) -> tuple[str | None, str]:
+    """(image ID, "") after pulling `ref`; (None, what the registry said) when it
+    cannot be pulled."""
+    refusal = engine.pull(ref, line)
+    if refusal is not None:
+        return None, refusal
+    image_id = engine.image_id(ref)
+    return (image_id, "") if image_id else (None, "the engine reported no image after the pull")
 
 
-def _present_or_pulled(engine: Engine, ref: str) -> str | None:
-    """The image ID of `ref`, pulling it first if it is not here; None if neither works."""
-    return engine.image_id(ref) or _pulled(engine, ref)
+def _present_or_pulled(engine: Engine, ref: str, line: Progress) -> tuple[str | None, str]:
+    """The image ID of `ref`, pulling it first if it is not here (see _pulled)."""
+    image_id = engine.image_id(ref)
+    return (image_id, "") if image_id else _pulled(engine, ref, line)
 
 
 def ensure_base(engine: Engine, requested: str, note: Progress, line: Progress) -> tuple[str, str]:
@@ -98,13 +104,13 @@ def ensure_base(engine: Engine, requested: str, note: Progress, line: Progress) 
         if local_id:
             line(f"{requested} is not here; using the local base {distro.tag}")
             return distro.tag, local_id
-    image_id = _pulled(engine, requested)
+    image_id, refusal = _pulled(engine, requested, line)
     if image_id:
         return requested, image_id
     if requested != DEFAULT_BASE_IMAGE:
         raise BuildError(
             f"Base image {requested} is not present and cannot be pulled",
-            "No registry that has it is reachable from the Docker engine.",
+            f"The pull said: {refusal}",
             f"load it first (`docker load -i FILE`), or leave --base-image out to use "
             f"{DEFAULT_BASE_IMAGE} (prov builds a local Debian/Ubuntu base when that cannot "
             "be pulled).",
@@ -117,6 +123,7 @@ def ensure_base(engine: Engine, requested: str, note: Progress, line: Progress) 
             "set PROV_APT_MIRROR to a Debian/Ubuntu mirror URL, or load a base image with "
             "`docker load` and pass --base-image.",
         )
+    line(f"pulling {requested} failed: {refusal}")
     note(
         f"{requested} is not present and cannot be pulled: building the local base "
         f"{distro.tag} with debootstrap from {mirror} (once; about a minute)"
@@ -191,12 +198,14 @@ def ensure_image(
 ) -> BuiltImage:
     if request.from_image:
         base_ref = request.from_image
-        base_id = _present_or_pulled(engine, base_ref)
+        base_id, refusal = _present_or_pulled(engine, base_ref, line)
         if base_id is None:
             raise BuildError(
                 f"--from image {base_ref} is not present and cannot be pulled",
-                "prov adds its SSH and agent layers on top of an existing image.",
-                "build or load it first (`docker images` should list it).",
+                f"prov adds its SSH and agent layers on top of an existing image. "
+                f"The pull said: {refusal}",
+                "build or load it first (`docker images` should list it); for a private "
+                "registry, `docker login` to it first (prov pulls with those credentials).",
             )
         _require_debian_like(engine, base_ref)
     else:

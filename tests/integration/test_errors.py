@@ -189,8 +189,16 @@ def test_unpullable_base_image(prov: Prov) -> None:
     """An explicit base that is neither present nor pullable is an error, not a substitute."""
     name = prov.name("nobase")
     prov.project(name)
-    result = prov.run("up", name, "--base-image", "prov-test-does-not-exist:1")
-    _assert_clean_failure(result, 5, "cannot be pulled", "docker load")
+    # A registry on this machine where nothing listens: no traffic leaves it.
+    registry = "127.0.0.1:9"
+    result = prov.run("up", name, "--base-image", f"{registry}/prov-test-missing:1")
+    _assert_clean_failure(result, 5, "cannot be pulled", "docker load", "The pull said:")
+    # A digest reference reaches the registry as such (it used to be split at the
+    # wrong ':'), and the refusal is given in the engine's words.
+    digest = f"{registry}/team/img@sha256:" + "0" * 64
+    result = prov.run("up", name, "--base-image", digest)
+    _assert_clean_failure(result, 5, "cannot be pulled", "connection refused")
+    assert "invalid reference" not in result.stderr.lower()
 
 
 def test_failed_build_shows_log_tail(
