@@ -41,11 +41,29 @@ def docker_context(layer: str) -> Path:
 LAYER_FORMAT = "2"
 
 
+def context_files(context: Path) -> list[Path]:
+    """The files Docker gets as the build context: all of them, less what
+    .dockerignore excludes (read the way docker-py reads it when it builds)."""
+    files = [p for p in context.rglob("*") if p.is_file()]
+    ignore = context / ".dockerignore"
+    if not ignore.is_file():
+        return sorted(files)
+    from docker.utils.build import exclude_paths
+
+    patterns = [
+        line.strip()
+        for line in ignore.read_text(errors="replace").splitlines()
+        if line.strip() and not line.strip().startswith("#")
+    ]
+    kept = exclude_paths(str(context), patterns)
+    return sorted(p for p in files if p.relative_to(context).as_posix() in kept)
+
+
 def context_hash(
     context: Path, buildargs: dict[str, str], base_id: str, labels: dict[str, str] | None = None
 ) -> str:
     digest = hashlib.sha256(f"prov-layer-{LAYER_FORMAT}\0".encode())
-    for path in sorted(p for p in context.rglob("*") if p.is_file()):
+    for path in context_files(context):
         rel = path.relative_to(context).as_posix()
         executable = path.stat().st_mode & 0o111 != 0
         digest.update(f"{rel}\0{int(executable)}\0".encode())

@@ -26,3 +26,19 @@ def test_sshd_context_is_found() -> None:
     """The sshd layer's Dockerfile ships with prov."""
     assert (docker_context("sshd") / "Dockerfile").is_file()
     assert (docker_context("sshd") / "entrypoint.sh").is_file()
+
+
+def test_hash_covers_exactly_what_dockerignore_lets_through(tmp_path: Path) -> None:
+    """Editing an ignored file (the project's sources) changes nothing; editing a file
+    Docker gets changes the hash."""
+    (tmp_path / "Dockerfile").write_text("FROM scratch\nCOPY tool /tool\n")
+    (tmp_path / "tool").write_text("v1")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "main.py").write_text("print(1)")
+    (tmp_path / ".dockerignore").write_text("# sources are mounted, not built in\nsrc\n")
+    first = context_hash(tmp_path, {}, "base")
+    (tmp_path / "src" / "main.py").write_text("print(2)")
+    (tmp_path / "src" / "new.py").write_text("x = 1")
+    assert context_hash(tmp_path, {}, "base") == first
+    (tmp_path / "tool").write_text("v2")
+    assert context_hash(tmp_path, {}, "base") != first
