@@ -2,11 +2,13 @@
 
 The calls on every command's path (ping, inspect, list, create, put files,
 start/stop/remove) go to the Engine API as plain HTTP over the local socket,
-with the standard library's http.client: importing docker-py (requests,
-urllib3) costs ~0.2 s, most of what a no-op `prov up` or `prov ls` would take.
-docker-py does everything else (image builds and imports, reading files out of
-an image, logs), and every call when DOCKER_HOST names an engine that is not a
-local socket (tcp://, ssh://, TLS): there it is the transport for all calls.
+with the standard library's http.client. Importing docker-py (requests,
+urllib3) costs ~50 ms more than that (measured here 2026-11-28: 45-60 ms; with
+paramiko, which it loads for ssh:// engines, ~90 ms more again), a sixth of a
+no-op `prov ls`. docker-py does everything else, and everything that talks to
+a registry (pulls with the user's credentials, builds, imports, reading files
+out of an image, logs), and every call when DOCKER_HOST names an engine that is
+not a local socket (tcp://, ssh://, TLS): there it is the transport for all.
 
 Every failure is raised as a ProvError (docker-py's with `from`), so callers
 deal with one error family.
@@ -188,7 +190,7 @@ def _import_docker() -> None:
     """Import docker-py without the paramiko it loads for ssh:// engines.
 
     docker-py treats paramiko as optional (ImportError is its signal), and the
-    import costs ~0.25 s; prov's engine is local unless DOCKER_HOST says ssh://.
+    import costs ~90 ms; prov's engine is local unless DOCKER_HOST says ssh://.
     """
     if "docker" in sys.modules:
         return

@@ -65,9 +65,3 @@ class NotFound(ProvError):
 
 class HandoffError(ProvError):
     exit_code = 8
-
-
-class CheckFailed(ProvError):
-    """`prov ssh-test` found at least one failing step."""
-
-    exit_code = 9

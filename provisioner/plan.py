@@ -1,7 +1,7 @@
 """Pure planning: request + facts -> everything Docker and SSH need.
 
 Nothing here touches Docker, the network or the file system, so the whole
-plan can be printed with `--dry-run` and unit-tested without a daemon.
+plan can be unit-tested without a daemon.
 """
 
 from __future__ import annotations

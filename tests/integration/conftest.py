@@ -164,6 +164,30 @@ def prov_containers(client: docker.DockerClient, name: str) -> list[str]:
     ]
 
 
+@pytest.fixture(scope="session")
+def base_image() -> str:
+    """The base image prov uses here: pulled, or made with debootstrap where no
+    registry answers (tests must not assume either)."""
+    from provisioner.config import DEFAULT_BASE_IMAGE
+    from provisioner.engine import Engine
+    from provisioner.image import ensure_base
+
+    ref, _ = ensure_base(Engine.connect(), DEFAULT_BASE_IMAGE, print, lambda _: None)
+    return ref
+
+
+@pytest.fixture(scope="session")
+def env_image() -> str:
+    """prov's environment image (sshd, python3, ...), built if need be; test servers
+    run on it, so they need no registry."""
+    from provisioner.config import DEFAULT_BASE_IMAGE
+    from provisioner.engine import Engine
+    from provisioner.image import ImageRequest, ensure_image
+
+    request = ImageRequest(base_image=DEFAULT_BASE_IMAGE)
+    return ensure_image(Engine.connect(), request, print, lambda _: None).tag
+
+
 EGRESS_NET = "prov-egress"
 SITE, DENIED_SITE = "www.allowed.prov-test", "www.denied.prov-test"
 
@@ -183,28 +207,22 @@ class HttpsSite:
 
 @pytest.fixture(scope="session")
 def https_site(
-    tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient
+    tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient, env_image: str
 ) -> Iterator[HttpsSite]:
     """An 'outside' HTTPS server on prov's egress network, as SITE (a subdomain of
     the name the egress tests allow) and DENIED_SITE; it runs on prov's own image
     (python3 is in it), so it needs no registry."""
-    from provisioner.config import DEFAULT_BASE_IMAGE
-    from provisioner.engine import Engine
-    from provisioner.image import ImageRequest, ensure_image
     from tests.integration import tlssite
 
     root = tmp_path_factory.mktemp("site")
     ca = tlssite.build(root, [SITE, DENIED_SITE])
-    image = ensure_image(
-        Engine.connect(), ImageRequest(base_image=DEFAULT_BASE_IMAGE), print, lambda _: None
-    )
     if not docker_client.networks.list(names=[EGRESS_NET]):  # prov may have made it already
         docker_client.networks.create(
             EGRESS_NET, driver="bridge", labels={"prov.managed": "true"}, check_duplicate=True
         )
     api = docker_client.api
     created = api.create_container(
-        image.tag,
+        env_image,
         ["python3", "/srv/server.py"],
         entrypoint=[],
         labels={"prov.test": "https-site"},

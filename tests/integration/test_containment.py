@@ -131,22 +131,22 @@ def test_host() -> Iterator[int]:
 
 
 @pytest.fixture(scope="module")
-def allowed_server(docker_client: docker.DockerClient) -> Iterator[None]:
+def allowed_server(docker_client: docker.DockerClient, env_image: str) -> Iterator[None]:
     """An 'outside' server on prov's egress network, known there as ALLOWED and
     DENIED: an sshd on port 443, whose banner proves a tunnel reached it."""
     if not docker_client.networks.list(names=[EGRESS_NET]):  # prov may have made it already
         docker_client.networks.create(
             EGRESS_NET, driver="bridge", labels={"prov.managed": "true"}, check_duplicate=True
         )
-    image = next(i for i in docker_client.images.list("prov-base") if i.tags)
     api = docker_client.api
     created = api.create_container(
-        image.tags[0],
+        env_image,
         [
             "sh",
             "-c",
             "mkdir -p /run/sshd && ssh-keygen -A >/dev/null && exec /usr/sbin/sshd -D -p 443",
         ],
+        entrypoint=[],
         labels={"prov.test": "egress-server"},
         host_config=api.create_host_config(network_mode=EGRESS_NET),
         networking_config=api.create_networking_config(

@@ -30,10 +30,10 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def image(docker_client: docker.DockerClient) -> Iterator[str]:
+def image(docker_client: docker.DockerClient, base_image: str) -> Iterator[str]:
     """prov's local base with a command (the debootstrap import has none);
     removed again afterwards."""
-    base = docker_client.images.list(name="prov-base")[0]
+    base = docker_client.images.get(base_image)
     dockerfile = f'FROM {base.id}\nCMD ["true"]\n'.encode()
     context = io.BytesIO()
     with tarfile.open(fileobj=context, mode="w") as tar:

@@ -194,9 +194,9 @@ def test_project_dockerfile_layer(prov: Prov) -> None:
     )
 
 
-def test_from_user_image(prov: Prov, docker_client: docker.DockerClient) -> None:
+def test_from_user_image(prov: Prov, docker_client: docker.DockerClient, base_image: str) -> None:
     """--from adds prov's layers to the user's Debian-based project image."""
-    base = docker_client.images.list(name="prov-base")[0]
+    base = docker_client.images.get(base_image)
     docker_client.images.build(
         fileobj=io.BytesIO(f"FROM {base.id}\nRUN echo mine > /opt/user-marker\n".encode()),
         tag="prov-test-userimage:1",

@@ -91,12 +91,12 @@ def _first_free_port() -> int:
 
 
 def test_auto_port_skips_port_of_stopped_container(
-    prov: Prov, docker_client: docker.DockerClient
+    prov: Prov, docker_client: docker.DockerClient, base_image: str
 ) -> None:
     """With --egress open and no --port, prov skips a port a stopped container holds."""
     name = prov.name("autoport")
     prov.project(name)
-    image = docker_client.images.list(name="prov-base")[0]
+    image = docker_client.images.get(base_image)
     taken = _first_free_port()
     holder = docker_client.containers.create(
         image.id, "true", ports={"22/tcp": ("127.0.0.1", taken)}
@@ -148,7 +148,9 @@ def test_up_several_names(prov: Prov) -> None:
         assert prov.ssh(f"prov-{name}", "hostname").stdout.strip() == name
 
 
-def test_up_several_names_one_failing(prov: Prov, docker_client: docker.DockerClient) -> None:
+def test_up_several_names_one_failing(
+    prov: Prov, docker_client: docker.DockerClient, base_image: str
+) -> None:
     """One environment that cannot come up (its name is taken by a foreign
     container) fails alone, with its error; the others come up; nothing of
     the failed one is left behind."""
@@ -156,7 +158,7 @@ def test_up_several_names_one_failing(prov: Prov, docker_client: docker.DockerCl
     bad = prov.name("mixbad")
     for name in (*good, bad):
         prov.project(name)
-    image = docker_client.images.list(name="prov-base")[0]
+    image = docker_client.images.get(base_image)
     foreign = docker_client.containers.create(image.id, "true", name=f"prov-{bad}")
     try:
         result = prov.run("up", good[0], bad, good[1])
