@@ -222,8 +222,8 @@ def start(
 ) -> float:
     """Start (or restart) the container and wait until SSH works; seconds to ready."""
     paths = paths or ProvPaths.from_env()
-    # Imported here: ls, status and the others do not need `up`'s modules.
-    from provisioner.service import await_ssh
+    # Imported here: ls, status and the others do not need the readiness code.
+    from provisioner.ready import await_ssh
 
     record = state.require(paths, name)
     engine = Engine.connect()
@@ -252,7 +252,8 @@ def start(
         host_key,
         Path(record.identity_file),
     )
-    return await_ssh(engine, paths, target, sshconf.alias_for(name), info.id, timeout, reporter)
+    alias = sshconf.alias_for(name)
+    return await_ssh(engine, paths.ssh_config, target, alias, info.id, timeout, reporter)
 
 
 def logs(name: str, follow: bool, tail: int | None) -> Iterator[bytes]:

@@ -19,8 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from provisioner import openssh
+from provisioner.engine import Engine
 from provisioner.errors import NotReady
 from provisioner.plan import SshTarget
+from provisioner.progress import Reporter
+
+# How often to try sshd's port while waiting for its banner (a loopback connect).
+BANNER_POLL = 0.015
+BANNER_POLL_CROWDED = 0.05
 
 
 class Fatal(Exception):
@@ -36,16 +42,28 @@ PROBE_EVERY = 0.2
 
 
 @dataclass(frozen=True)
+class Clock:
+    """Time as the waits see it; tests pass a fake one."""
+
+    now: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+
+
+SYSTEM_CLOCK = Clock()
+
+
+@dataclass(frozen=True)
 class Deadline:
     seconds: float
     at: float
+    clock: Clock = SYSTEM_CLOCK
 
     @classmethod
-    def after(cls, seconds: float) -> Deadline:
-        return cls(seconds, time.monotonic() + seconds)
+    def after(cls, seconds: float, clock: Clock = SYSTEM_CLOCK) -> Deadline:
+        return cls(seconds, clock.now() + seconds, clock)
 
     def left(self) -> float:
-        return max(0.0, self.at - time.monotonic())
+        return max(0.0, self.at - self.clock.now())
 
 
 def read_banner(host: str, port: int, timeout: float = 5.0) -> str:
@@ -78,13 +96,14 @@ def _poll(
 ) -> None:
     """Retry `attempt` on Transient until it passes; fail on Fatal, or within
     PROBE_EVERY seconds of the container stopping."""
+    clock = deadline.clock
     delay = min(0.02, max_delay)
     last = "nothing tried yet"
-    next_probe = 0.0
+    next_probe = float("-inf")
     while True:
         # Asking Docker whether the container still runs costs more than a
         # banner try, so it is asked at most every PROBE_EVERY seconds.
-        now = time.monotonic()
+        now = clock.now()
         problem = None
         if now >= next_probe:
             problem = probe()
@@ -119,7 +138,7 @@ def _poll(
         on_wait(f"waiting for SSH: {last}")
         # Short, capped steps: sshd is usually up within a few hundred ms,
         # and a long sleep would be pure added latency.
-        time.sleep(min(delay * (1 + random.random() / 2), left))  # noqa: S311 - jitter, not crypto
+        clock.sleep(min(delay * (1 + random.random() / 2), left))  # noqa: S311 - jitter, not crypto
         delay = min(delay * 1.5, max_delay)
 
 
@@ -176,3 +195,55 @@ def wait_alias_login(
         raise Transient(f"`ssh {alias} true` exited {code}: {text}")
 
     _poll(attempt, probe, deadline, on_wait, logs)
+
+
+def container_problem(engine: Engine, container_id: str) -> str | None:
+    """None while the container runs, else what Docker says of it."""
+    info = engine.state(container_id)
+    if info.running:
+        return None
+    code = f" with code {info.exit_code}" if info.exit_code is not None else ""
+    return f"Container status is {info.status!r}{code}."
+
+
+def recheck_ssh(ssh_config: Path, alias: str) -> float:
+    """A running, unchanged environment: one login through the alias proves it
+    (pinned host key, key login, a command), over the warm connection if any."""
+    started = time.monotonic()
+    code, output = openssh.system_ssh(ssh_config, alias, "true")
+    if code != 0:
+        raise NotReady(
+            f"The running environment does not answer through {alias}",
+            f"`ssh -F {ssh_config} {alias} true` exited {code}: {output.strip()[-400:]}",
+            "run `prov ssh-test NAME` to see which step fails; `prov up --recreate` "
+            "replaces the container (keys and host key are kept).",
+        )
+    return time.monotonic() - started
+
+
+def await_ssh(
+    engine: Engine,
+    ssh_config: Path,
+    target: SshTarget,
+    alias: str,
+    container_id: str,
+    timeout: float,
+    reporter: Reporter,
+    poll: float = BANNER_POLL,
+) -> float:
+    """Wait until sshd answers (polling its port every `poll` seconds at most)
+    and the system ssh logs in through the alias and runs `true`; return the
+    seconds it took."""
+    reporter.step("waiting for SSH")
+    deadline = Deadline.after(timeout)
+    started = time.monotonic()
+
+    def probe() -> str | None:
+        return container_problem(engine, container_id)
+
+    def logs() -> str:
+        return engine.logs_tail(container_id)
+
+    wait_banner(target, probe, deadline, reporter.detail, logs, poll)
+    wait_alias_login(ssh_config, alias, probe, deadline, reporter.detail, logs)
+    return time.monotonic() - started

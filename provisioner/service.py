@@ -8,25 +8,33 @@ Progress goes to a Reporter; only the CLI prints.
 from __future__ import annotations
 
 import contextlib
-import errno
 import ipaddress
 import os
 import shutil
 import signal
-import socket
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from provisioner import egress, host, keys, mountpolicy, netplan, openssh, ready, sshconf, state
+from provisioner import (
+    egress,
+    host,
+    keys,
+    mountpolicy,
+    netplan,
+    openssh,
+    ports,
+    ready,
+    reconcile,
+    sshconf,
+    state,
+)
 from provisioner.config import (
     AGENT_USER,
     API_KEY_VARS,
-    DEFAULT_FIRST_PORT,
     Extras,
     ProvPaths,
     UpRequest,
@@ -35,25 +43,15 @@ from provisioner.config import (
     user_ssh_config,
 )
 from provisioner.engine import ContainerInfo, Engine
-from provisioner.errors import ConfigError, ConflictError, NotReady, ProvError, UsageError
-from provisioner.fsutil import atomic_write, ensure_private_dir, file_lock, require_own_home
+from provisioner.errors import ConfigError, ConflictError, ProvError, UsageError
+from provisioner.fsutil import ensure_private_dir, file_lock, require_own_home
 from provisioner.image import BuiltImage, ImageRequest, ensure_egress_image, ensure_image
 from provisioner.ownership import is_ours, require_ours
 from provisioner.plan import (
     AUTHORIZED_KEYS_FILE,
     AUTHORIZED_KEYS_PATH,
-    HOST_KEY_FILE,
-    LABEL_BIND,
-    LABEL_EGRESS,
-    LABEL_IMAGE_HASH,
-    LABEL_LIMITS,
-    LABEL_MOUNTS,
     LABEL_PORT,
-    LABEL_PROJECT,
-    LABEL_SUDO,
     SESSION_ENV_PATH,
-    ContainerSpec,
-    KeyFile,
     NetworkSpec,
     Plan,
     SshTarget,
@@ -67,10 +65,6 @@ from provisioner.progress import Reporter
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
-
-# How often to try sshd's port while waiting for its banner (a loopback connect).
-BANNER_POLL = 0.015
-BANNER_POLL_CROWDED = 0.05
 
 
 @dataclass(frozen=True)
@@ -107,84 +101,14 @@ class UpResult:
         }
 
 
-def _port_bindable(bind: str, port: int) -> bool:
-    family = socket.AF_INET6 if ipaddress.ip_address(bind).version == 6 else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((bind, port))
-        except OSError as exc:
-            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
-                return False
-            if exc.errno == errno.EADDRNOTAVAIL:
-                raise UsageError(
-                    f"--bind {bind} is not an address of this machine",
-                    f"Binding a socket to it failed: {exc.strerror}.",
-                    "pass one of this machine's addresses (`ip -brief addr`), or leave "
-                    "--bind out to publish on 127.0.0.1.",
-                ) from None
-            raise UsageError(
-                f"Cannot check port {port} on {bind}",
-                f"Binding a test socket failed: {exc.strerror or exc}.",
-                "pick another --bind or --port.",
-            ) from None
-    return True
-
-
-def choose_port(
-    reserved: set[int],
-    request: UpRequest,
-    own: ContainerInfo | None,
-    recorded: int | None,
-) -> int:
-    """The port for `request`, given the host ports Docker has reserved for
-    other containers (and those already handed out in this run)."""
-    reserved = set(reserved)
-    if own is not None:
-        reserved -= {p for _, p in own.published}
-        with contextlib.suppress(ValueError):
-            reserved.discard(int(own.labels.get(LABEL_PORT, "")))
-    if request.port is not None:
-        if request.port in reserved:
-            raise ConflictError(
-                f"Port {request.port} is already reserved by another Docker container",
-                "Docker publishes it for a container prov is not creating now (it may be "
-                "stopped, and would clash when started).",
-                "pick another --port, or leave --port out to let prov choose a free one.",
-            )
-        return request.port
-    if recorded is not None and recorded not in reserved:
-        return recorded
-    for candidate in range(DEFAULT_FIRST_PORT, DEFAULT_FIRST_PORT + 2000):
-        if candidate not in reserved and _port_bindable(request.bind, candidate):
-            return candidate
-    raise ConflictError(
-        "No free port found",
-        f"Tried {DEFAULT_FIRST_PORT}-{DEFAULT_FIRST_PORT + 1999} on {request.bind}.",
-        "pass --port.",
-    )
-
-
-def _drift(info: ContainerInfo, plan: Plan) -> list[str]:
-    want = plan.container.labels
-    diffs = []
-    for label, what in (
-        (LABEL_MOUNTS, "mounts"),
-        (LABEL_IMAGE_HASH, "image"),
-        (LABEL_PORT, "port"),
-        (LABEL_BIND, "bind address"),
-        (LABEL_PROJECT, "project dir"),
-        (LABEL_SUDO, "sudo"),
-        (LABEL_LIMITS, "limits"),
-        (LABEL_EGRESS, "egress"),
-    ):
-        have = info.labels.get(label, "")
-        if have != want[label]:
-            shown = (
-                (have[:12], want[label][:12]) if label == LABEL_IMAGE_HASH else (have, want[label])
-            )
-            diffs.append(f"{what}: running {shown[0]!r}, asked {shown[1]!r}")
-    return diffs
+def _own_ports(own: ContainerInfo | None) -> set[int]:
+    """Host ports an environment's own container holds (published, or in its label)."""
+    if own is None:
+        return set()
+    held = {p for _, p in own.published}
+    with contextlib.suppress(ValueError):
+        held.add(int(own.labels.get(LABEL_PORT, "")))
+    return held
 
 
 def _identity(request: UpRequest, paths: ProvPaths) -> tuple[keys.PublicKey, Path, str]:
@@ -272,7 +196,7 @@ def up_many(
 
     # Many containers starting at once share the CPU; polling their ports
     # as often as for one would only take more of it.
-    poll = BANNER_POLL if len(items) <= 1 else BANNER_POLL_CROWDED
+    poll = ready.BANNER_POLL if len(items) <= 1 else ready.BANNER_POLL_CROWDED
     publishing = any(not request.containment.internal for request, _ in items)
 
     def finish(pending: _Pending) -> UpOutcome:
@@ -532,10 +456,11 @@ def _place(
             request = pending.request
             try:
                 if not request.containment.internal:
-                    pending.port = choose_port(
+                    pending.port = ports.choose_port(
                         reserved,
-                        request,
-                        pending.existing,
+                        request.port,
+                        request.bind,
+                        _own_ports(pending.existing),
                         pending.record.port if pending.record else None,
                     )
                 pending.network = engine.network(network_name(request.name))
@@ -621,10 +546,17 @@ def _finish(engine: Engine, pending: _Pending, paths: ProvPaths, poll: float) ->
         ):
             openssh.stop_multiplexing(paths.ssh_config, alias)
         if action == "unchanged":
-            seconds = recheck_ssh(paths, alias)
+            seconds = ready.recheck_ssh(paths.ssh_config, alias)
         else:
-            seconds = await_ssh(
-                engine, paths, target, alias, container_id, request.timeout, reporter, poll
+            seconds = ready.await_ssh(
+                engine,
+                paths.ssh_config,
+                target,
+                alias,
+                container_id,
+                request.timeout,
+                reporter,
+                poll,
             )
         if proxy_start is not None:
             proxy_start.join()
@@ -706,49 +638,6 @@ def _abandon(engine: Engine, pending: _Pending, paths: ProvPaths) -> None:
         host.remove_created(pending.project)
 
 
-def recheck_ssh(paths: ProvPaths, alias: str) -> float:
-    """A running, unchanged environment: one login through the alias proves it
-    (pinned host key, key login, a command), over the warm connection if any."""
-    started = time.monotonic()
-    code, output = openssh.system_ssh(paths.ssh_config, alias, "true")
-    if code != 0:
-        raise NotReady(
-            f"The running environment does not answer through {alias}",
-            f"`ssh -F {paths.ssh_config} {alias} true` exited {code}: {output.strip()[-400:]}",
-            "run `prov ssh-test NAME` to see which step fails; `prov up --recreate` "
-            "replaces the container (keys and host key are kept).",
-        )
-    return time.monotonic() - started
-
-
-def await_ssh(
-    engine: Engine,
-    paths: ProvPaths,
-    target: SshTarget,
-    alias: str,
-    container_id: str,
-    timeout: float,
-    reporter: Reporter,
-    poll: float = BANNER_POLL,
-) -> float:
-    """Wait until sshd answers (polling its port every `poll` seconds at most)
-    and the system ssh logs in through the alias and runs `true`; return the
-    seconds it took."""
-    reporter.step("waiting for SSH")
-    deadline = ready.Deadline.after(timeout)
-    started = time.monotonic()
-
-    def probe() -> str | None:
-        return _probe(engine, container_id)
-
-    def logs() -> str:
-        return engine.logs_tail(container_id)
-
-    ready.wait_banner(target, probe, deadline, reporter.detail, logs, poll)
-    ready.wait_alias_login(paths.ssh_config, alias, probe, deadline, reporter.detail, logs)
-    return time.monotonic() - started
-
-
 def _session_env(extras: Extras) -> tuple[tuple[str, str], ...]:
     """Agent API keys set on this host, then --env/--env-file (which win)."""
     pairs = {key: os.environ[key] for key in API_KEY_VARS if os.environ.get(key)}
@@ -778,14 +667,6 @@ def _image_request(request: UpRequest, project_dir: Path) -> ImageRequest:
         npm_registry=host.npm_registry() if extras.agents else "",
         project_dockerfile=dockerfile.absolute() if dockerfile else None,
     )
-
-
-def _probe(engine: Engine, container_id: str) -> str | None:
-    info = engine.state(container_id)
-    if info.running:
-        return None
-    code = f" with code {info.exit_code}" if info.exit_code is not None else ""
-    return f"Container status is {info.status!r}{code}."
 
 
 EGRESS_NETWORK = "prov-egress"
@@ -840,35 +721,22 @@ def _converge(engine: Engine, pending: _Pending, paths: ProvPaths) -> None:
     assert plan is not None  # noqa: S101 - _place builds it first
     c = plan.container
     proxy = pending.existing_proxy
-    drift = _drift(existing, plan) if existing is not None else []
-    stale = _stale_keys(c.keys_dir, c.key_files) if existing is not None else set()
-    if HOST_KEY_FILE in stale:
-        drift.append(
-            "host key: the environment's host key was replaced or removed on this machine "
-            "since the container started"
-        )
-    if existing is not None:
-        if not drift:
-            if stale:  # the authorized key: repair it (see _finish)
-                _write_keys(c)
-                pending.reauthorize = True
-            if plan.egress is not None and proxy is None:
-                pending.proxy_id = engine.create(plan.egress.container)
-            pending.action = "unchanged" if existing.running else "started"
-            pending.container_id = existing.id
-            return
-        if not request.recreate:
-            raise ConflictError(
-                f"Environment {plan.env_name!r} exists but differs from what was asked",
-                "Differences: " + "; ".join(drift) + ".",
-                "run `prov up` with --recreate to replace the container (keys and host key "
-                "are kept), or repeat the original options.",
-            )
+    stale = reconcile.stale_keys(c.keys_dir, c.key_files) if existing is not None else set()
+    decision = reconcile.decide(existing, plan, stale, request.recreate)
+    if existing is not None and decision.action in ("unchanged", "started"):
+        if decision.reauthorize:  # the authorized key: repair it (see _finish)
+            reconcile.write_keys(c)
+            pending.reauthorize = True
+        if plan.egress is not None and proxy is None:
+            pending.proxy_id = engine.create(plan.egress.container)
+        pending.action = decision.action
+        pending.container_id = existing.id
+        return
     # Check what could stop the new container from starting before the old
     # one is removed: a failed recreate must not cost a working environment.
     if (
         c.port
-        and not _port_bindable(c.bind, c.port)
+        and not ports.port_bindable(c.bind, c.port)
         and not (existing is not None and (c.bind, c.port) in existing.published)
     ):
         raise ConflictError(
@@ -876,11 +744,9 @@ def _converge(engine: Engine, pending: _Pending, paths: ProvPaths) -> None:
             "Another process listens there, so Docker could not publish sshd on it.",
             "pick another --port, or leave --port out to let prov choose a free one.",
         )
-    action = "created"
     if existing is not None:
-        reporter.step("recreating the container: " + "; ".join(drift))
+        reporter.step("recreating the container: " + "; ".join(decision.drift))
         engine.remove(existing.id)
-        action = "recreated"
     if proxy is not None:
         engine.remove(proxy.id)
     net = pending.network
@@ -893,33 +759,14 @@ def _converge(engine: Engine, pending: _Pending, paths: ProvPaths) -> None:
         engine.create_network(plan.network)
         pending.network_created = True
     reporter.step("creating the container")
-    _write_keys(c)
+    reconcile.write_keys(c)
     # A Ctrl-C during the request could leave Docker finishing a container we
     # never learn the ID of; hold it for the few ms the request takes.
     with _deferred_interrupt():
         if plan.egress is not None:
             pending.proxy_id = engine.create(plan.egress.container)
-        pending.action = action
+        pending.action = decision.action
         pending.container_id = engine.create(c)
-
-
-def _stale_keys(keys_dir: Path, key_files: tuple[KeyFile, ...]) -> set[str]:
-    """Key files whose copy on this machine (what the container mounts) is not
-    what the plan holds: removed, emptied, or made for another key."""
-    stale = set()
-    for key_file in key_files:
-        try:
-            if (keys_dir / key_file.name).read_bytes() != key_file.content:
-                stale.add(key_file.name)
-        except OSError:
-            stale.add(key_file.name)
-    return stale
-
-
-def _write_keys(c: ContainerSpec) -> None:
-    ensure_private_dir(c.keys_dir)
-    for key_file in c.key_files:
-        atomic_write(c.keys_dir / key_file.name, key_file.content, key_file.mode)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,177 @@
+"""Port choice, drift and replacement, and the readiness loop, without Docker:
+fake containers, a fake port check and a fake clock."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+
+from provisioner import ports, ready, reconcile
+from provisioner.config import DEFAULT_FIRST_PORT
+from provisioner.engine import ContainerInfo
+from provisioner.errors import ConflictError, NotReady
+from provisioner.plan import AUTHORIZED_KEYS_FILE, HOST_KEY_FILE, LABEL_SUDO, Plan, SshTarget
+from tests.unit.test_plan import _plan
+
+# --- ports -------------------------------------------------------------------
+
+
+def test_asked_port_used_unless_another_container_holds_it() -> None:
+    assert ports.choose_port(set(), 2222, "127.0.0.1", bindable=lambda b, p: False) == 2222
+    with pytest.raises(ConflictError, match="2222"):
+        ports.choose_port({2222}, 2222, "127.0.0.1")
+    # Its own container's port is not "another container's".
+    assert ports.choose_port({2222}, 2222, "127.0.0.1", own={2222}) == 2222
+
+
+def test_recorded_port_kept_then_first_free_one() -> None:
+    first = DEFAULT_FIRST_PORT
+    assert ports.choose_port(set(), None, "127.0.0.1", recorded=3000) == 3000
+    busy = {first + 1}  # something listens there (not Docker)
+    choice = ports.choose_port(
+        {3000, first}, None, "127.0.0.1", recorded=3000, bindable=lambda b, p: p not in busy
+    )
+    assert choice == first + 2
+
+
+def test_no_free_port_is_a_conflict() -> None:
+    with pytest.raises(ConflictError, match="No free port"):
+        ports.choose_port(set(), None, "127.0.0.1", bindable=lambda b, p: False)
+
+
+# --- reconcile ---------------------------------------------------------------
+
+
+def _running(plan: Plan, status: str = "running", **labels: str) -> ContainerInfo:
+    return ContainerInfo(
+        id="c1",
+        name=plan.container.name,
+        status=status,
+        labels={**plan.container.labels, **labels},
+        image_id="sha256:x",
+        published=(),
+        exit_code=None,
+        started_at="",
+    )
+
+
+def _a_plan(tmp_path: Path) -> Plan:
+    plan, _, _ = _plan(tmp_path / "p", tmp_path)
+    assert isinstance(plan, Plan)
+    return plan
+
+
+def test_new_environment_is_created(tmp_path: Path) -> None:
+    decision = reconcile.decide(None, _a_plan(tmp_path), set(), recreate=False)
+    assert decision.action == "created" and decision.keys_to_write
+
+
+def test_unchanged_running_or_stopped(tmp_path: Path) -> None:
+    plan = _a_plan(tmp_path)
+    assert reconcile.decide(_running(plan), plan, set(), False).action == "unchanged"
+    assert reconcile.decide(_running(plan, "exited"), plan, set(), False).action == "started"
+
+
+def test_drift_is_refused_without_recreate_and_named(tmp_path: Path) -> None:
+    plan = _a_plan(tmp_path)
+    changed = _running(plan, **{LABEL_SUDO: "yes"})
+    with pytest.raises(ConflictError) as caught:
+        reconcile.decide(changed, plan, set(), recreate=False)
+    assert "sudo: running 'yes', asked 'no'" in caught.value.seen
+    assert "--recreate" in caught.value.hint
+    decision = reconcile.decide(changed, plan, set(), recreate=True)
+    assert decision.action == "recreated" and decision.drift == ("sudo: running 'yes', asked 'no'",)
+
+
+def test_lost_authorized_key_is_repaired_host_key_is_drift(tmp_path: Path) -> None:
+    plan = _a_plan(tmp_path)
+    repaired = reconcile.decide(_running(plan), plan, {AUTHORIZED_KEYS_FILE}, False)
+    assert repaired.action == "unchanged" and repaired.reauthorize
+    with pytest.raises(ConflictError, match="differs"):
+        reconcile.decide(_running(plan), plan, {HOST_KEY_FILE}, False)
+
+
+def test_stale_keys_compares_the_keys_dir(tmp_path: Path) -> None:
+    plan = _a_plan(tmp_path)
+    spec = plan.container
+    keys_dir = tmp_path / "keys"
+    spec = type(spec)(**{**spec.__dict__, "keys_dir": keys_dir})
+    assert reconcile.stale_keys(keys_dir, spec.key_files) == {HOST_KEY_FILE, AUTHORIZED_KEYS_FILE}
+    reconcile.write_keys(spec)
+    assert reconcile.stale_keys(keys_dir, spec.key_files) == set()
+    (keys_dir / AUTHORIZED_KEYS_FILE).write_text("")
+    assert reconcile.stale_keys(keys_dir, spec.key_files) == {AUTHORIZED_KEYS_FILE}
+
+
+# --- readiness ---------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def now(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.t += seconds
+
+
+def _wait(
+    attempts: list[Exception | None], problem_after: float | None = None, timeout: float = 5.0
+) -> tuple[FakeClock, list[float]]:
+    """wait_banner against a fake port: each try takes the next outcome."""
+    clock = FakeClock()
+    probes: list[float] = []
+
+    def probe() -> str | None:
+        probes.append(clock.t)
+        if problem_after is not None and clock.t >= problem_after:
+            return "Container status is 'exited' with code 1."
+        return None
+
+    def banner(host: str, port: int, timeout: float = 5.0) -> str:
+        outcome = attempts.pop(0) if attempts else None
+        if outcome is not None:
+            raise outcome
+        return "SSH-2.0-OpenSSH_9.2"
+
+    original = ready.read_banner
+    ready.read_banner = banner  # type: ignore[assignment]
+    try:
+        deadline = ready.Deadline.after(timeout, ready.Clock(clock.now, clock.sleep))
+        target = SshTarget("127.0.0.1", 22, "agent", None, Path("/k"))  # type: ignore[arg-type]
+        ready.wait_banner(target, probe, deadline, lambda _: None, lambda: "log tail")
+    finally:
+        ready.read_banner = original  # type: ignore[assignment]
+    return clock, probes
+
+
+def test_waits_until_the_banner_with_short_capped_steps() -> None:
+    clock, probes = _wait([ready.Transient("no banner yet")] * 20)
+    assert 0 < clock.t < 1.0  # 20 retries: short steps, no fixed sleeps
+    # Docker is asked at most every PROBE_EVERY seconds, not on every try.
+    assert len(probes) <= clock.t / ready.PROBE_EVERY + 1
+    assert all(b - a >= ready.PROBE_EVERY for a, b in itertools.pairwise(probes))
+
+
+def test_gives_up_at_the_deadline_with_the_last_reason() -> None:
+    with pytest.raises(NotReady, match="within 2 s") as caught:
+        _wait([ready.Transient("connection refused")] * 10_000, timeout=2.0)
+    assert "connection refused" in caught.value.seen
+    assert caught.value.log_tail == "log tail"
+
+
+def test_stops_at_once_when_the_container_exits() -> None:
+    with pytest.raises(NotReady, match="stopped") as caught:
+        _wait([ready.Transient("x")] * 10_000, problem_after=0.5, timeout=60.0)
+    assert "exited" in caught.value.seen
+
+
+def test_fatal_failure_is_not_retried() -> None:
+    attempts: list[Exception | None] = [ready.Fatal("host key mismatch"), None]
+    with pytest.raises(NotReady, match="failed"):
+        _wait(attempts)
+    assert attempts == [None]  # the one after the fatal failure was never tried
