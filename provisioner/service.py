@@ -126,9 +126,9 @@ def _identity(request: UpRequest, paths: ProvPaths) -> tuple[keys.PublicKey, Pat
     return pair.public, paths.env_dir(request.name) / keys.CLIENT_KEY_NAME, "prov"
 
 
-@dataclass
-class _Pending:
-    """One environment on its way up: what preparing it found, then its place."""
+@dataclass(frozen=True)
+class _Prepared:
+    """Stage 1 (`_prepare`): what is known before Docker creates anything."""
 
     request: UpRequest
     reporter: Reporter
@@ -145,19 +145,39 @@ class _Pending:
     existing_proxy: ContainerInfo | None
     egress_image: str
     allow: tuple[str, ...]
-    port: int = 0
-    plan: Plan | None = None
-    action: str | None = None  # set once _converge decided
-    container_id: str | None = None
-    proxy_id: str | None = None  # set when this run created the proxy
-    network: dict[str, Any] | None = None  # Docker's view of its network, if it exists
-    network_created: bool = False
-    fresh: bool = False  # no key dir before this run: a failure removes it again
-    reauthorize: bool = False  # the authorized key on this machine was repaired
+    fresh: bool  # no key dir before this run: a failure removes it again
 
     @property
     def name(self) -> str:
         return self.request.name
+
+
+@dataclass
+class _Made:
+    """The ledger of what this run created for one environment, filled in as
+    each thing is created, so that a failure undoes exactly that."""
+
+    prepared: _Prepared
+    action: str | None = None  # set once _converge has decided
+    container_id: str | None = None  # the environment's container, new or existing
+    proxy_id: str | None = None  # a proxy this run created
+    network_created: bool = False
+
+
+@dataclass(frozen=True)
+class _Placed:
+    """Stage 2 (`_place`): the plan, and the containers that now exist for it."""
+
+    made: _Made
+    plan: Plan
+    port: int
+    action: str
+    container_id: str
+    reauthorize: bool  # the authorized key on this machine was repaired
+
+    @property
+    def prepared(self) -> _Prepared:
+        return self.made.prepared
 
 
 UpOutcome = UpResult | ProvError
@@ -191,7 +211,7 @@ def up_many(
     images: dict[ImageRequest, BuiltImage] = {}
     images_lock = threading.Lock()
 
-    def prepare(item: tuple[UpRequest, Reporter]) -> _Pending:
+    def prepare(item: tuple[UpRequest, Reporter]) -> _Prepared:
         return _prepare(engine, item[0], item[1], paths, images, images_lock)
 
     # Many containers starting at once share the CPU; polling their ports
@@ -199,22 +219,25 @@ def up_many(
     poll = ready.BANNER_POLL if len(items) <= 1 else ready.BANNER_POLL_CROWDED
     publishing = any(not request.containment.internal for request, _ in items)
 
-    def finish(pending: _Pending) -> UpOutcome:
+    def finish(placed: _Placed) -> UpOutcome:
         try:
-            return _finish(engine, pending, paths, poll)
+            return _finish(engine, placed, paths, poll)
         except ProvError as exc:
             return exc
 
-    outcomes: list[_Pending | UpOutcome]
-    placed: list[_Pending] = []
-    done: dict[int, UpOutcome] = {}
+    outcomes: list[_Prepared | UpOutcome]
+    ledger: list[_Made] = []  # environments Docker may hold something of
+    done: dict[int, UpOutcome] = {}  # by id() of the _Prepared
     try:
         if len(items) <= 1:
             outcomes = list(_each(prepare, items))
-            pendings = [o for o in outcomes if isinstance(o, _Pending)]
-            done.update(_place(engine, pendings, paths, placed, publishing))
-            for pending in placed:
-                done[id(pending)] = finish(pending)
+            prepared_ones = [o for o in outcomes if isinstance(o, _Prepared)]
+            placed_ones: list[_Placed] = []
+            done.update(
+                _place(engine, prepared_ones, paths, ledger, publishing, placed_ones.append)
+            )
+            for placed in placed_ones:
+                done[id(placed.prepared)] = finish(placed)
         else:
             from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 
@@ -226,28 +249,28 @@ def up_many(
             ):
                 prepared = [preparing.submit(_guarded, prepare, item) for item in items]
 
-                def in_order_of_readiness() -> Iterator[_Pending]:
+                def in_order_of_readiness() -> Iterator[_Prepared]:
                     for future in as_completed(prepared):
                         outcome = future.result()
-                        if isinstance(outcome, _Pending):
+                        if isinstance(outcome, _Prepared):
                             yield outcome
 
-                def launch(pending: _Pending) -> None:
-                    futures[id(pending)] = finishing.submit(finish, pending)
+                def launch(placed: _Placed) -> None:
+                    futures[id(placed.prepared)] = finishing.submit(finish, placed)
 
                 # Each environment is placed as soon as it is prepared, while
                 # the others are still being prepared (_prepare never waits
                 # for the lock _place holds).
                 done.update(
-                    _place(engine, in_order_of_readiness(), paths, placed, publishing, launch)
+                    _place(engine, in_order_of_readiness(), paths, ledger, publishing, launch)
                 )
                 outcomes = [future.result() for future in prepared]
                 done.update({key: future.result() for key, future in futures.items()})
     except BaseException:
-        for pending in placed:
-            _abandon(engine, pending, paths)
+        for made in ledger:
+            _abandon(engine, made, paths)
         raise
-    return [done[id(o)] if isinstance(o, _Pending) else o for o in outcomes]
+    return [done[id(o)] if isinstance(o, _Prepared) else o for o in outcomes]
 
 
 def _guarded(fn: Callable[[_T], _R], item: _T) -> _R | ProvError:
@@ -277,22 +300,20 @@ def _prepare(
     paths: ProvPaths,
     images: dict[ImageRequest, BuiltImage],
     images_lock: threading.Lock,
-) -> _Pending:
+) -> _Prepared:
     """Everything before the container: checks, project, credentials, keys, image.
     A failure leaves nothing of this run behind: no key dir for an environment
     that did not exist, no project dir that --create-dir made."""
     fresh = not paths.env_dir(request.name).exists()
     made: list[host.ProjectDir] = []
     try:
-        pending = _prepare_steps(engine, request, reporter, paths, images, images_lock, made)
+        return _prepare_steps(engine, request, reporter, paths, images, images_lock, made, fresh)
     except BaseException:
         for project in made:
             host.remove_created(project)
         if fresh:
             _forget_keys(paths, request.name)
         raise
-    pending.fresh = fresh
-    return pending
 
 
 def _forget_keys(paths: ProvPaths, name: str) -> None:
@@ -308,7 +329,8 @@ def _prepare_steps(
     images: dict[ImageRequest, BuiltImage],
     images_lock: threading.Lock,
     made: list[host.ProjectDir],
-) -> _Pending:
+    fresh: bool,
+) -> _Prepared:
     cname = container_name(request.name)
     existing = engine.find(cname)
     if existing is not None:
@@ -390,7 +412,7 @@ def _prepare_steps(
             creds.found, paths.env_dir(request.name) / "credentials", project.uid, project.gid
         )
 
-    return _Pending(
+    return _Prepared(
         request=request,
         reporter=reporter,
         project=project,
@@ -406,6 +428,7 @@ def _prepare_steps(
         existing_proxy=existing_proxy,
         egress_image=egress_image,
         allow=allow,
+        fresh=fresh,
     )
 
 
@@ -434,104 +457,128 @@ def _check_mounts(
 
 def _place(
     engine: Engine,
-    pendings: Iterable[_Pending],
+    prepared_ones: Iterable[_Prepared],
     paths: ProvPaths,
-    placed: list[_Pending],
+    ledger: list[_Made],
     publishing: bool,
-    on_placed: Callable[[_Pending], None] | None = None,
+    on_placed: Callable[[_Placed], None],
 ) -> dict[int, ProvError]:
     """Give each environment its network, port and container, under prov's lock
-    (a created container reserves its port in Docker's eyes). Each one that
-    gets this far is appended to `placed` and passed to `on_placed`; failures
-    come back keyed by id(). `publishing`: some environment publishes a port
-    (then the ports Docker has reserved are listed first)."""
+    (a created container reserves its port in Docker's eyes), and hand each one
+    placed to `on_placed`. What Docker holds for each is in `ledger` (undone by
+    the caller if the run is interrupted); failures, already undone, come back
+    keyed by id() of their _Prepared. `publishing`: some environment publishes
+    a port (then the ports Docker has reserved are listed first)."""
     errors: dict[int, ProvError] = {}
-    seen: list[_Pending] = []
+    failed: list[_Made] = []
     with file_lock(paths.lock):
         reserved = engine.reserved_ports() if publishing else set()
         used = [*_subnets(engine.network_subnets()), *netplan.host_routes()]
-        for pending in pendings:
-            seen.append(pending)
-            placed.append(pending)
-            request = pending.request
+        for prepared in prepared_ones:
+            made = _Made(prepared)
+            ledger.append(made)
             try:
-                if not request.containment.internal:
-                    pending.port = ports.choose_port(
-                        reserved,
-                        request.port,
-                        request.bind,
-                        _own_ports(pending.existing),
-                        pending.record.port if pending.record else None,
-                    )
-                pending.network = engine.network(network_name(request.name))
-                network, addrs = _network_for(pending.network, request, paths, used)
-                used.append(addrs.subnet)
-                pending.plan = build_plan(
-                    name=request.name,
-                    image=pending.built.tag,
-                    image_hash=pending.built.content_hash,
-                    bind=request.bind,
-                    port=pending.port,
-                    project_dir=pending.project.path,
-                    project_uid=pending.project.uid,
-                    project_gid=pending.project.gid,
-                    projects_base=host.ntm_projects_base(),
-                    credentials=pending.mounted,
-                    authorized_key=pending.public,
-                    identity_file=pending.identity,
-                    host_key_public=pending.host_pair.public,
-                    host_key_private=pending.host_pair.private_openssh,
-                    agents=request.agents,
-                    paths=paths,
-                    network=network,
-                    env_address=addrs.env,
-                    containment=request.containment,
-                    egress_image=pending.egress_image,
-                    egress_address=addrs.proxy,
-                    egress_network=EGRESS_NETWORK,
-                    allow=pending.allow,
-                    extra_mounts=request.extras.mounts,
-                    session_env=pending.session_env,
-                    gpus=request.extras.gpus,
-                    agent_versions=pending.built.agent_versions,
-                )
-                _converge(engine, pending, paths)
-                reserved.add(pending.port)
-                # The alias is written here, under the lock _place holds anyway,
-                # so that no environment's start waits for the others' placing.
-                pair = pending.host_pair
-                alias = sshconf.alias_for(request.name)
-                sshconf.pin_host_key(
-                    paths.known_hosts, alias, pair.public.key_type, pair.public.blob_b64
-                )
-                sshconf.write_entry(paths.ssh_config, pending.plan.ssh)
-                if on_placed is not None:
-                    on_placed(pending)
+                placed = _place_one(engine, made, paths, reserved, used)
             except ProvError as exc:
-                placed.remove(pending)
-                errors[id(pending)] = exc
+                ledger.remove(made)
+                failed.append(made)
+                errors[id(prepared)] = exc
+                continue
+            reserved.add(placed.port)
+            on_placed(placed)
     # Outside the lock, which _abandon takes itself.
-    for pending in seen:
-        if id(pending) in errors:
-            _abandon(engine, pending, paths)
+    for made in failed:
+        _abandon(engine, made, paths)
     return errors
 
 
-def _finish(engine: Engine, pending: _Pending, paths: ProvPaths, poll: float) -> UpResult:
-    """Start (or re-verify) a placed environment, write its alias, wait for SSH."""
-    plan, action, container_id = pending.plan, pending.action, pending.container_id
-    if plan is None or action is None or container_id is None:
-        raise RuntimeError(f"{pending.name}: _finish called before _place")
-    request, reporter, port = pending.request, pending.reporter, pending.port
-    host_pair, identity = pending.host_pair, pending.identity
+def _place_one(
+    engine: Engine,
+    made: _Made,
+    paths: ProvPaths,
+    reserved: set[int],
+    used: list[ipaddress.IPv4Network],
+) -> _Placed:
+    prepared = made.prepared
+    request = prepared.request
+    port = 0
+    if not request.containment.internal:
+        port = ports.choose_port(
+            reserved,
+            request.port,
+            request.bind,
+            _own_ports(prepared.existing),
+            prepared.record.port if prepared.record else None,
+        )
+    existing_network = engine.network(network_name(request.name))
+    network, addrs = _network_for(existing_network, request, paths, used)
+    used.append(addrs.subnet)
+    plan = build_plan(
+        name=request.name,
+        image=prepared.built.tag,
+        image_hash=prepared.built.content_hash,
+        bind=request.bind,
+        port=port,
+        project_dir=prepared.project.path,
+        project_uid=prepared.project.uid,
+        project_gid=prepared.project.gid,
+        projects_base=host.ntm_projects_base(),
+        credentials=prepared.mounted,
+        authorized_key=prepared.public,
+        identity_file=prepared.identity,
+        host_key_public=prepared.host_pair.public,
+        host_key_private=prepared.host_pair.private_openssh,
+        agents=request.agents,
+        paths=paths,
+        network=network,
+        env_address=addrs.env,
+        containment=request.containment,
+        egress_image=prepared.egress_image,
+        egress_address=addrs.proxy,
+        egress_network=EGRESS_NETWORK,
+        allow=prepared.allow,
+        extra_mounts=request.extras.mounts,
+        session_env=prepared.session_env,
+        gpus=request.extras.gpus,
+        agent_versions=prepared.built.agent_versions,
+    )
+    decision = _converge(engine, made, plan, existing_network)
+    assert made.container_id is not None  # noqa: S101 - _converge sets it or raises
+    # The alias is written here, under the lock _place holds anyway, so that no
+    # environment's start waits for the others' placing.
+    pair = prepared.host_pair
+    alias = sshconf.alias_for(request.name)
+    sshconf.pin_host_key(paths.known_hosts, alias, pair.public.key_type, pair.public.blob_b64)
+    sshconf.write_entry(paths.ssh_config, plan.ssh)
+    return _Placed(
+        made=made,
+        plan=plan,
+        port=port,
+        action=decision.action,
+        container_id=made.container_id,
+        reauthorize=decision.reauthorize,
+    )
+
+
+def _finish(engine: Engine, placed: _Placed, paths: ProvPaths, poll: float) -> UpResult:
+    """Stage 3: start (or re-verify) a placed environment and wait for SSH."""
+    plan, action, container_id = placed.plan, placed.action, placed.container_id
+    prepared = placed.prepared
+    request, reporter, port = prepared.request, prepared.reporter, placed.port
+    host_pair, identity = prepared.host_pair, prepared.identity
     alias = sshconf.alias_for(request.name)
     proxy_start: _Background | None = None
     try:
         proxy_start = _launch(
-            engine, plan, action, container_id, reporter, pending.proxy_id or pending.existing_proxy
+            engine,
+            plan,
+            action,
+            container_id,
+            reporter,
+            placed.made.proxy_id or prepared.existing_proxy,
         )
         target = SshTarget(plan.ssh.hostname, plan.ssh.port, AGENT_USER, host_pair.public, identity)
-        if pending.reauthorize:
+        if placed.reauthorize:
             if action == "unchanged":
                 # sshd reads its authorized key from a root-owned copy the entrypoint
                 # made at start: replace that copy (a stopped one gets it at start).
@@ -566,7 +613,7 @@ def _finish(engine: Engine, pending: _Pending, paths: ProvPaths, poll: float) ->
             with contextlib.suppress(ProvError):
                 proxy_start.join()
         if isinstance(exc, ProvError):  # anything else: up_many undoes every environment
-            _abandon(engine, pending, paths)
+            _abandon(engine, placed.made, paths)
         raise
 
     with file_lock(paths.lock):
@@ -576,9 +623,9 @@ def _finish(engine: Engine, pending: _Pending, paths: ProvPaths, poll: float) ->
                 name=request.name,
                 port=port,
                 bind=request.bind,
-                project_dir=str(pending.project.path),
+                project_dir=str(prepared.project.path),
                 identity_file=str(identity),
-                authorized_key_source=pending.key_source,
+                authorized_key_source=prepared.key_source,
                 base_image=request.base_image,
                 ssh_host=plan.ssh.hostname,
                 ssh_port=plan.ssh.port,
@@ -606,7 +653,7 @@ def _finish(engine: Engine, pending: _Pending, paths: ProvPaths, poll: float) ->
         identity_file=str(identity),
         known_hosts=str(paths.known_hosts),
         host_key_fingerprint=host_pair.public.fingerprint,
-        project_dir=str(pending.project.path),
+        project_dir=str(prepared.project.path),
         ntm_command=plan.ntm_display,
         ntm_argv=plan.ntm_command,
         ntm_env=plan.ntm_env,
@@ -615,27 +662,28 @@ def _finish(engine: Engine, pending: _Pending, paths: ProvPaths, poll: float) ->
     )
 
 
-def _abandon(engine: Engine, pending: _Pending, paths: ProvPaths) -> None:
+def _abandon(engine: Engine, made: _Made, paths: ProvPaths) -> None:
     """Nothing half-made: a container this run created goes away again (also one
     Docker made while we were interrupted, before we had its ID), and so do the
     alias, the keys and a --create-dir project dir of an environment that never
     came up."""
-    name = pending.request.name
-    if pending.proxy_id is not None:
-        engine.remove(pending.proxy_id)
-    made = _created_here(engine, container_name(name), pending.action, pending.container_id)
-    if made is not None:
-        engine.remove(made)
-    if pending.network_created:  # after its containers: Docker refuses it while in use
+    prepared = made.prepared
+    name = prepared.name
+    if made.proxy_id is not None:
+        engine.remove(made.proxy_id)
+    container = _created_here(engine, container_name(name), made.action, made.container_id)
+    if container is not None:
+        engine.remove(container)
+    if made.network_created:  # after its containers: Docker refuses it while in use
         engine.remove_network(network_name(name))
-    if pending.record is None and (made is not None or pending.fresh):
+    if prepared.record is None and (container is not None or prepared.fresh):
         alias = sshconf.alias_for(name)
         with file_lock(paths.lock):
             sshconf.delete_entry(paths.ssh_config, alias)
             sshconf.unpin_host_key(paths.known_hosts, alias)
-    if pending.fresh:  # an environment this run meant to make: its keys and dir go too
+    if prepared.fresh:  # an environment this run meant to make: its keys and dir go too
         _forget_keys(paths, name)
-        host.remove_created(pending.project)
+        host.remove_created(prepared.project)
 
 
 def _session_env(extras: Extras) -> tuple[tuple[str, str], ...]:
@@ -707,31 +755,28 @@ def _network_for(
     return spec, addrs
 
 
-def _converge(engine: Engine, pending: _Pending, paths: ProvPaths) -> None:
-    """Decide what to do and create what is missing (a created container
-    reserves its port and address in Docker's eyes, so this runs under prov's
-    lock); sets the pending's action and container ID. Starting is left to
-    `_launch`, outside the lock, so parallel `up`s overlap."""
-    plan, existing, request, reporter = (
-        pending.plan,
-        pending.existing,
-        pending.request,
-        pending.reporter,
-    )
-    assert plan is not None  # noqa: S101 - _place builds it first
+def _converge(
+    engine: Engine, made: _Made, plan: Plan, network: dict[str, Any] | None
+) -> reconcile.Decision:
+    """Decide what to do (reconcile.decide) and create what is missing (a
+    created container reserves its port and address in Docker's eyes, so this
+    runs under prov's lock), recording each creation in `made`. Starting is
+    left to `_launch`, outside the lock, so parallel `up`s overlap.
+    `network`: Docker's view of the environment's network, if it exists."""
+    prepared = made.prepared
+    existing, request, reporter = prepared.existing, prepared.request, prepared.reporter
     c = plan.container
-    proxy = pending.existing_proxy
+    proxy = prepared.existing_proxy
     stale = reconcile.stale_keys(c.keys_dir, c.key_files) if existing is not None else set()
     decision = reconcile.decide(existing, plan, stale, request.recreate)
     if existing is not None and decision.action in ("unchanged", "started"):
         if decision.reauthorize:  # the authorized key: repair it (see _finish)
             reconcile.write_keys(c)
-            pending.reauthorize = True
         if plan.egress is not None and proxy is None:
-            pending.proxy_id = engine.create(plan.egress.container)
-        pending.action = decision.action
-        pending.container_id = existing.id
-        return
+            made.proxy_id = engine.create(plan.egress.container)
+        made.action = decision.action
+        made.container_id = existing.id
+        return decision
     # Check what could stop the new container from starting before the old
     # one is removed: a failed recreate must not cost a working environment.
     if (
@@ -749,24 +794,24 @@ def _converge(engine: Engine, pending: _Pending, paths: ProvPaths) -> None:
         engine.remove(existing.id)
     if proxy is not None:
         engine.remove(proxy.id)
-    net = pending.network
-    if net is not None and bool(net.get("Internal")) != plan.network.internal:
+    if network is not None and bool(network.get("Internal")) != plan.network.internal:
         engine.remove_network(plan.network.name)  # egress changed: open <-> internal
-        net = None
+        network = None
     if plan.egress is not None:
         engine.create_plain_network(EGRESS_NETWORK, {"prov.managed": "true"})
-    if net is None:
+    if network is None:
         engine.create_network(plan.network)
-        pending.network_created = True
+        made.network_created = True
     reporter.step("creating the container")
     reconcile.write_keys(c)
     # A Ctrl-C during the request could leave Docker finishing a container we
     # never learn the ID of; hold it for the few ms the request takes.
     with _deferred_interrupt():
         if plan.egress is not None:
-            pending.proxy_id = engine.create(plan.egress.container)
-        pending.action = decision.action
-        pending.container_id = engine.create(c)
+            made.proxy_id = engine.create(plan.egress.container)
+        made.action = decision.action
+        made.container_id = engine.create(c)
+    return decision
 
 
 @contextlib.contextmanager
