@@ -283,3 +283,31 @@ def test_hostile_inputs_fail_cleanly(
         assert not project.exists() and not project.parent.exists(), label
         assert not ssh_config.exists() or f"prov-{name}" not in ssh_config.read_text(), label
         assert _snapshot(prov.home) == before, label
+
+
+COMMANDS = (
+    "down", "ssh-test", "status", "egress", "stop", "start", "restart", "logs", "rm",
+    "ssh", "exec", "alias", "ntm-config",
+)  # fmt: skip
+HOSTILE_NAMES = ("nosuch", "Bad.Name", "../x", "-", "x" * 200, "a;rm -rf ~", "é")
+
+
+def test_every_command_refuses_hostile_names_cleanly(
+    prov: Prov, docker_client: docker.DockerClient
+) -> None:
+    """Every command that takes a name, given names that do not exist or cannot exist:
+    non-zero, one paragraph, no traceback, nothing made in Docker, PROV_HOME or HOME."""
+    containers_before = {c.id for c in docker_client.containers.list(all=True)}
+    home_before, prov_before = _snapshot(prov.home), _snapshot(prov.prov_home)
+    for command in COMMANDS:
+        for name in HOSTILE_NAMES:
+            result = prov.run(command, "--", name) if name == "-" else prov.run(command, name)
+            label = (command, name)
+            assert result.returncode != 0, label
+            assert "Traceback" not in result.stderr, label
+            errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+            usage = "Usage:" in result.stderr  # typer's own refusal of the arguments
+            assert len(errors) == 1 or usage, (label, result.stderr)
+    assert {c.id for c in docker_client.containers.list(all=True)} == containers_before
+    assert _snapshot(prov.home) == home_before
+    assert _snapshot(prov.prov_home) == prov_before
