@@ -32,7 +32,7 @@ def ensure_private_dir(path: Path) -> Path:
         raise ConfigError(
             f"{path} is a file, where prov needs a directory",
             "prov keeps private files (keys, configs, sockets) in it.",
-            "move the file away, or point prov elsewhere (PROV_HOME).",
+            "move the file away (for PROV_HOME, or point PROV_HOME elsewhere).",
         ) from None
     except OSError as exc:
         raise ConfigError(
