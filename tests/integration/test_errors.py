@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import json
 import socket
+import subprocess
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -311,3 +313,96 @@ def test_every_command_refuses_hostile_names_cleanly(
     assert {c.id for c in docker_client.containers.list(all=True)} == containers_before
     assert _snapshot(prov.home) == home_before
     assert _snapshot(prov.prov_home) == prov_before
+
+
+def test_recreate_onto_a_busy_port_keeps_the_working_environment(
+    prov: Prov, docker_client: docker.DockerClient
+) -> None:
+    """`up --recreate --port P` with P taken: refused before the old container goes."""
+    name = prov.name("keepold")
+    prov.project(name)
+    env = prov.up(name, "--egress", "open")
+    before = docker_client.containers.get(f"prov-{name}").id
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        busy = listener.getsockname()[1]
+        result = prov.run("up", name, "--egress", "open", "--port", str(busy), "--recreate")
+    _assert_clean_failure(result, 4, f"Port {busy}", "in use")
+    assert docker_client.containers.get(f"prov-{name}").id == before
+    assert prov.ssh(str(env["ssh_alias"]), "true").returncode == 0
+
+
+def test_unwritable_ssh_config_on_rm_removes_the_rest(prov: Prov) -> None:
+    """chattr +i on prov's ssh_config: rm says what is left and why; once the file can
+    be written again, a second rm finishes."""
+    name = prov.name("immutable")
+    prov.project(name)
+    prov.up(name)
+    config = prov.prov_home / "ssh_config"
+    if subprocess.run(["chattr", "+i", str(config)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not available here")
+    try:
+        result = prov.run("rm", name, "--yes")
+        _assert_clean_failure(result, 2, "not its alias", "chattr -i")
+        assert not (prov.prov_home / "envs" / name).exists()
+    finally:
+        subprocess.run(["chattr", "-i", str(config)], check=True)
+    assert prov.run("rm", name, "--yes").returncode == 0
+    assert f"prov-{name}" not in config.read_text()
+
+
+def test_files_where_directories_belong(prov: Prov, tmp_path: Path) -> None:
+    """PROV_HOME, envs/NAME or ~/.ssh being a file: a paragraph naming it, exit 2."""
+    name = prov.name("filedir")
+    prov.project(name)
+    home_file = tmp_path / "ph-file"
+    home_file.write_text("not a dir")
+    result = prov.run("up", name, env={"PROV_HOME": str(home_file)})
+    _assert_clean_failure(result, 2, "is a file, where prov needs a directory")
+    env_file = prov.prov_home / "envs" / name
+    env_file.parent.mkdir(parents=True, exist_ok=True)
+    env_file.write_text("stray")
+    try:
+        _assert_clean_failure(prov.run("up", name), 2, f"{env_file} is a file")
+    finally:
+        env_file.unlink()
+
+
+def test_no_ssh_on_path_does_not_break_lifecycle(prov: Prov, tmp_path: Path) -> None:
+    """stop/start's best-effort master shutdown must not crash without `ssh`."""
+    name = prov.name("nossh")
+    prov.project(name)
+    prov.up(name)
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    env = {"PATH": str(bare)}
+    for command in ("stop", "down"):
+        result = prov.run(command, name, env=env)
+        assert result.returncode == 0, (command, result.stderr)
+        assert "Traceback" not in result.stderr
+    rm = prov.run("rm", name, "--yes", env=env)
+    assert rm.returncode == 0 and "Traceback" not in rm.stderr
+
+
+def test_ls_survives_stray_and_broken_entries(prov: Prov) -> None:
+    """A .DS_Store in envs/ is skipped; a key dir without a record, or with an unreadable
+    one, is listed as such (so it can be removed) instead of failing the whole list."""
+    envs = prov.prov_home / "envs"
+    envs.mkdir(parents=True, exist_ok=True)
+    half, broken = prov.name("half"), prov.name("broken")
+    (envs / ".DS_Store").write_bytes(b"\x00\x01")
+    (envs / half).mkdir()
+    (envs / broken).mkdir()
+    (envs / broken / "env.json").write_text("{not json")
+    try:
+        result = prov.run("ls", "--json")
+        assert result.returncode == 0, result.stderr
+        listed = {e["name"]: e["state"] for e in json.loads(result.stdout)}
+        assert listed[half] == "incomplete" and listed[broken] == "broken"
+        assert ".DS_Store" not in listed
+        for name in (half, broken):
+            assert prov.run("rm", name, "--yes").returncode == 0
+            assert not (envs / name).exists()
+    finally:
+        (envs / ".DS_Store").unlink()

@@ -80,3 +80,21 @@ def test_only_the_subcommand_is_named() -> None:
     """Arguments may hold secrets (`-e TOKEN=...`): the paragraph names the subcommand only."""
     assert _command(["-v", "up", "-e", "TOKEN=hunter2", "x"]) == "prov up"
     assert _command([]) == "prov"
+
+
+def test_ctrl_c_during_start_up_imports(tmp_path: Path) -> None:
+    """A KeyboardInterrupt while the CLI's modules load (here: typer's import raises
+    it, as Ctrl-C at that moment would) is a quiet exit 130, not a traceback."""
+    fake = tmp_path / "typer"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise KeyboardInterrupt\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "provisioner", "ls"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 130
+    assert "Traceback" not in result.stderr and "interrupted" in result.stderr

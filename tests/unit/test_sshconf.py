@@ -176,3 +176,17 @@ def test_immutable_or_unwritable_prov_file_is_a_clear_error(tmp_path: Path) -> N
     finally:
         subprocess.run(["chattr", "-i", str(prov_dir / "ssh_config")], capture_output=True)
         prov_dir.chmod(0o700)
+
+
+def test_include_keeps_the_owner_of_the_users_file(tmp_path: Path) -> None:
+    """Run as root on a file another user owns (prov refuses another user's HOME, but
+    a dotfiles target may be owned by anyone): the owner stays."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give the file another owner")
+    user = tmp_path / ".ssh" / "config"
+    user.parent.mkdir()
+    user.write_text("Host a\n")
+    os.chown(user, 4321, 4322)
+    sshconf.ensure_include(user, tmp_path / "prov" / "ssh_config")
+    st = user.stat()
+    assert (st.st_uid, st.st_gid) == (4321, 4322)
