@@ -455,11 +455,15 @@ def _up_one(request: UpRequest, as_json: bool, spawn: bool) -> None:
 
 
 @app.command()
-def down(name: Annotated[str, typer.Argument(help="Environment name.")]) -> None:
-    """Remove the container; keys, host key and ssh alias are kept for the next `up`."""
+def down(
+    name: Annotated[str, typer.Argument(help="Environment name.")], yes: YesOpt = False
+) -> None:
+    """Remove the container; keys, host key and ssh alias are kept for the next `up`.
+    Ends every tmux session inside (and its agents): asks first, or needs --yes."""
     from provisioner import lifecycle
 
-    result = _run(lifecycle.down, _name(name))
+    _confirm_ending_sessions(_name(name), "down", yes)
+    result = _run(lifecycle.down, name)
     if result.removed:
         err.line(f"removed container prov-{name} (keys and alias kept)", "✓ ", "bold green")
     else:
@@ -512,6 +516,40 @@ def _name(name: str) -> str:
 
 
 NameArg = Annotated[str, typer.Argument(help="Environment name.")]
+YesOpt = Annotated[
+    bool,
+    typer.Option(
+        "--yes", "-y", help="Do not ask, even when live tmux sessions (running agents) will end."
+    ),
+]
+
+
+def _confirm_ending_sessions(name: str, verb: str, yes: bool) -> None:
+    """`verb` ends every tmux session in the environment (and the agents in
+    them): name them, ask on a terminal, and require --yes without one."""
+    from provisioner import lifecycle
+    from provisioner.errors import UsageError
+
+    sessions = _run(lifecycle.live_sessions, name)
+    if not sessions or yes:
+        return
+    listed = ", ".join(f"{s.name} ({s.windows} window{'s' * (s.windows != 1)})" for s in sessions)
+    if not sys.stdin.isatty():
+        _fail(
+            UsageError(
+                f"prov-{name} has live tmux sessions, which `prov {verb}` would end",
+                f"Running now: {listed}. Their agents would be killed mid-task.",
+                f"stop them first (`ntm kill` or `tmux kill-session`), or run "
+                f"`prov {verb} {name} --yes` to end them.",
+            )
+        )
+    err.line(
+        f"prov {verb} ends these tmux sessions and their agents: {listed}", "warning: ", "yellow"
+    )
+    if not typer.confirm(f"{verb.capitalize()} {name}?", default=False):
+        raise typer.Exit(1)
+
+
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
@@ -598,11 +636,13 @@ def egress_(name: NameArg, as_json: JsonOpt = False) -> None:
 
 
 @app.command()
-def stop(name: NameArg) -> None:
-    """Stop the container (it keeps its port, keys and files)."""
+def stop(name: NameArg, yes: YesOpt = False) -> None:
+    """Stop the container (it keeps its port, keys and files). Ends every tmux
+    session inside (and its agents): asks first, or needs --yes."""
     from provisioner import lifecycle
 
-    if _run(lifecycle.stop, _name(name)):
+    _confirm_ending_sessions(_name(name), "stop", yes)
+    if _run(lifecycle.stop, name):
         err.line(f"stopped prov-{name}", "✓ ", "bold green")
     else:
         err.line(f"prov-{name} was not running")
@@ -626,8 +666,10 @@ def start(name: NameArg, timeout: TimeoutOpt = DEFAULT_TIMEOUT) -> None:
 
 
 @app.command()
-def restart(name: NameArg, timeout: TimeoutOpt = DEFAULT_TIMEOUT) -> None:
-    """Restart the container and wait until SSH works."""
+def restart(name: NameArg, timeout: TimeoutOpt = DEFAULT_TIMEOUT, yes: YesOpt = False) -> None:
+    """Restart the container and wait until SSH works. Ends every tmux session
+    inside (and its agents): asks first, or needs --yes."""
+    _confirm_ending_sessions(_name(name), "restart", yes)
     _start(name, timeout, restart=True)
 
 
@@ -669,6 +711,14 @@ def rm(
                     "There is no terminal to ask on.",
                     f"run `prov rm {name} --yes`.",
                 )
+            )
+        sessions = _run(lifecycle.live_sessions, name)
+        if sessions:
+            listed = ", ".join(s.name for s in sessions)
+            err.line(
+                f"prov rm ends these tmux sessions and their agents: {listed}",
+                "warning: ",
+                "yellow",
             )
         if not typer.confirm(f"Remove {name} with its keys and ssh alias?", default=False):
             raise typer.Exit(1)

@@ -14,7 +14,7 @@ from provisioner.config import AGENT_USER, ProvPaths, validate_name
 from provisioner.engine import ContainerInfo, Engine
 from provisioner.errors import NotFound, ProvError
 from provisioner.fsutil import file_lock
-from provisioner.openssh import stop_master
+from provisioner.openssh import stop_master, system_ssh
 from provisioner.ownership import is_ours, require_ours
 from provisioner.plan import (
     LABEL_AGENTS,
@@ -197,6 +197,35 @@ def _container(engine: Engine, name: str, paths: ProvPaths) -> ContainerInfo:
             f"`prov up {name}` creates it again with the same keys and host key.",
         )
     return info
+
+
+@dataclass(frozen=True)
+class Session:
+    name: str
+    windows: int
+
+
+def live_sessions(name: str, paths: ProvPaths | None = None) -> list[Session]:
+    """The agent's tmux sessions in a running environment (each usually an NTM
+    project with its agents), asked over the alias as NTM would; [] when the
+    container is not running or cannot be asked."""
+    paths = paths or ProvPaths.from_env()
+    info = own_container(Engine.connect(), name, paths)
+    if info is None or not info.running:
+        return []
+    _, output = system_ssh(  # no tmux server: no lines, whatever the exit status
+        paths.ssh_config,
+        sshconf.alias_for(name),
+        "tmux list-sessions -F 'prov-session #{session_windows} #{session_name}' 2>/dev/null",
+        timeout=15.0,
+    )
+    sessions = []
+    for line in output.splitlines():
+        marker, _, rest = line.partition(" ")
+        windows, _, session = rest.partition(" ")
+        if marker == "prov-session" and windows.isdigit():
+            sessions.append(Session(session, int(windows)))
+    return sessions
 
 
 def stop(name: str, paths: ProvPaths | None = None) -> bool:

@@ -137,3 +137,27 @@ def test_lost_keys_are_repaired_or_the_fix_is_named(
     after = prov.up(name, "--recreate")["host_key_fingerprint"]
     assert after != before
     assert prov.ssh(alias, "true").returncode == 0
+
+
+def test_live_agents_are_not_ended_without_a_word(
+    prov: Prov, docker_client: docker.DockerClient
+) -> None:
+    """stop/restart/down with a live tmux session and no terminal: refused, with the
+    sessions named, and nothing stopped; with --yes they go ahead."""
+    name = prov.name("livetmux")
+    prov.project(name)
+    alias = f"prov-{name}"
+    prov.up(name)
+    assert (
+        prov.ssh(alias, "tmux new-session -d -s agents1 && tmux new-window -t agents1").returncode
+        == 0
+    )
+    for command in ("stop", "restart", "down"):
+        result = prov.run(command, name)
+        assert result.returncode == 2, (command, result.stderr)
+        assert "agents1 (2 windows)" in result.stderr and "--yes" in result.stderr
+        assert docker_client.containers.get(alias).status == "running", command
+    assert "agents1" in prov.ssh(alias, "tmux list-sessions").stdout
+    assert prov.run("restart", name, "--yes").returncode == 0
+    assert prov.ssh(alias, "tmux list-sessions").returncode != 0  # the server ended with it
+    assert prov.run("stop", name).returncode == 0  # nothing live: no question
