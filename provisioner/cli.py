@@ -472,41 +472,67 @@ def down(
 
 @app.command("ssh-test")
 def ssh_test(
-    name: Annotated[str, typer.Argument(help="Environment name.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    name: Annotated[
+        str | None,
+        typer.Argument(help="Environment name (default: every environment of this PROV_HOME)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Prove a running environment works, step by step, the way NTM uses it."""
-    from provisioner import checks
-    from provisioner.config import validate_name
+    """Prove environments work, step by step, the way NTM uses them: one, or
+    with no name every one with a container (a block each and a summary)."""
+    from provisioner import lifecycle
 
-    _run(validate_name, name)
-    results = _run(checks.ssh_test, name)
-    failed = [c for c in results if c.ok is not True]
-    if as_json:
-        _print_json(
-            {
-                "name": name,
-                "ok": not failed,
-                "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in results],
-            }
-        )
+    if name is not None:
+        names = [_name(name)]
     else:
+        listed = _run(lifecycle.list_envs)
+        names = [e.name for e in listed if e.container != "-"]
+        skipped = [e.name for e in listed if e.container == "-"]
+        if skipped and not as_json:
+            err.line("no container, not tested: " + ", ".join(skipped))
+        if not names:
+            err.line("no environments with a container; create one with `prov up NAME`")
+            return
+    reports = [_ssh_test_one(n, as_json, len(names) > 1) for n in names]
+    failed = [r for r in reports if not r["ok"]]
+    if as_json:
+        _print_json(reports[0] if name is not None else reports)
+    elif len(names) > 1:
+        summary = f"{len(names) - len(failed)} of {len(names)} environments pass"
+        if failed:
+            summary += "; failing: " + ", ".join(str(r["name"]) for r in failed)
+        err.line(summary, "✓ " if not failed else "", "bold green" if not failed else "bold red")
+    if failed:
+        raise typer.Exit(9)
+
+
+def _ssh_test_one(name: str, as_json: bool, heading: bool) -> dict[str, object]:
+    from provisioner import checks
+
+    results = _run(checks.ssh_test, name)
+    failed = [c for c in results if c.ok is False]
+    if not as_json:
+        if heading:
+            out.line(name, "== ", "bold")
         for check in results:
             mark, style = {True: ("pass", "green"), False: ("FAIL", "red"), None: ("skip", "dim")}[
                 check.ok
             ]
             detail = " ".join(check.detail.split())
             out.line(f"{check.name}  ({detail})", f"{mark}  ", style)
-    if failed:
-        if not as_json:
+        if failed or not all(c.ok is True for c in results):
             err.line(
-                f"{len([c for c in failed if c.ok is False])} check(s) failed for {name}. "
+                f"{len(failed)} check(s) failed for {name}. "
                 f"Hint: `prov up {name}` repairs a stopped or removed environment; "
                 "`prov up --recreate` replaces a broken one.",
                 "error: ",
                 "bold red",
             )
-        raise typer.Exit(9)
+    return {
+        "name": name,
+        "ok": all(c.ok is True for c in results),  # a skipped step is not a pass
+        "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in results],
+    }
 
 
 def _name(name: str) -> str:

@@ -260,7 +260,14 @@ def start(
     proxy = own_container(engine, name, paths, "egress")
     stop_master(paths.ssh_config, sshconf.alias_for(name))
     if proxy is not None and not proxy.running:
-        engine.start(proxy.id)
+        try:
+            engine.start(proxy.id)
+        except ProvError as exc:
+            raise type(exc)(
+                f"Cannot start {name}'s egress proxy",
+                exc.seen,
+                f"`prov up {name}` makes a new proxy (it keeps no state) and starts both.",
+            ) from None
     if restart:
         reporter.step("restarting the container")
         engine.restart(info.id)

@@ -772,7 +772,14 @@ def _converge(
     if existing is not None and decision.action in ("unchanged", "started"):
         if decision.reauthorize:  # the authorized key: repair it (see _finish)
             reconcile.write_keys(c)
-        if plan.egress is not None and proxy is None:
+        if plan.egress is not None and (proxy is None or not proxy.running):
+            # The proxy keeps no state: a stopped one is made again, so that it
+            # never points at a network removed meanwhile (prov-egress is
+            # shared, and Docker lets a network go while only stopped
+            # containers refer to it, e.g. `docker network prune`).
+            if proxy is not None:
+                engine.remove(proxy.id)
+            engine.create_plain_network(EGRESS_NETWORK, {"prov.managed": "true"})
             made.proxy_id = engine.create(plan.egress.container)
         made.action = decision.action
         made.container_id = existing.id
@@ -874,15 +881,13 @@ def _launch(
     reporter: Reporter,
     proxy: str | ContainerInfo | None = None,
 ) -> _Background | None:
-    """Start a new or stopped container and its egress proxy. A stopped proxy
-    starts first; a new one starts right after its environment, in the
-    background (sshd does not need it, and when many environments come up at
-    once Docker then starts every sshd before any proxy): join the returned
-    start before saying the environment is ready. A new container gets its
-    session environment (if any) right after starting, while its entrypoint
-    sets up the user; a stopped one has it already."""
-    if plan.egress is not None and isinstance(proxy, ContainerInfo) and not proxy.running:
-        engine.start(proxy.id)
+    """Start a new or stopped container and its egress proxy. A proxy this run
+    created starts right after its environment, in the background (sshd does
+    not need it, and when many environments come up at once Docker then
+    starts every sshd before any proxy): join the returned start before
+    saying the environment is ready. A new container gets its session
+    environment (if any) right after starting, while its entrypoint sets up
+    the user; a stopped one has it already."""
     _start_env(engine, plan, action, container_id, reporter)
     if plan.egress is not None and isinstance(proxy, str):  # created by this run
         return _Background(lambda: engine.start(proxy))

@@ -7,7 +7,6 @@ labels and a per-session name prefix; all of them are removed at the end.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
@@ -150,9 +149,8 @@ def prov(
     for network in docker_client.networks.list(filters={"label": "prov.managed=true"}):
         if network.attrs.get("Labels", {}).get("prov.name", "").startswith(harness.prefix):
             network.remove()
-    for network in docker_client.networks.list(names=["prov-egress"]):
-        with contextlib.suppress(docker.errors.APIError):  # still used by someone's env
-            network.remove()
+    # prov-egress stays: it is prov's shared network, and stopped environments
+    # of the user's own may still refer to it.
     subprocess.run(["pkill", "-f", f"{root}/ph/cm/"], check=False)
 
 

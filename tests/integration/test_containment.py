@@ -401,3 +401,22 @@ def test_denied_https_fails_with_the_proxys_refusal(
     )
     assert direct.returncode != 0 and PACKAGE_VALUE not in direct.stdout
     assert https_site.requests().count("REQ ") == before
+
+
+def test_a_stopped_proxy_is_made_again_on_up(
+    prov: Prov, allowed_server: None, docker_client: docker.DockerClient
+) -> None:
+    """A stopped environment whose proxy lost its way out meanwhile (its network removed
+    or pruned while only stopped containers referred to it): `up` makes a new proxy, and
+    the allowed name is reachable again."""
+    name = prov.name("reproxy")
+    prov.project(name)
+    prov.up(name, "--allow", ALLOWED)
+    alias = f"prov-{name}"
+    assert prov.run("stop", name, "--yes").returncode == 0
+    old = docker_client.containers.get(f"{alias}-egress")
+    docker_client.networks.get(EGRESS_NET).disconnect(old, force=True)
+    prov.up(name, "--allow", ALLOWED)
+    new = docker_client.containers.get(f"{alias}-egress")
+    assert new.id != old.id and new.status == "running"
+    assert "SSH-2.0-OpenSSH" in _connect_via_proxy(prov, alias, f"{ALLOWED}:443")

@@ -161,3 +161,27 @@ def test_live_agents_are_not_ended_without_a_word(
     assert prov.run("restart", name, "--yes").returncode == 0
     assert prov.ssh(alias, "tmux list-sessions").returncode != 0  # the server ended with it
     assert prov.run("stop", name).returncode == 0  # nothing live: no question
+
+
+def test_ssh_test_without_a_name_tests_every_environment(prov: Prov, tmp_path: Path) -> None:
+    """`prov ssh-test` as the usage line writes it: a block per environment of this
+    PROV_HOME, a summary, non-zero when one fails; one name tests only that one."""
+    env = {"PROV_HOME": str(tmp_path / "ph")}
+    names = [prov.name("all-a"), prov.name("all-b")]
+    for name in names:
+        prov.project(name)
+        assert prov.run("up", name, "--no-ssh-config", env=env).returncode == 0
+    try:
+        every = prov.run("ssh-test", env=env)
+        assert every.returncode == 0, every.stdout + every.stderr
+        assert all(f"== {name}" in every.stdout for name in names)
+        assert "2 of 2 environments pass" in every.stderr
+        assert prov.run("stop", names[1], env=env).returncode == 0
+        failing = prov.run("ssh-test", "--json", env=env)
+        assert failing.returncode == 9
+        reports = {r["name"]: r["ok"] for r in json.loads(failing.stdout)}
+        assert reports == {names[0]: True, names[1]: False}
+        assert prov.run("ssh-test", names[0], env=env).returncode == 0
+    finally:
+        for name in names:
+            prov.run("rm", name, "--yes", env=env)
