@@ -499,6 +499,17 @@ class Engine:
                     "ReadOnly": m.read_only,
                 }
                 for m in spec.mounts
+            ]
+            + [
+                {
+                    "Type": "volume",
+                    "Source": volume,
+                    "Target": target,
+                    # Made with the container if missing (filled from the image's
+                    # copy of the target); labelled so prov knows it as its own.
+                    "VolumeOptions": {"Labels": spec.volume_labels},
+                }
+                for volume, target in spec.volumes
             ],
             "RestartPolicy": {"Name": "unless-stopped"},
             "Init": False,  # the image runs tini as PID 1 itself
@@ -596,6 +607,16 @@ class Engine:
             body=json.dumps(body).encode(),
         )
         return str(created["Id"])
+
+    def volume(self, name: str) -> dict[str, Any] | None:
+        """Docker's view of a named volume, None if there is none."""
+        data = self._json(
+            f"inspect volume {name}", "GET", f"/volumes/{_quote(name)}", missing_ok=True
+        )
+        return None if data is None else dict(data)
+
+    def remove_volume(self, name: str) -> None:
+        self._call(f"remove volume {name}", "DELETE", f"/volumes/{_quote(name)}", missing_ok=True)
 
     def create_plain_network(self, name: str, labels: dict[str, str]) -> None:
         """A user-defined bridge with Docker's own addressing (its embedded DNS

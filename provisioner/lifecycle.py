@@ -20,6 +20,7 @@ from provisioner.plan import (
     LABEL_AGENTS,
     LABEL_BIND,
     LABEL_EGRESS,
+    LABEL_HOME_VOLUME,
     LABEL_HOST_KEY,
     LABEL_LIMITS,
     LABEL_NAME,
@@ -31,6 +32,7 @@ from provisioner.plan import (
     SshTarget,
     connect_host,
     container_name,
+    home_volume_name,
     network_name,
     proxy_name,
 )
@@ -54,6 +56,7 @@ class EnvStatus:
     egress: str = "-"
     limits: str = "-"
     home: str = "this"  # "this" PROV_HOME, or "other" (shown by `ls --all`)
+    home_volume: str = "-"  # where /home/agent lives, and what keeps it
     host: str = ""
 
     def public(self) -> dict[str, object]:
@@ -86,6 +89,11 @@ def _from_summary(item: dict[str, Any], paths: ProvPaths) -> EnvStatus:
         host=ssh_host,
         limits=labels.get(LABEL_LIMITS, "-"),
         home="this" if is_ours(labels, paths) else "other",
+        home_volume=(
+            f"{labels[LABEL_HOME_VOLUME]} (kept by `down`, removed by `rm`)"
+            if LABEL_HOME_VOLUME in labels
+            else "none: the home dir is lost on `down` (`up --recreate` gives it a volume)"
+        ),
     )
 
 
@@ -103,6 +111,7 @@ def _removed(record: state.EnvRecord) -> EnvStatus:
         ssh_alias=sshconf.alias_for(record.name),
         container="-",
         host_key_fingerprint="",
+        home_volume=f"{home_volume_name(record.name)} (kept; `up` mounts it again)",
     )
 
 
@@ -331,7 +340,8 @@ class Removal:
 
 
 def rm(name: str, paths: ProvPaths | None = None) -> Removal:
-    """Remove everything prov made for `name`: container, keys, alias, pin."""
+    """Remove everything prov made for `name`: container, proxy, network, the
+    home volume, keys, alias, pin."""
     paths = paths or ProvPaths.from_env()
     engine = Engine.connect()
     info = own_container(engine, name, paths)
@@ -350,6 +360,9 @@ def rm(name: str, paths: ProvPaths | None = None) -> Removal:
     net = engine.network(network_name(name))
     if net is not None and is_ours(net.get("Labels") or {}, paths):
         engine.remove_network(network_name(name))
+    volume = engine.volume(home_volume_name(name))
+    if volume is not None and is_ours(volume.get("Labels") or {}, paths):
+        engine.remove_volume(home_volume_name(name))  # the agent's home: gone for good
     with file_lock(paths.lock), file_lock(paths.keys_lock):
         existed = env_dir.exists()
         shutil.rmtree(env_dir, ignore_errors=True)

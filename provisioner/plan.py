@@ -14,6 +14,7 @@ from pathlib import Path
 
 from provisioner import __version__
 from provisioner.config import (
+    AGENT_HOME,
     AGENT_USER,
     AgentCounts,
     Containment,
@@ -33,6 +34,7 @@ LABEL_IMAGE_HASH = "prov.image-hash"
 LABEL_VERSION = "prov.version"
 LABEL_HOST_KEY = "prov.host-key-fingerprint"
 LABEL_MOUNTS = "prov.mounts"
+LABEL_HOME_VOLUME = "prov.home-volume"  # the named volume holding /home/agent
 LABEL_AGENTS = "prov.agents"
 LABEL_GPUS = "prov.gpus"
 LABEL_ENV_KEYS = "prov.env-keys"
@@ -88,6 +90,10 @@ def proxy_name(name: str) -> str:
 
 def network_name(name: str) -> str:
     return f"prov-{name}-net"
+
+
+def home_volume_name(name: str) -> str:
+    return f"prov-{name}-home"
 
 
 @dataclass(frozen=True)
@@ -163,6 +169,10 @@ class ContainerSpec:
     extra_network: str | None = None  # the proxy's way out
     tmpfs: tuple[str, ...] = ()
     read_only: bool = False
+    # Named volumes: (volume, target). The agent's home lives in one, so that
+    # `down` then `up` keeps it (history, user-installed tools, caches).
+    volumes: tuple[tuple[str, str], ...] = ()
+    volume_labels: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -338,6 +348,7 @@ def build_plan(
         LABEL_LIMITS: _limits_label(containment),
         LABEL_EGRESS: egress_label,
         LABEL_NETWORK: f"{network.name} {network.subnet}",
+        LABEL_HOME_VOLUME: home_volume_name(name),
     }
     key_files = (
         KeyFile(HOST_KEY_FILE, 0o600, host_key_private),
@@ -351,6 +362,7 @@ def build_plan(
         files += (InjectedFile(SESSION_ENV_PATH, 0o600, body.encode()),)
     egress: EgressPlan | None = None
     environment = {
+        "PROV_HOME_VOLUME": "1",  # /home/agent is prov's volume, not a host mount
         "PROV_UID": str(project_uid),
         "PROV_GID": str(project_gid),
         "PROV_PROJECT_DIR": str(project_dir),
@@ -407,6 +419,8 @@ def build_plan(
         port=port,
         # Not in LABEL_MOUNTS: every environment has it, at a path of its own.
         mounts=(*mounts, Mount(paths.keys_dir(name), KEYS_MOUNT, read_only=True)),
+        volumes=((home_volume_name(name), AGENT_HOME),),
+        volume_labels={LABEL_MANAGED: "true", LABEL_NAME: name, LABEL_HOME: identity},
         keys_dir=paths.keys_dir(name),
         key_files=key_files,
         files=files,

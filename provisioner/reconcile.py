@@ -17,6 +17,7 @@ from provisioner.plan import (
     HOST_KEY_FILE,
     LABEL_BIND,
     LABEL_EGRESS,
+    LABEL_HOME_VOLUME,
     LABEL_IMAGE_HASH,
     LABEL_LIMITS,
     LABEL_MOUNTS,
@@ -38,6 +39,7 @@ DRIFT_LABELS = (
     (LABEL_SUDO, "sudo"),
     (LABEL_LIMITS, "limits"),
     (LABEL_EGRESS, "egress"),
+    (LABEL_HOME_VOLUME, "home volume"),
 )
 HOST_KEY_DRIFT = (
     "host key: the environment's host key was replaced or removed on this machine "

@@ -58,6 +58,7 @@ from provisioner.plan import (
     build_network,
     build_plan,
     container_name,
+    home_volume_name,
     network_name,
     proxy_name,
 )
@@ -676,6 +677,10 @@ def _abandon(engine: Engine, made: _Made, paths: ProvPaths) -> None:
         engine.remove(container)
     if made.network_created:  # after its containers: Docker refuses it while in use
         engine.remove_network(network_name(name))
+    if container is not None and prepared.record is None:
+        # The home volume came with the container of an environment that
+        # never came up: nothing of the agent's is in it yet.
+        engine.remove_volume(home_volume_name(name))
     if prepared.record is None and (container is not None or prepared.fresh):
         alias = sshconf.alias_for(name)
         with file_lock(paths.lock):

@@ -62,11 +62,16 @@ check_id() {
 # mountinfo's octal escapes (space, tab, newline, backslash) undone. Read once:
 # nothing below mounts anything, and the checks run in the shell itself, so a
 # start costs a handful of processes, not a few per path.
-MOUNTS=$(awk '{
+# With PROV_HOME_VOLUME=1 the home directory itself is prov's own named
+# volume (not a host directory): it is left out, so its files can be given to
+# the agent like the image's own; the host's mounts below it still count.
+home_volume=""
+if [ "${PROV_HOME_VOLUME:-0}" = 1 ]; then home_volume=$HOME_DIR; fi
+MOUNTS=$(awk -v home="$home_volume" '{
 		m = $5
 		gsub(/\\040/, " ", m); gsub(/\\011/, "\t", m)
 		gsub(/\\012/, "\n", m); gsub(/\\134/, "\\", m)
-		print m
+		if (m != home) print m
 	}' /proc/self/mountinfo)
 
 # in_mount PATH [TOP]: true if PATH is a mount point other than / or lies

@@ -7,6 +7,7 @@ labels and a per-session name prefix; all of them are removed at the end.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -149,6 +150,10 @@ def prov(
     for network in docker_client.networks.list(filters={"label": "prov.managed=true"}):
         if network.attrs.get("Labels", {}).get("prov.name", "").startswith(harness.prefix):
             network.remove()
+    for volume in docker_client.volumes.list(filters={"label": "prov.managed=true"}):
+        if (volume.attrs.get("Labels") or {}).get("prov.name", "").startswith(harness.prefix):
+            with contextlib.suppress(docker.errors.APIError):
+                volume.remove(force=True)
     # prov-egress stays: it is prov's shared network, and stopped environments
     # of the user's own may still refer to it.
     subprocess.run(["pkill", "-f", f"{root}/ph/cm/"], check=False)

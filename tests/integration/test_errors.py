@@ -223,6 +223,9 @@ def test_container_exit_fails_fast_with_logs(
     result = prov.run("up", name, "--base-image", broken_images["exits"], "--timeout", "120")
     _assert_clean_failure(result, 6, "container stopped", "sshd refuses to serve")
     assert prov_containers(docker_client, name) == []
+    # Nothing else of the never-started environment either: home volume, network.
+    assert not docker_client.volumes.list(filters={"name": f"prov-{name}-home"})
+    assert not docker_client.networks.list(names=[f"prov-{name}-net"])
 
 
 def test_readiness_timeout(

@@ -11,7 +11,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from tests.integration.conftest import Prov, prov_containers
+from tests.integration.conftest import PROJECT_UID, Prov, prov_containers
 
 
 def test_down_then_up_keeps_host_key_and_alias(
@@ -185,3 +185,25 @@ def test_ssh_test_without_a_name_tests_every_environment(prov: Prov, tmp_path: P
     finally:
         for name in names:
             prov.run("rm", name, "--yes", env=env)
+
+
+def test_home_survives_down_and_up_and_goes_with_rm(
+    prov: Prov, docker_client: docker.DockerClient
+) -> None:
+    """Shell history and user-installed tools in /home/agent outlive `down` + `up`
+    (and --recreate); `rm` removes the home volume; status says where home lives."""
+    name = prov.name("home")
+    prov.project(name)
+    alias = f"prov-{name}"
+    prov.up(name)
+    made = prov.ssh(alias, "mkdir -p ~/.local/bin && echo kept > ~/.local/bin/tool && id -u")
+    assert made.returncode == 0 and made.stdout.strip() == str(PROJECT_UID)
+    assert prov.run("down", name).returncode == 0
+    status = prov.run("status", name, "--json", check=True)
+    assert "kept" in json.loads(status.stdout)["home_volume"]
+    prov.up(name)
+    assert prov.ssh(alias, "cat ~/.local/bin/tool").stdout.strip() == "kept"
+    prov.up(name, "--recreate", "--pids-limit", "2048")
+    assert prov.ssh(alias, "cat ~/.local/bin/tool && test -O ~").stdout.strip() == "kept"
+    assert prov.run("rm", name, "--yes").returncode == 0
+    assert not docker_client.volumes.list(filters={"name": f"{alias}-home"})

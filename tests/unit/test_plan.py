@@ -66,6 +66,7 @@ def test_published_on_loopback_with_owner_ids() -> None:
     plan, _, _ = _plan(Path("/p/demo"), Path("/p"))
     assert (plan.container.bind, plan.container.port) == ("127.0.0.1", 2222)
     assert plan.container.environment == {
+        "PROV_HOME_VOLUME": "1",
         "PROV_UID": "1234",
         "PROV_GID": "2345",
         "PROV_PROJECT_DIR": "/p/demo",
@@ -204,3 +205,12 @@ def test_route_picks_deepest_project_containing_cwd() -> None:
     assert choose("/src/b", projects) == "prov-b"
     assert choose("/src/bb", projects) is None
     assert choose("/elsewhere", projects) is None
+
+
+def test_home_lives_in_a_volume_of_its_own() -> None:
+    """/home/agent is the named volume prov-NAME-home, labelled as prov's, and recorded
+    (an older container without it shows as drift)."""
+    plan, _, _ = _plan(Path("/p/demo"), Path("/p"))
+    assert plan.container.volumes == (("prov-demo-home", "/home/agent"),)
+    assert plan.container.volume_labels["prov.name"] == "demo"
+    assert plan.container.labels["prov.home-volume"] == "prov-demo-home"
