@@ -290,6 +290,14 @@ def up(
             "sockets); never PROV_HOME.",
         ),
     ] = False,
+    forward_agent: Annotated[
+        bool,
+        typer.Option(
+            "--forward-agent",
+            help="Let sessions use your ssh-agent (alias and sshd): while you are "
+            "connected, the agent inside can sign with all of its keys.",
+        ),
+    ] = False,
 ) -> None:
     """Build or reuse the image, run the environment, wait for SSH, write the alias.
 
@@ -322,7 +330,15 @@ def up(
         credentials,
     )
     containment = _run(
-        _containment, sudo, egress, allow or [], pids_limit, memory, cpus, allow_unsafe_mount
+        _containment,
+        sudo,
+        egress,
+        allow or [],
+        pids_limit,
+        memory,
+        cpus,
+        allow_unsafe_mount,
+        forward_agent,
     )
     requests = [
         _run(
@@ -384,6 +400,7 @@ def _containment(
     memory: str | None,
     cpus: float | None,
     allow_unsafe_mount: bool,
+    forward_agent: bool = False,
 ) -> Containment:
     from provisioner import config
 
@@ -395,6 +412,7 @@ def _containment(
         egress=egress.strip().lower(),
         allow=tuple(config.parse_domain(d) for d in allow),
         allow_unsafe_mount=allow_unsafe_mount,
+        forward_agent=forward_agent,
     )
 
 

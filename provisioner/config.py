@@ -317,6 +317,7 @@ class Containment:
     egress: str = DEFAULT_EGRESS
     allow: tuple[str, ...] = ()  # --allow domains, on top of the default list
     allow_unsafe_mount: bool = False
+    forward_agent: bool = False  # the user's ssh-agent reachable from inside
 
     def __post_init__(self) -> None:
         if self.egress not in EGRESS_MODES:

@@ -34,7 +34,8 @@ LABEL_IMAGE_HASH = "prov.image-hash"
 LABEL_VERSION = "prov.version"
 LABEL_HOST_KEY = "prov.host-key-fingerprint"
 LABEL_MOUNTS = "prov.mounts"
-LABEL_HOME_VOLUME = "prov.home-volume"  # the named volume holding /home/agent
+LABEL_HOME_VOLUME = "prov.home-volume"
+LABEL_FORWARD_AGENT = "prov.forward-agent"  # the named volume holding /home/agent
 LABEL_AGENTS = "prov.agents"
 LABEL_GPUS = "prov.gpus"
 LABEL_ENV_KEYS = "prov.env-keys"
@@ -349,6 +350,7 @@ def build_plan(
         LABEL_EGRESS: egress_label,
         LABEL_NETWORK: f"{network.name} {network.subnet}",
         LABEL_HOME_VOLUME: home_volume_name(name),
+        LABEL_FORWARD_AGENT: "yes" if containment.forward_agent else "no",
     }
     key_files = (
         KeyFile(HOST_KEY_FILE, 0o600, host_key_private),
@@ -363,6 +365,7 @@ def build_plan(
     egress: EgressPlan | None = None
     environment = {
         "PROV_HOME_VOLUME": "1",  # /home/agent is prov's volume, not a host mount
+        "PROV_FORWARD_AGENT": "1" if containment.forward_agent else "0",
         "PROV_UID": str(project_uid),
         "PROV_GID": str(project_gid),
         "PROV_PROJECT_DIR": str(project_dir),
@@ -441,6 +444,7 @@ def build_plan(
         identity_file=identity_file,
         known_hosts=paths.known_hosts,
         control_dir=paths.control_dir,
+        forward_agent=containment.forward_agent,
     )
     session = project_dir.name
     cmd, env = ntm_invocation(session, alias, agents, project_dir, projects_base)

@@ -17,6 +17,7 @@ from provisioner.plan import (
     HOST_KEY_FILE,
     LABEL_BIND,
     LABEL_EGRESS,
+    LABEL_FORWARD_AGENT,
     LABEL_HOME_VOLUME,
     LABEL_IMAGE_HASH,
     LABEL_LIMITS,
@@ -40,6 +41,7 @@ DRIFT_LABELS = (
     (LABEL_LIMITS, "limits"),
     (LABEL_EGRESS, "egress"),
     (LABEL_HOME_VOLUME, "home volume"),
+    (LABEL_FORWARD_AGENT, "agent forwarding"),
 )
 HOST_KEY_DRIFT = (
     "host key: the environment's host key was replaced or removed on this machine "

@@ -31,6 +31,7 @@ class HostEntry:
     identity_file: Path
     known_hosts: Path
     control_dir: Path
+    forward_agent: bool = False
 
 
 def _quote(path: Path | str, token: str = "") -> str:
@@ -73,12 +74,14 @@ def render_host_block(entry: HostEntry) -> str:
         "    UpdateHostKeys no",
         "    PasswordAuthentication no",
         "    KbdInteractiveAuthentication no",
-        "    ForwardAgent no",
+        f"    ForwardAgent {'yes' if entry.forward_agent else 'no'}",
         "    ForwardX11 no",
-        # NTM opens a new ssh connection for every tmux call; reuse one.
+        # NTM opens a new ssh connection for every tmux call; reuse one, kept
+        # for the environment's life (prov starts it at up and start, and
+        # closes it at stop, down and rm), so no burst of calls races to make it.
         "    ControlMaster auto",
         f"    ControlPath {_quote(entry.control_dir, '/%C')}",
-        "    ControlPersist 10m",
+        "    ControlPersist yes",
         "    ServerAliveInterval 15",
         "    ServerAliveCountMax 4",
         _end(entry.alias),

@@ -294,8 +294,14 @@ mkdir -p /run/sshd
 chmod 0755 /run/sshd
 # Give up the capabilities only the steps above needed (bits 8 and 12 of the
 # bounding set: SETPCAP, NET_ADMIN) for good.
+# Agent forwarding is off in the image's config; `prov up --forward-agent`
+# turns it on for this environment only (a command-line -o wins over the file).
+set -- -D -e
+if [ "${PROV_FORWARD_AGENT:-0}" = 1 ]; then
+	set -- "$@" -o AllowAgentForwarding=yes
+fi
 bounding=$(awk '/^CapBnd:/ { print $2 }' /proc/self/status)
 if [ $((0x$bounding & 0x100)) -ne 0 ]; then
-	exec setpriv --bounding-set -net_admin,-setpcap -- /usr/sbin/sshd -D -e
+	exec setpriv --bounding-set -net_admin,-setpcap -- /usr/sbin/sshd "$@"
 fi
-exec /usr/sbin/sshd -D -e
+exec /usr/sbin/sshd "$@"

@@ -6,12 +6,14 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shlex
 import stat
 import subprocess
 import sys
 import tarfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import docker
@@ -322,3 +324,51 @@ def test_ntm_config_round_trip(prov: Prov) -> None:
 def test_project_owner_ids_constant() -> None:
     """The project owner used by these tests is not root (guards the UID tests above)."""
     assert PROJECT_UID != 0 and PROJECT_GID != 0
+
+
+@pytest.fixture()
+def ssh_agent(tmp_path: Path) -> Iterator[tuple[dict[str, str], str]]:
+    """A real ssh-agent holding one key: (its variables, the key's fingerprint)."""
+    out = subprocess.run(["ssh-agent", "-s"], capture_output=True, text=True, check=True).stdout
+    agent_env = dict(re.findall(r"(SSH_AUTH_SOCK|SSH_AGENT_PID)=([^;]+);", out))
+    key = tmp_path / "fwd_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    env = {**os.environ, **agent_env}
+    subprocess.run(["ssh-add", "-q", str(key)], env=env, check=True, capture_output=True)
+    fingerprint = subprocess.run(
+        ["ssh-keygen", "-lf", f"{key}.pub"], capture_output=True, text=True, check=True
+    ).stdout.split()[1]
+    try:
+        yield agent_env, fingerprint
+    finally:
+        subprocess.run(["kill", agent_env["SSH_AGENT_PID"]], check=False)
+
+
+def test_agent_forwarding_only_with_forward_agent(
+    prov: Prov, ssh_agent: tuple[dict[str, str], str]
+) -> None:
+    """Off by default (even `ssh -A` gets no agent inside); with --forward-agent the
+    agent inside lists the user's key through the alias and the master prov keeps."""
+    agent_env, fingerprint = ssh_agent
+    config = str(prov.home / ".ssh" / "config")
+    plain, fwd = prov.name("nofwd"), prov.name("fwd")
+    for name in (plain, fwd):
+        prov.project(name)
+    prov.up(plain)
+    result = prov.run("up", fwd, "--json", "--forward-agent", env=agent_env)
+    assert result.returncode == 0, result.stderr
+
+    def agent_keys(alias: str, *options: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["ssh", "-F", config, "-o", "BatchMode=yes", *options, alias, "ssh-add -l"],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **agent_env},
+            timeout=30,
+            check=False,
+        )
+
+    refused = agent_keys(f"prov-{plain}", "-A", "-S", "none")
+    assert refused.returncode != 0 and fingerprint not in refused.stdout
+    forwarded = agent_keys(f"prov-{fwd}")
+    assert forwarded.returncode == 0 and fingerprint in forwarded.stdout, forwarded.stderr

@@ -67,6 +67,7 @@ def test_published_on_loopback_with_owner_ids() -> None:
     assert (plan.container.bind, plan.container.port) == ("127.0.0.1", 2222)
     assert plan.container.environment == {
         "PROV_HOME_VOLUME": "1",
+        "PROV_FORWARD_AGENT": "0",
         "PROV_UID": "1234",
         "PROV_GID": "2345",
         "PROV_PROJECT_DIR": "/p/demo",
@@ -214,3 +215,19 @@ def test_home_lives_in_a_volume_of_its_own() -> None:
     assert plan.container.volumes == (("prov-demo-home", "/home/agent"),)
     assert plan.container.volume_labels["prov.name"] == "demo"
     assert plan.container.labels["prov.home-volume"] == "prov-demo-home"
+
+
+def test_agent_forwarding_off_unless_asked_and_then_on_both_ends() -> None:
+    """Off by default in the alias and the container; --forward-agent turns on both
+    (the alias's ForwardAgent and sshd's AllowAgentForwarding), recorded for drift."""
+    from provisioner.sshconf import render_host_block
+
+    plan, _, _ = _plan(Path("/p/demo"), Path("/p"))
+    assert "ForwardAgent no" in render_host_block(plan.ssh)
+    assert plan.container.environment["PROV_FORWARD_AGENT"] == "0"
+    on, _, _ = _plan(
+        Path("/p/demo"), Path("/p"), containment=Containment(egress="open", forward_agent=True)
+    )
+    assert "ForwardAgent yes" in render_host_block(on.ssh)
+    assert on.container.environment["PROV_FORWARD_AGENT"] == "1"
+    assert on.container.labels["prov.forward-agent"] == "yes"
