@@ -14,6 +14,7 @@ command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 command -v ssh >/dev/null 2>&1 || need+=(openssh-client)
 command -v tmux >/dev/null 2>&1 || need+=(tmux)
 command -v git >/dev/null 2>&1 || need+=(git)
+command -v rsync >/dev/null 2>&1 || need+=(rsync)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"

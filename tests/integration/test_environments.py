@@ -372,3 +372,69 @@ def test_agent_forwarding_only_with_forward_agent(
     assert refused.returncode != 0 and fingerprint not in refused.stdout
     forwarded = agent_keys(f"prov-{fwd}")
     assert forwarded.returncode == 0 and fingerprint in forwarded.stdout, forwarded.stderr
+
+
+def _readme_block(heading: str, language: str) -> str:
+    """The first fenced `language` block after `heading` in the README: the tests run
+    the documented code itself."""
+    text = (Path(__file__).parents[2] / "README.md").read_text()
+    section = text[text.index(heading) :]
+    start = section.index(f"```{language}\n") + len(f"```{language}\n")
+    return section[start : section.index("```", start)]
+
+
+def test_everyday_clients_through_the_alias(prov: Prov, tmp_path: Path) -> None:
+    """rsync both ways, python3 inside, `ansible -m ping`, and the README's paramiko way
+    (prov's ssh_config, the pin, RejectPolicy) with the system clients as users run them."""
+    name = prov.name("clients")
+    prov.project(name)
+    alias = f"prov-{name}"
+    prov.up(name)
+    config = str(prov.home / ".ssh" / "config")
+    ssh_cmd = f"ssh -F {config} -o BatchMode=yes"
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "file.txt").write_text("through rsync\n")
+
+    def run(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            argv, capture_output=True, text=True, timeout=120, check=False, env=env
+        )
+
+    up = run("rsync", "-a", "-e", ssh_cmd, f"{src}/", f"{alias}:/tmp/rs/")
+    assert up.returncode == 0, up.stderr
+    back = tmp_path / "back"
+    down = run("rsync", "-a", "-e", ssh_cmd, f"{alias}:/tmp/rs/", f"{back}/")
+    assert down.returncode == 0, down.stderr
+    assert (back / "sub" / "file.txt").read_text() == "through rsync\n"
+    assert prov.ssh(alias, "python3 -c 'print(6 * 7)'").stdout.strip() == "42"
+
+    ansible = Path(sys.executable).parent / "ansible"
+    env = {
+        **os.environ,
+        "ANSIBLE_SSH_ARGS": f"-F {config} -o ControlMaster=auto -o ControlPersist=60s",
+        "ANSIBLE_LOCAL_TEMP": str(tmp_path / "ansible-local"),
+        "ANSIBLE_HOME": str(tmp_path / "ansible-home"),
+    }
+    ping = run(str(ansible), "-i", f"{alias},", "all", "-m", "ping", env=env)
+    assert ping.returncode == 0 and '"ping": "pong"' in ping.stdout, ping.stdout + ping.stderr
+
+    snippet = _readme_block("## Other SSH clients", "python").replace("prov-myproject", alias)
+    script = snippet + "print(client.exec_command('id -un')[1].read().decode().strip())\n"
+    paramiko_run = run(
+        sys.executable, "-c", script, env={**os.environ, "PROV_HOME": str(prov.prov_home)}
+    )
+    assert paramiko_run.stdout.strip() == "agent", paramiko_run.stderr
+    # The same code refuses the host when the pin holds another key.
+    fake_home = tmp_path / "fake-ph"
+    fake_home.mkdir()
+    (fake_home / "ssh_config").write_text((prov.prov_home / "ssh_config").read_text())
+    other = subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other")],
+        check=True,
+    )
+    assert other.returncode == 0
+    blob = (tmp_path / "other.pub").read_text().split()[1]
+    (fake_home / "known_hosts").write_text(f"{alias} ssh-ed25519 {blob}\n")
+    refused = run(sys.executable, "-c", script, env={**os.environ, "PROV_HOME": str(fake_home)})
+    assert refused.returncode != 0 and "BadHostKeyException" in refused.stderr
