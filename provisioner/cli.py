@@ -657,6 +657,48 @@ def status(name: NameArg, as_json: JsonOpt = False) -> None:
         out.line(f"{key:22} {value}")
 
 
+@app.command()
+def gc(
+    images: Annotated[
+        list[str] | None,
+        typer.Argument(help="Only these images (prov-env:TAG or ID); default: all of prov's."),
+    ] = None,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Remove them (default: only show them).")
+    ] = False,
+) -> None:
+    """Show (or with --yes remove) prov's images that no container uses. Images
+    come back on the next `up` that needs them (rebuilt; the agent layer takes
+    minutes)."""
+    from provisioner import lifecycle
+
+    report = _run(lifecycle.gc, yes, tuple(images or ()))
+    for image in report.removable:
+        verb = "removed" if report.removed else "would remove"
+        out.line(f"{verb} {image.tag}  ({_size(image.frees)})")
+    if report.in_use:
+        err.line(f"kept, in use: {len(report.in_use)} image(s)")
+    if not report.removable:
+        err.line("nothing to remove: every prov image is in use")
+    elif report.removed:
+        err.line(f"removed; freed at least {_size(report.frees)}", "✓ ", "bold green")
+    else:
+        err.line(
+            f"{len(report.removable)} image(s), at least {_size(report.frees)} to free "
+            "(layers they share with each other come free too); "
+            "run `prov gc --yes` to remove them"
+        )
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB"):
+        if size < 1000:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} GB"
+
+
 @app.command("egress")
 def egress_(name: NameArg, as_json: JsonOpt = False) -> None:
     """Show what the environment may reach and what its egress proxy refused lately."""

@@ -345,6 +345,37 @@ class Engine:
         )
         return None if attrs is None else str(attrs["Id"])
 
+    def images(self, repo: str) -> list[dict[str, Any]]:
+        """Docker's list entries (Id, RepoTags, Created, Size, ...) of `repo`'s images."""
+        found = self._json(
+            f"list the {repo} images",
+            "GET",
+            "/images/json",
+            params={"filters": json.dumps({"reference": [repo]})},
+        )
+        return [dict(item) for item in found or []]
+
+    def image_parent(self, image_id: str) -> str:
+        attrs = self._json(f"inspect image {image_id}", "GET", f"/images/{image_id}/json")
+        return str((attrs or {}).get("Parent") or "")
+
+    def image_ids_in_use(self) -> set[str]:
+        """The images of every container on this engine, stopped ones included."""
+        listed = self._json("list containers", "GET", "/containers/json", params={"all": "1"})
+        return {str(item.get("ImageID", "")) for item in listed or []}
+
+    def unique_image_sizes(self) -> dict[str, int]:
+        """Bytes each image holds that no other image shares (what removing it frees)."""
+        df = self._json("read disk usage", "GET", "/system/df", timeout=120.0) or {}
+        sizes = {}
+        for image in df.get("Images") or []:
+            shared = max(0, int(image.get("SharedSize") or 0))
+            sizes[str(image.get("Id", ""))] = max(0, int(image.get("Size") or 0) - shared)
+        return sizes
+
+    def remove_image(self, ref: str) -> None:
+        self._call(f"remove image {ref}", "DELETE", f"/images/{_quote(ref)}", missing_ok=True)
+
     def image_labels(self, ref: str) -> dict[str, str]:
         attrs = self._json(f"inspect image {ref}", "GET", f"/images/{_quote(ref)}/json")
         return dict((attrs.get("Config") or {}).get("Labels") or {})

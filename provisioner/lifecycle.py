@@ -406,3 +406,76 @@ def egress_report(name: str, tail: int = 200, paths: ProvPaths | None = None) ->
             if "refused" in line.lower() or "denied" in line.lower()
         )
     return EgressReport(name, mode, tuple(a for a in allowed.split(",") if a), denials)
+
+
+@dataclass(frozen=True)
+class GcImage:
+    tag: str
+    image_id: str
+    frees: int  # bytes no other image shares
+    created: int
+
+
+@dataclass(frozen=True)
+class GcReport:
+    removable: tuple[GcImage, ...]  # used by no container and under no image in use
+    in_use: tuple[str, ...]  # tags of images containers use, or layers below them
+    removed: bool  # False for a dry run
+
+    @property
+    def frees(self) -> int:
+        return sum(image.frees for image in self.removable)
+
+
+def gc(apply: bool = False, only: tuple[str, ...] = ()) -> GcReport:
+    """prov's images (prov-env:*) that no container on this engine uses, of any
+    PROV_HOME, and that are not a layer below an image in use; removed only with
+    `apply`; `only`: just these tags or IDs. The base images (prov-base,
+    --base-image) are never touched."""
+    from provisioner.image import IMAGE_REPO
+
+    engine = Engine.connect()
+    listed = engine.images(IMAGE_REPO)
+    used = engine.image_ids_in_use()
+    parents: dict[str, str] = {}
+    for image_id in used:  # the chain of layers below each image in use
+        current = image_id
+        while current and current not in parents:
+            parents[current] = engine.image_parent(current)
+            current = parents[current]
+    sizes = engine.unique_image_sizes() if listed else {}
+    removable, in_use = select_unused(listed, used, parents, sizes, IMAGE_REPO)
+    if only:  # just the images named (any tag of theirs)
+        removable = tuple(i for i in removable if i.tag in only or i.image_id in only)
+        in_use = tuple(t for t in in_use if t in only)
+    if apply:
+        for candidate in removable:
+            engine.remove_image(candidate.tag)
+    return GcReport(removable, in_use, apply)
+
+
+def select_unused(
+    listed: list[dict[str, Any]],
+    used: set[str],
+    parents: dict[str, str],
+    sizes: dict[str, int],
+    repo: str,
+) -> tuple[tuple[GcImage, ...], tuple[str, ...]]:
+    """(removable images, oldest first; tags kept because in use): an image is
+    kept when a container uses it or it is a layer below one that does."""
+    needed = set()
+    for image_id in used:
+        current = image_id
+        while current and current not in needed:
+            needed.add(current)
+            current = parents.get(current, "")
+    removable, in_use = [], []
+    for image in listed:
+        image_id = str(image.get("Id", ""))
+        tags = [t for t in image.get("RepoTags") or [] if t.startswith(repo + ":")]
+        if image_id in needed:
+            in_use += tags
+            continue
+        created = int(image.get("Created") or 0)
+        removable += [GcImage(tag, image_id, sizes.get(image_id, 0), created) for tag in tags]
+    return tuple(sorted(removable, key=lambda i: i.created)), tuple(sorted(in_use))

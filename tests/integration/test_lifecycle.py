@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -9,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import docker
+import docker.errors
 import pytest
 
 from tests.integration.conftest import PROJECT_UID, Prov, prov_containers
@@ -207,3 +210,32 @@ def test_home_survives_down_and_up_and_goes_with_rm(
     assert prov.ssh(alias, "cat ~/.local/bin/tool && test -O ~").stdout.strip() == "kept"
     assert prov.run("rm", name, "--yes").returncode == 0
     assert not docker_client.volumes.list(filters={"name": f"{alias}-home"})
+
+
+def test_gc_shows_then_removes_only_unused_images(
+    prov: Prov, docker_client: docker.DockerClient
+) -> None:
+    """`prov gc` lists an unused prov image without removing it; `--yes` removes it; an
+    image a container uses is kept even when named."""
+    name = prov.name("gcuser")
+    prov.project(name)
+    used = docker_client.containers.get(str(prov.up(name)["container"])).image
+    spare = f"prov-env:gctest-{prov.prefix}"
+    docker_client.images.build(
+        fileobj=io.BytesIO(f"FROM {used.id}\nLABEL prov.gctest={prov.prefix}\n".encode()),
+        tag=spare,
+        rm=True,
+    )
+    try:
+        dry = prov.run("gc")
+        assert dry.returncode == 0 and f"would remove {spare}" in dry.stdout
+        assert not any(t in dry.stdout for t in used.tags)
+        assert docker_client.images.list(name=spare)
+        used_tag = used.tags[0]
+        named = prov.run("gc", spare, used_tag, "--yes")
+        assert named.returncode == 0 and f"removed {spare}" in named.stdout, named.stderr
+        assert not docker_client.images.list(name=spare)
+        assert docker_client.images.get(used_tag).id == used.id
+    finally:
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            docker_client.images.remove(spare, force=True)

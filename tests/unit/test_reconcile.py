@@ -175,3 +175,25 @@ def test_fatal_failure_is_not_retried() -> None:
     with pytest.raises(NotReady, match="failed"):
         _wait(attempts)
     assert attempts == [None]  # the one after the fatal failure was never tried
+
+
+# --- gc ----------------------------------------------------------------------
+
+
+def test_gc_keeps_images_in_use_and_the_layers_below_them() -> None:
+    from provisioner.lifecycle import select_unused
+
+    listed = [
+        {"Id": "sshd", "RepoTags": ["prov-env:sshd"], "Created": 1},
+        {"Id": "agents", "RepoTags": ["prov-env:agents"], "Created": 2},
+        {"Id": "old", "RepoTags": ["prov-env:old", "other:tag"], "Created": 0},
+        {"Id": "egress", "RepoTags": ["prov-env:egress"], "Created": 3},
+    ]
+    parents = {"agents": "sshd", "sshd": "base", "base": ""}
+    removable, in_use = select_unused(
+        listed, {"agents"}, parents, {"old": 500, "egress": 7}, "prov-env"
+    )
+    assert [(i.tag, i.frees) for i in removable] == [("prov-env:old", 500), ("prov-env:egress", 7)]
+    assert in_use == ("prov-env:agents", "prov-env:sshd")
+    nothing, _ = select_unused(listed, {"agents", "old", "egress"}, parents, {}, "prov-env")
+    assert nothing == ()
