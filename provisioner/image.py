@@ -11,6 +11,7 @@ import hashlib
 import json
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,9 +147,11 @@ def ensure_base(engine: Engine, requested: str, note: Progress, line: Progress) 
         f"{requested} is not present and cannot be pulled: building the local base "
         f"{distro.tag} with debootstrap from {mirror} (once; about a minute)"
     )
+    started = time.monotonic()
     baseimage.bootstrap(
         distro, mirror, lambda tar: engine.import_rootfs(tar, distro.tag), line, note
     )
+    note(f"made the local base {distro.tag} in {time.monotonic() - started:.1f} s")
     built = engine.image_id(distro.tag)
     if not built:
         raise BuildError(
@@ -190,6 +193,7 @@ def _layer(
     if engine.image_id(tag):
         return tag, content_hash, False
     note(f"building the {what} layer ({tag})")
+    started = time.monotonic()
     # "Step N/M" lines are the build's milestones; the rest is detail.
     engine.build(
         context,
@@ -198,6 +202,7 @@ def _layer(
         {"prov.image-hash": content_hash, **labels},
         lambda text: (note if text.startswith("Step ") else line)(text),
     )
+    note(f"built the {what} layer in {time.monotonic() - started:.1f} s")
     return tag, content_hash, True
 
 
