@@ -251,7 +251,7 @@ def _layer_sizes(client: docker.DockerClient, image_id: str) -> list[tuple[str, 
             ("install claude", "Claude Code"),
             ("install codex", "Codex"),
             ("install gemini", "Gemini CLI"),
-            ("prov-node", "Node and npm"),
+            ("in /usr/local/ ", "Node and npm"),  # COPY --from=prov-node
             ("apt-get", "sshd layer packages"),
             ("update-ca-certificates", "CA certificates"),
         ):
