@@ -150,9 +150,21 @@ def _main(
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Show build and wait details.")
     ] = False,
+    docker_host: Annotated[
+        str | None,
+        typer.Option(
+            "--docker-host",
+            help="The Docker engine (unix:///path, tcp://, ssh://); otherwise DOCKER_HOST, "
+            "DOCKER_CONTEXT, the current docker context, then the local socket.",
+        ),
+    ] = None,
 ) -> None:
     global _verbose
     _verbose = verbose
+    if docker_host is not None:
+        from provisioner import engines
+
+        engines.set_flag(docker_host)
 
 
 @app.command()
@@ -615,6 +627,8 @@ def ls(
     if not envs:
         err.line("no environments; create one with `prov up NAME`")
         return
+    if not envs[0].engine.endswith("(the local socket)"):
+        err.line(f"engine: {envs[0].engine}")
     rows = [
         (
             e.name if e.home == "this" else f"{e.name} (other home)",

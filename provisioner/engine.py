@@ -19,7 +19,6 @@ from __future__ import annotations
 import http.client
 import io
 import json
-import os
 import socket
 import sys
 import tarfile
@@ -31,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from provisioner import engines
 from provisioner.errors import BuildError, ConflictError, DockerUnavailable, NotFound, ProvError
 from provisioner.plan import LABEL_MANAGED, SSHD_PORT, ContainerSpec, NetworkSpec
 
@@ -38,7 +38,6 @@ if TYPE_CHECKING:
     import docker
 
 BUILD_LOG_TAIL = 25
-DEFAULT_SOCKET = "/var/run/docker.sock"
 API_TIMEOUT = 120.0
 
 _START_HINT = (
@@ -113,9 +112,13 @@ class _SocketTransport:
     """The Engine API over a local Unix socket; one connection per request, so
     threads (`prov up a b c`) never share one."""
 
-    def __init__(self, socket_path: str) -> None:
+    def __init__(self, socket_path: str, target: engines.EngineTarget | None = None) -> None:
         self.socket_path = socket_path
         self._prefix = ""
+        # Where the socket came from (a context, DOCKER_HOST...), for errors.
+        self._origin = (
+            f" ({target.source})" if target and target.source != "the local socket" else ""
+        )
 
     def negotiate(self) -> None:
         """Ping the engine and speak the API version it reports (as the docker CLI does)."""
@@ -123,7 +126,7 @@ class _SocketTransport:
         if status != 200:
             raise DockerUnavailable(
                 "The Docker engine does not answer its health check",
-                f"GET /_ping on {self.socket_path} returned HTTP {status}.",
+                f"GET /_ping on {self.socket_path}{self._origin} returned HTTP {status}.",
                 _START_HINT,
             )
         version = headers.get("Api-Version", "")
@@ -143,14 +146,14 @@ class _SocketTransport:
         except PermissionError as exc:
             raise DockerUnavailable(
                 "Cannot reach the Docker engine: permission denied",
-                f"Connecting to {self.socket_path} failed: {exc.strerror}.",
+                f"Connecting to {self.socket_path}{self._origin} failed: {exc.strerror}.",
                 "run prov as a user in the `docker` group (`sudo usermod -aG docker $USER`, "
                 "then log in again), or as root.",
             ) from None
         except (OSError, http.client.HTTPException) as exc:
             raise DockerUnavailable(
                 "Cannot reach the Docker engine",
-                f"{call.method} {call.path} on {self.socket_path} failed: "
+                f"{call.method} {call.path} on {self.socket_path}{self._origin} failed: "
                 f"{getattr(exc, 'strerror', None) or exc or type(exc).__name__}.",
                 _START_HINT,
             ) from None
@@ -186,15 +189,15 @@ class _DockerPyTransport:
         return response.status_code, response.content
 
 
-def _import_docker() -> None:
+def _import_docker(host: str = "") -> None:
     """Import docker-py without the paramiko it loads for ssh:// engines.
 
     docker-py treats paramiko as optional (ImportError is its signal), and the
-    import costs ~90 ms; prov's engine is local unless DOCKER_HOST says ssh://.
+    import costs ~90 ms; prov's engine is local unless it is an ssh:// one.
     """
     if "docker" in sys.modules:
         return
-    hide = not (os.environ.get("DOCKER_HOST", "").startswith("ssh://") or "paramiko" in sys.modules)
+    hide = not (host.startswith("ssh://") or "paramiko" in sys.modules)
     if hide:
         sys.modules["paramiko"] = None  # type: ignore[assignment]
     try:
@@ -204,28 +207,25 @@ def _import_docker() -> None:
             del sys.modules["paramiko"]
 
 
-def _docker_client() -> docker.DockerClient:
-    _import_docker()
+def _docker_client(target: engines.EngineTarget) -> docker.DockerClient:
+    """docker-py on the resolved engine (from DOCKER_HOST: with its TLS variables)."""
+    _import_docker(target.host)
     import docker
 
     try:
-        client = docker.from_env(timeout=int(API_TIMEOUT))
+        if target.source == "DOCKER_HOST":
+            client = docker.from_env(timeout=int(API_TIMEOUT))
+        else:
+            client = docker.DockerClient(base_url=target.host, timeout=int(API_TIMEOUT))
         client.ping()
-    except docker.errors.DockerException as exc:
+    except Exception as exc:  # docker-py, requests, socket and paramiko errors alike
+        detail = str(exc) or type(exc).__name__
         raise DockerUnavailable(
-            "Cannot reach the Docker engine", f"docker-py said: {exc}", _START_HINT
-        ) from exc
+            "Cannot reach the Docker engine",
+            f"The engine is {target.describe()}; connecting failed: {detail}",
+            _START_HINT,
+        ) from None
     return client
-
-
-def _local_socket() -> str | None:
-    """The socket path when the engine is local (DOCKER_HOST unset or unix://)."""
-    value = os.environ.get("DOCKER_HOST", "")
-    if not value:
-        return DEFAULT_SOCKET
-    if value.startswith("unix://"):
-        return value[len("unix://") :]
-    return None
 
 
 @contextmanager
@@ -288,24 +288,33 @@ def _quote(ref: str) -> str:
 class Engine:
     """A connected Docker engine."""
 
-    def __init__(self, transport: _Transport, client: docker.DockerClient | None = None) -> None:
+    def __init__(
+        self,
+        transport: _Transport,
+        target: engines.EngineTarget,
+        client: docker.DockerClient | None = None,
+    ) -> None:
         self._transport = transport
+        self.target = target
         self._client = client
 
     @classmethod
     def connect(cls) -> Engine:
-        path = _local_socket()
-        if path is None:
-            client = _docker_client()
-            return cls(_DockerPyTransport(client), client)
-        transport = _SocketTransport(path)
+        """The engine engines.resolve() names: its socket directly when local,
+        else through docker-py."""
+        target = engines.resolve()
+        if target.socket is None:
+            client = _docker_client(target)
+            return cls(_DockerPyTransport(client), target, client)
+        transport = _SocketTransport(target.socket, target)
         transport.negotiate()
-        return cls(transport)
+        return cls(transport, target)
 
     def _docker(self) -> docker.DockerClient:
-        """docker-py, connected on first use (builds, imports, logs)."""
+        """docker-py, connected on first use (builds, imports, logs), on the same
+        engine as every other call."""
         if self._client is None:
-            self._client = _docker_client()
+            self._client = _docker_client(self.target)
         return self._client
 
     def _call(

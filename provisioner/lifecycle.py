@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,7 @@ class EnvStatus:
     limits: str = "-"
     home: str = "this"  # "this" PROV_HOME, or "other" (shown by `ls --all`)
     home_volume: str = "-"  # where /home/agent lives, and what keeps it
+    engine: str = "-"  # the Docker engine it is on, and how prov chose it
     host: str = ""
 
     def public(self) -> dict[str, object]:
@@ -172,6 +173,8 @@ def list_envs(paths: ProvPaths | None = None, everyone: bool = False) -> list[En
     listed = list(found.values())
     if everyone:
         listed += [env for env in envs if env.home != "this"]
+    on = engine.target.describe()
+    listed = [replace(env, engine=on) for env in listed]
     return sorted(listed, key=lambda env: (env.home != "this", env.name))
 
 
@@ -264,6 +267,9 @@ def start(
     from provisioner.ready import await_ssh
 
     record = state.require(paths, name)
+    from provisioner.engines import require_local, resolve
+
+    require_local(resolve(), "prov restart" if restart else "prov start")
     engine = Engine.connect()
     info = _container(engine, name, paths)
     proxy = own_container(engine, name, paths, "egress")

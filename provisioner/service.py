@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from provisioner import (
     egress,
+    engines,
     host,
     keys,
     mountpolicy,
@@ -208,6 +209,7 @@ def up_many(
     paths = paths or ProvPaths.from_env()
     require_own_home()
     ensure_private_dir(paths.home)
+    engines.require_local(engines.resolve(), "prov up")  # before any connection to it
     engine = Engine.connect()
     images: dict[ImageRequest, BuiltImage] = {}
     images_lock = threading.Lock()

@@ -8,9 +8,11 @@ over the same local socket), so the remote path is not left untested.
 from __future__ import annotations
 
 import io
+import json
 import secrets
 import socket
 import stat
+import subprocess
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,9 +20,11 @@ from pathlib import Path
 import docker
 import pytest
 
+from provisioner import engines
 from provisioner.engine import Engine, _DockerPyTransport
 from provisioner.errors import DockerUnavailable, NotFound
 from provisioner.plan import LABEL_MANAGED, LABEL_NAME, ContainerSpec, Mount, Security
+from tests.integration.conftest import Prov
 
 
 def _free_port() -> int:
@@ -52,7 +56,7 @@ def image(docker_client: docker.DockerClient, base_image: str) -> Iterator[str]:
 def engine(request: pytest.FixtureRequest, docker_client: docker.DockerClient) -> Engine:
     if request.param == "socket":
         return Engine.connect()
-    return Engine(_DockerPyTransport(docker_client), docker_client)
+    return Engine(_DockerPyTransport(docker_client), engines.resolve(), docker_client)
 
 
 def test_container_calls(
@@ -131,3 +135,38 @@ def test_remote_engine_unreachable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DOCKER_HOST", f"tcp://127.0.0.1:{_free_port()}")
     with pytest.raises(DockerUnavailable, match="Cannot reach the Docker engine"):
         Engine.connect()
+
+
+def test_docker_contexts_choose_the_engine_for_every_call(prov: Prov, tmp_path: Path) -> None:
+    """A context made with `docker context create` is honoured by all of prov (it was
+    ignored by prov's own socket calls): through a second path to the engine's socket
+    `up` works and `status` names the context; a context whose socket is gone fails
+    in one paragraph naming it; an ssh:// context is refused before anything happens."""
+    config = tmp_path / "dockercfg"
+    link = tmp_path / "engine.sock"
+    link.symlink_to("/var/run/docker.sock")
+
+    def context(name: str, host: str) -> None:
+        subprocess.run(
+            ["docker", "--config", str(config), "context", "create", name,
+             "--docker", f"host={host}"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+
+    context("here", f"unix://{link}")
+    context("gone", f"unix://{tmp_path / 'missing.sock'}")
+    context("faraway", "ssh://builder.invalid")
+    name = prov.name("ctx")
+    prov.project(name)
+    env = {"DOCKER_CONFIG": str(config), "DOCKER_CONTEXT": "here"}
+    prov.run("up", name, "--json", env=env, check=True)
+    status = json.loads(prov.run("status", name, "--json", env=env, check=True).stdout)
+    assert status["engine"] == f"unix://{link} (DOCKER_CONTEXT=here)"
+    gone = prov.run("ls", env={**env, "DOCKER_CONTEXT": "gone"})
+    assert gone.returncode == 3 and "DOCKER_CONTEXT=gone" in gone.stderr
+    assert "Traceback" not in gone.stderr
+    far = prov.run("up", prov.name("far"), env={**env, "DOCKER_CONTEXT": "faraway"})
+    assert far.returncode == 2 and "remote" in far.stderr and "ssh://builder.invalid" in far.stderr
+    # --docker-host outranks the context.
+    flagged = prov.run("--docker-host", "unix:///var/run/docker.sock", "ls", env=env)
+    assert flagged.returncode == 0 and name in flagged.stdout

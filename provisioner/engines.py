@@ -1,0 +1,156 @@
+"""Which Docker engine prov talks to: one resolution for every code path.
+
+Order, as the docker CLI's own: `--docker-host` > DOCKER_HOST > DOCKER_CONTEXT >
+the current Docker context (`docker context use`, in the Docker config dir's
+config.json) > the local socket. Before this, prov's own socket path ignored
+contexts while docker-py honoured DOCKER_HOST only, so a build and a container
+could land on different engines.
+
+Pure apart from reading the Docker config dir; no Docker call here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from provisioner.errors import ConfigError, UsageError
+
+DEFAULT_SOCKET = "/var/run/docker.sock"
+DEFAULT_HOST = f"unix://{DEFAULT_SOCKET}"
+LOCAL_TCP_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+
+_flag: str | None = None  # --docker-host, set once by the CLI
+
+
+@dataclass(frozen=True)
+class EngineTarget:
+    host: str  # unix:///path, tcp://host:port, ssh://[user@]host[:port]
+    source: str  # how it was chosen, in words the user recognises
+
+    @property
+    def socket(self) -> str | None:
+        """The socket path of a unix:// engine, else None."""
+        return self.host[len("unix://") :] if self.host.startswith("unix://") else None
+
+    @property
+    def local(self) -> bool:
+        """Whether the engine runs on this machine (its bind mounts are this
+        machine's paths, its containers' addresses reachable from here)."""
+        if self.socket is not None:
+            return True
+        if self.host.startswith("tcp://"):
+            hostport = self.host[len("tcp://") :].split("/", 1)[0]
+            return any(hostport.startswith(h + ":") or hostport == h for h in LOCAL_TCP_HOSTS)
+        return False
+
+    def describe(self) -> str:
+        return f"{self.host} ({self.source})"
+
+
+def set_flag(value: str | None) -> None:
+    """The CLI's --docker-host, which outranks everything else."""
+    global _flag
+    _flag = value.strip() if value else None
+
+
+def docker_config_dir(environ: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if environ is None else environ
+    configured = env.get("DOCKER_CONFIG")
+    return Path(configured).expanduser() if configured else Path.home() / ".docker"
+
+
+def resolve(
+    environ: Mapping[str, str] | None = None,
+    flag: str | None = None,
+    config_dir: Path | None = None,
+) -> EngineTarget:
+    env = os.environ if environ is None else environ
+    flag = flag if flag is not None else _flag
+    if flag:
+        return EngineTarget(_checked(flag, "--docker-host"), "--docker-host")
+    if env.get("DOCKER_HOST"):
+        return EngineTarget(_checked(env["DOCKER_HOST"], "DOCKER_HOST"), "DOCKER_HOST")
+    config_dir = config_dir or docker_config_dir(env)
+    if env.get("DOCKER_CONTEXT"):
+        name = env["DOCKER_CONTEXT"]
+        return _context(name, config_dir, f"DOCKER_CONTEXT={name}")
+    current = _current_context(config_dir)
+    if current and current != "default":
+        return _context(current, config_dir, f"docker context {current!r} (docker context use)")
+    return EngineTarget(DEFAULT_HOST, "the local socket")
+
+
+def _checked(host: str, source: str) -> str:
+    if "://" not in host:
+        raise UsageError(
+            f"{source} {host!r} is not an engine address",
+            "It needs a scheme: unix:///path, tcp://HOST:PORT or ssh://[USER@]HOST.",
+            f"fix {source}.",
+        )
+    return host
+
+
+def _current_context(config_dir: Path) -> str | None:
+    try:
+        data = json.loads((config_dir / "config.json").read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"Cannot read the Docker config {config_dir / 'config.json'}",
+            str(exc),
+            "fix the file (the docker CLI reads it too), or set DOCKER_HOST.",
+        ) from None
+    current = data.get("currentContext") if isinstance(data, dict) else None
+    return str(current) if current else None
+
+
+def _context(name: str, config_dir: Path, source: str) -> EngineTarget:
+    if name == "default":
+        return EngineTarget(DEFAULT_HOST, source)
+    meta = config_dir / "contexts" / "meta" / hashlib.sha256(name.encode()).hexdigest()
+    try:
+        data = json.loads((meta / "meta.json").read_text())
+        host = data["Endpoints"]["docker"]["Host"]
+    except FileNotFoundError:
+        raise ConfigError(
+            f"Docker context {name!r} does not exist",
+            f"prov chose it from {source}; there is no {meta / 'meta.json'}.",
+            "list contexts with `docker context ls`, or unset DOCKER_CONTEXT / run "
+            "`docker context use default`.",
+        ) from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(
+            f"Cannot read Docker context {name!r}",
+            f"{meta / 'meta.json'}: {exc}",
+            "recreate it with `docker context create`, or set DOCKER_HOST.",
+        ) from None
+    tls = config_dir / "contexts" / "tls" / meta.name
+    if tls.exists():
+        raise UsageError(
+            f"Docker context {name!r} uses TLS certificates, which prov cannot use yet",
+            f"prov chose it from {source}; its engine is {host}.",
+            "set DOCKER_HOST with DOCKER_TLS_VERIFY and DOCKER_CERT_PATH instead, or use an "
+            "ssh:// context.",
+        )
+    return EngineTarget(_checked(str(host), f"context {name!r}"), source)
+
+
+def require_local(target: EngineTarget, what: str) -> None:
+    """prov runs environments on this machine's engine: the keys dir and the
+    project are bind-mounted from here, and readiness connects from here."""
+    if target.local:
+        return
+    raise UsageError(
+        f"`{what}` needs a Docker engine on this machine, and the engine prov resolved is "
+        f"remote: {target.describe()}",
+        "An environment mounts its keys and project from this machine and is reached at its "
+        "own address from here; remote engines are not supported yet.",
+        "unset DOCKER_HOST / DOCKER_CONTEXT (or `docker context use default`), or pass "
+        "--docker-host unix:///var/run/docker.sock.",
+    )
