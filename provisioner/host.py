@@ -3,9 +3,12 @@ its owner, and which agent credential paths exist. No Docker, no SSH here."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import stat
+import subprocess
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,6 +200,46 @@ def ca_pem(path: Path) -> bytes:
             "pass a CA certificate in PEM (.pem, .crt) or DER (.crt, .der) form.",
         )
     return b"".join(cert.public_bytes(Encoding.PEM) for cert in certs)
+
+
+def npm_registry_url(cache: Path | None = None) -> str:
+    """The registry the agent layer fetches from: this host's npm setting, else
+    npm's own default as this host's npm reports it (asked once, ~0.5 s, and
+    kept in `cache` while npm is the same binary); "" when there is no npm here
+    (the build then lets its own npm choose)."""
+    configured = npm_registry()
+    if configured:
+        return configured
+    npm = shutil.which("npm")
+    if npm is None:
+        return ""
+    try:
+        st = Path(os.path.realpath(npm)).stat()
+        identity = f"{os.path.realpath(npm)}:{st.st_mtime_ns}:{st.st_size}"
+    except OSError:
+        return ""
+    if cache is not None:
+        try:
+            data = json.loads(cache.read_text())
+            if data.get("npm") == identity and isinstance(data.get("url"), str):
+                return str(data["url"])
+        except (OSError, ValueError, AttributeError):
+            pass
+    try:
+        result = subprocess.run(
+            [npm, "config", "get", "registry"], capture_output=True, text=True, timeout=20
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    url = result.stdout.strip() if result.returncode == 0 else ""
+    if not url.startswith(("https://", "http://")):
+        return ""
+    if cache is not None:
+        from provisioner.fsutil import atomic_write
+
+        with contextlib.suppress(OSError, ConfigError):
+            atomic_write(cache, json.dumps({"npm": identity, "url": url}))
+    return url
 
 
 def npm_registry() -> str:

@@ -391,7 +391,7 @@ def _prepare_steps(
             paths.env_dir(request.name), keys.HOST_KEY_NAME, f"prov-{request.name}-host"
         )
     reporter.step("image")
-    image_request = _image_request(request, project.path)
+    image_request = _image_request(request, project.path, paths)
     with images_lock:  # environments asking for the same image share one build
         built = images.get(image_request) or ensure_image(
             engine, image_request, reporter.note, reporter.detail
@@ -702,7 +702,7 @@ def _session_env(extras: Extras) -> tuple[tuple[str, str], ...]:
     return tuple(pairs.items())
 
 
-def _image_request(request: UpRequest, project_dir: Path) -> ImageRequest:
+def _image_request(request: UpRequest, project_dir: Path, paths: ProvPaths) -> ImageRequest:
     extras = request.extras
     dockerfile = extras.dockerfile
     if dockerfile is None and (project_dir / ".prov" / "Dockerfile").is_file():
@@ -719,7 +719,9 @@ def _image_request(request: UpRequest, project_dir: Path) -> ImageRequest:
         agents=extras.agents,
         versions=extras.agent_versions,
         ca_files=(*host.extra_ca_files(), *extras.ca_certs),
-        npm_registry=host.npm_registry() if extras.agents else "",
+        npm_registry=host.npm_registry_url(paths.home / "cache" / "npm-registry.json")
+        if extras.agents
+        else "",
         project_dockerfile=dockerfile.absolute() if dockerfile else None,
     )
 

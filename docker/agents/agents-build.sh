@@ -114,18 +114,12 @@ install_node() {
 		return 0
 	fi
 
-	apt-get update
-	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nodejs npm
-
 	export HOME=/tmp/prov-node-home
 	mkdir -p "$HOME"
-	if [ -n "${NPM_REGISTRY:-}" ]; then
-		export npm_config_registry="$NPM_REGISTRY"
-	fi
-	arch=$(node -p process.arch)
-	case $arch in
-	x64 | arm64) ;;
-	*) die "no Node package for CPU architecture '$arch'" ;;
+	case $(uname -m) in
+	x86_64) arch=x64 ;;
+	aarch64 | arm64) arch=arm64 ;;
+	*) die "no Node package for CPU architecture '$(uname -m)'" ;;
 	esac
 
 	# node-linux-ARCH carries the official Node binary (the "node" package
@@ -135,7 +129,29 @@ install_node() {
 	rm -rf "$work"
 	mkdir -p "$work/node" "$dest/bin" "$dest/lib/node_modules/npm" "$dest/etc"
 	cd "$work"
-	npm pack --silent "node-linux-$arch@$NODE_MAJOR" "npm@$NPM_VERSION" >/dev/null
+	fetched=no
+	if [ -n "${NPM_REGISTRY:-}" ] && command -v python3 >/dev/null 2>&1; then
+		# Straight from the registry prov was told (the host's npm setting), both
+		# tarballs at once: no Debian nodejs/npm to install first (~25 s).
+		python3 /usr/local/lib/prov/npm-fetch.py "$NPM_REGISTRY" "node-linux-$arch" "$NODE_MAJOR" "$work" &
+		node_pid=$!
+		if python3 /usr/local/lib/prov/npm-fetch.py "$NPM_REGISTRY" npm "$NPM_VERSION" "$work" &&
+			wait "$node_pid"; then
+			fetched=yes
+		else
+			wait "$node_pid" || true
+			echo "prov agents: fetching from $NPM_REGISTRY directly failed; using Debian's npm"
+			rm -f "$work"/*.tgz
+		fi
+	fi
+	if [ "$fetched" = no ]; then
+		apt-get update
+		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nodejs npm
+		if [ -n "${NPM_REGISTRY:-}" ]; then
+			export npm_config_registry="$NPM_REGISTRY"
+		fi
+		npm pack --silent "node-linux-$arch@$NODE_MAJOR" "npm@$NPM_VERSION" >/dev/null
+	fi
 	set -- node-linux-"$arch"-*.tgz
 	if [ "$#" != 1 ] || [ ! -f "$1" ]; then
 		die "npm pack did not fetch node-linux-$arch@$NODE_MAJOR"

@@ -42,3 +42,40 @@ def test_hash_covers_exactly_what_dockerignore_lets_through(tmp_path: Path) -> N
     assert context_hash(tmp_path, {}, "base") == first
     (tmp_path / "tool").write_text("v2")
     assert context_hash(tmp_path, {}, "base") != first
+
+
+def _npm_fetch():  # type: ignore[no-untyped-def]
+    import importlib.util
+
+    path = Path(__file__).parents[2] / "docker" / "agents" / "npm-fetch.py"
+    spec = importlib.util.spec_from_file_location("npm_fetch", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_npm_fetch_picks_the_newest_release_of_a_prefix() -> None:
+    fetch = _npm_fetch()
+    versions = ["22.9.0", "22.10.1", "22.12.0-rc.1", "23.0.0", "21.7.3", "22.2.0"]
+    assert fetch.choose(versions, "22") == "22.10.1"
+    assert fetch.choose(versions, "22.9") == "22.9.0"
+    assert fetch.choose(versions, "22.2.0") == "22.2.0"
+    assert fetch.choose(versions, "24") is None
+
+
+def test_npm_fetch_checks_integrity() -> None:
+    import base64
+    import hashlib
+
+    import pytest
+
+    fetch = _npm_fetch()
+    data = b"tarball bytes"
+    good = "sha512-" + base64.b64encode(hashlib.sha512(data).digest()).decode()
+    fetch.verify(data, {"integrity": good})
+    with pytest.raises(ValueError, match="sha512"):
+        fetch.verify(data + b"!", {"integrity": good})
+    fetch.verify(data, {"shasum": hashlib.sha1(data).hexdigest()})  # noqa: S324 - npm's format
+    with pytest.raises(ValueError, match="no checksum"):
+        fetch.verify(data, {})
