@@ -969,7 +969,7 @@ def ntm_config(
 
     paths = ProvPaths.from_env()
     path = ntm_config_path()
-    text = path.read_text() if path.exists() else ""
+    text = _run(ntmconfig.read_config, path)
     if remove:
         previous = ntmconfig.remembered(paths.home)
         if previous is None:

@@ -18,7 +18,7 @@ import tomlkit
 from tomlkit.exceptions import TOMLKitError
 
 from provisioner.errors import ConfigError
-from provisioner.fsutil import atomic_write
+from provisioner.fsutil import atomic_write, edit_in_place, read_owned
 
 AGENT_KEYS = ("claude", "codex", "gemini")
 
@@ -136,9 +136,26 @@ def apply(edit: Edit, prov_home: Path, remember: bool) -> Path | None:
         # Only the first edit's "before" is the user's own; later edits by prov
         # must not overwrite it with prov's templates.
         atomic_write(record, json.dumps(edit.previous, indent=2) + "\n", 0o600)
-    mode = edit.path.stat().st_mode & 0o777 if edit.path.exists() else 0o600
-    atomic_write(edit.path, edit.after, mode)
+    # In place: a symlinked config stays a symlink, and mode and owner stay.
+    edit_in_place(edit.path, edit.after.encode())
     return backup
+
+
+def read_config(path: Path) -> str:
+    """NTM's config as it is on disk (CRLF line ends kept: no newline
+    translation), "" when there is none; TOML is UTF-8, so anything else is a
+    ConfigError."""
+    data = read_owned(path, "NTM's config")
+    if data is None:
+        return ""
+    try:
+        return data.decode()
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"NTM's config {path} is not UTF-8",
+            f"Byte {exc.start} is 0x{data[exc.start]:02x}; TOML files are UTF-8.",
+            "save it as UTF-8.",
+        ) from None
 
 
 def remembered(prov_home: Path) -> dict[str, str | None] | None:

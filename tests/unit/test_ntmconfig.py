@@ -84,3 +84,30 @@ def test_apply_writes_backup_and_remembers_first_state(tmp_path: Path) -> None:
     undo = ntmconfig.restore_agents(config.read_text(), config, first.previous)
     ntmconfig.apply(undo, home, remember=False)
     assert config.read_text() == CONFIG
+
+
+def test_symlinked_crlf_config_is_edited_in_place_and_restored_byte_for_byte(
+    tmp_path: Path,
+) -> None:
+    """A dotfiles symlink stays a symlink (its target is edited, mode kept), CRLF line
+    ends survive the edit, and --remove gives back the original bytes."""
+    dotfiles = tmp_path / "dotfiles"
+    dotfiles.mkdir()
+    target = dotfiles / "ntm.toml"
+    original = CONFIG.replace("\n", "\r\n").encode()
+    target.write_bytes(original)
+    target.chmod(0o640)
+    link = tmp_path / "config.toml"
+    link.symlink_to(target)
+    home = tmp_path / "ph"
+    home.mkdir()
+    text = ntmconfig.read_config(link)
+    assert text.encode() == original  # no newline translation on read
+    edit = ntmconfig.set_agents(text, link, ntmconfig.exec_templates("prov-a"))
+    ntmconfig.apply(edit, home, remember=True)
+    assert link.is_symlink() and link.resolve() == target
+    assert (target.stat().st_mode & 0o777) == 0o640
+    assert b"prov-a" in target.read_bytes()
+    undo = ntmconfig.restore_agents(ntmconfig.read_config(link), link, edit.previous)
+    ntmconfig.apply(undo, home, remember=False)
+    assert target.read_bytes() == original and link.is_symlink()
