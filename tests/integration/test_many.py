@@ -251,3 +251,24 @@ def test_doctor(prov: Prov) -> None:
         assert str(key) in findings["prov's files"]["detail"]
     finally:
         key.chmod(0o600)
+
+
+def test_a_burst_of_ntm_calls_through_the_kept_master(prov: Prov) -> None:
+    """NTM fires many ssh calls at once: right after `up` (whose master persists), 150
+    concurrent calls through the alias all succeed and none prints a warning."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    name = prov.name("burst")
+    prov.project(name)
+    prov.up(name)
+    alias = f"prov-{name}"
+
+    def call(i: int) -> subprocess.CompletedProcess[str]:
+        return prov.ssh(alias, f"tmux has-session -t none{i} 2>/dev/null; echo ok{i}", timeout=60)
+
+    with ThreadPoolExecutor(max_workers=150) as pool:
+        results = list(pool.map(call, range(150)))
+    assert [r.stdout.strip() for r in results] == [f"ok{i}" for i in range(150)]
+    assert all(r.returncode == 0 and r.stderr == "" for r in results), [
+        r.stderr for r in results if r.stderr
+    ][:3]
