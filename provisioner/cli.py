@@ -9,6 +9,8 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn, ParamSpec, TextIO, TypeVar
@@ -81,34 +83,51 @@ _verbose = False
 
 
 class ConsoleReporter:
-    """Progress on stderr: steps as lines, details on a live status line (terminals only)."""
+    """Progress on stderr: phases as lines, and on a terminal a live status line
+    with the current phase, its latest detail and the seconds it has taken."""
 
     def __init__(self, quiet: bool = False, prefix: str = "") -> None:
         self.quiet = quiet
         self.prefix = prefix  # names the environment when several come up at once
         self._status: Status | None = None
+        self._phase = "starting"
+        self._detail = ""
+        self._since = time.monotonic()
+        self._ticker: threading.Event | None = None
 
     def __enter__(self) -> ConsoleReporter:
         if not self.quiet and err.tty and not self.prefix:
             self._status = err.console.status("starting")
             self._status.start()
+            stop = self._ticker = threading.Event()
+
+            def tick() -> None:  # the elapsed seconds move even when nothing is said
+                while not stop.wait(0.5):
+                    self._refresh()
+
+            threading.Thread(target=tick, daemon=True).start()
         return self
 
     def __exit__(self, *_exc: object) -> None:
+        if self._ticker is not None:
+            self._ticker.set()
         if self._status is not None:
             self._status.stop()
 
     def step(self, message: str) -> None:
         if not self.quiet:
             err.line(self.prefix + message, "• ", "bold")
-        self._set(message)
+        self._phase, self._detail, self._since = message, "", time.monotonic()
+        self._refresh()
 
-    def _set(self, message: str) -> None:
+    def _refresh(self) -> None:
         if self._status is None:
             return
         from rich.text import Text
 
-        self._status.update(Text(message[:150]))
+        elapsed = time.monotonic() - self._since
+        text = f"{self._phase} ({elapsed:.0f} s)" + (f": {self._detail}" if self._detail else "")
+        self._status.update(Text(text[:150]))
 
     def note(self, message: str) -> None:
         if not self.quiet:
@@ -118,7 +137,8 @@ class ConsoleReporter:
         err.line(self.prefix + message, "warning: ", "yellow")
 
     def detail(self, message: str) -> None:
-        self._set(message)
+        self._detail = message
+        self._refresh()
         if _verbose and not self.quiet:
             err.line(self.prefix + message, "  ", "dim")
 

@@ -194,14 +194,9 @@ def _layer(
         return tag, content_hash, False
     note(f"building the {what} layer ({tag})")
     started = time.monotonic()
-    # "Step N/M" lines are the build's milestones; the rest is detail.
-    engine.build(
-        context,
-        tag,
-        buildargs,
-        {"prov.image-hash": content_hash, **labels},
-        lambda text: (note if text.startswith("Step ") else line)(text),
-    )
+    # The builder's lines go to the status line (and to the log with -v); the
+    # phase and its duration are printed.
+    engine.build(context, tag, buildargs, {"prov.image-hash": content_hash, **labels}, line)
     note(f"built the {what} layer in {time.monotonic() - started:.1f} s")
     return tag, content_hash, True
 

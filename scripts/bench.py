@@ -298,6 +298,52 @@ def bench_agents(
         client.images.remove(image.id, force=True)  # only the throwaway CA's layer
 
 
+def bench_from_nothing(
+    prov: list[str], client: docker.DockerClient, env: dict[str, str], project: Path, name: str
+) -> None:
+    """The first `up` on a machine with nothing: a base made with debootstrap
+    (under a tag of its own, so nothing existing is reused), then `up` with the
+    agents on that base, which builds every layer above it afresh. Removed after."""
+    from provisioner import baseimage
+    from provisioner.engine import Engine
+
+    os_release = Path("/etc/os-release").read_text()
+    distro = baseimage.host_distro(os_release) or baseimage.Distro("debian", "bookworm")
+    mirror = baseimage.host_mirror(distro.codename)
+    if mirror is None or os.geteuid() != 0 or shutil.which("debootstrap") is None:
+        print("first up from nothing: not measured (needs root, debootstrap and an apt mirror)")
+        return
+    tag = f"prov-bench-base:{os.getpid()}"
+    engine = Engine.connect()
+    full = {**env, "PROV_AGENTS": "claude,codex,gemini"}
+    try:
+        base_s = timed(
+            lambda: baseimage.bootstrap(
+                distro, mirror, lambda tar: engine.import_rootfs(tar, tag), print_nothing,
+                print_nothing,
+            )
+        )  # fmt: skip
+        up_s = timed(
+            lambda: run([*prov, "up", name, "--project", str(project), "--base-image", tag], full)
+        )
+        print(
+            f"first up from nothing: {base_s + up_s:.1f} s = base {base_s:.1f} s (debootstrap) "
+            f"+ up {up_s:.1f} s (sshd, agent and egress-proxy layers built afresh on it)"
+            "   target < 90 s"
+        )
+    finally:
+        subprocess.run([*prov, "rm", name, "--yes"], env=full, capture_output=True, check=False)
+        for image in client.images.list(filters={"label": f"prov.base={tag}"}):
+            with contextlib.suppress(docker.errors.APIError):
+                client.images.remove(image.id, force=True)
+        with contextlib.suppress(docker.errors.APIError):
+            client.images.remove(tag, force=True)
+
+
+def print_nothing(_line: str) -> None:
+    pass
+
+
 def fmt(values: list[float]) -> str:
     return (
         f"median {statistics.median(values):.3f} s  (min {min(values):.3f}, "
@@ -315,6 +361,11 @@ def main() -> None:
         "--cold",
         action="store_true",
         help="with --agents: build the agent layer afresh (no cache can apply)",
+    )
+    parser.add_argument(
+        "--from-nothing",
+        action="store_true",
+        help="also time the first up on a fresh base (debootstrap, then every layer)",
     )
     args = parser.parse_args()
     prov = prov_exe()
@@ -432,6 +483,8 @@ def main() -> None:
         run([*prov, "down", name], env=env)
         if args.agents:
             bench_agents(prov, client, env, project, f"{name}full", args.cold, tmp)
+        if args.from_nothing:
+            bench_from_nothing(prov, client, env, project, f"{name}zero")
     finally:
         # rm, not down: down keeps each environment's network for its next up.
         leftovers = json.loads(
