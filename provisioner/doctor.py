@@ -31,13 +31,16 @@ def _version(cmd: list[str]) -> str | None:
 
 
 def _docker() -> Finding:
+    from provisioner import engines
     from provisioner.engine import Engine
 
     try:
+        target = engines.resolve()
+        engines.require_local(target, "prov up")
         version = Engine.connect().engine_version()
     except ProvError as exc:
         return Finding("Docker engine", FAIL, exc.paragraph())
-    return Finding("Docker engine", PASS, f"reachable, version {version}")
+    return Finding("Docker engine", PASS, f"{target.describe()}: reachable, version {version}")
 
 
 def _private_files(paths: ProvPaths) -> Finding:
