@@ -559,6 +559,11 @@ class Engine:
             "SecurityOpt": ["no-new-privileges:true"] if sec.no_new_privileges else [],
             "PidsLimit": sec.pids_limit,
             "ReadonlyRootfs": spec.read_only,
+            **(
+                {"LogConfig": {"Type": "json-file", "Config": {"max-size": "1m", "max-file": "3"}}}
+                if spec.log_limit
+                else {}
+            ),
             "Tmpfs": {path: "rw,nosuid,nodev,noexec,size=16m" for path in spec.tmpfs},
         }
         if sec.memory is not None:

@@ -174,6 +174,7 @@ class ContainerSpec:
     # `down` then `up` keeps it (history, user-installed tools, caches).
     volumes: tuple[tuple[str, str], ...] = ()
     volume_labels: dict[str, str] = field(default_factory=dict)
+    log_limit: bool = False  # keep Docker's log of it small (the proxy logs each request)
 
 
 @dataclass(frozen=True)
@@ -402,6 +403,7 @@ def build_plan(
             extra_network=egress_network,
             tmpfs=("/run", "/tmp"),
             read_only=True,
+            log_limit=True,
         )
         egress = EgressPlan(proxy, allow)
         # Docker's env is right for these: they are not secret, and `prov exec`

@@ -31,7 +31,8 @@ Listen $PROV_LISTEN
 Allow $PROV_CLIENT
 Timeout 600
 MaxClients 256
-LogLevel Notice
+# Info: refusals of a port (CONNECT to :22) are logged only at this level.
+LogLevel Info
 DisableViaHeader Yes
 ConnectPort 443
 ConnectPort 80

@@ -240,7 +240,9 @@ def test_open_egress_restores_the_network(prov: Prov, test_host: int) -> None:
     assert _tcp_from(prov, f"prov-{name}", NS_PEER, test_host).stdout.strip() == "outside"
 
 
-def test_proxy_allows_only_listed_names_and_logs_refusals(prov: Prov, boxed: str) -> None:
+def test_proxy_allows_only_listed_names_and_logs_refusals(
+    prov: Prov, boxed: str, docker_client: docker.DockerClient
+) -> None:
     """CONNECT to an allowed name reaches the server; to any other name it is refused and
     the refusal shows in `prov egress`."""
     allowed = _connect_via_proxy(prov, boxed, f"{ALLOWED}:443")
@@ -254,6 +256,10 @@ def test_proxy_allows_only_listed_names_and_logs_refusals(prov: Prov, boxed: str
     )
     assert report["mode"] == "allowlist" and ALLOWED in report["allowed"]
     assert any(DENIED in line for line in report["denials"])
+    # A port other than 80/443 is refused and shown as such too.
+    assert any("port 22" in line for line in report["denials"]), report["denials"]
+    proxy = docker_client.containers.get(f"{boxed}-egress")
+    assert proxy.attrs["HostConfig"]["LogConfig"]["Config"] == {"max-size": "1m", "max-file": "3"}
 
 
 def test_no_dns_for_outside_names(prov: Prov, boxed: str) -> None:
