@@ -1,33 +1,27 @@
-"""The use cases: `up`, `down` and `ssh-test`, composed from the small modules.
-
-Data flows one way: request -> host facts -> keys -> image -> plan ->
-container (keys mounted read-only) -> readiness -> ssh config -> result.
-Progress goes to a Reporter; only the CLI prints.
+"""`up`, in three typed stages: prepare (prepare.py: checks, keys, image) ->
+place (network, port, plan, containers, alias; under prov's lock) -> finish
+(start, wait for SSH, record). Many environments run the stages pipelined.
+What a run created is kept in a ledger and undone on failure. Progress goes
+to a Reporter; only the CLI prints.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ipaddress
-import os
-import shutil
 import signal
-import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 from provisioner import (
-    egress,
     engines,
     host,
-    keys,
-    mountpolicy,
     netplan,
     openssh,
     ports,
+    prepare,
     ready,
     reconcile,
     sshconf,
@@ -35,19 +29,15 @@ from provisioner import (
 )
 from provisioner.config import (
     AGENT_USER,
-    API_KEY_VARS,
-    Extras,
     ProvPaths,
     UpRequest,
-    check_session_value,
-    is_loopback,
     user_ssh_config,
 )
 from provisioner.engine import ContainerInfo, Engine
-from provisioner.errors import ConfigError, ConflictError, ProvError, UsageError
+from provisioner.errors import ConflictError, ProvError
 from provisioner.fsutil import ensure_private_dir, file_lock, require_own_home
-from provisioner.image import BuiltImage, ImageRequest, ensure_egress_image, ensure_image
-from provisioner.ownership import is_ours, require_ours
+from provisioner.image import BuiltImage, ImageRequest
+from provisioner.ownership import is_ours
 from provisioner.plan import (
     AUTHORIZED_KEYS_FILE,
     AUTHORIZED_KEYS_PATH,
@@ -61,7 +51,6 @@ from provisioner.plan import (
     container_name,
     home_volume_name,
     network_name,
-    proxy_name,
 )
 from provisioner.progress import Reporter
 
@@ -113,53 +102,12 @@ def _own_ports(own: ContainerInfo | None) -> set[int]:
     return held
 
 
-def _identity(request: UpRequest, paths: ProvPaths) -> tuple[keys.PublicKey, Path, str]:
-    """The key sshd will accept, the IdentityFile for ssh config, and its source."""
-    if request.key_file is not None:
-        pub_path = request.key_file.expanduser().absolute()
-        public = keys.read_public_key_file(pub_path)
-        private = pub_path.with_suffix("") if pub_path.suffix == ".pub" else None
-        # With only the .pub, IdentityFile still selects that key from ssh-agent.
-        identity = private if private is not None and private.exists() else pub_path
-        return public, identity, str(pub_path)
-    pair = keys.load_or_create(
-        paths.env_dir(request.name), keys.CLIENT_KEY_NAME, f"prov-{request.name}"
-    )
-    return pair.public, paths.env_dir(request.name) / keys.CLIENT_KEY_NAME, "prov"
-
-
-@dataclass(frozen=True)
-class _Prepared:
-    """Stage 1 (`_prepare`): what is known before Docker creates anything."""
-
-    request: UpRequest
-    reporter: Reporter
-    project: host.ProjectDir
-    existing: ContainerInfo | None
-    public: keys.PublicKey
-    identity: Path
-    key_source: str
-    host_pair: keys.KeyPair
-    built: BuiltImage
-    mounted: tuple[host.CredentialMount, ...]
-    session_env: tuple[tuple[str, str], ...]
-    record: state.EnvRecord | None
-    existing_proxy: ContainerInfo | None
-    egress_image: str
-    allow: tuple[str, ...]
-    fresh: bool  # no key dir before this run: a failure removes it again
-
-    @property
-    def name(self) -> str:
-        return self.request.name
-
-
 @dataclass
 class _Made:
     """The ledger of what this run created for one environment, filled in as
     each thing is created, so that a failure undoes exactly that."""
 
-    prepared: _Prepared
+    prepared: prepare.Prepared
     action: str | None = None  # set once _converge has decided
     container_id: str | None = None  # the environment's container, new or existing
     proxy_id: str | None = None  # a proxy this run created
@@ -178,7 +126,7 @@ class _Placed:
     reauthorize: bool  # the authorized key on this machine was repaired
 
     @property
-    def prepared(self) -> _Prepared:
+    def prepared(self) -> prepare.Prepared:
         return self.made.prepared
 
 
@@ -214,8 +162,8 @@ def up_many(
     images: dict[ImageRequest, BuiltImage] = {}
     images_lock = threading.Lock()
 
-    def prepare(item: tuple[UpRequest, Reporter]) -> _Prepared:
-        return _prepare(engine, item[0], item[1], paths, images, images_lock)
+    def prepare_one(item: tuple[UpRequest, Reporter]) -> prepare.Prepared:
+        return prepare.prepare(engine, item[0], item[1], paths, images, images_lock)
 
     # Many containers starting at once share the CPU; polling their ports
     # as often as for one would only take more of it.
@@ -228,13 +176,13 @@ def up_many(
         except ProvError as exc:
             return exc
 
-    outcomes: list[_Prepared | UpOutcome]
+    outcomes: list[prepare.Prepared | UpOutcome]
     ledger: list[_Made] = []  # environments Docker may hold something of
-    done: dict[int, UpOutcome] = {}  # by id() of the _Prepared
+    done: dict[int, UpOutcome] = {}  # by id() of the prepare.Prepared
     try:
         if len(items) <= 1:
-            outcomes = list(_each(prepare, items))
-            prepared_ones = [o for o in outcomes if isinstance(o, _Prepared)]
+            outcomes = list(_each(prepare_one, items))
+            prepared_ones = [o for o in outcomes if isinstance(o, prepare.Prepared)]
             placed_ones: list[_Placed] = []
             done.update(
                 _place(engine, prepared_ones, paths, ledger, publishing, placed_ones.append)
@@ -250,19 +198,19 @@ def up_many(
                 ThreadPoolExecutor(max_workers=workers) as preparing,
                 ThreadPoolExecutor(max_workers=workers) as finishing,
             ):
-                prepared = [preparing.submit(_guarded, prepare, item) for item in items]
+                prepared = [preparing.submit(_guarded, prepare_one, item) for item in items]
 
-                def in_order_of_readiness() -> Iterator[_Prepared]:
+                def in_order_of_readiness() -> Iterator[prepare.Prepared]:
                     for future in as_completed(prepared):
                         outcome = future.result()
-                        if isinstance(outcome, _Prepared):
+                        if isinstance(outcome, prepare.Prepared):
                             yield outcome
 
                 def launch(placed: _Placed) -> None:
                     futures[id(placed.prepared)] = finishing.submit(finish, placed)
 
                 # Each environment is placed as soon as it is prepared, while
-                # the others are still being prepared (_prepare never waits
+                # the others are still being prepared (prepare never waits
                 # for the lock _place holds).
                 done.update(
                     _place(engine, in_order_of_readiness(), paths, ledger, publishing, launch)
@@ -273,7 +221,7 @@ def up_many(
         for made in ledger:
             _abandon(engine, made, paths)
         raise
-    return [done[id(o)] if isinstance(o, _Prepared) else o for o in outcomes]
+    return [done[id(o)] if isinstance(o, prepare.Prepared) else o for o in outcomes]
 
 
 def _guarded(fn: Callable[[_T], _R], item: _T) -> _R | ProvError:
@@ -296,171 +244,9 @@ def _each(fn: Callable[[_T], _R], items: Sequence[_T]) -> list[_R | ProvError]:
         return list(pool.map(lambda item: _guarded(fn, item), items))
 
 
-def _prepare(
-    engine: Engine,
-    request: UpRequest,
-    reporter: Reporter,
-    paths: ProvPaths,
-    images: dict[ImageRequest, BuiltImage],
-    images_lock: threading.Lock,
-) -> _Prepared:
-    """Everything before the container: checks, project, credentials, keys, image.
-    A failure leaves nothing of this run behind: no key dir for an environment
-    that did not exist, no project dir that --create-dir made."""
-    fresh = not paths.env_dir(request.name).exists()
-    made: list[host.ProjectDir] = []
-    try:
-        return _prepare_steps(engine, request, reporter, paths, images, images_lock, made, fresh)
-    except BaseException:
-        for project in made:
-            host.remove_created(project)
-        if fresh:
-            _forget_keys(paths, request.name)
-        raise
-
-
-def _forget_keys(paths: ProvPaths, name: str) -> None:
-    with file_lock(paths.keys_lock):
-        shutil.rmtree(paths.env_dir(name), ignore_errors=True)
-
-
-def _prepare_steps(
-    engine: Engine,
-    request: UpRequest,
-    reporter: Reporter,
-    paths: ProvPaths,
-    images: dict[ImageRequest, BuiltImage],
-    images_lock: threading.Lock,
-    made: list[host.ProjectDir],
-    fresh: bool,
-) -> _Prepared:
-    cname = container_name(request.name)
-    existing = engine.find(cname)
-    if existing is not None:
-        require_ours(existing, paths)
-    existing_proxy = engine.find(proxy_name(request.name))
-    if existing_proxy is not None:
-        require_ours(existing_proxy, paths)
-    if not is_loopback(request.bind):
-        reporter.warn(
-            f"SSH will be published on {request.bind}, reachable from other "
-            "machines; only key login for `agent` is accepted"
-        )
-    project = host.resolve_project_dir(request.name, request.project_dir, request.create_dir)
-    made.append(project)
-    _check_mounts(request, project.path, paths, reporter)
-    if project.owner_fallback:
-        reporter.warn(
-            f"{project.path} is owned by root, and agents do not run as root: the agent "
-            f"user gets UID/GID {project.uid}:{project.gid} and cannot write there unless "
-            f"you give it the dir (`chown -R {project.uid}:{project.gid} {project.path}`) "
-            "or use a project dir owned by a regular user"
-        )
-    extras = request.extras
-    creds = host.find_credentials() if extras.credentials != "none" else host.Credentials((), ())
-    if creds.found:
-        how = "copied (private to this environment)" if extras.credentials == "copy" else "mounted"
-        reporter.note(f"credentials {how}: " + ", ".join(str(c.source) for c in creds.found))
-    if creds.missing:
-        reporter.note("not found, not mounted: " + ", ".join(str(p) for p in creds.missing))
-    if extras.credentials == "mount":
-        locked = [
-            c.source
-            for c in creds.found
-            if not host.writable_by(c.source, project.uid, project.gid)
-        ]
-        if locked:
-            reporter.warn(
-                f"the agent (UID {project.uid}) cannot write "
-                + ", ".join(str(p) for p in locked)
-                + ": logins and token refreshes will fail there; use --credentials copy "
-                "(a private copy the agent owns) or give those paths to that user"
-            )
-    if sys.platform == "darwin" and extras.credentials != "none":
-        reporter.note(
-            "on macOS Claude Code keeps its login in the Keychain, which no container "
-            "can read: set ANTHROPIC_API_KEY to log Claude in"
-        )
-    session_env = _session_env(extras)
-    if session_env:
-        reporter.note("environment passed to sessions: " + ", ".join(k for k, _ in session_env))
-
-    with file_lock(paths.keys_lock):
-        public, identity, key_source = _identity(request, paths)
-        host_pair = keys.load_or_create(
-            paths.env_dir(request.name), keys.HOST_KEY_NAME, f"prov-{request.name}-host"
-        )
-    reporter.step("image")
-    image_request = _image_request(request, project.path, paths)
-    with images_lock:  # environments asking for the same image share one build
-        built = images.get(image_request) or ensure_image(
-            engine, image_request, reporter.note, reporter.detail
-        )
-        images[image_request] = built
-    egress_image: str = ""
-    allow: tuple[str, ...] = ()
-    if request.containment.egress == "allowlist":
-        allow = egress.allowlist(request.containment.allow, paths.egress_defaults)
-        with images_lock:
-            egress_image = ensure_egress_image(
-                engine, request.base_image, reporter.note, reporter.detail
-            )
-    if not built.built_now:
-        reporter.detail(f"reusing image {built.tag}")
-    if built.agent_versions:
-        reporter.note("agents: " + ", ".join(f"{a} {v}" for a, v in built.agent_versions.items()))
-    mounted = creds.found
-    if extras.credentials == "copy":
-        mounted = host.copy_credentials(
-            creds.found, paths.env_dir(request.name) / "credentials", project.uid, project.gid
-        )
-
-    return _Prepared(
-        request=request,
-        reporter=reporter,
-        project=project,
-        existing=existing,
-        public=public,
-        identity=identity,
-        key_source=key_source,
-        host_pair=host_pair,
-        built=built,
-        mounted=mounted,
-        session_env=session_env,
-        record=state.load(paths, request.name),
-        existing_proxy=existing_proxy,
-        egress_image=egress_image,
-        allow=allow,
-        fresh=fresh,
-    )
-
-
-def _check_mounts(
-    request: UpRequest, project_dir: Path, paths: ProvPaths, reporter: Reporter
-) -> None:
-    """Refuse mounts that would hand the agent the host (see mountpolicy)."""
-    ctx = mountpolicy.HostContext(home=Path.home().resolve(), prov_home=paths.home.resolve())
-    unsafe = request.containment.allow_unsafe_mount
-    checks = [(project_dir, str(project_dir), "the project dir")]
-    checks += [(m.source, m.target, f"--mount {m.source}") for m in request.extras.mounts]
-    targets: dict[str, str] = {}
-    for source, target, what in checks:
-        warning = mountpolicy.check_source(source, what, ctx, unsafe)
-        if warning:
-            reporter.warn(warning)
-        normal = mountpolicy.check_target(target, what)
-        if normal in targets:
-            raise UsageError(
-                f"Two mounts at {normal}",
-                f"{targets[normal]} and {what} both go there.",
-                "give each --mount its own target.",
-            )
-        targets[normal] = what
-
-
 def _place(
     engine: Engine,
-    prepared_ones: Iterable[_Prepared],
+    prepared_ones: Iterable[prepare.Prepared],
     paths: ProvPaths,
     ledger: list[_Made],
     publishing: bool,
@@ -470,7 +256,7 @@ def _place(
     (a created container reserves its port in Docker's eyes), and hand each one
     placed to `on_placed`. What Docker holds for each is in `ledger` (undone by
     the caller if the run is interrupted); failures, already undone, come back
-    keyed by id() of their _Prepared. `publishing`: some environment publishes
+    keyed by id() of their prepare.Prepared. `publishing`: some environment publishes
     a port (then the ports Docker has reserved are listed first)."""
     errors: dict[int, ProvError] = {}
     failed: list[_Made] = []
@@ -689,41 +475,8 @@ def _abandon(engine: Engine, made: _Made, paths: ProvPaths) -> None:
             sshconf.delete_entry(paths.ssh_config, alias)
             sshconf.unpin_host_key(paths.known_hosts, alias)
     if prepared.fresh:  # an environment this run meant to make: its keys and dir go too
-        _forget_keys(paths, name)
+        prepare.forget_keys(paths, name)
         host.remove_created(prepared.project)
-
-
-def _session_env(extras: Extras) -> tuple[tuple[str, str], ...]:
-    """Agent API keys set on this host, then --env/--env-file (which win)."""
-    pairs = {key: os.environ[key] for key in API_KEY_VARS if os.environ.get(key)}
-    pairs.update(extras.env)
-    for key, value in pairs.items():
-        check_session_value(key, value)
-    return tuple(pairs.items())
-
-
-def _image_request(request: UpRequest, project_dir: Path, paths: ProvPaths) -> ImageRequest:
-    extras = request.extras
-    dockerfile = extras.dockerfile
-    if dockerfile is None and (project_dir / ".prov" / "Dockerfile").is_file():
-        dockerfile = project_dir / ".prov" / "Dockerfile"
-    if dockerfile is not None and not dockerfile.is_file():
-        raise ConfigError(
-            f"Project Dockerfile {dockerfile} does not exist",
-            "",
-            "fix --dockerfile, or create .prov/Dockerfile in the project.",
-        )
-    return ImageRequest(
-        base_image=request.base_image,
-        from_image=extras.from_image,
-        agents=extras.agents,
-        versions=extras.agent_versions,
-        ca_files=(*host.extra_ca_files(), *extras.ca_certs),
-        npm_registry=host.npm_registry_url(paths.home / "cache" / "npm-registry.json")
-        if extras.agents
-        else "",
-        project_dockerfile=dockerfile.absolute() if dockerfile else None,
-    )
 
 
 EGRESS_NETWORK = "prov-egress"

@@ -1,0 +1,269 @@
+"""Stage 1 of `up`: everything known before Docker creates anything.
+
+Checks (ownership of existing containers, mounts), the project dir, the
+agent credentials, the session environment, keys and the image. A failure
+leaves nothing of this run behind. The result is a frozen `Prepared`, which
+service.py places and starts.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from provisioner import egress, host, keys, mountpolicy, state
+from provisioner.config import (
+    API_KEY_VARS,
+    Extras,
+    ProvPaths,
+    UpRequest,
+    check_session_value,
+    is_loopback,
+)
+from provisioner.engine import ContainerInfo, Engine
+from provisioner.errors import ConfigError, UsageError
+from provisioner.fsutil import file_lock
+from provisioner.image import BuiltImage, ImageRequest, ensure_egress_image, ensure_image
+from provisioner.ownership import require_ours
+from provisioner.plan import container_name, proxy_name
+from provisioner.progress import Reporter
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What `prepare` found: everything known before Docker creates anything."""
+
+    request: UpRequest
+    reporter: Reporter
+    project: host.ProjectDir
+    existing: ContainerInfo | None
+    public: keys.PublicKey
+    identity: Path
+    key_source: str
+    host_pair: keys.KeyPair
+    built: BuiltImage
+    mounted: tuple[host.CredentialMount, ...]
+    session_env: tuple[tuple[str, str], ...]
+    record: state.EnvRecord | None
+    existing_proxy: ContainerInfo | None
+    egress_image: str
+    allow: tuple[str, ...]
+    fresh: bool  # no key dir before this run: a failure removes it again
+
+    @property
+    def name(self) -> str:
+        return self.request.name
+
+
+def prepare(
+    engine: Engine,
+    request: UpRequest,
+    reporter: Reporter,
+    paths: ProvPaths,
+    images: dict[ImageRequest, BuiltImage],
+    images_lock: threading.Lock,
+) -> Prepared:
+    """Everything before the container: checks, project, credentials, keys, image.
+    A failure leaves nothing of this run behind: no key dir for an environment
+    that did not exist, no project dir that --create-dir made."""
+    fresh = not paths.env_dir(request.name).exists()
+    made: list[host.ProjectDir] = []
+    try:
+        return _prepare_steps(engine, request, reporter, paths, images, images_lock, made, fresh)
+    except BaseException:
+        for project in made:
+            host.remove_created(project)
+        if fresh:
+            forget_keys(paths, request.name)
+        raise
+
+
+def forget_keys(paths: ProvPaths, name: str) -> None:
+    with file_lock(paths.keys_lock):
+        shutil.rmtree(paths.env_dir(name), ignore_errors=True)
+
+
+def _prepare_steps(
+    engine: Engine,
+    request: UpRequest,
+    reporter: Reporter,
+    paths: ProvPaths,
+    images: dict[ImageRequest, BuiltImage],
+    images_lock: threading.Lock,
+    made: list[host.ProjectDir],
+    fresh: bool,
+) -> Prepared:
+    cname = container_name(request.name)
+    existing = engine.find(cname)
+    if existing is not None:
+        require_ours(existing, paths)
+    existing_proxy = engine.find(proxy_name(request.name))
+    if existing_proxy is not None:
+        require_ours(existing_proxy, paths)
+    if not is_loopback(request.bind):
+        reporter.warn(
+            f"SSH will be published on {request.bind}, reachable from other "
+            "machines; only key login for `agent` is accepted"
+        )
+    project = host.resolve_project_dir(request.name, request.project_dir, request.create_dir)
+    made.append(project)
+    _check_mounts(request, project.path, paths, reporter)
+    if project.owner_fallback:
+        reporter.warn(
+            f"{project.path} is owned by root, and agents do not run as root: the agent "
+            f"user gets UID/GID {project.uid}:{project.gid} and cannot write there unless "
+            f"you give it the dir (`chown -R {project.uid}:{project.gid} {project.path}`) "
+            "or use a project dir owned by a regular user"
+        )
+    extras = request.extras
+    creds = host.find_credentials() if extras.credentials != "none" else host.Credentials((), ())
+    if creds.found:
+        how = "copied (private to this environment)" if extras.credentials == "copy" else "mounted"
+        reporter.note(f"credentials {how}: " + ", ".join(str(c.source) for c in creds.found))
+    if creds.missing:
+        reporter.note("not found, not mounted: " + ", ".join(str(p) for p in creds.missing))
+    if extras.credentials == "mount":
+        locked = [
+            c.source
+            for c in creds.found
+            if not host.writable_by(c.source, project.uid, project.gid)
+        ]
+        if locked:
+            reporter.warn(
+                f"the agent (UID {project.uid}) cannot write "
+                + ", ".join(str(p) for p in locked)
+                + ": logins and token refreshes will fail there; use --credentials copy "
+                "(a private copy the agent owns) or give those paths to that user"
+            )
+    if sys.platform == "darwin" and extras.credentials != "none":
+        reporter.note(
+            "on macOS Claude Code keeps its login in the Keychain, which no container "
+            "can read: set ANTHROPIC_API_KEY to log Claude in"
+        )
+    session_env = _session_env(extras)
+    if session_env:
+        reporter.note("environment passed to sessions: " + ", ".join(k for k, _ in session_env))
+
+    with file_lock(paths.keys_lock):
+        public, identity, key_source = _identity(request, paths)
+        host_pair = keys.load_or_create(
+            paths.env_dir(request.name), keys.HOST_KEY_NAME, f"prov-{request.name}-host"
+        )
+    reporter.step("image")
+    image_request = _image_request(request, project.path, paths)
+    with images_lock:  # environments asking for the same image share one build
+        built = images.get(image_request) or ensure_image(
+            engine, image_request, reporter.note, reporter.detail
+        )
+        images[image_request] = built
+    egress_image: str = ""
+    allow: tuple[str, ...] = ()
+    if request.containment.egress == "allowlist":
+        allow = egress.allowlist(request.containment.allow, paths.egress_defaults)
+        with images_lock:
+            egress_image = ensure_egress_image(
+                engine, request.base_image, reporter.note, reporter.detail
+            )
+    if not built.built_now:
+        reporter.detail(f"reusing image {built.tag}")
+    if built.agent_versions:
+        reporter.note("agents: " + ", ".join(f"{a} {v}" for a, v in built.agent_versions.items()))
+    mounted = creds.found
+    if extras.credentials == "copy":
+        mounted = host.copy_credentials(
+            creds.found, paths.env_dir(request.name) / "credentials", project.uid, project.gid
+        )
+
+    return Prepared(
+        request=request,
+        reporter=reporter,
+        project=project,
+        existing=existing,
+        public=public,
+        identity=identity,
+        key_source=key_source,
+        host_pair=host_pair,
+        built=built,
+        mounted=mounted,
+        session_env=session_env,
+        record=state.load(paths, request.name),
+        existing_proxy=existing_proxy,
+        egress_image=egress_image,
+        allow=allow,
+        fresh=fresh,
+    )
+
+
+def _check_mounts(
+    request: UpRequest, project_dir: Path, paths: ProvPaths, reporter: Reporter
+) -> None:
+    """Refuse mounts that would hand the agent the host (see mountpolicy)."""
+    ctx = mountpolicy.HostContext(home=Path.home().resolve(), prov_home=paths.home.resolve())
+    unsafe = request.containment.allow_unsafe_mount
+    checks = [(project_dir, str(project_dir), "the project dir")]
+    checks += [(m.source, m.target, f"--mount {m.source}") for m in request.extras.mounts]
+    targets: dict[str, str] = {}
+    for source, target, what in checks:
+        warning = mountpolicy.check_source(source, what, ctx, unsafe)
+        if warning:
+            reporter.warn(warning)
+        normal = mountpolicy.check_target(target, what)
+        if normal in targets:
+            raise UsageError(
+                f"Two mounts at {normal}",
+                f"{targets[normal]} and {what} both go there.",
+                "give each --mount its own target.",
+            )
+        targets[normal] = what
+
+
+def _identity(request: UpRequest, paths: ProvPaths) -> tuple[keys.PublicKey, Path, str]:
+    """The key sshd will accept, the IdentityFile for ssh config, and its source."""
+    if request.key_file is not None:
+        pub_path = request.key_file.expanduser().absolute()
+        public = keys.read_public_key_file(pub_path)
+        private = pub_path.with_suffix("") if pub_path.suffix == ".pub" else None
+        # With only the .pub, IdentityFile still selects that key from ssh-agent.
+        identity = private if private is not None and private.exists() else pub_path
+        return public, identity, str(pub_path)
+    pair = keys.load_or_create(
+        paths.env_dir(request.name), keys.CLIENT_KEY_NAME, f"prov-{request.name}"
+    )
+    return pair.public, paths.env_dir(request.name) / keys.CLIENT_KEY_NAME, "prov"
+
+
+def _session_env(extras: Extras) -> tuple[tuple[str, str], ...]:
+    """Agent API keys set on this host, then --env/--env-file (which win)."""
+    pairs = {key: os.environ[key] for key in API_KEY_VARS if os.environ.get(key)}
+    pairs.update(extras.env)
+    for key, value in pairs.items():
+        check_session_value(key, value)
+    return tuple(pairs.items())
+
+
+def _image_request(request: UpRequest, project_dir: Path, paths: ProvPaths) -> ImageRequest:
+    extras = request.extras
+    dockerfile = extras.dockerfile
+    if dockerfile is None and (project_dir / ".prov" / "Dockerfile").is_file():
+        dockerfile = project_dir / ".prov" / "Dockerfile"
+    if dockerfile is not None and not dockerfile.is_file():
+        raise ConfigError(
+            f"Project Dockerfile {dockerfile} does not exist",
+            "",
+            "fix --dockerfile, or create .prov/Dockerfile in the project.",
+        )
+    return ImageRequest(
+        base_image=request.base_image,
+        from_image=extras.from_image,
+        agents=extras.agents,
+        versions=extras.agent_versions,
+        ca_files=(*host.extra_ca_files(), *extras.ca_certs),
+        npm_registry=host.npm_registry_url(paths.home / "cache" / "npm-registry.json")
+        if extras.agents
+        else "",
+        project_dockerfile=dockerfile.absolute() if dockerfile else None,
+    )
