@@ -331,7 +331,7 @@ def _place_one(
         gpus=request.extras.gpus,
         agent_versions=prepared.built.agent_versions,
     )
-    decision = _converge(engine, made, plan, existing_network)
+    decision = _converge(engine, made, plan, existing_network, paths)
     assert made.container_id is not None  # noqa: S101 - _converge sets it or raises
     # The alias is written here, under the lock _place holds anyway, so that no
     # environment's start waits for the others' placing.
@@ -518,7 +518,7 @@ def _network_for(
 
 
 def _converge(
-    engine: Engine, made: _Made, plan: Plan, network: dict[str, Any] | None
+    engine: Engine, made: _Made, plan: Plan, network: dict[str, Any] | None, paths: ProvPaths
 ) -> reconcile.Decision:
     """Decide what to do (reconcile.decide) and create what is missing (a
     created container reserves its port and address in Docker's eyes, so this
@@ -560,6 +560,8 @@ def _converge(
         )
     if existing is not None:
         reporter.step("recreating the container: " + "; ".join(decision.drift))
+        # The master connection to the old container must not serve the new one.
+        openssh.stop_master(paths.ssh_config, sshconf.alias_for(request.name))
         engine.remove(existing.id)
     if proxy is not None:
         engine.remove(proxy.id)
