@@ -178,13 +178,18 @@ def _main(
             "DOCKER_CONTEXT, the current docker context, then the local socket.",
         ),
     ] = None,
+    engine: Annotated[
+        str | None,
+        typer.Option("--engine", help="An engine added with `prov engine add NAME HOST`."),
+    ] = None,
 ) -> None:
     global _verbose
     _verbose = verbose
-    if docker_host is not None:
+    if docker_host is not None or engine is not None:
         from provisioner import engines
 
         engines.set_flag(docker_host)
+        engines.set_named(engine)
 
 
 @app.command()
@@ -731,6 +736,49 @@ def _size(n: int) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1000
     return f"{size:.1f} GB"
+
+
+engine_app = typer.Typer(help="Named Docker engines: add, list, remove.", no_args_is_help=True)
+app.add_typer(engine_app, name="engine")
+
+
+@engine_app.command("add")
+def engine_add(
+    name: Annotated[str, typer.Argument(help="A name for it (used with --engine).")],
+    host: Annotated[str, typer.Argument(help="unix:///path, tcp://HOST:PORT or ssh://[USER@]HOST")],
+) -> None:
+    """Remember an engine under a name (in ~/.config/prov/engines.toml)."""
+    from provisioner import engines
+
+    _run(engines.add_named, name, host)
+    err.line(f"added engine {name}: {host}", "✓ ", "bold green")
+
+
+@engine_app.command("rm")
+def engine_rm(name: Annotated[str, typer.Argument(help="The engine's name.")]) -> None:
+    """Forget a named engine (its environments are not touched)."""
+    from provisioner import engines
+
+    _run(engines.remove_named, name)
+    err.line(f"removed engine {name}", "✓ ", "bold green")
+
+
+@engine_app.command("ls")
+def engine_ls(as_json: JsonOpt = False) -> None:
+    """Every named engine and the default one: reachable, version, CPUs, memory,
+    and this PROV_HOME's environments on it."""
+    from provisioner import lifecycle
+
+    reports = _run(lifecycle.engine_reports)
+    if as_json:
+        _print_json([r.public() for r in reports])
+        return
+    for r in reports:
+        if not r.reachable:
+            out.line(f"{r.name}  {r.host}  unreachable: {' '.join(r.detail.split())[:200]}")
+            continue
+        size = f"{r.cpus or '?'} CPUs, {_size(r.memory or 0)} memory"
+        out.line(f"{r.name}  {r.host}  {r.detail}, {size}, {r.environments} environment(s)")
 
 
 @app.command("egress")

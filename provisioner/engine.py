@@ -299,10 +299,10 @@ class Engine:
         self._client = client
 
     @classmethod
-    def connect(cls) -> Engine:
-        """The engine engines.resolve() names: its socket directly when local,
-        else through docker-py."""
-        target = engines.resolve()
+    def connect(cls, target: engines.EngineTarget | None = None) -> Engine:
+        """The engine engines.resolve() names (or `target`): its socket directly
+        when local, else through docker-py."""
+        target = target or engines.resolve()
         if target.socket is None:
             client = _docker_client(target)
             return cls(_DockerPyTransport(client), target, client)
@@ -786,6 +786,10 @@ class Engine:
     def engine_version(self) -> str:
         version = self._json("read the engine version", "GET", "/version")
         return str((version or {}).get("Version", "?"))
+
+    def info(self) -> dict[str, Any]:
+        """Docker's /info: NCPU, MemTotal, ContainersRunning, ..."""
+        return dict(self._json("read the engine's info", "GET", "/info") or {})
 
 
 def _bridge_name(network: str) -> str:

@@ -25,6 +25,7 @@ DEFAULT_HOST = f"unix://{DEFAULT_SOCKET}"
 LOCAL_TCP_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 
 _flag: str | None = None  # --docker-host, set once by the CLI
+_named_flag: str | None = None  # --engine NAME, set once by the CLI
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,90 @@ def set_flag(value: str | None) -> None:
     _flag = value.strip() if value else None
 
 
+def set_named(name: str | None) -> None:
+    """The CLI's --engine NAME (an engine added with `prov engine add`)."""
+    global _named_flag
+    _named_flag = name.strip() if name else None
+
+
+# --- named engines (`prov engine add/ls/rm`) ---------------------------------
+
+
+def engines_file(environ: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if environ is None else environ
+    xdg = env.get("XDG_CONFIG_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".config"
+    return base / "prov" / "engines.toml"
+
+
+def named(path: Path | None = None) -> dict[str, str]:
+    """NAME -> engine address, from the user's engines file."""
+    import tomllib
+
+    path = path or engines_file()
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"Cannot read {path}", str(exc), "fix the file, or remove it and add engines again."
+        ) from None
+    table = data.get("engines", {})
+    return {str(k): str(v.get("host", "")) for k, v in table.items() if isinstance(v, dict)}
+
+
+def add_named(name: str, host: str, path: Path | None = None) -> None:
+    """Record NAME -> host, editing the file in place (comments and order stay)."""
+    import tomlkit
+
+    from provisioner.config import validate_name
+    from provisioner.fsutil import edit_in_place, ensure_private_dir, read_owned
+
+    try:
+        validate_name(name)
+    except UsageError:
+        raise UsageError(
+            f"Invalid engine name {name!r}",
+            "Engine names are lower-case letters, digits, '-' and '_'.",
+            "choose a name such as 'builder' or 'gpu-1'.",
+        ) from None
+    _checked(host, f"engine {name!r}")
+    path = path or engines_file()
+    ensure_private_dir(path.parent)
+    data = read_owned(path, "The engines file")
+    doc = tomlkit.parse(data.decode()) if data else tomlkit.document()
+    table = doc.setdefault("engines", tomlkit.table(is_super_table=True))
+    if name in table:
+        raise UsageError(
+            f"An engine named {name!r} exists already",
+            f"It is {table[name].get('host', '?')}.",
+            f"remove it first (`prov engine rm {name}`), or choose another name.",
+        )
+    entry = tomlkit.table()
+    entry["host"] = host
+    table[name] = entry
+    edit_in_place(path, tomlkit.dumps(doc).encode())
+
+
+def remove_named(name: str, path: Path | None = None) -> None:
+    import tomlkit
+
+    from provisioner.errors import NotFound
+    from provisioner.fsutil import edit_in_place, read_owned
+
+    path = path or engines_file()
+    data = read_owned(path, "The engines file")
+    doc = tomlkit.parse(data.decode()) if data else tomlkit.document()
+    table = doc.get("engines")
+    if not isinstance(table, dict) or name not in table:
+        raise NotFound(
+            f"No engine named {name!r}", f"{path} does not list it.", "see `prov engine ls`."
+        )
+    del table[name]
+    edit_in_place(path, tomlkit.dumps(doc).encode())
+
+
 def docker_config_dir(environ: Mapping[str, str] | None = None) -> Path:
     env = os.environ if environ is None else environ
     configured = env.get("DOCKER_CONFIG")
@@ -68,9 +153,28 @@ def resolve(
     environ: Mapping[str, str] | None = None,
     flag: str | None = None,
     config_dir: Path | None = None,
+    use_flags: bool = True,
 ) -> EngineTarget:
+    """The engine to use; `use_flags=False` ignores --docker-host and --engine
+    (the engine prov would use without them)."""
     env = os.environ if environ is None else environ
-    flag = flag if flag is not None else _flag
+    flag = flag if flag is not None else (_flag if use_flags else None)
+    named_flag = _named_flag if use_flags else None
+    if flag and named_flag:
+        raise UsageError(
+            "--engine and --docker-host both name an engine",
+            f"--engine {named_flag}, --docker-host {flag}.",
+            "pass one of them.",
+        )
+    if named_flag:
+        hosts = named(engines_file(env))
+        if named_flag not in hosts:
+            raise UsageError(
+                f"No engine named {named_flag!r}",
+                f"{engines_file(env)} lists " + (", ".join(sorted(hosts)) or "none") + ".",
+                f"add it (`prov engine add {named_flag} ssh://HOST`), or see `prov engine ls`.",
+            )
+        return EngineTarget(_checked(hosts[named_flag], "--engine"), f"engine {named_flag!r}")
     if flag:
         return EngineTarget(_checked(flag, "--docker-host"), "--docker-host")
     if env.get("DOCKER_HOST"):

@@ -485,3 +485,62 @@ def select_unused(
         created = int(image.get("Created") or 0)
         removable += [GcImage(tag, image_id, sizes.get(image_id, 0), created) for tag in tags]
     return tuple(sorted(removable, key=lambda i: i.created)), tuple(sorted(in_use))
+
+
+@dataclass(frozen=True)
+class EngineReport:
+    name: str
+    host: str
+    reachable: bool
+    detail: str  # version and size, or why it did not answer
+    environments: int | None = None  # this PROV_HOME's, on it
+    cpus: int | None = None
+    memory: int | None = None  # bytes, the engine host's total
+
+    def public(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def engine_reports(timeout: float = 10.0, paths: ProvPaths | None = None) -> list[EngineReport]:
+    """Every named engine and the one prov uses without --engine, each asked in
+    parallel; one that does not answer within `timeout` is reported as such."""
+    import threading
+
+    from provisioner import engines
+
+    paths = paths or ProvPaths.from_env()
+    targets = [("(default)", engines.resolve(use_flags=False))]
+    targets += [
+        (name, engines.EngineTarget(host, f"engine {name!r}"))
+        for name, host in sorted(engines.named().items())
+    ]
+    results: dict[str, EngineReport] = {}
+
+    def ask(name: str, target: engines.EngineTarget) -> None:
+        try:
+            engine = Engine.connect(target)
+            info = engine.info()
+            mine = [s for s in engine.summaries() if is_ours(s.get("Labels") or {}, paths)]
+            envs = sum(1 for s in mine if (s.get("Labels") or {}).get(LABEL_ROLE, "env") == "env")
+            results[name] = EngineReport(
+                name,
+                target.host,
+                True,
+                f"Docker {info.get('ServerVersion', '?')}",
+                envs,
+                int(info.get("NCPU") or 0) or None,
+                int(info.get("MemTotal") or 0) or None,
+            )
+        except ProvError as exc:
+            results[name] = EngineReport(name, target.host, False, exc.seen or exc.what)
+
+    threads = [threading.Thread(target=ask, args=t, daemon=True) for t in targets]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+    return [
+        results.get(name)
+        or EngineReport(name, target.host, False, f"no answer within {timeout:g} s")
+        for name, target in targets
+    ]

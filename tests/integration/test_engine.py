@@ -170,3 +170,28 @@ def test_docker_contexts_choose_the_engine_for_every_call(prov: Prov, tmp_path: 
     # --docker-host outranks the context.
     flagged = prov.run("--docker-host", "unix:///var/run/docker.sock", "ls", env=env)
     assert flagged.returncode == 0 and name in flagged.stdout
+
+
+def test_named_engines_listed_and_used(prov: Prov, tmp_path: Path) -> None:
+    """`prov engine add` a second path to this engine and a dead socket: `engine ls` shows
+    the first reachable with its size and the second as one line saying so (the list
+    does not fail); `--engine NAME up` uses the named one."""
+    link = tmp_path / "engine.sock"
+    link.symlink_to("/var/run/docker.sock")
+    alt, dead = f"{prov.prefix}-alt", f"{prov.prefix}-dead"
+    prov.run("engine", "add", alt, f"unix://{link}", check=True)
+    prov.run("engine", "add", dead, f"unix://{tmp_path / 'none.sock'}", check=True)
+    try:
+        listed = prov.run("engine", "ls", "--json", check=True)
+        reports = {r["name"]: r for r in json.loads(listed.stdout)}
+        assert reports[alt]["reachable"] and reports[alt]["cpus"] >= 1
+        assert not reports[dead]["reachable"] and "none.sock" in reports[dead]["detail"]
+        assert reports["(default)"]["reachable"]
+        name = prov.name("named")
+        prov.project(name)
+        prov.run("--engine", alt, "up", name, "--json", check=True)
+        status = json.loads(prov.run("--engine", alt, "status", name, "--json", check=True).stdout)
+        assert status["engine"] == f"unix://{link} (engine '{alt}')"
+    finally:
+        for engine in (alt, dead):
+            prov.run("engine", "rm", engine)

@@ -68,3 +68,35 @@ def test_local_or_remote() -> None:
         with pytest.raises(UsageError) as caught:
             engines.require_local(target, "prov up")
         assert "DOCKER_CONTEXT=builder" in caught.value.what
+
+
+def test_named_engines_are_kept_in_a_file_edited_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`prov engine add/rm` edit ~/.config/prov/engines.toml keeping the user's comments;
+    --engine NAME resolves to it and outranks DOCKER_HOST; --engine with --docker-host,
+    or an unknown name, is refused."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    path = engines.engines_file()
+    path.parent.mkdir(parents=True)
+    path.write_text("# my engines\n")
+    engines.add_named("builder", "ssh://me@builder")
+    engines.add_named("local2", "unix:///run/other.sock")
+    assert engines.named() == {"builder": "ssh://me@builder", "local2": "unix:///run/other.sock"}
+    with pytest.raises(UsageError, match="exists already"):
+        engines.add_named("builder", "ssh://other")
+    with pytest.raises(UsageError, match="Invalid engine name"):
+        engines.add_named("Bad.Name", "ssh://x")
+    env = {"XDG_CONFIG_HOME": str(tmp_path), "DOCKER_HOST": "tcp://127.0.0.1:2375"}
+    monkeypatch.setattr(engines, "_named_flag", "builder")
+    chosen = engines.resolve(env, flag="")
+    assert (chosen.host, chosen.source) == ("ssh://me@builder", "engine 'builder'")
+    assert engines.resolve(env, use_flags=False).source == "DOCKER_HOST"
+    with pytest.raises(UsageError, match="both name an engine"):
+        engines.resolve(env, flag="unix:///x.sock")
+    monkeypatch.setattr(engines, "_named_flag", "nope")
+    with pytest.raises(UsageError, match="No engine named 'nope'"):
+        engines.resolve(env, flag="")
+    engines.remove_named("builder")
+    assert path.read_text().startswith("# my engines\n")
+    assert engines.named() == {"local2": "unix:///run/other.sock"}
