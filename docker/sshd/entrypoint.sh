@@ -281,6 +281,11 @@ if [ -n "${PROV_PROXY:-}" ]; then
 		printf 'NO_PROXY=localhost,127.0.0.1,::1\nno_proxy=localhost,127.0.0.1,::1\n'
 		# Node's own fetch() reads the variables above only with this set.
 		printf 'NODE_USE_ENV_PROXY=1\n'
+		# Written by the agents layer when its Node accepts them (it silences
+		# the "experimental" warning that setting gives on every start).
+		if [ -s /etc/prov/node-options ]; then
+			printf 'NODE_OPTIONS=%s\n' "$(cat /etc/prov/node-options)"
+		fi
 	} >/etc/prov/proxy.env
 else
 	: >/etc/prov/proxy.env
