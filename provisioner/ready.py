@@ -247,3 +247,34 @@ def await_ssh(
     wait_banner(target, probe, deadline, reporter.detail, logs, poll)
     wait_alias_login(ssh_config, alias, probe, deadline, reporter.detail, logs)
     return time.monotonic() - started
+
+
+def wait_listening(
+    host: str,
+    port: int,
+    timeout: float,
+    what: str,
+    logs: Callable[[], str],
+    clock: Clock = SYSTEM_CLOCK,
+) -> None:
+    """Block until something accepts TCP connections on host:port (a service in
+    a container this machine reaches directly); NotReady after `timeout`."""
+    deadline = Deadline.after(timeout, clock)
+    delay = 0.005
+    while True:
+        try:
+            with socket.create_connection(
+                (host, port), timeout=max(0.5, min(2.0, deadline.left()))
+            ):
+                return
+        except OSError as exc:
+            last = exc.strerror or str(exc)
+        if deadline.left() <= 0:
+            raise NotReady(
+                f"{what} did not start listening within {timeout:g} s",
+                f"Connecting to {host}:{port}: {last}.",
+                "read its log below; `prov up` again makes it anew.",
+                log_tail=logs(),
+            )
+        clock.sleep(min(delay, deadline.left()))
+        delay = min(delay * 2, 0.1)

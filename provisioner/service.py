@@ -42,6 +42,7 @@ from provisioner.plan import (
     AUTHORIZED_KEYS_FILE,
     AUTHORIZED_KEYS_PATH,
     LABEL_PORT,
+    PROXY_PORT,
     SESSION_ENV_PATH,
     NetworkSpec,
     Plan,
@@ -397,6 +398,17 @@ def _finish(engine: Engine, placed: _Placed, paths: ProvPaths, poll: float) -> U
         if proxy_start is not None:
             proxy_start.join()
             proxy_start = None
+            # Ready means the agent's first request goes out: wait until the
+            # new proxy listens (its entrypoint writes its config first).
+            assert plan.egress is not None  # noqa: S101 - a proxy was started
+            proxy = plan.egress.container
+            ready.wait_listening(
+                proxy.address,
+                PROXY_PORT,
+                request.timeout,
+                "The egress proxy",
+                lambda: engine.logs_tail(placed.made.proxy_id or proxy.name),
+            )
     except BaseException as exc:
         if proxy_start is not None:  # never remove a container while it is being started
             with contextlib.suppress(ProvError):

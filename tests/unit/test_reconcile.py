@@ -197,3 +197,24 @@ def test_gc_keeps_images_in_use_and_the_layers_below_them() -> None:
     assert in_use == ("prov-env:agents", "prov-env:sshd")
     nothing, _ = select_unused(listed, {"agents", "old", "egress"}, parents, {}, "prov-env")
     assert nothing == ()
+
+
+def test_wait_listening_returns_once_something_listens_else_names_it() -> None:
+    import socket
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        ready.wait_listening("127.0.0.1", server.getsockname()[1], 5.0, "The proxy", lambda: "")
+        port = server.getsockname()[1]
+    clock = FakeClock()
+    with pytest.raises(NotReady, match="The proxy did not start listening within 1 s") as caught:
+        ready.wait_listening(
+            "127.0.0.1",
+            port,
+            1.0,
+            "The proxy",
+            lambda: "its log",
+            ready.Clock(clock.now, clock.sleep),
+        )
+    assert caught.value.log_tail == "its log" and clock.t >= 1.0
