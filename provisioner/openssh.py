@@ -34,33 +34,30 @@ def system_ssh(config: Path, alias: str, command: str, timeout: float = 20.0) ->
         return code, out.read().decode(errors="replace")
 
 
-def stop_master(config: Path, alias: str) -> None:
-    """Close a ControlPersist master for `alias`, if one runs (best effort: no
-    ssh on PATH, or one that hangs, means there is nothing to close)."""
+def _control(config: Path, alias: str, operation: str) -> None:
+    """`ssh -O OPERATION` to `alias`'s master, if one runs (best effort: no ssh
+    on PATH, or one that hangs, means there is nothing to control)."""
     with contextlib.suppress(OSError, subprocess.TimeoutExpired):
         subprocess.run(
-            ["ssh", "-F", str(config), "-O", "exit", "--", alias],
+            ["ssh", "-F", str(config), "-O", operation, "--", alias],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             timeout=10,
             check=False,
         )
+
+
+def stop_master(config: Path, alias: str) -> None:
+    """Close a ControlPersist master for `alias` and the sessions it carries."""
+    _control(config, alias, "exit")
 
 
 def stop_multiplexing(config: Path, alias: str) -> None:
     """Ask a running master to take no new sessions (`-O stop`): the sessions it
     carries go on, and the next ssh logs in afresh (a new PAM session, so new
-    session variables). Best effort."""
-    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-        subprocess.run(
-            ["ssh", "-F", str(config), "-O", "stop", "--", alias],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            timeout=10,
-            check=False,
-        )
+    session variables)."""
+    _control(config, alias, "stop")
 
 
 def alias_problem(alias: str, host: str, port: int) -> str | None:
