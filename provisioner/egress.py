@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import threading
 import urllib.parse
@@ -60,21 +59,10 @@ def _host_of(url: str) -> str | None:
     return host_name.lower() if host_name else None
 
 
-def _npm_registry() -> str | None:
-    configured = host.npm_registry()
-    if configured:
-        return _host_of(configured)
-    try:
-        result = subprocess.run(
-            ["npm", "config", "get", "registry"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return _host_of(result.stdout) if result.returncode == 0 else None
+def _npm_registry(npm_cache: Path | None) -> str | None:
+    """The host name of the registry this host's npm uses, asked the way (and
+    through the cache) the image build asks it."""
+    return _host_of(host.npm_registry_url(npm_cache)) or None
 
 
 def _pip_indexes() -> list[str]:
@@ -126,17 +114,18 @@ def _inputs_fingerprint() -> str:
     return digest.hexdigest()
 
 
-def default_allowlist(cache: Path | None = None) -> tuple[str, ...]:
+def default_allowlist(cache: Path | None = None, npm_cache: Path | None = None) -> tuple[str, ...]:
     """The default names; read once a run (`prov up a b c` asks npm, ~0.5 s of
-    CPU, once) and kept in `cache` until the configuration it came from changes."""
+    CPU, once) and kept in `cache` until the configuration it came from changes.
+    `npm_cache`: where npm's answer is kept (shared with the image build)."""
     global _defaults
     with _DEFAULTS_LOCK:
         if _defaults is None:
-            _defaults = _cached_defaults(cache)
+            _defaults = _cached_defaults(cache, npm_cache)
         return _defaults
 
 
-def _cached_defaults(cache: Path | None) -> tuple[str, ...]:
+def _cached_defaults(cache: Path | None, npm_cache: Path | None) -> tuple[str, ...]:
     fingerprint = _inputs_fingerprint() if cache is not None else ""
     if cache is not None:
         try:
@@ -145,7 +134,7 @@ def _cached_defaults(cache: Path | None) -> tuple[str, ...]:
                 return tuple(data["names"])
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             pass  # missing or unreadable: read the configuration again
-    registries = [h for h in (_npm_registry(), _apt_mirror(), *_pip_indexes()) if h]
+    registries = [h for h in (_npm_registry(npm_cache), _apt_mirror(), *_pip_indexes()) if h]
     names = tuple(dict.fromkeys([*AGENT_DOMAINS, *GITHUB_DOMAINS, *registries]))
     if cache is not None:
         with contextlib.suppress(OSError):  # only a cache
@@ -177,7 +166,10 @@ def user_allowlist() -> tuple[str, ...]:
     return tuple(domains)
 
 
-def allowlist(extra: tuple[str, ...], cache: Path | None = None) -> tuple[str, ...]:
+def allowlist(
+    extra: tuple[str, ...], cache: Path | None = None, npm_cache: Path | None = None
+) -> tuple[str, ...]:
     """Everything an allowlist environment may reach, sorted, without repeats."""
-    names = [*default_allowlist(cache), *user_allowlist(), *(parse_domain(d) for d in extra)]
+    defaults = default_allowlist(cache, npm_cache)
+    names = [*defaults, *user_allowlist(), *(parse_domain(d) for d in extra)]
     return tuple(sorted(set(names)))

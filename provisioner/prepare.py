@@ -163,7 +163,9 @@ def _prepare_steps(
     egress_image: str = ""
     allow: tuple[str, ...] = ()
     if request.containment.egress == "allowlist":
-        allow = egress.allowlist(request.containment.allow, paths.egress_defaults)
+        allow = egress.allowlist(
+            request.containment.allow, paths.egress_defaults, paths.npm_registry_cache
+        )
         with images_lock:
             egress_image = ensure_egress_image(
                 engine, request.base_image, reporter.note, reporter.detail
@@ -262,8 +264,6 @@ def _image_request(request: UpRequest, project_dir: Path, paths: ProvPaths) -> I
         agents=extras.agents,
         versions=extras.agent_versions,
         ca_files=(*host.extra_ca_files(), *extras.ca_certs),
-        npm_registry=host.npm_registry_url(paths.home / "cache" / "npm-registry.json")
-        if extras.agents
-        else "",
+        npm_registry=host.npm_registry_url(paths.npm_registry_cache) if extras.agents else "",
         project_dockerfile=dockerfile.absolute() if dockerfile else None,
     )

@@ -202,7 +202,7 @@ def test_default_allowlist_cached_until_its_inputs_change(
     read again when a variable or file they come from changes."""
     reads: list[int] = []
 
-    def npm_registry() -> str:
+    def npm_registry(_npm_cache: Path | None) -> str:
         reads.append(1)
         return "registry.example.test"
 
