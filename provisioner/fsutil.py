@@ -174,10 +174,10 @@ def file_lock(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def read_user_file(path: Path, what: str, limit: int = 1 << 20) -> str:
-    """A small text file the user pointed prov at (--env-file, --key, --ca-cert):
-    a regular file, at most `limit` bytes, UTF-8. Anything else is a ConfigError
-    naming `what`, never a hang on /dev/zero or a decoding traceback."""
+def read_user_bytes(path: Path, what: str, limit: int = 1 << 20) -> bytes:
+    """A small file the user pointed prov at (--env-file, --key, --ca-cert): a
+    regular file of at most `limit` bytes. Anything else is a ConfigError naming
+    `what`, never a hang on /dev/zero."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as exc:
@@ -202,6 +202,13 @@ def read_user_file(path: Path, what: str, limit: int = 1 << 20) -> str:
             "A file of that kind is small; this does not look like one.",
             "check the path.",
         )
+    return data
+
+
+def read_user_file(path: Path, what: str, limit: int = 1 << 20) -> str:
+    """read_user_bytes, as UTF-8 text (anything else is a ConfigError, not a
+    decoding traceback)."""
+    data = read_user_bytes(path, what, limit)
     try:
         return data.decode()
     except UnicodeDecodeError as exc:

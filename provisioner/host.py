@@ -175,16 +175,9 @@ def ca_pem(path: Path) -> bytes:
     from cryptography import x509
     from cryptography.hazmat.primitives.serialization import Encoding
 
-    try:
-        if not path.is_file() or path.stat().st_size > (1 << 20):
-            raise ConfigError(
-                f"--ca-cert {path} is not a certificate file",
-                "It is not a regular file of at most 1 MiB.",
-                "pass a CA certificate in PEM (.pem, .crt) or DER (.crt, .der) form.",
-            )
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"Cannot read --ca-cert {path}", f"{exc.strerror or exc}.", "") from None
+    from provisioner.fsutil import read_user_bytes
+
+    data = read_user_bytes(path, "--ca-cert")
     certs: list[x509.Certificate] = []
     try:
         if b"-----BEGIN" in data:
