@@ -269,8 +269,9 @@ def start(
     record = state.require(paths, name)
     from provisioner.engines import require_local, resolve
 
-    require_local(resolve(), "prov restart" if restart else "prov start")
-    engine = Engine.connect()
+    engine_target = resolve()
+    require_local(engine_target, "prov restart" if restart else "prov start")
+    engine = Engine.connect(engine_target)
     info = _container(engine, name, paths)
     proxy = own_container(engine, name, paths, "egress")
     stop_master(paths.ssh_config, sshconf.alias_for(name))

@@ -158,8 +158,9 @@ def up_many(
     paths = paths or ProvPaths.from_env()
     require_own_home()
     ensure_private_dir(paths.home)
-    engines.require_local(engines.resolve(), "prov up")  # before any connection to it
-    engine = Engine.connect()
+    target = engines.resolve()
+    engines.require_local(target, "prov up")  # before any connection to it
+    engine = Engine.connect(target)
     images: dict[ImageRequest, BuiltImage] = {}
     images_lock = threading.Lock()
 
@@ -407,7 +408,7 @@ def _finish(engine: Engine, placed: _Placed, paths: ProvPaths, poll: float) -> U
                 PROXY_PORT,
                 request.timeout,
                 "The egress proxy",
-                lambda: engine.logs_tail(placed.made.proxy_id or proxy.name),
+                lambda: engine.logs_tail(proxy.name),
             )
     except BaseException as exc:
         if proxy_start is not None:  # never remove a container while it is being started
