@@ -195,6 +195,41 @@ EGRESS_NET = "prov-egress"
 SITE, DENIED_SITE = "www.allowed.prov-test", "www.denied.prov-test"
 
 
+def start_outside_server(
+    client: docker.DockerClient,
+    image: str,
+    command: list[str],
+    aliases: list[str],
+    label: str,
+    binds: dict[str, dict[str, str]] | None = None,
+) -> docker.models.containers.Container:
+    """A started 'outside' server on prov's egress network, known there by
+    `aliases` (the proxy resolves names with Docker's DNS on that network)."""
+    if not client.networks.list(names=[EGRESS_NET]):  # prov may have made it already
+        client.networks.create(
+            EGRESS_NET, driver="bridge", labels={"prov.managed": "true"}, check_duplicate=True
+        )
+    api = client.api
+    created = api.create_container(
+        image,
+        command,
+        entrypoint=[],
+        labels={"prov.test": label},
+        volumes=[b["bind"] for b in (binds or {}).values()],
+        host_config=api.create_host_config(network_mode=EGRESS_NET, binds=binds or {}),
+        networking_config=api.create_networking_config(
+            {EGRESS_NET: api.create_endpoint_config(aliases=aliases)}
+        ),
+    )
+    container = client.containers.get(created["Id"])
+    try:
+        container.start()
+    except BaseException:
+        container.remove(force=True)
+        raise
+    return container
+
+
 @dataclass(frozen=True)
 class HttpsSite:
     """The test HTTPS site (see tlssite): its names, the CA that signed it, and
@@ -219,27 +254,15 @@ def https_site(
 
     root = tmp_path_factory.mktemp("site")
     ca = tlssite.build(root, [SITE, DENIED_SITE])
-    if not docker_client.networks.list(names=[EGRESS_NET]):  # prov may have made it already
-        docker_client.networks.create(
-            EGRESS_NET, driver="bridge", labels={"prov.managed": "true"}, check_duplicate=True
-        )
-    api = docker_client.api
-    created = api.create_container(
+    container = start_outside_server(
+        docker_client,
         env_image,
         ["python3", "/srv/server.py"],
-        entrypoint=[],
-        labels={"prov.test": "https-site"},
-        volumes=["/srv"],
-        host_config=api.create_host_config(
-            network_mode=EGRESS_NET, binds={str(root): {"bind": "/srv", "mode": "ro"}}
-        ),
-        networking_config=api.create_networking_config(
-            {EGRESS_NET: api.create_endpoint_config(aliases=[SITE, DENIED_SITE])}
-        ),
+        [SITE, DENIED_SITE],
+        "https-site",
+        {str(root): {"bind": "/srv", "mode": "ro"}},
     )
-    container = docker_client.containers.get(created["Id"])
     try:
-        container.start()
         for _ in range(100):
             if b"READY" in container.logs():
                 break

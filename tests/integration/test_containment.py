@@ -22,17 +22,18 @@ import pytest
 
 from tests.integration.conftest import (
     DENIED_SITE,
+    EGRESS_NET,
     PROJECT_GID,
     PROJECT_UID,
     SITE,
     HttpsSite,
     Prov,
+    start_outside_server,
 )
 from tests.integration.tlssite import PACKAGE, PACKAGE_VALUE
 
 NETNS = f"provtest{os.getpid() % 10000}"
 NS_HOST, NS_PEER = "10.250.77.1", "10.250.77.2"  # this machine's end, the test host's
-EGRESS_NET = "prov-egress"
 # Clients in a session trust the test site's CA through their usual variables.
 TRUST = "SSL_CERT_FILE={ca} GIT_SSL_CAINFO={ca} PIP_CERT={ca} NODE_EXTRA_CA_CERTS={ca}"
 ALLOWED, DENIED = "allowed.prov-test", "denied.prov-test"
@@ -134,28 +135,11 @@ def test_host() -> Iterator[int]:
 def allowed_server(docker_client: docker.DockerClient, env_image: str) -> Iterator[None]:
     """An 'outside' server on prov's egress network, known there as ALLOWED and
     DENIED: an sshd on port 443, whose banner proves a tunnel reached it."""
-    if not docker_client.networks.list(names=[EGRESS_NET]):  # prov may have made it already
-        docker_client.networks.create(
-            EGRESS_NET, driver="bridge", labels={"prov.managed": "true"}, check_duplicate=True
-        )
-    api = docker_client.api
-    created = api.create_container(
-        env_image,
-        [
-            "sh",
-            "-c",
-            "mkdir -p /run/sshd && ssh-keygen -A >/dev/null && exec /usr/sbin/sshd -D -p 443",
-        ],
-        entrypoint=[],
-        labels={"prov.test": "egress-server"},
-        host_config=api.create_host_config(network_mode=EGRESS_NET),
-        networking_config=api.create_networking_config(
-            {EGRESS_NET: api.create_endpoint_config(aliases=[ALLOWED, DENIED])}
-        ),
+    sshd = "mkdir -p /run/sshd && ssh-keygen -A >/dev/null && exec /usr/sbin/sshd -D -p 443"
+    container = start_outside_server(
+        docker_client, env_image, ["sh", "-c", sshd], [ALLOWED, DENIED], "egress-server"
     )
-    container = docker_client.containers.get(created["Id"])
     try:
-        container.start()
         yield None
     finally:
         container.remove(force=True)
