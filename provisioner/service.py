@@ -544,9 +544,9 @@ def _converge(
     proxy = prepared.existing_proxy
     stale = reconcile.stale_keys(c.keys_dir, c.key_files) if existing is not None else set()
     decision = reconcile.decide(existing, plan, stale, request.recreate)
+    if decision.keys_to_write:  # a new container's keys, or a repaired authorized key
+        reconcile.write_keys(c)
     if existing is not None and decision.action in ("unchanged", "started"):
-        if decision.reauthorize:  # the authorized key: repair it (see _finish)
-            reconcile.write_keys(c)
         if plan.egress is not None and (proxy is None or not proxy.running):
             # The proxy keeps no state: a stopped one is made again, so that it
             # never points at a network removed meanwhile (prov-egress is
@@ -587,7 +587,6 @@ def _converge(
         engine.create_network(plan.network)
         made.network_created = True
     reporter.step("creating the container")
-    reconcile.write_keys(c)
     # A Ctrl-C during the request could leave Docker finishing a container we
     # never learn the ID of; hold it for the few ms the request takes.
     with _deferred_interrupt():
