@@ -186,10 +186,10 @@ def _main(
     global _verbose
     _verbose = verbose
     if docker_host is not None or engine is not None:
-        from provisioner import engines
+        from provisioner.engine import targets
 
-        engines.set_flag(docker_host)
-        engines.set_named(engine)
+        targets.set_flag(docker_host)
+        targets.set_named(engine)
 
 
 @app.command()
@@ -748,18 +748,18 @@ def engine_add(
     host: Annotated[str, typer.Argument(help="unix:///path, tcp://HOST:PORT or ssh://[USER@]HOST")],
 ) -> None:
     """Remember an engine under a name (in ~/.config/prov/engines.toml)."""
-    from provisioner import engines
+    from provisioner.engine import targets
 
-    _run(engines.add_named, name, host)
+    _run(targets.add_named, name, host)
     err.line(f"added engine {name}: {host}", "✓ ", "bold green")
 
 
 @engine_app.command("rm")
 def engine_rm(name: Annotated[str, typer.Argument(help="The engine's name.")]) -> None:
     """Forget a named engine (its environments are not touched)."""
-    from provisioner import engines
+    from provisioner.engine import targets
 
-    _run(engines.remove_named, name)
+    _run(targets.remove_named, name)
     err.line(f"removed engine {name}", "✓ ", "bold green")
 
 

@@ -31,12 +31,11 @@ def _version(cmd: list[str]) -> str | None:
 
 
 def _docker() -> Finding:
-    from provisioner import engines
-    from provisioner.engine import Engine
+    from provisioner.engine import Engine, targets
 
     try:
-        target = engines.resolve()
-        engines.require_local(target, "prov up")
+        target = targets.resolve()
+        targets.require_local(target, "prov up")
         version = Engine.connect().engine_version()
     except ProvError as exc:
         return Finding("Docker engine", FAIL, exc.paragraph())

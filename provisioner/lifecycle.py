@@ -267,7 +267,7 @@ def start(
     from provisioner.ready import await_ssh
 
     record = state.require(paths, name)
-    from provisioner.engines import require_local, resolve
+    from provisioner.engine.targets import require_local, resolve
 
     engine_target = resolve()
     require_local(engine_target, "prov restart" if restart else "prov start")
@@ -507,17 +507,17 @@ def engine_reports(timeout: float = 10.0, paths: ProvPaths | None = None) -> lis
     parallel; one that does not answer within `timeout` is reported as such."""
     import threading
 
-    from provisioner import engines
+    from provisioner.engine import targets
 
     paths = paths or ProvPaths.from_env()
-    targets = [("(default)", engines.resolve(use_flags=False))]
-    targets += [
-        (name, engines.EngineTarget(host, f"engine {name!r}"))
-        for name, host in sorted(engines.named().items())
+    asked = [("(default)", targets.resolve(use_flags=False))]
+    asked += [
+        (name, targets.EngineTarget(host, f"engine {name!r}"))
+        for name, host in sorted(targets.named().items())
     ]
     results: dict[str, EngineReport] = {}
 
-    def ask(name: str, target: engines.EngineTarget) -> None:
+    def ask(name: str, target: targets.EngineTarget) -> None:
         try:
             engine = Engine.connect(target)
             info = engine.info()
@@ -535,7 +535,7 @@ def engine_reports(timeout: float = 10.0, paths: ProvPaths | None = None) -> lis
         except ProvError as exc:
             results[name] = EngineReport(name, target.host, False, exc.seen or exc.what)
 
-    threads = [threading.Thread(target=ask, args=t, daemon=True) for t in targets]
+    threads = [threading.Thread(target=ask, args=t, daemon=True) for t in asked]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -543,5 +543,5 @@ def engine_reports(timeout: float = 10.0, paths: ProvPaths | None = None) -> lis
     return [
         results.get(name)
         or EngineReport(name, target.host, False, f"no answer within {timeout:g} s")
-        for name, target in targets
+        for name, target in asked
     ]

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from provisioner import (
-    engines,
     host,
     netplan,
     openssh,
@@ -33,7 +32,7 @@ from provisioner.config import (
     UpRequest,
     user_ssh_config,
 )
-from provisioner.engine import ContainerInfo, Engine
+from provisioner.engine import ContainerInfo, Engine, targets
 from provisioner.errors import ConflictError, ProvError
 from provisioner.fsutil import ensure_private_dir, file_lock, require_own_home
 from provisioner.image import BuiltImage, ImageRequest
@@ -158,8 +157,8 @@ def up_many(
     paths = paths or ProvPaths.from_env()
     require_own_home()
     ensure_private_dir(paths.home)
-    target = engines.resolve()
-    engines.require_local(target, "prov up")  # before any connection to it
+    target = targets.resolve()
+    targets.require_local(target, "prov up")  # before any connection to it
     engine = Engine.connect(target)
     images: dict[ImageRequest, BuiltImage] = {}
     images_lock = threading.Lock()

@@ -20,8 +20,8 @@ from pathlib import Path
 import docker
 import pytest
 
-from provisioner import engines
-from provisioner.engine import Engine, _DockerPyTransport
+from provisioner.engine import Engine, targets
+from provisioner.engine.transport import DockerPyTransport
 from provisioner.errors import DockerUnavailable, NotFound
 from provisioner.plan import LABEL_MANAGED, LABEL_NAME, ContainerSpec, Mount, Security
 from tests.integration.conftest import Prov
@@ -56,7 +56,7 @@ def image(docker_client: docker.DockerClient, base_image: str) -> Iterator[str]:
 def engine(request: pytest.FixtureRequest, docker_client: docker.DockerClient) -> Engine:
     if request.param == "socket":
         return Engine.connect()
-    return Engine(_DockerPyTransport(docker_client), engines.resolve(), docker_client)
+    return Engine(DockerPyTransport(docker_client), targets.resolve(), docker_client)
 
 
 def test_container_calls(

@@ -16,21 +16,27 @@ deal with one error family.
 
 from __future__ import annotations
 
-import http.client
 import io
 import json
-import socket
-import sys
 import tarfile
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-from provisioner import engines
+from provisioner.engine import targets
+from provisioner.engine.transport import (
+    API_TIMEOUT,
+    START_HINT,
+    Call,
+    DockerPyTransport,
+    SocketTransport,
+    Transport,
+    docker_client,
+)
 from provisioner.errors import BuildError, ConflictError, DockerUnavailable, NotFound, ProvError
 from provisioner.plan import LABEL_MANAGED, SSHD_PORT, ContainerSpec, NetworkSpec
 
@@ -38,12 +44,6 @@ if TYPE_CHECKING:
     import docker
 
 BUILD_LOG_TAIL = 25
-API_TIMEOUT = 120.0
-
-_START_HINT = (
-    "start dockerd (e.g. `sudo scripts/start-dockerd.sh`), check that `docker info` works "
-    "for this user, or set DOCKER_HOST."
-)
 
 
 @dataclass(frozen=True)
@@ -67,167 +67,6 @@ class ContainerInfo:
         return self.status == "running"
 
 
-# transports ----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Call:
-    """One Engine API request; `path` has no version prefix."""
-
-    method: str
-    path: str
-    params: dict[str, str] | None = None
-    body: bytes | None = field(default=None, repr=False)
-    content_type: str = "application/json"
-    timeout: float = API_TIMEOUT
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Content-Type": self.content_type} if self.body is not None else {}
-
-
-class _Transport(Protocol):
-    def request(self, call: _Call) -> tuple[int, bytes]:
-        """Send `call`; (HTTP status, body)."""
-        ...
-
-
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, socket_path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._socket_path = socket_path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(self.timeout)
-            sock.connect(self._socket_path)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
-
-
-class _SocketTransport:
-    """The Engine API over a local Unix socket; one connection per request, so
-    threads (`prov up a b c`) never share one."""
-
-    def __init__(self, socket_path: str, target: engines.EngineTarget | None = None) -> None:
-        self.socket_path = socket_path
-        self._prefix = ""
-        # Where the socket came from (a context, DOCKER_HOST...), for errors.
-        self._origin = (
-            f" ({target.source})" if target and target.source != "the local socket" else ""
-        )
-
-    def negotiate(self) -> None:
-        """Ping the engine and speak the API version it reports (as the docker CLI does)."""
-        status, _body, headers = self._send(_Call("GET", "/_ping", timeout=10.0))
-        if status != 200:
-            raise DockerUnavailable(
-                "The Docker engine does not answer its health check",
-                f"GET /_ping on {self.socket_path}{self._origin} returned HTTP {status}.",
-                _START_HINT,
-            )
-        version = headers.get("Api-Version", "")
-        self._prefix = f"/v{version}" if version else ""
-
-    def request(self, call: _Call) -> tuple[int, bytes]:
-        status, data, _headers = self._send(call, self._prefix)
-        return status, data
-
-    def _send(self, call: _Call, prefix: str = "") -> tuple[int, bytes, http.client.HTTPMessage]:
-        query = "?" + urllib.parse.urlencode(call.params) if call.params else ""
-        conn = _UnixHTTPConnection(self.socket_path, call.timeout)
-        try:
-            conn.request(call.method, prefix + call.path + query, call.body, call.headers)
-            response = conn.getresponse()
-            return response.status, response.read(), response.headers
-        except PermissionError as exc:
-            raise DockerUnavailable(
-                "Cannot reach the Docker engine: permission denied",
-                f"Connecting to {self.socket_path}{self._origin} failed: {exc.strerror}.",
-                "run prov as a user in the `docker` group (`sudo usermod -aG docker $USER`, "
-                "then log in again), or as root.",
-            ) from None
-        except (OSError, http.client.HTTPException) as exc:
-            raise DockerUnavailable(
-                "Cannot reach the Docker engine",
-                f"{call.method} {call.path} on {self.socket_path}{self._origin} failed: "
-                f"{getattr(exc, 'strerror', None) or exc or type(exc).__name__}.",
-                _START_HINT,
-            ) from None
-        finally:
-            conn.close()
-
-
-class _DockerPyTransport:
-    """The Engine API through docker-py's session: any DOCKER_HOST it supports."""
-
-    def __init__(self, client: docker.DockerClient) -> None:
-        self._api = client.api
-
-    def request(self, call: _Call) -> tuple[int, bytes]:
-        import requests
-
-        url = f"{self._api.base_url}/v{self._api.api_version}{call.path}"
-        try:
-            response = self._api.request(
-                call.method,
-                url,
-                params=call.params,
-                data=call.body,
-                headers=call.headers,
-                timeout=call.timeout,
-            )
-        except requests.RequestException as exc:
-            raise DockerUnavailable(
-                "Cannot reach the Docker engine",
-                f"{call.method} {call.path} at {self._api.base_url} failed: {exc}.",
-                _START_HINT,
-            ) from exc
-        return response.status_code, response.content
-
-
-def _import_docker(host: str = "") -> None:
-    """Import docker-py without the paramiko it loads for ssh:// engines.
-
-    docker-py treats paramiko as optional (ImportError is its signal), and the
-    import costs ~90 ms; prov's engine is local unless it is an ssh:// one.
-    """
-    if "docker" in sys.modules:
-        return
-    hide = not (host.startswith("ssh://") or "paramiko" in sys.modules)
-    if hide:
-        sys.modules["paramiko"] = None  # type: ignore[assignment]
-    try:
-        import docker  # noqa: F401
-    finally:
-        if hide:
-            del sys.modules["paramiko"]
-
-
-def _docker_client(target: engines.EngineTarget) -> docker.DockerClient:
-    """docker-py on the resolved engine (from DOCKER_HOST: with its TLS variables)."""
-    _import_docker(target.host)
-    import docker
-
-    try:
-        if target.source == "DOCKER_HOST":
-            client = docker.from_env(timeout=int(API_TIMEOUT))
-        else:
-            client = docker.DockerClient(base_url=target.host, timeout=int(API_TIMEOUT))
-        client.ping()
-    except Exception as exc:  # docker-py, requests, socket and paramiko errors alike
-        detail = str(exc) or type(exc).__name__
-        raise DockerUnavailable(
-            "Cannot reach the Docker engine",
-            f"The engine is {target.describe()}; connecting failed: {detail}",
-            _START_HINT,
-        ) from None
-    return client
-
-
 @contextmanager
 def _docker_errors(action: str) -> Iterator[None]:
     """docker-py's exceptions as ProvErrors."""
@@ -243,7 +82,7 @@ def _docker_errors(action: str) -> Iterator[None]:
         raise _api_error(action, _explain(exc)) from exc
     except docker.errors.DockerException as exc:
         raise DockerUnavailable(
-            "Cannot reach the Docker engine", f"While trying to {action}: {exc}", _START_HINT
+            "Cannot reach the Docker engine", f"While trying to {action}: {exc}", START_HINT
         ) from exc
 
 
@@ -290,8 +129,8 @@ class Engine:
 
     def __init__(
         self,
-        transport: _Transport,
-        target: engines.EngineTarget,
+        transport: Transport,
+        target: targets.EngineTarget,
         client: docker.DockerClient | None = None,
     ) -> None:
         self._transport = transport
@@ -299,14 +138,14 @@ class Engine:
         self._client = client
 
     @classmethod
-    def connect(cls, target: engines.EngineTarget | None = None) -> Engine:
-        """The engine engines.resolve() names (or `target`): its socket directly
+    def connect(cls, target: targets.EngineTarget | None = None) -> Engine:
+        """The engine targets.resolve() names (or `target`): its socket directly
         when local, else through docker-py."""
-        target = target or engines.resolve()
+        target = target or targets.resolve()
         if target.socket is None:
-            client = _docker_client(target)
-            return cls(_DockerPyTransport(client), target, client)
-        transport = _SocketTransport(target.socket, target)
+            client = docker_client(target)
+            return cls(DockerPyTransport(client), target, client)
+        transport = SocketTransport(target.socket, target)
         transport.negotiate()
         return cls(transport, target)
 
@@ -314,7 +153,7 @@ class Engine:
         """docker-py, connected on first use (builds, imports, logs), on the same
         engine as every other call."""
         if self._client is None:
-            self._client = _docker_client(self.target)
+            self._client = docker_client(self.target)
         return self._client
 
     def _call(
@@ -330,7 +169,7 @@ class Engine:
     ) -> bytes | None:
         """One API call; its body, or None for a 404 when `missing_ok`."""
         status, data = self._transport.request(
-            _Call(method, path, params, body, content_type, timeout)
+            Call(method, path, params, body, content_type, timeout)
         )
         if status < 400:
             return data

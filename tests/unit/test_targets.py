@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from provisioner import engines
+from provisioner.engine import targets
 from provisioner.errors import ConfigError, UsageError
 
 
@@ -29,19 +29,19 @@ def test_resolution_order(tmp_path: Path) -> None:
     (config / "config.json").write_text(json.dumps({"currentContext": "other-sock"}))
     env = {"DOCKER_CONFIG": str(config)}
 
-    def resolve(flag: str | None = None, **more: str) -> engines.EngineTarget:
-        return engines.resolve({**env, **more}, flag=flag or "")
+    def resolve(flag: str | None = None, **more: str) -> targets.EngineTarget:
+        return targets.resolve({**env, **more}, flag=flag or "")
 
     assert resolve().host == "unix:///run/other.sock"  # the current context
     assert "docker context use" in resolve().source
     assert resolve(DOCKER_CONTEXT="remote").host == "ssh://builder"
-    assert resolve(DOCKER_CONTEXT="default").host == engines.DEFAULT_HOST
+    assert resolve(DOCKER_CONTEXT="default").host == targets.DEFAULT_HOST
     with_host = resolve(DOCKER_CONTEXT="remote", DOCKER_HOST="tcp://127.0.0.1:2375")
     assert (with_host.host, with_host.source) == ("tcp://127.0.0.1:2375", "DOCKER_HOST")
     flagged = resolve("unix:///x.sock", DOCKER_HOST="tcp://h:1")
     assert (flagged.host, flagged.source) == ("unix:///x.sock", "--docker-host")
     (config / "config.json").write_text("{}")
-    assert resolve().host == engines.DEFAULT_HOST
+    assert resolve().host == targets.DEFAULT_HOST
 
 
 def test_bad_settings_are_named(tmp_path: Path) -> None:
@@ -49,24 +49,24 @@ def test_bad_settings_are_named(tmp_path: Path) -> None:
     config.mkdir()
     env = {"DOCKER_CONFIG": str(config)}
     with pytest.raises(ConfigError, match="'gone' does not exist"):
-        engines.resolve({**env, "DOCKER_CONTEXT": "gone"}, flag="")
+        targets.resolve({**env, "DOCKER_CONTEXT": "gone"}, flag="")
     with pytest.raises(UsageError, match="not an engine address"):
-        engines.resolve({**env, "DOCKER_HOST": "myhost"}, flag="")
+        targets.resolve({**env, "DOCKER_HOST": "myhost"}, flag="")
     (config / "config.json").write_text("{not json")
     with pytest.raises(ConfigError, match="Docker config"):
-        engines.resolve(env, flag="")
+        targets.resolve(env, flag="")
 
 
 def test_local_or_remote() -> None:
     local = ("unix:///var/run/docker.sock", "tcp://127.0.0.1:2375", "tcp://localhost:2375")
     for host in local:
-        assert engines.EngineTarget(host, "x").local, host
-        engines.require_local(engines.EngineTarget(host, "x"), "prov up")
+        assert targets.EngineTarget(host, "x").local, host
+        targets.require_local(targets.EngineTarget(host, "x"), "prov up")
     for host in ("ssh://builder", "tcp://10.0.0.5:2376"):
-        target = engines.EngineTarget(host, "DOCKER_CONTEXT=builder")
+        target = targets.EngineTarget(host, "DOCKER_CONTEXT=builder")
         assert not target.local
         with pytest.raises(UsageError) as caught:
-            engines.require_local(target, "prov up")
+            targets.require_local(target, "prov up")
         assert "DOCKER_CONTEXT=builder" in caught.value.what
 
 
@@ -77,26 +77,26 @@ def test_named_engines_are_kept_in_a_file_edited_in_place(
     --engine NAME resolves to it and outranks DOCKER_HOST; --engine with --docker-host,
     or an unknown name, is refused."""
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
-    path = engines.engines_file()
+    path = targets.engines_file()
     path.parent.mkdir(parents=True)
     path.write_text("# my engines\n")
-    engines.add_named("builder", "ssh://me@builder")
-    engines.add_named("local2", "unix:///run/other.sock")
-    assert engines.named() == {"builder": "ssh://me@builder", "local2": "unix:///run/other.sock"}
+    targets.add_named("builder", "ssh://me@builder")
+    targets.add_named("local2", "unix:///run/other.sock")
+    assert targets.named() == {"builder": "ssh://me@builder", "local2": "unix:///run/other.sock"}
     with pytest.raises(UsageError, match="exists already"):
-        engines.add_named("builder", "ssh://other")
+        targets.add_named("builder", "ssh://other")
     with pytest.raises(UsageError, match="Invalid engine name"):
-        engines.add_named("Bad.Name", "ssh://x")
+        targets.add_named("Bad.Name", "ssh://x")
     env = {"XDG_CONFIG_HOME": str(tmp_path), "DOCKER_HOST": "tcp://127.0.0.1:2375"}
-    monkeypatch.setattr(engines, "_named_flag", "builder")
-    chosen = engines.resolve(env, flag="")
+    monkeypatch.setattr(targets, "_named_flag", "builder")
+    chosen = targets.resolve(env, flag="")
     assert (chosen.host, chosen.source) == ("ssh://me@builder", "engine 'builder'")
-    assert engines.resolve(env, use_flags=False).source == "DOCKER_HOST"
+    assert targets.resolve(env, use_flags=False).source == "DOCKER_HOST"
     with pytest.raises(UsageError, match="both name an engine"):
-        engines.resolve(env, flag="unix:///x.sock")
-    monkeypatch.setattr(engines, "_named_flag", "nope")
+        targets.resolve(env, flag="unix:///x.sock")
+    monkeypatch.setattr(targets, "_named_flag", "nope")
     with pytest.raises(UsageError, match="No engine named 'nope'"):
-        engines.resolve(env, flag="")
-    engines.remove_named("builder")
+        targets.resolve(env, flag="")
+    targets.remove_named("builder")
     assert path.read_text().startswith("# my engines\n")
-    assert engines.named() == {"local2": "unix:///run/other.sock"}
+    assert targets.named() == {"local2": "unix:///run/other.sock"}
