@@ -10,7 +10,6 @@ from pathlib import Path
 
 from provisioner import keys, sshconf, state
 from provisioner.config import AGENT_USER, ProvPaths
-from provisioner.engine import Engine
 from provisioner.openssh import system_ssh
 from provisioner.ownership import require_ours
 from provisioner.plan import SshTarget, connect_host, container_name
@@ -71,7 +70,9 @@ def ssh_test(name: str, paths: ProvPaths | None = None) -> list[Check]:
                 f"`prov up {name} --recreate` makes a new one",
             )
         ]
-    engine = Engine.connect()
+    from provisioner.lifecycle import engine_of
+
+    engine = engine_of(name, paths)
     info = engine.find(container_name(name))
     if info is not None:
         require_ours(info, paths)
@@ -144,9 +145,24 @@ def ssh_test(name: str, paths: ProvPaths | None = None) -> list[Check]:
 
     add("container running", running)
     add("address or port as recorded", published)
-    add("SSH banner", banner)
-    add("host key matches the pin", pin)
-    add("key login", login)
+    if engine.link is None:
+        add("SSH banner", banner)
+        add("host key matches the pin", pin)
+        add("key login", login)
+    else:
+        # Its port is the engine host's: the system ssh goes there through the
+        # alias, and insists on the pinned key (StrictHostKeyChecking yes).
+        link = engine.link
+        add(
+            f"engine host {link.dest.display()} reaches sshd",
+            lambda: (lambda why: (why is None, why or f"{hostname}:{ssh_port} accepts"))(
+                link.reach(hostname, ssh_port)
+            ),
+        )
+        add(
+            "pinned host key and key login through the engine host",
+            via_alias("id -un", lambda c, o: c == 0 and o.strip().endswith(AGENT_USER)),
+        )
     add("command runs through the alias", via_alias("true", lambda c, _o: c == 0))
     add(
         "tmux and git on PATH (non-interactive and login shell)",

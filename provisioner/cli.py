@@ -288,12 +288,19 @@ def up(
         typer.Option("--mount", help="Extra bind mount SRC:DST[:ro] (repeatable)."),
     ] = None,
     credentials: Annotated[
-        str,
+        str | None,
         typer.Option(
-            help="Agent logins: mount (shared with the host), copy (private to "
-            "this environment) or none."
+            help="Agent logins: mount (shared with the host; the default here), copy "
+            "(private to this environment) or none (the default on a remote engine)."
         ),
-    ] = "mount",
+    ] = None,
+    sync: Annotated[
+        str | None,
+        typer.Option(
+            help="Remote engines: how the project gets there. rsync (default: pushed at "
+            "up, `prov sync` moves changes) or none (the same path exists there).",
+        ),
+    ] = None,
     sudo: Annotated[
         bool,
         typer.Option(
@@ -335,6 +342,18 @@ def up(
             "connected, the agent inside can sign with all of its keys.",
         ),
     ] = False,
+    engine: Annotated[
+        str | None,
+        typer.Option(
+            "--engine",
+            help="Run on an engine added with `prov engine add`, or `auto`: the named "
+            "engine with the most free memory (several names are spread).",
+        ),
+    ] = None,
+    docker_host: Annotated[
+        str | None,
+        typer.Option("--docker-host", help="Run on this engine (unix://, tcp://, ssh://)."),
+    ] = None,
 ) -> None:
     """Build or reuse the image, run the environment, wait for SSH, write the alias.
 
@@ -343,6 +362,13 @@ def up(
     from provisioner.config import AgentCounts, UpRequest
     from provisioner.errors import UsageError
 
+    if engine is not None or docker_host is not None:
+        from provisioner.engine import targets
+
+        if engine is not None:
+            targets.set_named(engine)
+        if docker_host is not None:
+            targets.set_flag(docker_host)
     if len(names) > 1:
         for flag, value in (("--port", port), ("--project", project), ("--spawn", spawn or None)):
             if value is not None:
@@ -365,6 +391,7 @@ def up(
         env_file,
         mount or [],
         credentials,
+        sync,
     )
     containment = _run(
         _containment,
@@ -412,7 +439,8 @@ def _extras(
     env: list[str],
     env_file: Path | None,
     mounts: list[str],
-    credentials: str,
+    credentials: str | None,
+    sync: str | None = None,
 ) -> Extras:
     from provisioner import config
 
@@ -426,6 +454,7 @@ def _extras(
         env=config.parse_env(env, env_file),
         mounts=tuple(config.parse_mount(m) for m in mounts),
         credentials=credentials,
+        sync=sync,
     )
 
 
@@ -523,6 +552,27 @@ def down(
         err.line(f"removed container prov-{name} (keys and alias kept)", "✓ ", "bold green")
     else:
         err.line(f"prov-{name} has no container; nothing to remove")
+
+
+@app.command()
+def sync(
+    name: Annotated[str, typer.Argument(help="Environment name.")],
+    back: Annotated[
+        bool, typer.Option("--back", help="Bring the environment's changes here instead.")
+    ] = False,
+    delete: Annotated[
+        bool,
+        typer.Option("--delete", help="Also delete files the other side no longer has (a mirror)."),
+    ] = False,
+) -> None:
+    """Move project changes between this machine and an environment on a remote
+    engine (rsync through its alias). A newer file on the receiving side is
+    never overwritten, and nothing is deleted without --delete."""
+    from provisioner import lifecycle
+
+    summary = _run(lifecycle.sync_project, _name(name), back, delete)
+    direction = f"from prov-{name}" if back else f"to prov-{name}"
+    err.line(f"synced {direction}: {summary}", "✓ ", "bold green")
 
 
 @app.command("ssh-test")
@@ -765,8 +815,8 @@ def engine_rm(name: Annotated[str, typer.Argument(help="The engine's name.")]) -
 
 @engine_app.command("ls")
 def engine_ls(as_json: JsonOpt = False) -> None:
-    """Every named engine and the default one: reachable, version, CPUs, memory,
-    and this PROV_HOME's environments on it."""
+    """Every named engine and the default one: reachable, version, CPUs, memory
+    (total and free), and this PROV_HOME's environments on it."""
     from provisioner import lifecycle
 
     reports = _run(lifecycle.engine_reports)
@@ -778,6 +828,8 @@ def engine_ls(as_json: JsonOpt = False) -> None:
             out.line(f"{r.name}  {r.host}  unreachable: {' '.join(r.detail.split())[:200]}")
             continue
         size = f"{r.cpus or '?'} CPUs, {_size(r.memory or 0)} memory"
+        if r.available is not None:
+            size += f" ({_size(r.available)} free)"
         out.line(f"{r.name}  {r.host}  {r.detail}, {size}, {r.environments} environment(s)")
 
 

@@ -83,6 +83,9 @@ AGENT_VERSIONS = {"claude": "2.1.332", "codex": "0.171.0", "gemini": "0.61.0"}
 # Passed into the environment when set on the host; their values are never shown.
 API_KEY_VARS = ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY")
 CREDENTIAL_MODES = ("mount", "copy", "none")
+# How a remote environment gets the project: rsync pushes it into a volume of
+# its own; none bind-mounts the same path on the engine host, which must exist.
+SYNC_MODES = ("rsync", "none")
 _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _VERSION_RE = re.compile(r"^[0-9A-Za-z.+-]{1,64}$")
 
@@ -239,14 +242,24 @@ class Extras:
     gpus: int | None = None
     env: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # may hold secrets
     mounts: tuple[ExtraMount, ...] = ()
-    credentials: str = "mount"
+    # None: the default, `mount` on this machine's engine, `none` on a remote one.
+    credentials: str | None = None
+    sync: str | None = None  # remote engines only; None: rsync
 
     def __post_init__(self) -> None:
-        if self.credentials not in CREDENTIAL_MODES:
+        if self.credentials is not None and self.credentials not in CREDENTIAL_MODES:
             raise UsageError(
                 f"Invalid --credentials {self.credentials!r}",
                 "It takes " + ", ".join(CREDENTIAL_MODES) + ".",
                 "use `mount` (default), `copy` or `none`.",
+            )
+        if self.sync is not None and self.sync not in SYNC_MODES:
+            raise UsageError(
+                f"Invalid --sync {self.sync!r}",
+                "It takes rsync (push the project into the environment at up; `prov sync` "
+                "moves changes either way) or none (the same path must exist on the engine "
+                "host).",
+                "use --sync rsync or --sync none.",
             )
         if self.ca_certs:
             from provisioner.host import ca_pem

@@ -35,8 +35,8 @@ def _docker() -> Finding:
 
     try:
         target = targets.resolve()
-        targets.require_local(target, "prov up")
-        version = Engine.connect().engine_version()
+        targets.require_supported(target, "prov up")
+        version = Engine.connect(target).engine_version()
     except ProvError as exc:
         return Finding("Docker engine", FAIL, exc.paragraph())
     return Finding("Docker engine", PASS, f"{target.describe()}: reachable, version {version}")

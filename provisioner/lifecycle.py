@@ -11,8 +11,8 @@ from typing import Any
 
 from provisioner import keys, sshconf, state
 from provisioner.config import AGENT_USER, ProvPaths, validate_name
-from provisioner.engine import ContainerInfo, Engine
-from provisioner.errors import NotFound, ProvError
+from provisioner.engine import ContainerInfo, Engine, targets
+from provisioner.errors import NotFound, ProvError, UsageError
 from provisioner.fsutil import file_lock
 from provisioner.openssh import stop_master, system_ssh
 from provisioner.ownership import is_ours, require_ours
@@ -33,7 +33,9 @@ from provisioner.plan import (
     connect_host,
     container_name,
     home_volume_name,
+    keys_volume_name,
     network_name,
+    project_volume_name,
     proxy_name,
 )
 from provisioner.progress import Reporter
@@ -142,40 +144,128 @@ def _unlisted(name: str, state_word: str, status: str) -> EnvStatus:
     )
 
 
-def list_envs(paths: ProvPaths | None = None, everyone: bool = False) -> list[EnvStatus]:
-    """Every environment this PROV_HOME knows: its containers, plus recorded
-    ones whose container was removed with `down`. `everyone` adds the
-    containers of other PROV_HOMEs, marked as such."""
+def list_envs(
+    paths: ProvPaths | None = None, everyone: bool = False, timeout: float = 10.0
+) -> list[EnvStatus]:
+    """Every environment this PROV_HOME knows, on every engine it knows of (the
+    default one, the ones environments were made on, the named ones), asked
+    in parallel: its containers, plus recorded ones whose container was
+    removed with `down`. An engine that does not answer is one line, and its
+    recorded environments say so. `everyone` adds the containers of other
+    PROV_HOMEs, marked as such."""
     paths = paths or ProvPaths.from_env()
-    engine = Engine.connect()
-    envs = [
-        _from_summary(item, paths)
-        for item in engine.summaries()
-        if (item.get("Labels") or {}).get(LABEL_ROLE, "env") == "env"
-    ]
-    found = {env.name: env for env in envs if env.name and env.home == "this"}
+    records: dict[str, state.EnvRecord | ProvError | None] = {}
     if paths.envs.is_dir():
         for env_dir in paths.envs.iterdir():
-            name = env_dir.name
             # Only prov's own entries: a stray file (.DS_Store) is not an environment.
-            if name in found or not env_dir.is_dir() or not _is_env_name(name):
-                continue
-            try:
-                record = state.load(paths, name)
-            except ProvError as exc:
-                found[name] = _unlisted(name, "broken", f"{exc.what}: {exc.hint}")
-                continue
-            found[name] = (
-                _removed(record)
-                if record is not None
-                else _unlisted(name, "incomplete", f"keys but no record; `prov rm {name}`")
+            if env_dir.is_dir() and _is_env_name(env_dir.name):
+                try:
+                    records[env_dir.name] = state.load(paths, env_dir.name)
+                except ProvError as exc:
+                    records[env_dir.name] = exc
+    asked = _engines_to_list(records, paths)
+    answers = _ask_engines(asked, paths, timeout)
+    found: dict[str, EnvStatus] = {}
+    others: list[EnvStatus] = []
+    unreachable: dict[str, str] = {}
+    for target in asked:
+        answer = answers[target.host]
+        if isinstance(answer, str):
+            unreachable[target.host] = answer
+            continue
+        for env in answer:
+            if env.home == "this" and env.name and env.name not in found:
+                found[env.name] = env
+            elif env.home != "this":
+                others.append(env)
+    hosts = {target.host for target in asked}
+    for name, record in records.items():
+        if name in found:
+            continue
+        if isinstance(record, state.EnvRecord) and record.engine not in ("", *hosts):
+            continue  # made on an engine not listed now (another one was named)
+        if isinstance(record, ProvError):
+            found[name] = _unlisted(name, "broken", f"{record.what}: {record.hint}")
+        elif record is None:
+            found[name] = _unlisted(name, "incomplete", f"keys but no record; `prov rm {name}`")
+        elif record.engine in unreachable:
+            found[name] = replace(
+                _removed(record),
+                state="unknown",
+                status=f"its engine does not answer: {unreachable[record.engine]}",
+                engine=record.engine,
             )
-    listed = list(found.values())
-    if everyone:
-        listed += [env for env in envs if env.home != "this"]
-    on = engine.target.describe()
-    listed = [replace(env, engine=on) for env in listed]
-    return sorted(listed, key=lambda env: (env.home != "this", env.name))
+        else:
+            found[name] = replace(_removed(record), engine=record.engine or asked[0].describe())
+    listed = list(found.values()) + (others if everyone else [])
+    listed += [
+        _unlisted("-", "unreachable", f"engine {host}: {why}")
+        for host, why in unreachable.items()
+        if not any(env.engine.startswith(host) for env in listed)
+    ]
+    return sorted(listed, key=lambda env: (env.home != "this", env.name == "-", env.name))
+
+
+def _engines_to_list(
+    records: dict[str, state.EnvRecord | ProvError | None], paths: ProvPaths
+) -> list[targets.EngineTarget]:
+    """The default engine first, then those environments were made on, then
+    the named ones; each once."""
+    found = [targets.resolve()]
+    if targets.explicit():  # the user named one engine: that one only
+        return found
+    for record in records.values():
+        if isinstance(record, state.EnvRecord) and record.engine:
+            found.append(targets.EngineTarget(record.engine, f"where {record.name!r} was made"))
+    found += [
+        targets.EngineTarget(host, f"engine {name!r}")
+        for name, host in sorted(targets.named().items())
+    ]
+    unique: dict[str, targets.EngineTarget] = {}
+    for target in found:
+        unique.setdefault(target.host, target)
+    return list(unique.values())
+
+
+def _ask_engines(
+    asked: list[targets.EngineTarget], paths: ProvPaths, timeout: float
+) -> dict[str, list[EnvStatus] | str]:
+    """Each engine's environments, or why it did not answer (in parallel)."""
+    import threading
+
+    answers: dict[str, list[EnvStatus] | str] = {}
+    failures: dict[str, ProvError] = {}
+
+    def ask(target: targets.EngineTarget) -> None:
+        try:
+            engine = Engine.connect(target)
+            answers[target.host] = [
+                replace(_from_summary(item, paths), engine=target.describe())
+                for item in engine.summaries()
+                if (item.get("Labels") or {}).get(LABEL_ROLE, "env") == "env"
+            ]
+        except ProvError as exc:
+            failures[target.host] = exc
+            answers[target.host] = exc.what
+
+    if len(asked) == 1:
+        ask(asked[0])
+        if asked[0].host in failures:  # the only engine: its failure in full
+            raise failures[asked[0].host]
+        return answers
+    threads = [threading.Thread(target=ask, args=(t,), daemon=True) for t in asked]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+    for target in asked:
+        answers.setdefault(target.host, f"no answer within {timeout:g} s")
+    return answers
+
+
+def engine_of(name: str, paths: ProvPaths) -> Engine:
+    """The engine environment NAME lives on (see targets.for_env)."""
+    return Engine.connect(targets.for_env(name, paths))
 
 
 def status(name: str, paths: ProvPaths | None = None) -> EnvStatus:
@@ -222,7 +312,7 @@ def live_sessions(name: str, paths: ProvPaths | None = None) -> list[Session]:
     project with its agents), asked over the alias as NTM would; [] when the
     container is not running or cannot be asked."""
     paths = paths or ProvPaths.from_env()
-    info = own_container(Engine.connect(), name, paths)
+    info = own_container(engine_of(name, paths), name, paths)
     if info is None or not info.running:
         return []
     _, output = system_ssh(  # no tmux server: no lines, whatever the exit status
@@ -243,7 +333,7 @@ def live_sessions(name: str, paths: ProvPaths | None = None) -> list[Session]:
 def stop(name: str, paths: ProvPaths | None = None) -> bool:
     """Stop the container (then its egress proxy); False when it was not running."""
     paths = paths or ProvPaths.from_env()
-    engine = Engine.connect()
+    engine = engine_of(name, paths)
     info = _container(engine, name, paths)
     stop_master(paths.ssh_config, sshconf.alias_for(name))
     proxy = own_container(engine, name, paths, "egress")
@@ -267,11 +357,7 @@ def start(
     from provisioner.ready import await_ssh
 
     record = state.require(paths, name)
-    from provisioner.engine.targets import require_local, resolve
-
-    engine_target = resolve()
-    require_local(engine_target, "prov restart" if restart else "prov start")
-    engine = Engine.connect(engine_target)
+    engine = engine_of(name, paths)
     info = _container(engine, name, paths)
     proxy = own_container(engine, name, paths, "egress")
     stop_master(paths.ssh_config, sshconf.alias_for(name))
@@ -305,12 +391,22 @@ def start(
         Path(record.identity_file),
     )
     alias = sshconf.alias_for(name)
-    return await_ssh(engine, paths.ssh_config, target, alias, info.id, timeout, reporter)
+    return await_ssh(
+        engine,
+        paths.ssh_config,
+        target,
+        alias,
+        info.id,
+        timeout,
+        reporter,
+        banner=not engine.remote,
+    )
 
 
 def logs(name: str, follow: bool, tail: int | None) -> Iterator[bytes]:
-    engine = Engine.connect()
-    info = _container(engine, name, ProvPaths.from_env())
+    paths = ProvPaths.from_env()
+    engine = engine_of(name, paths)
+    info = _container(engine, name, paths)
     return engine.logs(info.id, follow, tail)
 
 
@@ -322,7 +418,7 @@ class DownResult:
 
 def down(name: str, paths: ProvPaths | None = None) -> DownResult:
     paths = paths or ProvPaths.from_env()
-    engine = Engine.connect()
+    engine = engine_of(name, paths)
     info = own_container(engine, name, paths)
     proxy = own_container(engine, name, paths, "egress")
     if proxy is not None:
@@ -348,9 +444,10 @@ class Removal:
 
 def rm(name: str, paths: ProvPaths | None = None) -> Removal:
     """Remove everything prov made for `name`: container, proxy, network, the
-    home volume, keys, alias, pin."""
+    home volume (on a remote engine also its keys and project volumes), keys,
+    alias, pin."""
     paths = paths or ProvPaths.from_env()
-    engine = Engine.connect()
+    engine = engine_of(name, paths)
     info = own_container(engine, name, paths)
     proxy = own_container(engine, name, paths, "egress")
     env_dir = paths.env_dir(name)
@@ -367,9 +464,10 @@ def rm(name: str, paths: ProvPaths | None = None) -> Removal:
     net = engine.network(network_name(name))
     if net is not None and is_ours(net.get("Labels") or {}, paths):
         engine.remove_network(network_name(name))
-    volume = engine.volume(home_volume_name(name))
-    if volume is not None and is_ours(volume.get("Labels") or {}, paths):
-        engine.remove_volume(home_volume_name(name))  # the agent's home: gone for good
+    for volume_name in (home_volume_name(name), keys_volume_name(name), project_volume_name(name)):
+        volume = engine.volume(volume_name)
+        if volume is not None and is_ours(volume.get("Labels") or {}, paths):
+            engine.remove_volume(volume_name)  # the agent's home and work: gone for good
     with file_lock(paths.lock), file_lock(paths.keys_lock):
         existed = env_dir.exists()
         shutil.rmtree(env_dir, ignore_errors=True)
@@ -400,7 +498,7 @@ class EgressReport:
 def egress_report(name: str, tail: int = 200, paths: ProvPaths | None = None) -> EgressReport:
     """What the environment may reach, and what its proxy refused lately."""
     paths = paths or ProvPaths.from_env()
-    engine = Engine.connect()
+    engine = engine_of(name, paths)
     info = _container(engine, name, paths)
     mode, _, allowed = info.labels.get(LABEL_EGRESS, "open").partition(":")
     denials: tuple[str, ...] = ()
@@ -497,20 +595,25 @@ class EngineReport:
     environments: int | None = None  # this PROV_HOME's, on it
     cpus: int | None = None
     memory: int | None = None  # bytes, the engine host's total
+    available: int | None = None  # bytes the engine host could still give
+    running: int | None = None  # containers running there (anyone's)
 
     def public(self) -> dict[str, object]:
         return asdict(self)
 
 
-def engine_reports(timeout: float = 10.0, paths: ProvPaths | None = None) -> list[EngineReport]:
+def engine_reports(
+    timeout: float = 10.0, paths: ProvPaths | None = None, named_only: bool = False
+) -> list[EngineReport]:
     """Every named engine and the one prov uses without --engine, each asked in
-    parallel; one that does not answer within `timeout` is reported as such."""
+    parallel; one that does not answer within `timeout` is reported as such.
+    `named_only`: the named engines alone (the candidates of --engine auto)."""
     import threading
 
     from provisioner.engine import targets
 
     paths = paths or ProvPaths.from_env()
-    asked = [("(default)", targets.resolve(use_flags=False))]
+    asked = [] if named_only else [("(default)", targets.resolve(use_flags=False))]
     asked += [
         (name, targets.EngineTarget(host, f"engine {name!r}"))
         for name, host in sorted(targets.named().items())
@@ -531,6 +634,8 @@ def engine_reports(timeout: float = 10.0, paths: ProvPaths | None = None) -> lis
                 envs,
                 int(info.get("NCPU") or 0) or None,
                 int(info.get("MemTotal") or 0) or None,
+                engine.memory_available(),
+                int(info.get("ContainersRunning") or 0),
             )
         except ProvError as exc:
             results[name] = EngineReport(name, target.host, False, exc.seen or exc.what)
@@ -545,3 +650,31 @@ def engine_reports(timeout: float = 10.0, paths: ProvPaths | None = None) -> lis
         or EngineReport(name, target.host, False, f"no answer within {timeout:g} s")
         for name, target in asked
     ]
+
+
+def sync_project(name: str, back: bool, delete: bool, paths: ProvPaths | None = None) -> str:
+    """rsync the project of a remote environment one way; a summary line."""
+    from provisioner import sync
+
+    paths = paths or ProvPaths.from_env()
+    record = state.require(paths, name)
+    if record.sync != "rsync":
+        where = (
+            "the engine host's own copy (--sync none)"
+            if record.sync == "none"
+            else "this machine's project dir itself (it is mounted)"
+        )
+        raise UsageError(
+            f"{name}'s project is not synced",
+            f"Its environment works on {where}; there is nothing to move.",
+            "`prov sync` is for environments made on a remote engine with --sync rsync.",
+        )
+    info = _container(engine_of(name, paths), name, paths)
+    if not info.running:
+        raise NotFound(
+            f"{name} is not running",
+            f"Its container is {info.status}; rsync reaches the project through its alias.",
+            f"`prov start {name}` first.",
+        )
+    move = sync.pull if back else sync.push
+    return move(paths.ssh_config, sshconf.alias_for(name), Path(record.project_dir), delete)

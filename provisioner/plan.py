@@ -97,6 +97,16 @@ def home_volume_name(name: str) -> str:
     return f"prov-{name}-home"
 
 
+def keys_volume_name(name: str) -> str:
+    """A remote environment's host key and authorized key (its keys dir there)."""
+    return f"prov-{name}-keys"
+
+
+def project_volume_name(name: str) -> str:
+    """A remote environment's copy of the project (--sync rsync)."""
+    return f"prov-{name}-project"
+
+
 @dataclass(frozen=True)
 class Mount:
     source: Path
@@ -174,6 +184,8 @@ class ContainerSpec:
     # `down` then `up` keeps it (history, user-installed tools, caches).
     volumes: tuple[tuple[str, str], ...] = ()
     volume_labels: dict[str, str] = field(default_factory=dict)
+    # Named volumes mounted read-only: a remote environment's keys.
+    ro_volumes: tuple[tuple[str, str], ...] = ()
     log_limit: bool = False  # keep Docker's log of it small (the proxy logs each request)
 
 
@@ -198,6 +210,16 @@ class SshTarget:
     user: str
     host_key: PublicKey
     identity_file: Path  # private key, or a .pub whose private half is in ssh-agent
+
+
+@dataclass(frozen=True)
+class RemotePlacement:
+    """An environment on an engine on another machine: its keys come in a
+    volume, the project by rsync into a volume (or the engine host's own
+    path), and the alias reaches it through the engine host."""
+
+    proxy_command: str
+    sync: str  # rsync / none
 
 
 @dataclass(frozen=True)
@@ -316,11 +338,14 @@ def build_plan(
     session_env: tuple[tuple[str, str], ...] = (),
     gpus: int | None = None,
     agent_versions: dict[str, str] | None = None,
+    remote: RemotePlacement | None = None,
 ) -> Plan:
     alias = alias_for(name)
+    project_in_volume = remote is not None and remote.sync == "rsync"
     mounts = (
-        Mount(project_dir, str(project_dir)),
-        *(Mount(c.source, c.target) for c in credentials),
+        *(() if project_in_volume else (Mount(project_dir, str(project_dir)),)),
+        # On a remote engine credentials are copied in, never mounted.
+        *(() if remote is not None else (Mount(c.source, c.target) for c in credentials)),
         *(Mount(m.source, m.target, m.read_only) for m in extra_mounts),
     )
     identity = home_id(paths)
@@ -373,6 +398,8 @@ def build_plan(
         "PROV_SUDO": "1" if containment.sudo else "0",
         "PROV_EGRESS": containment.egress,
     }
+    if project_in_volume:
+        environment["PROV_PROJECT_VOLUME"] = "1"
     if containment.egress == "allowlist":
         proxy = ContainerSpec(
             name=proxy_name(name),
@@ -423,8 +450,14 @@ def build_plan(
         bind=bind,
         port=port,
         # Not in LABEL_MOUNTS: every environment has it, at a path of its own.
-        mounts=(*mounts, Mount(paths.keys_dir(name), KEYS_MOUNT, read_only=True)),
-        volumes=((home_volume_name(name), AGENT_HOME),),
+        mounts=mounts
+        if remote is not None
+        else (*mounts, Mount(paths.keys_dir(name), KEYS_MOUNT, read_only=True)),
+        volumes=(
+            (home_volume_name(name), AGENT_HOME),
+            *(((project_volume_name(name), str(project_dir)),) if project_in_volume else ()),
+        ),
+        ro_volumes=((keys_volume_name(name), KEYS_MOUNT),) if remote is not None else (),
         volume_labels={LABEL_MANAGED: "true", LABEL_NAME: name, LABEL_HOME: identity},
         keys_dir=paths.keys_dir(name),
         key_files=key_files,
@@ -447,6 +480,7 @@ def build_plan(
         known_hosts=paths.known_hosts,
         control_dir=paths.control_dir,
         forward_agent=containment.forward_agent,
+        proxy_command=remote.proxy_command if remote is not None else None,
     )
     session = project_dir.name
     cmd, env = ntm_invocation(session, alias, agents, project_dir, projects_base)

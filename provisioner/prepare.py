@@ -53,6 +53,9 @@ class Prepared:
     egress_image: str
     allow: tuple[str, ...]
     fresh: bool  # no key dir before this run: a failure removes it again
+    # A remote engine: how the project gets there (rsync / none); "" when local.
+    sync: str = ""
+    credentials: str = "mount"  # mount / copy / none, as decided for this engine
 
     @property
     def name(self) -> str:
@@ -61,6 +64,7 @@ class Prepared:
 
 def prepare(
     engine: Engine,
+    builder: Engine,
     request: UpRequest,
     reporter: Reporter,
     paths: ProvPaths,
@@ -73,7 +77,9 @@ def prepare(
     fresh = not paths.env_dir(request.name).exists()
     made: list[host.ProjectDir] = []
     try:
-        return _prepare_steps(engine, request, reporter, paths, images, images_lock, made, fresh)
+        return _prepare_steps(
+            engine, builder, request, reporter, paths, images, images_lock, made, fresh
+        )
     except BaseException:
         for project in made:
             host.remove_created(project)
@@ -89,6 +95,7 @@ def forget_keys(paths: ProvPaths, name: str) -> None:
 
 def _prepare_steps(
     engine: Engine,
+    builder: Engine,
     request: UpRequest,
     reporter: Reporter,
     paths: ProvPaths,
@@ -109,9 +116,24 @@ def _prepare_steps(
             f"SSH will be published on {request.bind}, reachable from other "
             "machines; only key login for `agent` is accepted"
         )
-    project = host.resolve_project_dir(request.name, request.project_dir, request.create_dir)
-    made.append(project)
-    _check_mounts(request, project.path, paths, reporter)
+    extras = request.extras
+    sync = (extras.sync or "rsync") if engine.remote else ""
+    credentials = _credentials_mode(engine, extras.credentials)
+    if engine.remote and extras.mounts:
+        raise UsageError(
+            "--mount is not available on a remote engine",
+            f"The engine is {engine.target.describe()}; a bind mount's source would be a path "
+            "on that host, not on this machine.",
+            "leave --mount out (the project reaches the environment with --sync), or use "
+            "this machine's engine.",
+        )
+    if sync == "none":
+        project = _remote_project(engine, request)
+    else:
+        project = host.resolve_project_dir(request.name, request.project_dir, request.create_dir)
+        made.append(project)
+    if not engine.remote:
+        _check_mounts(request, project.path, paths, reporter)
     if project.owner_fallback:
         reporter.warn(
             f"{project.path} is owned by root, and agents do not run as root: the agent "
@@ -119,14 +141,18 @@ def _prepare_steps(
             f"you give it the dir (`chown -R {project.uid}:{project.gid} {project.path}`) "
             "or use a project dir owned by a regular user"
         )
-    extras = request.extras
-    creds = host.find_credentials() if extras.credentials != "none" else host.Credentials((), ())
+    creds = host.find_credentials() if credentials != "none" else host.Credentials((), ())
     if creds.found:
-        how = "copied (private to this environment)" if extras.credentials == "copy" else "mounted"
+        how = "copied (private to this environment)" if credentials == "copy" else "mounted"
         reporter.note(f"credentials {how}: " + ", ".join(str(c.source) for c in creds.found))
     if creds.missing:
         reporter.note("not found, not mounted: " + ", ".join(str(p) for p in creds.missing))
-    if extras.credentials == "mount":
+    if credentials == "none" and engine.remote and extras.credentials is None:
+        reporter.note(
+            "agent logins stay on this machine (a remote engine gets none by default): "
+            "--credentials copy puts a private copy there, or log in inside"
+        )
+    if credentials == "mount":
         locked = [
             c.source
             for c in creds.found
@@ -139,7 +165,7 @@ def _prepare_steps(
                 + ": logins and token refreshes will fail there; use --credentials copy "
                 "(a private copy the agent owns) or give those paths to that user"
             )
-    if sys.platform == "darwin" and extras.credentials != "none":
+    if sys.platform == "darwin" and credentials != "none":
         reporter.note(
             "on macOS Claude Code keeps its login in the Keychain, which no container "
             "can read: set ANTHROPIC_API_KEY to log Claude in"
@@ -157,9 +183,10 @@ def _prepare_steps(
     image_request = _image_request(request, project.path, paths)
     with images_lock:  # environments asking for the same image share one build
         built = images.get(image_request) or ensure_image(
-            engine, image_request, reporter.note, reporter.detail
+            builder, image_request, reporter.note, reporter.detail
         )
         images[image_request] = built
+        _copy_image(builder, engine, built.tag, reporter)
     egress_image: str = ""
     allow: tuple[str, ...] = ()
     if request.containment.egress == "allowlist":
@@ -168,14 +195,15 @@ def _prepare_steps(
         )
         with images_lock:
             egress_image = ensure_egress_image(
-                engine, request.base_image, reporter.note, reporter.detail
+                builder, request.base_image, reporter.note, reporter.detail
             )
+            _copy_image(builder, engine, egress_image, reporter)
     if not built.built_now:
         reporter.detail(f"reusing image {built.tag}")
     if built.agent_versions:
         reporter.note("agents: " + ", ".join(f"{a} {v}" for a, v in built.agent_versions.items()))
     mounted = creds.found
-    if extras.credentials == "copy":
+    if credentials == "copy":
         mounted = host.copy_credentials(
             creds.found, paths.env_dir(request.name) / "credentials", project.uid, project.gid
         )
@@ -197,7 +225,62 @@ def _prepare_steps(
         egress_image=egress_image,
         allow=allow,
         fresh=fresh,
+        sync=sync,
+        credentials=credentials,
     )
+
+
+def _credentials_mode(engine: Engine, asked: str | None) -> str:
+    if not engine.remote:
+        return asked or "mount"
+    if asked == "mount":
+        raise UsageError(
+            "--credentials mount is not available on a remote engine",
+            f"The engine is {engine.target.describe()}; your agent logins are files on this "
+            "machine, which a container there cannot mount.",
+            "use --credentials copy (a private copy, put there once) or --credentials none "
+            "(the default there: log the agents in inside).",
+        )
+    return asked or "none"
+
+
+def _copy_image(builder: Engine, engine: Engine, tag: str, reporter: Reporter) -> None:
+    """A remote engine gets the image built here (never pulled there)."""
+    if not engine.remote:
+        return
+    from provisioner.engine import transfer
+
+    copied, seconds, size = transfer.ensure_on(builder, engine, tag, reporter.detail)
+    if copied:
+        reporter.note(
+            f"copied image {tag} to {engine.target.host}: {size / 1e6:.0f} MB in {seconds:.1f} s"
+        )
+
+
+def _remote_project(engine: Engine, request: UpRequest) -> host.ProjectDir:
+    """--sync none: the project is the engine host's own directory at that path."""
+    import shlex
+
+    assert engine.link is not None  # noqa: S101 - only for remote engines
+    path = (request.project_dir or host.ntm_projects_base() / request.name).expanduser()
+    path = path.absolute()
+    code, output = engine.link.run(f"stat -L -c '%u %g %F' -- {shlex.quote(str(path))}")
+    fields = output.split()
+    if code != 0 or len(fields) < 3 or fields[2] != "directory":
+        raise ConfigError(
+            f"Project directory {path} does not exist on the engine host",
+            f"With --sync none the environment mounts that path on "
+            f"{engine.link.dest.display()}; `stat` there said: "
+            + (" ".join(output.split())[-200:] or f"exit {code}")
+            + ".",
+            "create it there (or clone the project there), or use --sync rsync to push it "
+            "from this machine.",
+        )
+    uid, gid = int(fields[0]), int(fields[1])
+    if uid == 0:
+        uid, gid = host.FALLBACK_UID, host.FALLBACK_UID
+        return host.ProjectDir(path, uid, gid, True)
+    return host.ProjectDir(path, uid, gid, False)
 
 
 def _check_mounts(

@@ -167,6 +167,7 @@ _FATAL_SSH = (
     "Permission denied",
     "Bad configuration option",
     "Too many authentication failures",
+    "administratively prohibited",
 )
 
 
@@ -190,6 +191,12 @@ def wait_alias_login(
         text = " ".join(output.split())[-300:]
         if code == 127:
             raise Fatal(text)
+        if "administratively prohibited" in text:
+            raise Fatal(
+                "the engine host refuses to forward the alias's connection to the "
+                "environment (its sshd has AllowTcpForwarding no, or a PermitOpen that "
+                f"leaves it out): {text}"
+            )
         if code == 255 and any(marker in text for marker in _FATAL_SSH):
             raise Fatal(f"`ssh {alias} true` failed: {text}")
         raise Transient(f"`ssh {alias} true` exited {code}: {text}")
@@ -230,10 +237,12 @@ def await_ssh(
     timeout: float,
     reporter: Reporter,
     poll: float = BANNER_POLL,
+    banner: bool = True,
 ) -> float:
     """Wait until sshd answers (polling its port every `poll` seconds at most)
     and the system ssh logs in through the alias and runs `true`; return the
-    seconds it took."""
+    seconds it took. `banner=False`: the port is not this machine's to poll
+    (a remote engine), so only the login through the alias is tried."""
     reporter.step("waiting for SSH")
     deadline = Deadline.after(timeout)
     started = time.monotonic()
@@ -244,7 +253,8 @@ def await_ssh(
     def logs() -> str:
         return engine.logs_tail(container_id)
 
-    wait_banner(target, probe, deadline, reporter.detail, logs, poll)
+    if banner:
+        wait_banner(target, probe, deadline, reporter.detail, logs, poll)
     wait_alias_login(ssh_config, alias, probe, deadline, reporter.detail, logs)
     return time.monotonic() - started
 
@@ -256,19 +266,28 @@ def wait_listening(
     what: str,
     logs: Callable[[], str],
     clock: Clock = SYSTEM_CLOCK,
+    connect: Callable[[str, int], str | None] | None = None,
 ) -> None:
     """Block until something accepts TCP connections on host:port (a service in
-    a container this machine reaches directly); NotReady after `timeout`."""
+    a container this machine reaches directly, or, with `connect`, one that
+    `connect` reaches: it returns None on success, else why not); NotReady
+    after `timeout`."""
     deadline = Deadline.after(timeout, clock)
     delay = 0.005
     while True:
-        try:
-            with socket.create_connection(
-                (host, port), timeout=max(0.5, min(2.0, deadline.left()))
-            ):
+        if connect is not None:
+            problem = connect(host, port)
+            if problem is None:
                 return
-        except OSError as exc:
-            last = exc.strerror or str(exc)
+            last = problem
+        else:
+            try:
+                with socket.create_connection(
+                    (host, port), timeout=max(0.5, min(2.0, deadline.left()))
+                ):
+                    return
+            except OSError as exc:
+                last = exc.strerror or str(exc)
         if deadline.left() <= 0:
             raise NotReady(
                 f"{what} did not start listening within {timeout:g} s",

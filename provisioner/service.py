@@ -25,6 +25,7 @@ from provisioner import (
     reconcile,
     sshconf,
     state,
+    sync,
 )
 from provisioner.config import (
     AGENT_USER,
@@ -33,6 +34,7 @@ from provisioner.config import (
     user_ssh_config,
 )
 from provisioner.engine import ContainerInfo, Engine, targets
+from provisioner.engine.hostview import HostView
 from provisioner.errors import ConflictError, ProvError
 from provisioner.fsutil import ensure_private_dir, file_lock, require_own_home
 from provisioner.image import BuiltImage, ImageRequest
@@ -45,12 +47,15 @@ from provisioner.plan import (
     SESSION_ENV_PATH,
     NetworkSpec,
     Plan,
+    RemotePlacement,
     SshTarget,
     build_network,
     build_plan,
     container_name,
     home_volume_name,
+    keys_volume_name,
     network_name,
+    project_volume_name,
 )
 from provisioner.progress import Reporter
 
@@ -157,14 +162,48 @@ def up_many(
     paths = paths or ProvPaths.from_env()
     require_own_home()
     ensure_private_dir(paths.home)
-    target = targets.resolve()
-    targets.require_local(target, "prov up")  # before any connection to it
+    # Each environment on its engine: the one named for this run, else the one
+    # it was made on; environments of one engine come up together.
+    groups: dict[str, tuple[targets.EngineTarget, list[int]]] = {}
+    placing: list[int] = []  # --engine auto, for environments not made yet
+    for index, (request, _reporter) in enumerate(items):
+        if targets.auto_requested():
+            # An existing environment stays on the engine it was made on.
+            try:
+                record = state.load(paths, request.name)
+            except ProvError:
+                record = None
+            if record is None or not record.engine:
+                placing.append(index)
+                continue
+        target = targets.for_env(request.name, paths)
+        groups.setdefault(target.host, (target, []))[1].append(index)
+    if placing:
+        chosen = _auto_place([items[i] for i in placing], paths)
+        for index, target in zip(placing, chosen, strict=True):
+            groups.setdefault(target.host, (target, []))[1].append(index)
+    outcomes: list[UpOutcome | None] = [None] * len(items)
+    for target, indexes in groups.values():
+        for index, outcome in zip(
+            indexes, _up_on(target, [items[i] for i in indexes], paths), strict=True
+        ):
+            outcomes[index] = outcome
+    return [o for o in outcomes if o is not None]
+
+
+def _up_on(
+    target: targets.EngineTarget, items: Sequence[tuple[UpRequest, Reporter]], paths: ProvPaths
+) -> list[UpOutcome]:
+    targets.require_supported(target, "prov up")  # before any connection to it
     engine = Engine.connect(target)
+    if engine.link is not None:
+        engine.link.check_forwarding()
+    builder = _builder(engine)
     images: dict[ImageRequest, BuiltImage] = {}
     images_lock = threading.Lock()
 
     def prepare_one(item: tuple[UpRequest, Reporter]) -> prepare.Prepared:
-        return prepare.prepare(engine, item[0], item[1], paths, images, images_lock)
+        return prepare.prepare(engine, builder, item[0], item[1], paths, images, images_lock)
 
     # Many containers starting at once share the CPU; polling their ports
     # as often as for one would only take more of it.
@@ -225,6 +264,46 @@ def up_many(
     return [done[id(o)] if isinstance(o, prepare.Prepared) else o for o in outcomes]
 
 
+def _auto_place(
+    items: Sequence[tuple[UpRequest, Reporter]], paths: ProvPaths
+) -> list[targets.EngineTarget]:
+    """--engine auto: spread new environments over the named engines by free memory."""
+    from provisioner import lifecycle, placement
+
+    reports = lifecycle.engine_reports(paths=paths, named_only=True)
+    candidates = [
+        placement.Candidate(r.name, r.available or 0, r.running or 0)
+        for r in reports
+        if r.reachable
+    ]
+    chosen = placement.spread(candidates, [req.containment.memory for req, _ in items])
+    hosts = {r.name: r.host for r in reports}
+    for (request, reporter), name in zip(items, chosen, strict=True):
+        skipped = [r.name for r in reports if not r.reachable]
+        reporter.note(
+            f"--engine auto: {request.name} goes to engine {name!r}"
+            + (f" ({', '.join(skipped)} did not answer)" if skipped else "")
+        )
+    return [targets.EngineTarget(hosts[name], f"engine {name!r} (auto)") for name in chosen]
+
+
+def _builder(engine: Engine) -> Engine:
+    """Where images are built: this machine's engine (a remote one gets a copy)."""
+    if not engine.remote:
+        return engine
+    local = targets.EngineTarget(targets.DEFAULT_HOST, "this machine's engine, for builds")
+    try:
+        return Engine.connect(local)
+    except ProvError as exc:
+        raise ProvError(
+            "prov builds images on this machine's Docker engine, and none answers here",
+            f"The environment goes to {engine.target.describe()}, which gets a copy of the "
+            f"image built here. {exc.seen}",
+            "start Docker on this machine (`sudo scripts/start-dockerd.sh`), then run "
+            "`prov up` again.",
+        ) from None
+
+
 def _guarded(fn: Callable[[_T], _R], item: _T) -> _R | ProvError:
     try:
         return fn(item)
@@ -262,13 +341,14 @@ def _place(
     errors: dict[int, ProvError] = {}
     failed: list[_Made] = []
     with file_lock(paths.lock):
+        view = engine.host_view()
         reserved = engine.reserved_ports() if publishing else set()
-        used = [*_subnets(engine.network_subnets()), *netplan.host_routes()]
+        used = [*_subnets(engine.network_subnets()), *view.routes]
         for prepared in prepared_ones:
             made = _Made(prepared)
             ledger.append(made)
             try:
-                placed = _place_one(engine, made, paths, reserved, used)
+                placed = _place_one(engine, made, paths, reserved, used, view)
             except ProvError as exc:
                 ledger.remove(made)
                 failed.append(made)
@@ -288,6 +368,7 @@ def _place_one(
     paths: ProvPaths,
     reserved: set[int],
     used: list[ipaddress.IPv4Network],
+    view: HostView,
 ) -> _Placed:
     prepared = made.prepared
     request = prepared.request
@@ -299,6 +380,7 @@ def _place_one(
             request.bind,
             _own_ports(prepared.existing),
             prepared.record.port if prepared.record else None,
+            view.bindable,
         )
     existing_network = engine.network(network_name(request.name))
     network, addrs = _network_for(existing_network, request, paths, used)
@@ -331,8 +413,11 @@ def _place_one(
         session_env=prepared.session_env,
         gpus=request.extras.gpus,
         agent_versions=prepared.built.agent_versions,
+        remote=RemotePlacement(engine.link.proxy_command(), prepared.sync)
+        if engine.link is not None
+        else None,
     )
-    decision = _converge(engine, made, plan, existing_network, paths)
+    decision = _converge(engine, made, plan, existing_network, paths, view)
     assert made.container_id is not None  # noqa: S101 - _converge sets it or raises
     # The alias is written here, under the lock _place holds anyway, so that no
     # environment's start waits for the others' placing.
@@ -394,6 +479,7 @@ def _finish(engine: Engine, placed: _Placed, paths: ProvPaths, poll: float) -> U
                 request.timeout,
                 reporter,
                 poll,
+                banner=not engine.remote,  # its port is the engine host's, not ours
             )
         if proxy_start is not None:
             proxy_start.join()
@@ -408,7 +494,11 @@ def _finish(engine: Engine, placed: _Placed, paths: ProvPaths, poll: float) -> U
                 request.timeout,
                 "The egress proxy",
                 lambda: engine.logs_tail(proxy.name),
+                connect=engine.link.reach if engine.link is not None else None,
             )
+        if prepared.sync == "rsync":
+            reporter.step("pushing the project (rsync)")
+            sync.push(paths.ssh_config, alias, prepared.project.path)
     except BaseException as exc:
         if proxy_start is not None:  # never remove a container while it is being started
             with contextlib.suppress(ProvError):
@@ -430,6 +520,8 @@ def _finish(engine: Engine, placed: _Placed, paths: ProvPaths, poll: float) -> U
                 base_image=request.base_image,
                 ssh_host=plan.ssh.hostname,
                 ssh_port=plan.ssh.port,
+                engine=engine.target.host,
+                sync=prepared.sync,
             ),
         )
         if request.write_user_ssh_config and sshconf.ensure_include(
@@ -481,6 +573,10 @@ def _abandon(engine: Engine, made: _Made, paths: ProvPaths) -> None:
         # The home volume came with the container of an environment that
         # never came up: nothing of the agent's is in it yet.
         engine.remove_volume(home_volume_name(name))
+    if prepared.record is None and engine.remote:
+        engine.remove_volume(keys_volume_name(name))
+        if container is not None:
+            engine.remove_volume(project_volume_name(name))
     if prepared.record is None and (container is not None or prepared.fresh):
         alias = sshconf.alias_for(name)
         with file_lock(paths.lock):
@@ -530,7 +626,12 @@ def _network_for(
 
 
 def _converge(
-    engine: Engine, made: _Made, plan: Plan, network: dict[str, Any] | None, paths: ProvPaths
+    engine: Engine,
+    made: _Made,
+    plan: Plan,
+    network: dict[str, Any] | None,
+    paths: ProvPaths,
+    view: HostView,
 ) -> reconcile.Decision:
     """Decide what to do (reconcile.decide) and create what is missing (a
     created container reserves its port and address in Docker's eyes, so this
@@ -545,6 +646,13 @@ def _converge(
     decision = reconcile.decide(existing, plan, stale, request.recreate)
     if decision.keys_to_write:  # a new container's keys, or a repaired authorized key
         reconcile.write_keys(c)
+        if engine.remote:  # the engine host gets them in a volume, never as files
+            engine.fill_volume(
+                keys_volume_name(request.name),
+                c.image,
+                [(k.name, k.mode, k.content) for k in c.key_files],
+                c.volume_labels,
+            )
     if existing is not None and decision.action in ("unchanged", "started"):
         if plan.egress is not None and (proxy is None or not proxy.running):
             # The proxy keeps no state: a stopped one is made again, so that it
@@ -562,11 +670,12 @@ def _converge(
     # one is removed: a failed recreate must not cost a working environment.
     if (
         c.port
-        and not ports.port_bindable(c.bind, c.port)
+        and not view.bindable(c.bind, c.port)
         and not (existing is not None and (c.bind, c.port) in existing.published)
     ):
+        where = f" on the engine host {engine.target.host}" if engine.remote else ""
         raise ConflictError(
-            f"Port {c.port} on {c.bind} is already in use",
+            f"Port {c.port} on {c.bind}{where} is already in use",
             "Another process listens there, so Docker could not publish sshd on it.",
             "pick another --port, or leave --port out to let prov choose a free one.",
         )
@@ -586,6 +695,7 @@ def _converge(
         engine.create_network(plan.network)
         made.network_created = True
     reporter.step("creating the container")
+    new_home = engine.remote and engine.volume(home_volume_name(request.name)) is None
     # A Ctrl-C during the request could leave Docker finishing a container we
     # never learn the ID of; hold it for the few ms the request takes.
     with _deferred_interrupt():
@@ -593,6 +703,15 @@ def _converge(
             made.proxy_id = engine.create(plan.egress.container)
         made.action = decision.action
         made.container_id = engine.create(c)
+    if new_home and prepared.credentials == "copy" and prepared.mounted:
+        # A remote home volume gets the private copy once; later the agent's
+        # own refreshed tokens there must not be overwritten.
+        engine.put_paths(
+            made.container_id,
+            [(m.source, m.target) for m in prepared.mounted],
+            prepared.project.uid,
+            prepared.project.gid,
+        )
     return decision
 
 

@@ -32,6 +32,9 @@ class HostEntry:
     known_hosts: Path
     control_dir: Path
     forward_agent: bool = False
+    # An environment on a remote engine: the command that reaches HostName:Port
+    # from the engine host (ssh -W through it).
+    proxy_command: str | None = None
 
 
 def _quote(path: Path | str, token: str = "") -> str:
@@ -64,11 +67,12 @@ def render_host_block(entry: HostEntry) -> str:
         # another environment on a reused port can never match a stale key.
         f"    HostKeyAlias {entry.alias}",
         "    HostKeyAlgorithms ssh-ed25519",
-        # The alias always connects to an address of this machine, so the
-        # traffic never crosses a network and the post-quantum hybrid
-        # (sntrup761, the client's default) protects nothing here, yet costs
-        # ~0.13 s of CPU per new connection. X25519 under both its names,
-        # which every OpenSSH since 7.4 knows.
+        # The alias connects to an address of this machine, or through the
+        # engine host's own SSH connection (whose key exchange is the user's
+        # choice), so the traffic never crosses a network in the clear: the
+        # post-quantum hybrid (sntrup761, the client's default) protects
+        # nothing more here, yet costs ~0.13 s of CPU per new connection.
+        # X25519 under both its names, which every OpenSSH since 7.4 knows.
         "    KexAlgorithms curve25519-sha256,curve25519-sha256@libssh.org",
         "    CheckHostIP no",
         "    UpdateHostKeys no",
@@ -80,8 +84,12 @@ def render_host_block(entry: HostEntry) -> str:
         # for the environment's life (prov starts it at up and start, and
         # closes it at stop, down and rm), so no burst of calls races to make it.
         "    ControlMaster auto",
-        f"    ControlPath {_quote(entry.control_dir, '/%C')}",
+        # %C hashes host, port and user, not the jump: a remote environment at
+        # 127.0.0.1:2222 and a local one there would share a master (and skip
+        # the host-key check). The alias names exactly one environment.
+        f"    ControlPath {_quote(entry.control_dir, '/%n' if entry.proxy_command else '/%C')}",
         "    ControlPersist yes",
+        *([f"    ProxyCommand {entry.proxy_command}"] if entry.proxy_command else []),
         "    ServerAliveInterval 15",
         "    ServerAliveCountMax 4",
         _end(entry.alias),

@@ -29,6 +29,10 @@ class EnvRecord:
     # environment's own address on its internal network (port 22).
     ssh_host: str = ""
     ssh_port: int = 0
+    # The engine it runs on (its address), and on a remote one how the project
+    # gets there (rsync / none); "" for records made before engines were kept.
+    engine: str = ""
+    sync: str = ""
 
 
 def save(paths: ProvPaths, record: EnvRecord) -> None:

@@ -10,8 +10,10 @@
 #                       host directories keep the right owner.
 #   PROV_PROJECT_DIR    the project's path, mounted at the same path as on
 #                       the host (NTM cds there).
+#   PROV_PROJECT_VOLUME 1: that path is prov's named volume (remote engines).
 # Mounted read-only by prov at /etc/prov/keys (the environment's keys dir on
-# the host, $PROV_HOME/envs/NAME/sshd), installed root-owned at every start:
+# the host, $PROV_HOME/envs/NAME/sshd; on a remote engine a volume holding
+# the same files), installed root-owned at every start:
 #   ssh_host_ed25519_key  per-environment host key -> /etc/ssh/
 #   authorized_keys       the user's public key    -> /etc/ssh/authorized_keys/agent
 #   PROV_SUDO           1: the agent may use sudo (`prov up --sudo`); else
@@ -227,6 +229,11 @@ if [ -n "${PROV_PROJECT_DIR:-}" ]; then
 fi
 if [ $# -gt 0 ]; then
 	chmod a+x -- "$@" || die "cannot make $* traversable for agent"
+fi
+# On a remote engine the project is prov's own named volume (filled by rsync
+# through the alias), not a host directory: its root is given to the agent.
+if [ "${PROV_PROJECT_VOLUME:-0}" = 1 ] && [ -d "${PROV_PROJECT_DIR:-}" ]; then
+	chown agent:agent -- "$PROV_PROJECT_DIR" || die "cannot give $PROV_PROJECT_DIR to agent"
 fi
 
 # --- 4. keys -------------------------------------------------------------------

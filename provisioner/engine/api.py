@@ -43,6 +43,9 @@ from provisioner.plan import LABEL_MANAGED, SSHD_PORT, ContainerSpec, NetworkSpe
 if TYPE_CHECKING:
     import docker
 
+    from provisioner.engine.hostview import HostView
+    from provisioner.engine.sshlink import SshLink
+
 BUILD_LOG_TAIL = 25
 
 
@@ -132,16 +135,25 @@ class Engine:
         transport: Transport,
         target: targets.EngineTarget,
         client: docker.DockerClient | None = None,
+        link: SshLink | None = None,
     ) -> None:
         self._transport = transport
         self.target = target
         self._client = client
+        self.link = link  # the SSH master an engine on another machine is reached through
+
+    @property
+    def remote(self) -> bool:
+        """The engine runs on another machine (its paths and ports are not this one's)."""
+        return self.link is not None
 
     @classmethod
     def connect(cls, target: targets.EngineTarget | None = None) -> Engine:
         """The engine targets.resolve() names (or `target`): its socket directly
         when local, else through docker-py."""
         target = target or targets.resolve()
+        if target.host.startswith("ssh://"):
+            return cls._over_ssh(target)
         if target.socket is None:
             client = docker_client(target)
             return cls(DockerPyTransport(client), target, client)
@@ -149,11 +161,31 @@ class Engine:
         transport.negotiate()
         return cls(transport, target)
 
+    @classmethod
+    def _over_ssh(cls, target: targets.EngineTarget) -> Engine:
+        """An engine on another machine: its socket, forwarded by an SSH master."""
+        from provisioner.engine.sshlink import SshLink, links_base
+
+        link = SshLink.for_url(target.host, links_base())
+        for attempt in (1, 2):
+            transport = SocketTransport(str(link.open()), target)
+            try:
+                transport.negotiate()
+                return cls(transport, target, link=link)
+            except DockerUnavailable:
+                if attempt == 2 or link.alive():
+                    raise link.diagnose_socket() from None
+                link.start()  # the master ended between the check and the call
+        raise AssertionError("unreachable")  # pragma: no cover
+
     def _docker(self) -> docker.DockerClient:
         """docker-py, connected on first use (builds, imports, logs), on the same
         engine as every other call."""
         if self._client is None:
-            self._client = docker_client(self.target)
+            target = self.target
+            if self.link is not None:
+                target = targets.EngineTarget(f"unix://{self.link.socket}", target.source)
+            self._client = docker_client(target)
         return self._client
 
     def _call(
@@ -252,6 +284,22 @@ class Engine:
             except _pull_refusals() as exc:
                 return _explain(exc)
         return None
+
+    def export_image(self, ref: str, chunk_size: int) -> Iterator[bytes]:
+        """`docker save` of one image, streamed."""
+        with _docker_errors(f"export the image {ref}"):
+            yield from self._docker().api.get_image(ref, chunk_size=chunk_size)
+
+    def load_image(self, chunks: Iterator[bytes]) -> None:
+        """`docker load` of a streamed `docker save` (sent chunked, never held whole)."""
+        with _docker_errors("load an image"):
+            for event in self._docker().api.load_image(chunks):  # type: ignore[no-untyped-call]
+                if isinstance(event, dict) and event.get("error"):
+                    raise ProvError(
+                        "Docker could not load the image",
+                        str(event["error"]),
+                        "see the Docker daemon's log there; check its free disk space.",
+                    )
 
     def import_rootfs(self, tar_path: Path, ref: str) -> None:
         repo, _, tag = ref.rpartition(":")
@@ -389,6 +437,10 @@ class Engine:
                     "VolumeOptions": {"Labels": spec.volume_labels},
                 }
                 for volume, target in spec.volumes
+            ]
+            + [
+                {"Type": "volume", "Source": volume, "Target": target, "ReadOnly": True}
+                for volume, target in spec.ro_volumes
             ],
             "RestartPolicy": {"Name": "unless-stopped"},
             "Init": False,  # the image runs tini as PID 1 itself
@@ -502,6 +554,35 @@ class Engine:
     def remove_volume(self, name: str) -> None:
         self._call(f"remove volume {name}", "DELETE", f"/volumes/{_quote(name)}", missing_ok=True)
 
+    def fill_volume(
+        self, name: str, image: str, files: list[tuple[str, int, bytes]], labels: dict[str, str]
+    ) -> None:
+        """Create (or reuse) volume `name` and put root-owned `files` (name, mode,
+        content) in its root, through a helper container that is created and
+        removed but never started: nothing runs, and nothing is written to the
+        engine host's disk outside Docker's volume."""
+        body = {"Name": name, "Labels": labels}
+        self._json(
+            f"create volume {name}", "POST", "/volumes/create", body=json.dumps(body).encode()
+        )
+        helper = {
+            "Image": image,
+            "Cmd": ["true"],
+            "Labels": labels,
+            "NetworkDisabled": True,
+            "HostConfig": {"Mounts": [{"Type": "volume", "Source": name, "Target": "/fill"}]},
+        }
+        created = self._json(
+            f"create a helper to fill volume {name}",
+            "POST",
+            "/containers/create",
+            body=json.dumps(helper).encode(),
+        )
+        try:
+            self._put_tar(str(created["Id"]), "/fill", files)
+        finally:
+            self.remove(str(created["Id"]))
+
     def create_plain_network(self, name: str, labels: dict[str, str]) -> None:
         """A user-defined bridge with Docker's own addressing (its embedded DNS
         resolves outside names as well as container names)."""
@@ -529,6 +610,9 @@ class Engine:
     def inject_files(self, container_id: str, files: list[tuple[str, int, bytes]]) -> None:
         """Put root-owned files into a container, in the order given. Their
         directories must exist (the image makes them, with their own modes)."""
+        self._put_tar(container_id, "/", files)
+
+    def _put_tar(self, container_id: str, at: str, files: list[tuple[str, int, bytes]]) -> None:
         buffer = io.BytesIO()
         now = time.time()
         with tarfile.open(fileobj=buffer, mode="w") as tar:
@@ -538,10 +622,10 @@ class Engine:
                 info.uid = info.gid = 0
                 tar.addfile(info, io.BytesIO(content))
         self._call(
-            "put keys into the container",
+            "put files into the container",
             "PUT",
             f"/containers/{container_id}/archive",
-            params={"path": "/"},
+            params={"path": at},
             body=buffer.getvalue(),
             content_type="application/x-tar",
         )
@@ -621,6 +705,69 @@ class Engine:
         except ProvError:
             return "(logs unavailable)"
         return bytes(raw).decode(errors="replace").rstrip()
+
+    def host_view(self) -> HostView:
+        """The engine host's TCP listeners and routes (see hostview)."""
+        from provisioner.engine import hostview
+
+        if self.link is None:
+            return hostview.local()
+        code, output = self.link.run(hostview.REMOTE_COMMAND)
+        if code != 0 or hostview.ROUTES_MARK not in output:
+            raise DockerUnavailable(
+                f"Cannot read the network state of the engine host {self.link.dest.display()}",
+                f"`{hostview.REMOTE_COMMAND}` there exited {code}: "
+                + (" ".join(output.split())[-300:] or "no output")
+                + ".",
+                "prov reads /proc/net there to choose a free port and subnet; check that "
+                "the host is Linux and that its SSH user has a POSIX shell.",
+            )
+        return hostview.parse_remote(output)
+
+    def memory_available(self) -> int | None:
+        """Bytes of memory the engine host could still give (MemAvailable), None
+        if it cannot be read."""
+        if self.link is None:
+            try:
+                with open("/proc/meminfo") as handle:  # noqa: PTH123 - a proc file
+                    text = handle.read()
+            except OSError:
+                return None
+        else:
+            code, text = self.link.run("grep MemAvailable /proc/meminfo", timeout=15)
+            if code != 0:
+                return None
+        for line in text.splitlines():
+            if line.startswith("MemAvailable:"):
+                fields = line.split()
+                if len(fields) >= 2 and fields[1].isdigit():
+                    return int(fields[1]) * 1024
+        return None
+
+    def put_paths(
+        self, container_id: str, entries: list[tuple[Path, str]], uid: int, gid: int
+    ) -> None:
+        """Copy files and trees of this machine (source, absolute target) into a
+        container, owned by uid:gid and private to it (dirs 0700, files 0600)."""
+        buffer = io.BytesIO()
+
+        def owned(info: tarfile.TarInfo) -> tarfile.TarInfo:
+            info.uid, info.gid, info.uname, info.gname = uid, gid, "", ""
+            if not info.issym():
+                info.mode = 0o700 if info.isdir() else 0o600
+            return info
+
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            for source, target in entries:
+                tar.add(str(source), arcname=target.lstrip("/"), filter=owned)
+        self._call(
+            "copy files into the container",
+            "PUT",
+            f"/containers/{container_id}/archive",
+            params={"path": "/"},
+            body=buffer.getvalue(),
+            content_type="application/x-tar",
+        )
 
     def engine_version(self) -> str:
         version = self._json("read the engine version", "GET", "/version")

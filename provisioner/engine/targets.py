@@ -17,8 +17,12 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from provisioner.errors import ConfigError, UsageError
+
+if TYPE_CHECKING:
+    from provisioner.config import ProvPaths
 
 DEFAULT_SOCKET = "/var/run/docker.sock"
 DEFAULT_HOST = f"unix://{DEFAULT_SOCKET}"
@@ -57,6 +61,13 @@ def set_flag(value: str | None) -> None:
     """The CLI's --docker-host, which outranks everything else."""
     global _flag
     _flag = value.strip() if value else None
+
+
+AUTO = "auto"  # --engine auto: prov up chooses among the named engines
+
+
+def auto_requested() -> bool:
+    return _named_flag == AUTO
 
 
 def set_named(name: str | None) -> None:
@@ -107,6 +118,12 @@ def add_named(name: str, host: str, path: Path | None = None) -> None:
             "Engine names are lower-case letters, digits, '-' and '_'.",
             "choose a name such as 'builder' or 'gpu-1'.",
         ) from None
+    if name == AUTO:
+        raise UsageError(
+            "'auto' cannot name an engine",
+            "`--engine auto` means: choose among the named engines.",
+            "choose another name.",
+        )
     _checked(host, f"engine {name!r}")
     path = path or engines_file()
     ensure_private_dir(path.parent)
@@ -166,6 +183,12 @@ def resolve(
             f"--engine {named_flag}, --docker-host {flag}.",
             "pass one of them.",
         )
+    if named_flag == AUTO:
+        raise UsageError(
+            "--engine auto chooses where new environments go",
+            "It applies to `prov up` only; other commands act on an environment where it is.",
+            "name the engine (`prov engine ls` lists them), or leave --engine out.",
+        )
     if named_flag:
         hosts = named(engines_file(env))
         if named_flag not in hosts:
@@ -187,6 +210,30 @@ def resolve(
     if current and current != "default":
         return _context(current, config_dir, f"docker context {current!r} (docker context use)")
     return EngineTarget(DEFAULT_HOST, "the local socket")
+
+
+def explicit(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether the user named an engine for this command (flag or DOCKER_HOST /
+    DOCKER_CONTEXT), rather than leaving prov to its default."""
+    env = os.environ if environ is None else environ
+    return bool(_flag or _named_flag or env.get("DOCKER_HOST") or env.get("DOCKER_CONTEXT"))
+
+
+def for_env(name: str, paths: ProvPaths, environ: Mapping[str, str] | None = None) -> EngineTarget:
+    """The engine of environment NAME: the one named for this command if any,
+    else the one its record says it was made on, else the default."""
+    from provisioner import state
+
+    if not explicit(environ) or auto_requested():  # auto: an existing one stays put
+        from provisioner.errors import ProvError
+
+        try:
+            record = state.load(paths, name)
+        except ProvError:
+            record = None  # the command itself says what is wrong with it
+        if record is not None and record.engine:
+            return EngineTarget(record.engine, f"where {name!r} was made")
+    return resolve(environ)
 
 
 def _checked(host: str, source: str) -> str:
@@ -245,16 +292,17 @@ def _context(name: str, config_dir: Path, source: str) -> EngineTarget:
     return EngineTarget(_checked(str(host), f"context {name!r}"), source)
 
 
-def require_local(target: EngineTarget, what: str) -> None:
-    """prov runs environments on this machine's engine: the keys dir and the
-    project are bind-mounted from here, and readiness connects from here."""
-    if target.local:
+def require_supported(target: EngineTarget, what: str) -> None:
+    """prov runs environments on this machine's engine, or on an engine it
+    reaches over SSH (whose aliases jump through that host). A remote engine
+    over plain TCP would give no such way to the environments' sshd."""
+    if target.local or target.host.startswith("ssh://"):
         return
     raise UsageError(
-        f"`{what}` needs a Docker engine on this machine, and the engine prov resolved is "
-        f"remote: {target.describe()}",
-        "An environment mounts its keys and project from this machine and is reached at its "
-        "own address from here; remote engines are not supported yet.",
-        "unset DOCKER_HOST / DOCKER_CONTEXT (or `docker context use default`), or pass "
-        "--docker-host unix:///var/run/docker.sock.",
+        f"`{what}` cannot run environments on {target.describe()}",
+        "prov reaches an environment on another machine through SSH to that machine (its "
+        "Docker socket and the aliases' jumps go over one connection); a tcp:// engine "
+        "elsewhere gives no such way in.",
+        "use ssh://[USER@]HOST for that machine (Docker need not listen on TCP at all), or "
+        "this machine's engine.",
     )

@@ -12,6 +12,7 @@ One connection per request, so threads (`prov up a b c`) never share one.
 from __future__ import annotations
 
 import http.client
+import os
 import socket
 import sys
 import urllib.parse
@@ -175,7 +176,7 @@ def docker_client(target: targets.EngineTarget) -> docker.DockerClient:
     import docker
 
     try:
-        if target.source == "DOCKER_HOST":
+        if target.source == "DOCKER_HOST" and os.environ.get("DOCKER_HOST") == target.host:
             client = docker.from_env(timeout=int(API_TIMEOUT))
         else:
             client = docker.DockerClient(base_url=target.host, timeout=int(API_TIMEOUT))

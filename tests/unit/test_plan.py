@@ -7,7 +7,7 @@ from pathlib import Path
 from provisioner import keys
 from provisioner.config import AgentCounts, Containment, ProvPaths
 from provisioner.host import CredentialMount
-from provisioner.plan import Mount, build_network, build_plan, connect_host
+from provisioner.plan import Mount, RemotePlacement, build_network, build_plan, connect_host
 
 
 def _plan(  # type: ignore[no-untyped-def]
@@ -16,6 +16,7 @@ def _plan(  # type: ignore[no-untyped-def]
     bind: str = "127.0.0.1",
     agents: AgentCounts | None = None,
     containment: Containment | None = None,
+    remote: RemotePlacement | None = None,
 ):
     client = keys.generate_ed25519("c")
     hostkey = keys.generate_ed25519("h")
@@ -47,6 +48,7 @@ def _plan(  # type: ignore[no-untyped-def]
             egress_address="10.213.0.3",
             egress_network="prov-egress",
             allow=("github.com", "example.org"),
+            remote=remote,
         ),
         client,
         hostkey,
@@ -231,3 +233,29 @@ def test_agent_forwarding_off_unless_asked_and_then_on_both_ends() -> None:
     assert "ForwardAgent yes" in render_host_block(on.ssh)
     assert on.container.environment["PROV_FORWARD_AGENT"] == "1"
     assert on.container.labels["prov.forward-agent"] == "yes"
+
+
+def test_remote_environment_mounts_nothing_of_this_machine() -> None:
+    """On a remote engine no path of this machine is bind-mounted: the keys come
+    in a read-only volume, the project (rsync) in a volume the agent is given,
+    credentials are copied in (not mounted); the alias reaches it through the
+    engine host with a ControlPath of its own."""
+    remote = RemotePlacement("ssh -W [%h]:%p -- builder", "rsync")
+    plan, _, _ = _plan(Path("/p/demo"), Path("/p"), remote=remote)
+    spec = plan.container
+    assert spec.mounts == ()
+    assert spec.ro_volumes == (("prov-demo-keys", "/etc/prov/keys"),)
+    assert ("prov-demo-project", "/p/demo") in spec.volumes
+    assert ("prov-demo-home", "/home/agent") in spec.volumes
+    assert spec.environment["PROV_PROJECT_VOLUME"] == "1"
+    assert spec.environment["PROV_PROJECT_DIR"] == "/p/demo"
+    assert plan.ssh.proxy_command == remote.proxy_command
+
+
+def test_remote_sync_none_mounts_the_engine_hosts_own_path() -> None:
+    """--sync none: the project is the engine host's directory at the same path."""
+    plan, _, _ = _plan(Path("/p/demo"), Path("/p"), remote=RemotePlacement("x", "none"))
+    spec = plan.container
+    assert spec.mounts == (Mount(Path("/p/demo"), "/p/demo"),)
+    assert "PROV_PROJECT_VOLUME" not in spec.environment
+    assert all(target != "/p/demo" for _v, target in spec.volumes)

@@ -190,3 +190,29 @@ def test_include_keeps_the_owner_of_the_users_file(tmp_path: Path) -> None:
     sshconf.ensure_include(user, tmp_path / "prov" / "ssh_config")
     st = user.stat()
     assert (st.st_uid, st.st_gid) == (4321, 4322)
+
+
+def test_remote_alias_jumps_through_the_engine_host_with_its_own_master(tmp_path: Path) -> None:
+    """A remote environment's alias has a ProxyCommand through the engine host, and
+    a ControlPath built from the alias: with %C alone (host, port, user) it would
+    share the master of a local environment on the same port and skip its host
+    key check."""
+    from dataclasses import replace
+
+    from provisioner.engine.sshlink import SshLink
+
+    link = SshLink.for_url("ssh://ops@builder:2200", tmp_path / "l 100%")
+    remote = replace(_entry(tmp_path, "prov-far"), proxy_command=link.proxy_command())
+    local = _entry(tmp_path, "prov-near")
+    config = tmp_path / "config"
+    config.write_text(sshconf.render_host_block(remote) + sshconf.render_host_block(local))
+    far, near = _ssh_g(config, "prov-far"), _ssh_g(config, "prov-near")
+    assert (far["hostname"], far["port"]) == (near["hostname"], near["port"])
+    assert far["controlpath"] != near["controlpath"]
+    assert far["controlpath"].endswith("/prov-far")
+    command = far["proxycommand"]
+    assert "-W [%h]:%p" in command  # ssh fills in HostName and Port when it runs it
+    assert command.endswith("-p 2200 -- ops@builder")
+    # ssh expands %-tokens in ProxyCommand: a % of the path is doubled.
+    assert f"ControlPath={str(link.control).replace('%', '%%')}'" in command
+    assert "proxycommand" not in near or near["proxycommand"] == "none"

@@ -57,17 +57,22 @@ def test_bad_settings_are_named(tmp_path: Path) -> None:
         targets.resolve(env, flag="")
 
 
-def test_local_or_remote() -> None:
+def test_local_ssh_or_refused() -> None:
+    """Environments run on this machine's engine or one reached over SSH; a remote
+    tcp:// engine is refused with the way out (ssh://)."""
     local = ("unix:///var/run/docker.sock", "tcp://127.0.0.1:2375", "tcp://localhost:2375")
     for host in local:
         assert targets.EngineTarget(host, "x").local, host
-        targets.require_local(targets.EngineTarget(host, "x"), "prov up")
-    for host in ("ssh://builder", "tcp://10.0.0.5:2376"):
-        target = targets.EngineTarget(host, "DOCKER_CONTEXT=builder")
-        assert not target.local
-        with pytest.raises(UsageError) as caught:
-            targets.require_local(target, "prov up")
-        assert "DOCKER_CONTEXT=builder" in caught.value.what
+        targets.require_supported(targets.EngineTarget(host, "x"), "prov up")
+    remote = targets.EngineTarget("ssh://builder", "DOCKER_CONTEXT=builder")
+    assert not remote.local
+    targets.require_supported(remote, "prov up")
+    target = targets.EngineTarget("tcp://10.0.0.5:2376", "DOCKER_CONTEXT=builder")
+    assert not target.local
+    with pytest.raises(UsageError) as caught:
+        targets.require_supported(target, "prov up")
+    assert "DOCKER_CONTEXT=builder" in caught.value.what
+    assert "ssh://" in caught.value.hint
 
 
 def test_named_engines_are_kept_in_a_file_edited_in_place(
