@@ -196,8 +196,6 @@ def _up_on(
 ) -> list[UpOutcome]:
     targets.require_supported(target, "prov up")  # before any connection to it
     engine = Engine.connect(target)
-    if engine.link is not None:
-        engine.link.check_forwarding()
     builder = _builder(engine)
     images: dict[ImageRequest, BuiltImage] = {}
     images_lock = threading.Lock()

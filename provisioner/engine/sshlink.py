@@ -188,23 +188,23 @@ class SshLink:
         """A shell command on the engine host, over the master."""
         return self._ssh([], command, timeout=timeout)
 
-    def reach(self, host: str, port: int, timeout: float = CONNECT_TIMEOUT) -> str | None:
+    def reach(
+        self, host: str, port: int, timeout: float = CONNECT_TIMEOUT, own: bool = False
+    ) -> str | None:
         """None if the engine host can open a TCP connection to host:port, else
-        what ssh said (a -W channel, closed as soon as it opens)."""
-        code, output = self._ssh(["-W", f"[{host}]:{port}"], timeout=timeout)
+        what ssh said (a -W channel, closed as soon as it opens). Through the
+        master every refusal reads "Session open refused by peer"; `own`: a
+        connection of its own, which hears sshd's reason."""
+        extra = ["-o", "ControlPath=none"] if own else []
+        code, output = self._ssh([*extra, "-W", f"[{host}]:{port}"], timeout=timeout)
         if code == 0:
             return None
         return " ".join(output.split())[-300:] or f"ssh exited {code}"
 
-    def check_forwarding(self) -> None:
-        """The aliases jump through this host with `ssh -W`: refuse early, before
-        anything is made, when its sshd forbids that."""
-        refused = self._forwarding_refused()
-        if refused is not None:
-            raise refused
-
     def _forwarding_refused(self) -> DockerUnavailable | None:
-        said = self.reach("127.0.0.1", 9) or ""
+        """sshd there refuses forwarding (AllowTcpForwarding no also refuses the
+        Docker socket's forward, whatever AllowStreamLocalForwarding says)."""
+        said = self.reach("127.0.0.1", 9, own=True) or ""
         if "administratively prohibited" not in said:
             return None
         return DockerUnavailable(
@@ -218,7 +218,8 @@ class SshLink:
         )
 
     def _ssh(self, extra: list[str], command: str = "", timeout: float = 30) -> tuple[int, str]:
-        argv = ["ssh", *self.options(), *extra, *self.dest.argv()]
+        # `extra` first: ssh keeps the first value it sees of each option.
+        argv = ["ssh", *extra, *self.options(), *self.dest.argv()]
         if command:
             argv.append(command)
         # A temp file, not a pipe: a master forked by -f keeps inherited
