@@ -134,7 +134,7 @@ def _prepare_steps(
         made.append(project)
     if not engine.remote:
         _check_mounts(request, project.path, paths, reporter)
-    if project.owner_fallback:
+    if project.owner_fallback and sync != "rsync":  # an rsync copy is the agent's
         reporter.warn(
             f"{project.path} is owned by root, and agents do not run as root: the agent "
             f"user gets UID/GID {project.uid}:{project.gid} and cannot write there unless "

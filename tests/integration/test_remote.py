@@ -105,6 +105,8 @@ def remote(prov: Prov, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rem
     (wrapper / "ssh").chmod(0o755)
     known = home / ".ssh" / "known_hosts"
     known.write_text("")
+    (home / ".codex").mkdir()
+    (home / ".codex" / "auth.json").write_text('{"token": "remote-t0"}')
     (home / ".ssh" / "config").write_text(
         f"IdentityFile {key}\nIdentitiesOnly yes\nUserKnownHostsFile {known}\n"
         "GlobalKnownHostsFile /dev/null\n"
@@ -164,7 +166,7 @@ def test_up_on_a_remote_engine_end_to_end(remote: Remote) -> None:
     p, r1 = remote.prov, remote.hosts[0]
     name = p.name("far")
     project = _project(remote, name)
-    up = p.run("up", name, "--json", "--docker-host", r1.ssh_url)
+    up = p.run("up", name, "--json", "--docker-host", r1.ssh_url, "--credentials", "copy")
     assert up.returncode == 0, up.stderr
     first = json.loads(up.stdout)
     alias = first["ssh_alias"]
@@ -178,6 +180,24 @@ def test_up_on_a_remote_engine_end_to_end(remote: Remote) -> None:
 
     checks = p.run("ssh-test", name, "--json")
     assert checks.returncode == 0, checks.stdout + checks.stderr
+    # --credentials copy: a private copy in the agent's home there, the agent's own.
+    creds = remote.ssh(alias, "stat -c '%U %a' ~/.codex/auth.json && cat ~/.codex/auth.json")
+    assert creds.stdout.split("\n")[:2] == ["agent 600", '{"token": "remote-t0"}'], creds
+    # Without prov's master to the engine host the alias still works (a jump of its own).
+    link = next((p.prov_home / "l").iterdir())
+    subprocess.run(
+        ["ssh", "-o", f"ControlPath={link / 'ctl'}", "-O", "exit", "x"],
+        env=p.env, capture_output=True, check=False,
+    )  # fmt: skip
+    subprocess.run(
+        ["ssh", "-F", str(p.prov_home / "ssh_config"), "-O", "exit", alias],
+        capture_output=True, check=False,
+    )  # fmt: skip
+    assert remote.ssh(alias, "true").returncode == 0
+    # stop/start: readiness through the alias, as for up.
+    assert p.run("stop", name, "--yes").returncode == 0
+    started = p.run("start", name)
+    assert started.returncode == 0, started.stderr
 
     # As NTM does it: tmux session in the project dir, through the plain alias.
     session = "farwork"
