@@ -18,8 +18,14 @@
 Targets: warm up within 0.9x the manual sequence, ten at once within 0.6x ten
 manual sequences run in parallel (and under 3x one), --help under 0.3 s,
 no-op up and ls under 0.5 s, peak RSS under 100 MB.
-Everything runs against the local engine with loopback ports; all containers,
-images and temp files it makes are removed at the end.
+- with --remote (or --only-remote): environments on two remote engines made
+  in network namespaces (warm up, round trip through the jump alias against
+  the local one, `prov ls` over both engines, an rsync with nothing to move).
+
+Targets: remote warm up under 1.5 s, its round trip within 1.2x the local
+one, ls over two engines under 0.5 s.
+Everything else runs against the local engine with loopback ports; all
+containers, images, hosts and temp files it makes are removed at the end.
 """
 
 from __future__ import annotations
@@ -340,6 +346,88 @@ def bench_from_nothing(
             client.images.remove(tag, force=True)
 
 
+def bench_remote(prov: list[str], tmp: Path, runs: int, local_round_trip: float) -> None:
+    """Environments on two remote engines: hosts in network namespaces this
+    script makes (tests/integration/remotehost.py), reached over SSH only."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.integration.remotehost import BASE_DIR, RemoteHost, cleanup_stale
+
+    cleanup_stale()
+    home = tmp / "rhome"
+    (home / ".ssh").mkdir(parents=True)
+    key = home / ".ssh" / "id_ed25519"
+    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)])
+    known = home / ".ssh" / "known_hosts"
+    (home / ".ssh" / "config").write_text(
+        f"IdentityFile {key}\nIdentitiesOnly yes\nUserKnownHostsFile {known}\n"
+    )
+    wrapper = tmp / "rbin"
+    wrapper.mkdir()
+    # OpenSSH reads the passwd home's config; this HOME's must be named.
+    (wrapper / "ssh").write_text('#!/bin/sh\nexec /usr/bin/ssh -F "$HOME/.ssh/config" "$@"\n')
+    (wrapper / "ssh").chmod(0o755)
+    hosts = [
+        RemoteHost(i, BASE_DIR / f"r{i}", key.with_suffix(".pub").read_text()) for i in (11, 12)
+    ]
+    env = {
+        **os.environ,
+        "HOME": str(home),
+        "PROV_HOME": str(tmp / "rph"),
+        "PROV_AGENTS": "none",
+        "PATH": f"{wrapper}:{os.environ['PATH']}",
+        "NTM_PROJECTS_BASE": str(tmp),
+        "XDG_CONFIG_HOME": str(home / ".config"),
+    }
+    try:
+        for host in hosts:
+            host.start()
+        known.write_text("".join(h.host_key_line() + "\n" for h in hosts))
+        r1, r2 = hosts
+        name = f"rb{os.getpid()}"
+        (tmp / name).mkdir()
+        first = timed(lambda: run([*prov, "up", name, "--docker-host", r1.ssh_url], env=env))
+        print(f"remote: first up (image copied to the engine, ~600 MB): {first:.2f} s")
+        warm = []
+        for _ in range(runs):
+            run([*prov, "down", name, "--yes"], env=env)
+            warm.append(timed(lambda: run([*prov, "up", name], env=env)))
+        print(f"remote: warm up (image present, container new): {fmt(warm)}   target < 1.5 s")
+        noop = [timed(lambda: run([*prov, "up", name], env=env)) for _ in range(runs)]
+        print(f"remote: no-op up (running, unchanged; includes an rsync push): {fmt(noop)}")
+        synced = [timed(lambda: run([*prov, "sync", name], env=env)) for _ in range(runs)]
+        print(f"remote: prov sync with nothing changed: {fmt(synced)}")
+        alias = ["ssh", "-F", str(tmp / "rph" / "ssh_config"), "-o", "BatchMode=yes"]
+        run([*alias, f"prov-{name}", "true"], env=env)
+        trips = [
+            timed(lambda: run([*alias, f"prov-{name}", "true"], env=env)) for _ in range(runs * 4)
+        ]
+        ratio = statistics.median(trips) / local_round_trip
+        print(
+            f"remote: ssh round trip via alias, master up: {fmt(trips)}; "
+            f"{ratio:.2f}x the local one   target <= 1.2x"
+        )
+        other = f"{name}b"
+        (tmp / other).mkdir()
+        run([*prov, "up", other, "--docker-host", r2.ssh_url], env=env)
+        listed = len(json.loads(run([*prov, "ls", "--json"], env=env)))
+        ls_times = [timed(lambda: run([*prov, "ls"], env=env)) for _ in range(runs)]
+        print(f"remote: prov ls over two engines ({listed} envs): {fmt(ls_times)}   target < 0.5 s")
+        for gone in (name, other):
+            run([*prov, "rm", gone, "--yes"], env=env, check=False)
+    finally:
+        for host in hosts:
+            host.stop()
+
+
+def local_round_trip(tmp: Path, up: dict[str, str], runs: int) -> float:
+    """Median ssh round trip through a local environment's alias, master up."""
+    base = ["ssh", "-F", str(tmp / "ph" / "ssh_config"), "-o", "BatchMode=yes", up["ssh_alias"]]
+    run([*base, "true"])
+    trips = [timed(lambda: run([*base, "true"])) for _ in range(runs * 4)]
+    print(f"ssh round trip via alias (local), reused connection: {fmt(trips)}")
+    return statistics.median(trips)
+
+
 def print_nothing(_line: str) -> None:
     pass
 
@@ -367,6 +455,16 @@ def main() -> None:
         action="store_true",
         help="also time the first up on a fresh base (debootstrap, then every layer)",
     )
+    parser.add_argument(
+        "--remote",
+        action="store_true",
+        help="also time environments on two remote engines (network namespaces; needs root)",
+    )
+    parser.add_argument(
+        "--only-remote",
+        action="store_true",
+        help="time only the remote figures (and the local round trip they compare to)",
+    )
     args = parser.parse_args()
     prov = prov_exe()
     client = docker.from_env()
@@ -387,6 +485,9 @@ def main() -> None:
         # Warm-up: builds or reuses the image and creates the keys.
         first = json.loads(run([*prov, "up", name, "--project", str(project), "--json"], env=env))
         prov_image = client.containers.get(first["container"]).image.id
+        if args.only_remote:
+            bench_remote(prov, tmp, args.runs, local_round_trip(tmp, first, args.runs))
+            return
         run([*prov, "down", name], env=env)
 
         help_times = [timed(lambda: run([*prov, "--help"], env=env)) for _ in range(args.runs * 2)]
@@ -480,6 +581,8 @@ def main() -> None:
         ]
         print(f"ssh round trip via alias, reused connection: {fmt(reuse)}")
         print(f"ssh round trip via alias, new connection:    {fmt(fresh)}")
+        if args.remote:
+            bench_remote(prov, tmp, args.runs, statistics.median(reuse))
         run([*prov, "down", name], env=env)
         if args.agents:
             bench_agents(prov, client, env, project, f"{name}full", args.cold, tmp)
