@@ -110,6 +110,7 @@ def remote(prov: Prov, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rem
     (home / ".ssh" / "config").write_text(
         f"IdentityFile {key}\nIdentitiesOnly yes\nUserKnownHostsFile {known}\n"
         "GlobalKnownHostsFile /dev/null\n"
+        "Host first-engine\n    HostName 10.231.1.2\n    User root\n"
     )
     hosts = [
         RemoteHost(i, BASE_DIR / f"r{i}", (key.with_suffix(".pub")).read_text()) for i in (1, 2)
@@ -180,11 +181,16 @@ def test_up_on_a_remote_engine_end_to_end(remote: Remote) -> None:
 
     checks = p.run("ssh-test", name, "--json")
     assert checks.returncode == 0, checks.stdout + checks.stderr
+    # The forwarded Docker socket is root on the engine host: only this user reaches it.
+    link = next((p.prov_home / "l").iterdir())
+    assert (link.stat().st_mode & 0o777, (link / "docker.sock").stat().st_mode & 0o777) == (
+        0o700,
+        0o600,
+    )
     # --credentials copy: a private copy in the agent's home there, the agent's own.
     creds = remote.ssh(alias, "stat -c '%U %a' ~/.codex/auth.json && cat ~/.codex/auth.json")
     assert creds.stdout.split("\n")[:2] == ["agent 600", '{"token": "remote-t0"}'], creds
     # Without prov's master to the engine host the alias still works (a jump of its own).
-    link = next((p.prov_home / "l").iterdir())
     subprocess.run(
         ["ssh", "-o", f"ControlPath={link / 'ctl'}", "-O", "exit", "x"],
         env=p.env, capture_output=True, check=False,
@@ -294,7 +300,8 @@ def test_contexts_auto_placement_and_one_list(remote: Remote, tmp_path: Path) ->
     assert remote.engine(r2).containers.get(f"prov-{ctx}")
 
     e1, e2 = f"{p.prefix}-one", f"{p.prefix}-two"
-    p.run("engine", "add", e1, r1.ssh_url, check=True)
+    # An ssh:// address may name a Host of the user's ssh config.
+    p.run("engine", "add", e1, "ssh://first-engine", check=True)
     p.run("engine", "add", e2, r2.ssh_url, check=True)
     a, b = p.name("auto-a"), p.name("auto-b")
     for name in (a, b):
@@ -360,6 +367,12 @@ def test_every_engine_host_fault_is_one_clear_paragraph(remote: Remote) -> None:
     p, r2 = remote.prov, remote.hosts[1]
     name = p.name("fault")
     _project(remote, name)
+
+    # Asked for what a remote engine cannot do: refused before anything is made.
+    said = _refused(remote, r2, name, "--credentials", "mount")
+    assert "--credentials mount is not available on a remote engine" in said
+    said = _refused(remote, r2, name, "--sync", "none", "--project", "/nonexistent/prov")
+    assert "does not exist on the engine host" in said
 
     r2.stop_sshd()
     with _fault(r2.start_sshd):
