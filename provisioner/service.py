@@ -184,9 +184,11 @@ def up_many(
             groups.setdefault(target.host, (target, []))[1].append(index)
     outcomes: list[UpOutcome | None] = [None] * len(items)
     for target, indexes in groups.values():
-        for index, outcome in zip(
-            indexes, _up_on(target, [items[i] for i in indexes], paths), strict=True
-        ):
+        try:
+            done = _up_on(target, [items[i] for i in indexes], paths)
+        except ProvError as exc:  # that engine: its environments fail, the others go on
+            done = [exc] * len(indexes)
+        for index, outcome in zip(indexes, done, strict=True):
             outcomes[index] = outcome
     return [o for o in outcomes if o is not None]
 
