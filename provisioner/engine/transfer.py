@@ -34,6 +34,15 @@ def ensure_on(
         )
     if dest.image_id(ref) == wanted:
         return False, 0.0, 0
+    here, there = source.info().get("Architecture"), dest.info().get("Architecture")
+    if here and there and here != there:
+        raise BuildError(
+            f"The engine at {dest.target.host} runs on {there}, this machine on {here}",
+            f"prov builds the image here and copies it there, and a {here} image does not run "
+            f"on {there}.",
+            "use an engine host of the same architecture as this machine, or run prov on a "
+            f"{there} machine.",
+        )
     started = time.monotonic()
     sent = [0]
 

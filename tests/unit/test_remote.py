@@ -82,3 +82,44 @@ def test_auto_spreads_by_free_memory_and_running_containers() -> None:
     assert spread(limits, [ESTIMATE * 2, None]) == ["p", "q"]
     with pytest.raises(ConflictError):
         spread([], [None])
+
+
+class _FakeEngine:
+    """Only what transfer.ensure_on asks of an engine."""
+
+    def __init__(self, arch: str, images: dict[str, str]) -> None:
+        from provisioner.engine.targets import EngineTarget
+
+        self.arch, self.images, self.loaded = arch, images, b""
+        self.target = EngineTarget("ssh://far", "test")
+
+    def image_id(self, ref: str) -> str | None:
+        return self.images.get(ref)
+
+    def info(self) -> dict[str, str]:
+        return {"Architecture": self.arch}
+
+    def export_image(self, ref: str, chunk: int) -> list[bytes]:
+        return [b"layer-1", b"layer-2"]
+
+    def load_image(self, chunks: object) -> None:
+        self.loaded = b"".join(chunks)  # type: ignore[call-overload]
+        self.images["img:1"] = "sha256:one"
+
+
+def test_image_copy_only_when_missing_and_never_across_architectures() -> None:
+    from typing import Any, cast
+
+    from provisioner.engine import transfer
+    from provisioner.errors import BuildError
+
+    here = _FakeEngine("x86_64", {"img:1": "sha256:one"})
+    there = _FakeEngine("x86_64", {})
+    copied, _s, size = transfer.ensure_on(cast(Any, here), cast(Any, there), "img:1", print)
+    assert copied and size == len(b"layer-1layer-2") and there.loaded == b"layer-1layer-2"
+    again = transfer.ensure_on(cast(Any, here), cast(Any, there), "img:1", print)
+    assert again == (False, 0.0, 0)
+    arm = _FakeEngine("aarch64", {})
+    with pytest.raises(BuildError, match="aarch64"):
+        transfer.ensure_on(cast(Any, here), cast(Any, arm), "img:1", print)
+    assert arm.loaded == b""
