@@ -579,7 +579,8 @@ class Engine:
             body=json.dumps(helper).encode(),
         )
         try:
-            self._put_tar(str(created["Id"]), "/fill", files)
+            # The volume's root too: root's alone, as the keys dir is on this machine.
+            self._put_tar(str(created["Id"]), "/fill", files, top_mode=0o700)
         finally:
             self.remove(str(created["Id"]))
 
@@ -612,10 +613,28 @@ class Engine:
         directories must exist (the image makes them, with their own modes)."""
         self._put_tar(container_id, "/", files)
 
-    def _put_tar(self, container_id: str, at: str, files: list[tuple[str, int, bytes]]) -> None:
+    def _put_tar(
+        self,
+        container_id: str,
+        at: str,
+        files: list[tuple[str, int, bytes]],
+        top_mode: int | None = None,
+    ) -> None:
+        """`files` as a root-owned tar extracted at `at`; `top_mode`: also set the
+        mode of `at` itself (a tar entry for ".")."""
         buffer = io.BytesIO()
         now = time.time()
         with tarfile.open(fileobj=buffer, mode="w") as tar:
+            if top_mode is not None:
+                top = tarfile.TarInfo(".")
+                top.type, top.mode, top.mtime, top.uid, top.gid = (
+                    tarfile.DIRTYPE,
+                    top_mode,
+                    now,
+                    0,
+                    0,
+                )
+                tar.addfile(top)
             for path, mode, content in files:
                 info = tarfile.TarInfo(path.lstrip("/"))
                 info.size, info.mode, info.mtime = len(content), mode, now

@@ -261,11 +261,13 @@ def test_the_agent_inside_a_remote_environment_is_contained(remote: Remote) -> N
             f"timeout 3 bash -c 'echo > /dev/tcp/{r1.address}/22' 2>/dev/null && echo JUMPHOST; "
             "timeout 5 curl -s -o /dev/null -w 'proxy %{http_connect}\\n' https://example.com; "
             "timeout 3 curl -s --noproxy '*' https://example.com >/dev/null 2>&1 && echo DIRECT; "
+            "ls /etc/prov/keys >/dev/null 2>&1 && echo KEYSDIR; "
+            "cat /etc/prov/keys/ssh_host_ed25519_key >/dev/null 2>&1 && echo HOSTKEY; "
             "true",
         )
         lines = probe.stdout.split()
         assert lines[0] != "0"
-        for escape in ("ROOT", "SOCKET", "JUMPHOST", "DIRECT"):
+        for escape in ("ROOT", "SOCKET", "JUMPHOST", "DIRECT", "KEYSDIR", "HOSTKEY"):
             assert escape not in lines, probe.stdout
         assert "proxy 403" in probe.stdout, probe.stdout
         # The keys are in a volume on the engine host, never a file of this machine's.
