@@ -1000,14 +1000,16 @@ def exec_(ctx: typer.Context, name: NameArg) -> None:
     """Run `-- CMD ...` (default: a login shell) as agent in the project dir (method 1)."""
     from provisioner import lifecycle
     from provisioner.config import ProvPaths
-    from provisioner.engine import Engine, exec_argv
+    from provisioner.engine import exec_argv
     from provisioner.state import require
 
     paths = ProvPaths.from_env()
     record = _run(require, paths, _name(name))
-    _run(lifecycle.own_container, _run(Engine.connect), name, paths)
+    engine = _run(lifecycle.engine_of, name, paths)
+    _run(lifecycle.own_container, engine, name, paths)
     command = list(ctx.args) or ["bash", "-l"]
-    _exec(exec_argv(f"prov-{name}", record.project_dir, command, sys.stdin.isatty()))
+    tty = sys.stdin.isatty()
+    _exec(exec_argv(f"prov-{name}", record.project_dir, command, tty, engine.cli_host))
 
 
 @app.command("alias")
@@ -1025,7 +1027,13 @@ def alias_(name: NameArg) -> None:
         ("cod", ["codex", "--dangerously-bypass-approvals-and-sandbox"]),
         ("gmi", ["gemini", "--yolo"]),
     ):
-        line = shlex.join(exec_argv(f"prov-{name}", record.project_dir, command, tty=True))
+        if record.engine.startswith("ssh://"):
+            # On a remote engine: through the alias (prov's forwarded socket
+            # comes and goes; the alias works whenever the environment runs).
+            inside = f"cd {shlex.quote(record.project_dir)} && exec {shlex.join(command)}"
+            line = shlex.join(["ssh", "-t", f"prov-{name}", inside])
+        else:
+            line = shlex.join(exec_argv(f"prov-{name}", record.project_dir, command, tty=True))
         out.line(f"alias {short}-{name}={shlex.quote(line)}")
 
 

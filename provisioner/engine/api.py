@@ -143,6 +143,12 @@ class Engine:
         self.link = link  # the SSH master an engine on another machine is reached through
 
     @property
+    def cli_host(self) -> str:
+        """The engine as the docker CLI reaches it (`docker -H`): a remote one
+        through the socket prov's SSH master forwards."""
+        return f"unix://{self.link.socket}" if self.link is not None else self.target.host
+
+    @property
     def remote(self) -> bool:
         """The engine runs on another machine (its paths and ports are not this one's)."""
         return self.link is not None
@@ -804,14 +810,18 @@ def _bridge_name(network: str) -> str:
     return "prov" + hashlib.sha256(network.encode()).hexdigest()[:11]
 
 
-def exec_argv(container: str, workdir: str, command: list[str], tty: bool) -> list[str]:
-    """The docker CLI call that runs `command` as the agent user in `workdir`.
+def exec_argv(
+    container: str, workdir: str, command: list[str], tty: bool, docker_host: str | None = None
+) -> list[str]:
+    """The docker CLI call that runs `command` as the agent user in `workdir`
+    (on `docker_host` if given, see Engine.cli_host).
 
     An interactive agent needs a real terminal, which docker-py's exec API does
     not give; the docker CLI does, so prov hands over to it (guide method 1).
     """
     return [
         "docker",
+        *(["-H", docker_host] if docker_host else []),
         "exec",
         "-it" if tty else "-i",
         "-u",

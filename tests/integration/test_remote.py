@@ -200,6 +200,11 @@ def test_up_on_a_remote_engine_end_to_end(remote: Remote) -> None:
         capture_output=True, check=False,
     )  # fmt: skip
     assert remote.ssh(alias, "true").returncode == 0
+    # Method 1 on a remote engine: docker exec through the forwarded socket.
+    ran = p.run("exec", name, "--", "sh", "-c", "id -un; pwd")
+    assert ran.stdout.split() == ["agent", str(project)], ran.stderr
+    aliases = p.run("alias", name, check=True).stdout
+    assert f"ssh -t prov-{name}" in aliases and "docker exec" not in aliases
     # stop/start: readiness through the alias, as for up.
     assert p.run("stop", name, "--yes").returncode == 0
     started = p.run("start", name)
