@@ -1114,7 +1114,17 @@ def ntm_config(
                 )
             )
         if name is not None:
-            _run(require, paths, _name(name))
+            record = _run(require, paths, _name(name))
+            if record.engine.startswith("ssh://"):
+                _fail(
+                    UsageError(
+                        f"{name} runs on a remote engine, which NTM's [agents] cannot reach",
+                        f"Method 3 runs `docker exec` on this machine; {name}'s container is "
+                        f"on {record.engine}.",
+                        f"hand it to NTM over SSH instead: `ntm spawn ... --ssh=prov-{name}` "
+                        "(what `prov up` prints).",
+                    )
+                )
             templates = ntmconfig.exec_templates(f"prov-{name}")
         else:
             exe = _shutil.which("prov") or str(Path(sys.argv[0]).resolve())

@@ -205,6 +205,8 @@ def test_up_on_a_remote_engine_end_to_end(remote: Remote) -> None:
     assert ran.stdout.split() == ["agent", str(project)], ran.stderr
     aliases = p.run("alias", name, check=True).stdout
     assert f"ssh -t prov-{name}" in aliases and "docker exec" not in aliases
+    refused = p.run("ntm-config", name, "--dry-run")  # method 3 execs on this machine
+    assert refused.returncode == 2 and f"--ssh=prov-{name}" in refused.stderr
     # stop/start: readiness through the alias, as for up.
     assert p.run("stop", name, "--yes").returncode == 0
     started = p.run("start", name)
