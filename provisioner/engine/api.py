@@ -181,7 +181,8 @@ class Engine:
             except DockerUnavailable:
                 if attempt == 2 or link.alive():
                     raise link.diagnose_socket() from None
-                link.start()  # the master ended between the check and the call
+                # The master ended between the check and the call: open() makes
+                # a new one (it finds this one dead).
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _docker(self) -> docker.DockerClient:

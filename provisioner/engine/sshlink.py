@@ -144,7 +144,15 @@ class SshLink:
         """The local socket of the remote engine, starting the master if needed."""
         if self.socket.is_socket() and self.alive():
             return self.socket
-        self.start()
+        from provisioner.fsutil import ensure_private_dir, file_lock
+
+        ensure_private_dir(self.dir.parent)
+        ensure_private_dir(self.dir)
+        # Two prov processes starting a master at once would leave a second ssh
+        # holding a forward forever (only the first can be the master).
+        with file_lock(self.dir / "lock"):
+            if not (self.socket.is_socket() and self.alive()):
+                self.start()
         return self.socket
 
     def alive(self) -> bool:
@@ -152,6 +160,7 @@ class SshLink:
         return code == 0
 
     def start(self) -> None:
+        """A new master (any old one ended first); callers hold the link's lock."""
         from provisioner.fsutil import ensure_private_dir
 
         ensure_private_dir(self.dir.parent)

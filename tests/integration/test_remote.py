@@ -16,6 +16,7 @@ import json
 import os
 import shlex
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -432,3 +433,27 @@ def test_every_engine_host_fault_is_one_clear_paragraph(remote: Remote) -> None:
         listener.stop()
         p.run("rm", name, "--yes", timeout=120)
     assert remote.leftovers(r2, name) == []
+
+
+def test_concurrent_commands_share_one_master(remote: Remote) -> None:
+    """Four prov commands at once, with no master up: exactly one ssh master
+    serves them afterwards (no stray ssh left holding a forward)."""
+    p, r1 = remote.prov, remote.hosts[0]
+    p.run("--docker-host", r1.ssh_url, "ls", check=True)
+    subprocess.run(["pkill", "-f", str(p.prov_home / "l")], check=False)
+    time.sleep(0.5)
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "provisioner", "--docker-host", r1.ssh_url, "ls"],
+            env=p.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(4)
+    ]
+    for run in runs:
+        assert run.wait(timeout=60) == 0, run.stderr.read() if run.stderr else ""
+    masters = subprocess.run(
+        ["pgrep", "-f", str(p.prov_home / "l")], capture_output=True, text=True, check=False
+    ).stdout.split()
+    assert len(masters) == 1, masters
