@@ -917,12 +917,37 @@ def logs(
 def rm(
     name: NameArg,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    forget: Annotated[
+        bool,
+        typer.Option(
+            "--forget",
+            help="Its engine is gone for good: remove only what prov keeps here (keys, alias, "
+            "record), and leave whatever may be left on that engine.",
+        ),
+    ] = False,
 ) -> None:
     """Remove the environment for good: container, keys, host key, alias, known_hosts pin."""
     from provisioner import lifecycle
     from provisioner.errors import UsageError
 
     _name(name)
+    if forget:
+        if not yes and not sys.stdin.isatty():
+            _fail(
+                UsageError(
+                    f"Refusing to forget {name!r} without confirmation",
+                    "There is no terminal to ask on.",
+                    f"run `prov rm {name} --forget --yes`.",
+                )
+            )
+        if not yes and not typer.confirm(
+            f"Forget {name} here (keys, alias, record), without touching its engine?",
+            default=False,
+        ):
+            raise typer.Exit(1)
+        _run(lifecycle.forget, name)
+        err.line(f"forgot {name}: keys, alias and record removed here", "✓ ", "bold green")
+        return
     if not yes:
         if not sys.stdin.isatty():
             _fail(

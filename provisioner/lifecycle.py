@@ -12,7 +12,7 @@ from typing import Any
 from provisioner import keys, sshconf, state
 from provisioner.config import AGENT_USER, ProvPaths, validate_name
 from provisioner.engine import ContainerInfo, Engine, targets
-from provisioner.errors import NotFound, ProvError, UsageError
+from provisioner.errors import DockerUnavailable, NotFound, ProvError, UsageError
 from provisioner.fsutil import file_lock
 from provisioner.openssh import stop_master, system_ssh
 from provisioner.ownership import is_ours, require_ours
@@ -312,7 +312,10 @@ def live_sessions(name: str, paths: ProvPaths | None = None) -> list[Session]:
     project with its agents), asked over the alias as NTM would; [] when the
     container is not running or cannot be asked."""
     paths = paths or ProvPaths.from_env()
-    info = own_container(engine_of(name, paths), name, paths)
+    try:
+        info = own_container(engine_of(name, paths), name, paths)
+    except DockerUnavailable:
+        return []  # the command itself then says what is wrong with its engine
     if info is None or not info.running:
         return []
     _, output = system_ssh(  # no tmux server: no lines, whatever the exit status
@@ -447,7 +450,15 @@ def rm(name: str, paths: ProvPaths | None = None) -> Removal:
     home volume (on a remote engine also its keys and project volumes), keys,
     alias, pin."""
     paths = paths or ProvPaths.from_env()
-    engine = engine_of(name, paths)
+    try:
+        engine = engine_of(name, paths)
+    except DockerUnavailable as exc:
+        raise DockerUnavailable(
+            exc.what,
+            exc.seen,
+            f"{exc.hint.rstrip('.')}; or, if that engine is gone "
+            f"for good, `prov rm {name} --forget` removes what prov keeps here.",
+        ) from None
     info = own_container(engine, name, paths)
     proxy = own_container(engine, name, paths, "egress")
     env_dir = paths.env_dir(name)
@@ -468,6 +479,24 @@ def rm(name: str, paths: ProvPaths | None = None) -> Removal:
         volume = engine.volume(volume_name)
         if volume is not None and is_ours(volume.get("Labels") or {}, paths):
             engine.remove_volume(volume_name)  # the agent's home and work: gone for good
+    return Removal(container_removed=info is not None, state_removed=_forget_here(name, paths))
+
+
+def forget(name: str, paths: ProvPaths | None = None) -> bool:
+    """`rm --forget`: prov's own files here only (its engine is gone)."""
+    paths = paths or ProvPaths.from_env()
+    alias = sshconf.alias_for(name)
+    if not paths.env_dir(name).exists() and not sshconf.has_entry(paths.ssh_config, alias):
+        raise NotFound(
+            f"No environment named {name!r}", "Nothing to forget.", "list them with `prov ls`."
+        )
+    stop_master(paths.ssh_config, alias)
+    return _forget_here(name, paths)
+
+
+def _forget_here(name: str, paths: ProvPaths) -> bool:
+    env_dir = paths.env_dir(name)
+    alias = sshconf.alias_for(name)
     with file_lock(paths.lock), file_lock(paths.keys_lock):
         existed = env_dir.exists()
         shutil.rmtree(env_dir, ignore_errors=True)
@@ -481,7 +510,7 @@ def rm(name: str, paths: ProvPaths | None = None) -> Removal:
                 exc.seen,
                 exc.hint,
             ) from None
-    return Removal(container_removed=info is not None, state_removed=existed)
+    return existed
 
 
 @dataclass(frozen=True)

@@ -431,7 +431,27 @@ def test_every_engine_host_fault_is_one_clear_paragraph(remote: Remote) -> None:
         assert json.loads(chosen.stdout)["port"] == 2223
     finally:
         listener.stop()
-        p.run("rm", name, "--yes", timeout=120)
+
+    # Its engine unreachable, `rm` says so and how to forget it; --forget removes
+    # prov's files here only.
+    r2.stop_sshd()
+    try:
+        stuck = p.run("rm", name, "--yes", timeout=120)
+        assert stuck.returncode == 3 and f"prov rm {name} --forget" in stuck.stderr
+        assert (p.prov_home / "envs" / name).exists()
+        forgot = p.run("rm", name, "--forget", "--yes", timeout=120)
+        assert forgot.returncode == 0, forgot.stderr
+        assert not (p.prov_home / "envs" / name).exists()
+        assert f"prov-{name}" not in (p.prov_home / "ssh_config").read_text()
+    finally:
+        r2.start_sshd()
+    client = remote.engine(r2)
+    for container in client.containers.list(all=True, filters={"label": f"prov.name={name}"}):
+        container.remove(force=True)
+    for volume in client.volumes.list(filters={"label": f"prov.name={name}"}):
+        volume.remove(force=True)
+    for network in client.networks.list(filters={"label": f"prov.name={name}"}):
+        network.remove()
     assert remote.leftovers(r2, name) == []
 
 
