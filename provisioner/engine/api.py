@@ -170,13 +170,15 @@ class Engine:
     @classmethod
     def _over_ssh(cls, target: targets.EngineTarget) -> Engine:
         """An engine on another machine: its socket, forwarded by an SSH master."""
-        from provisioner.engine.sshlink import SshLink, links_base
+        from provisioner.engine.sshlink import CONNECT_TIMEOUT, SshLink, links_base
 
         link = SshLink.for_url(target.host, links_base())
         for attempt in (1, 2):
             transport = SocketTransport(str(link.open()), target)
             try:
-                transport.negotiate()
+                # A ping takes milliseconds; a link whose packets vanish must not
+                # hold the answer long (the diagnosis below takes as long again).
+                transport.negotiate(timeout=CONNECT_TIMEOUT / 2)
                 return cls(transport, target, link=link)
             except DockerUnavailable:
                 if attempt == 2 or link.alive():

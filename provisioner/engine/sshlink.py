@@ -323,14 +323,21 @@ class SshLink:
     def diagnose_socket(self) -> DockerUnavailable:
         """The master is up but the Docker socket on the other end did not answer."""
         where = self.dest.display()
-        refused = self._forwarding_refused()
-        if refused is not None:
-            return refused
         check = (
             f"if [ ! -S {REMOTE_SOCKET} ]; then echo missing; "
             f"elif [ ! -w {REMOTE_SOCKET} ]; then echo denied; else echo present; fi"
         )
-        code, output = self.run(check, timeout=CONNECT_TIMEOUT)
+        code, output = self.run(check, timeout=CONNECT_TIMEOUT / 2)
+        if code == 124:
+            return DockerUnavailable(
+                f"The engine host {where} stopped answering",
+                f"prov's SSH connection to it was up, but neither Docker nor a shell there "
+                f"answered within {CONNECT_TIMEOUT} s.",
+                "check that the host is up and that this machine can reach it (a firewall "
+                "that drops packets looks like this), then try again.",
+            )
+        if code == 255:  # the connection itself is gone
+            return self.explain(code, output)
         seen = output.strip().splitlines()[-1] if output.strip() else ""
         if seen == "missing":
             return DockerUnavailable(
@@ -347,6 +354,9 @@ class SshLink:
                 "an engine address with a user who may.",
             )
         if seen == "present":
+            refused = self._forwarding_refused()
+            if refused is not None:
+                return refused
             return DockerUnavailable(
                 f"The Docker engine on {where} does not answer",
                 f"SSH works and {REMOTE_SOCKET} exists there, but connecting to it failed: "

@@ -83,9 +83,9 @@ class SocketTransport:
             f" ({target.source})" if target and target.source != "the local socket" else ""
         )
 
-    def negotiate(self) -> None:
+    def negotiate(self, timeout: float = 10.0) -> None:
         """Ping the engine and speak the API version it reports (as the docker CLI does)."""
-        status, _body, headers = self._send(Call("GET", "/_ping", timeout=10.0))
+        status, _body, headers = self._send(Call("GET", "/_ping", timeout=timeout))
         if status != 200:
             raise DockerUnavailable(
                 "The Docker engine does not answer its health check",

@@ -393,6 +393,14 @@ def test_every_engine_host_fault_is_one_clear_paragraph(remote: Remote) -> None:
     with _fault(r2.unblackhole):
         said = _refused(remote, r2, name)
         assert "did not answer within 10 s" in said
+    # The same with prov's master up when packets start to vanish.
+    p.run("--docker-host", r2.ssh_url, "ls", check=True)
+    r2.blackhole()
+    with _fault(r2.unblackhole):
+        started = time.monotonic()
+        said = _refused(remote, r2, name)
+        assert "stopped answering" in said, said
+        assert time.monotonic() - started < 15
 
     r2.stop_dockerd()
     with _fault(r2.start_dockerd):
