@@ -34,6 +34,7 @@ from provisioner.config import (
     user_ssh_config,
 )
 from provisioner.engine import ContainerInfo, Engine, targets
+from provisioner.engine.api import PortTaken
 from provisioner.engine.hostview import HostView
 from provisioner.errors import ConflictError, ProvError
 from provisioner.fsutil import ensure_private_dir, file_lock, require_own_home
@@ -186,6 +187,14 @@ def up_many(
     for target, indexes in groups.values():
         try:
             done = _up_on(target, [items[i] for i in indexes], paths)
+            # A port prov chose was taken between its check and Docker's start
+            # (each failure already undone): once more, with what is taken now.
+            again = port_races(done, [items[i][0] for i in indexes])
+            if again:
+                lost = frozenset(p for k in again if (p := getattr(done[k], "port", None)))
+                redone = _up_on(target, [items[indexes[k]] for k in again], paths, lost)
+                for k, outcome in zip(again, redone, strict=True):
+                    done[k] = outcome
         except ProvError as exc:  # that engine: its environments fail, the others go on
             done = [exc] * len(indexes)
         for index, outcome in zip(indexes, done, strict=True):
@@ -194,7 +203,10 @@ def up_many(
 
 
 def _up_on(
-    target: targets.EngineTarget, items: Sequence[tuple[UpRequest, Reporter]], paths: ProvPaths
+    target: targets.EngineTarget,
+    items: Sequence[tuple[UpRequest, Reporter]],
+    paths: ProvPaths,
+    avoid: frozenset[int] = frozenset(),
 ) -> list[UpOutcome]:
     targets.require_supported(target, "prov up")  # before any connection to it
     engine = Engine.connect(target)
@@ -225,7 +237,7 @@ def _up_on(
             prepared_ones = [o for o in outcomes if isinstance(o, prepare.Prepared)]
             placed_ones: list[_Placed] = []
             done.update(
-                _place(engine, prepared_ones, paths, ledger, publishing, placed_ones.append)
+                _place(engine, prepared_ones, paths, ledger, publishing, placed_ones.append, avoid)
             )
             for placed in placed_ones:
                 done[id(placed.prepared)] = finish(placed)
@@ -253,7 +265,9 @@ def _up_on(
                 # the others are still being prepared (prepare never waits
                 # for the lock _place holds).
                 done.update(
-                    _place(engine, in_order_of_readiness(), paths, ledger, publishing, launch)
+                    _place(
+                        engine, in_order_of_readiness(), paths, ledger, publishing, launch, avoid
+                    )
                 )
                 outcomes = [future.result() for future in prepared]
                 done.update({key: future.result() for key, future in futures.items()})
@@ -262,6 +276,16 @@ def _up_on(
             _abandon(engine, made, paths)
         raise
     return [done[id(o)] if isinstance(o, prepare.Prepared) else o for o in outcomes]
+
+
+def port_races(outcomes: Sequence[UpOutcome], requests: Sequence[UpRequest]) -> list[int]:
+    """Which environments lost the port prov chose for them (not one asked with
+    --port) to something that took it before Docker started the container."""
+    return [
+        k
+        for k, (outcome, request) in enumerate(zip(outcomes, requests, strict=True))
+        if isinstance(outcome, PortTaken) and request.port is None
+    ]
 
 
 def _auto_place(
@@ -331,6 +355,7 @@ def _place(
     ledger: list[_Made],
     publishing: bool,
     on_placed: Callable[[_Placed], None],
+    avoid: frozenset[int] = frozenset(),
 ) -> dict[int, ProvError]:
     """Give each environment its network, port and container, under prov's lock
     (a created container reserves its port in Docker's eyes), and hand each one
@@ -342,7 +367,7 @@ def _place(
     failed: list[_Made] = []
     with file_lock(paths.lock):
         view = engine.host_view()
-        reserved = engine.reserved_ports() if publishing else set()
+        reserved = (engine.reserved_ports() | avoid) if publishing else set()
         used = [*_subnets(engine.network_subnets()), *view.routes]
         for prepared in prepared_ones:
             made = _Made(prepared)
@@ -503,6 +528,8 @@ def _finish(engine: Engine, placed: _Placed, paths: ProvPaths, poll: float) -> U
         if proxy_start is not None:  # never remove a container while it is being started
             with contextlib.suppress(ProvError):
                 proxy_start.join()
+        if isinstance(exc, PortTaken):
+            exc.port = port  # what to avoid when up_many tries once more
         if isinstance(exc, ProvError):  # anything else: up_many undoes every environment
             _abandon(engine, placed.made, paths)
         raise

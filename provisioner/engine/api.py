@@ -102,9 +102,15 @@ def _explain(exc: Exception) -> str:
     return str(explanation or exc)
 
 
+class PortTaken(ConflictError):
+    """Docker could not publish a port: something took it after prov chose it."""
+
+    port: int | None = None  # the port, when the caller knows it
+
+
 def _api_error(action: str, text: str) -> ProvError:
     if "port is already allocated" in text or "address already in use" in text:
-        return ConflictError(
+        return PortTaken(
             f"Docker could not {action}: the port is already in use",
             text,
             "pick another port with --port, or stop what listens there.",

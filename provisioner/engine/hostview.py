@@ -17,7 +17,9 @@ ROUTES_MARK = "--- prov routes ---"
 REMOTE_COMMAND = (
     f"cat /proc/net/tcp /proc/net/tcp6 2>/dev/null; echo '{ROUTES_MARK}'; cat /proc/net/route"
 )
-LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp's `st` column
+# /proc/net/tcp's `st` column: a listener, and a socket bound but not yet
+# listening (TCP_CLOSE); either keeps Docker from binding the port.
+TAKEN = ("0A", "07")
 
 
 @dataclass(frozen=True)
@@ -39,11 +41,11 @@ def local() -> HostView:
 
 
 def parse_listening(text: str) -> frozenset[int]:
-    """Local ports in LISTEN state in /proc/net/tcp{,6} text (hex ADDR:PORT)."""
+    """Local ports listened on or bound in /proc/net/tcp{,6} text (hex ADDR:PORT)."""
     found = set()
     for line in text.splitlines():
         fields = line.split()
-        if len(fields) < 4 or fields[3] != LISTEN or ":" not in fields[1]:
+        if len(fields) < 4 or fields[3] not in TAKEN or ":" not in fields[1]:
             continue
         try:
             found.add(int(fields[1].rsplit(":", 1)[1], 16))

@@ -36,6 +36,7 @@ PROC_TCP = """\
    0: 0100007F:08AE 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1
    1: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 2 1
    2: 0100007F:08AF 0100007F:C350 01 00000000:00000000 00:00000000 00000000     0        0 3 1
+   3: 0100007F:08B0 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 4 1
    0: 00000000000000000000000001000000:1F90 00000000000000000000000000000000:0000 0A 0 0
 """
 PROC_ROUTE = """\
@@ -46,10 +47,12 @@ eth0\t0001A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
 
 
 def test_remote_host_view_from_proc_files() -> None:
-    """Listeners (state 0A) on any address take their port; established
-    connections do not; the default route is no subnet to avoid."""
+    """Listeners (state 0A) and bound sockets (07) on any address take their
+    port; established connections do not; the default route is no subnet to
+    avoid."""
     view = hostview.parse_remote(PROC_TCP + hostview.ROUTES_MARK + "\n" + PROC_ROUTE)
-    assert view.listening == frozenset({2222, 22, 8080})
+    # 2224: bound, not yet listening; Docker could not bind it either.
+    assert view.listening == frozenset({2222, 22, 8080, 2224})
     assert not view.bindable("127.0.0.1", 2222)
     assert view.bindable("127.0.0.1", 2223)  # only an established connection there
     assert [str(n) for n in view.routes] == ["192.168.1.0/24"]
@@ -123,3 +126,21 @@ def test_image_copy_only_when_missing_and_never_across_architectures() -> None:
     with pytest.raises(BuildError, match="aarch64"):
         transfer.ensure_on(cast(Any, here), cast(Any, arm), "img:1", print)
     assert arm.loaded == b""
+
+
+def test_only_ports_prov_chose_are_tried_again() -> None:
+    """A port lost to a race is retried for an environment prov chose the port
+    for, never for one whose --port was asked (nor for other failures)."""
+    from provisioner.config import Containment, UpRequest
+    from provisioner.engine.api import PortTaken
+    from provisioner.errors import ConflictError
+    from provisioner.service import port_races
+
+    lost = PortTaken("Docker could not start the container: the port is already in use", "", "")
+    opened = Containment(egress="open")
+    requests = [
+        UpRequest(n, port=p, containment=opened)
+        for n, p in (("a", None), ("b", 2300), ("c", None), ("d", None))
+    ]
+    outcomes = [lost, lost, ConflictError("x", "", ""), lost]
+    assert port_races(outcomes, requests) == [0, 3]
