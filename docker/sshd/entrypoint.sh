@@ -280,6 +280,15 @@ allowlist | none)
 open) ;;
 *) die "PROV_EGRESS must be allowlist, open or none, got '$PROV_EGRESS'" ;;
 esac
+# ACK at once on every route. A new ssh login writes two small packets in a
+# row twice before the server answers; with the kernel's delayed ACK (40 ms)
+# Nagle holds the second until then. Measured here: a fresh login took
+# 132 ms, 88 ms with this (the client's side of the same wait is the
+# client machine's to remove).
+ip -4 route show | while IFS= read -r route; do
+	# shellcheck disable=SC2086 # the route's words are ip's arguments
+	ip -4 route change $route quickack 1 2>/dev/null || :
+done
 if [ -n "${PROV_PROXY:-}" ]; then
 	{
 		for var in HTTP_PROXY HTTPS_PROXY http_proxy https_proxy ALL_PROXY all_proxy; do
