@@ -12,7 +12,13 @@ need=()
 command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 command -v ssh >/dev/null 2>&1 || need+=(openssh-client)
-command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || need+=(openssh-server)
+# sshd: only its binary, for the remote Docker hosts the test suite builds in
+# network namespaces (see below: its service is not left running).
+new_sshd=0
+if ! command -v sshd >/dev/null 2>&1 && [ ! -x /usr/sbin/sshd ]; then
+  need+=(openssh-server)
+  new_sshd=1
+fi
 command -v tmux >/dev/null 2>&1 || need+=(tmux)
 command -v git >/dev/null 2>&1 || need+=(git)
 command -v rsync >/dev/null 2>&1 || need+=(rsync)
@@ -21,6 +27,12 @@ if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"
   $SUDO apt-get update -q
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${need[@]}"
+fi
+if [ "$new_sshd" = 1 ] && command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+  # Installing openssh-server starts an SSH server on port 22 under systemd;
+  # this machine had none, and prov's tests need none running.
+  $SUDO systemctl disable --now ssh.service ssh.socket >/dev/null 2>&1 || true
+  echo "setup: installed openssh-server for the tests' remote hosts; its service is disabled"
 fi
 
 $SUDO scripts/start-dockerd.sh
