@@ -128,10 +128,14 @@ def ssh_test(name: str, paths: ProvPaths | None = None) -> list[Check]:
         command: str, expect: Callable[[int, str], bool]
     ) -> Callable[[], tuple[bool, str]]:
         def run() -> tuple[bool, str]:
+            since = engine.link.jump_log_size() if engine.link is not None else 0
             code, out = system_ssh(paths.ssh_config, alias, command)
-            return expect(
-                code, out
-            ), f"exit {code}: {out.strip()[-300:]}" if out.strip() else f"exit {code}"
+            detail = f"exit {code}: {out.strip()[-300:]}" if out.strip() else f"exit {code}"
+            if code == 255 and engine.link is not None:
+                jump = engine.link.jump_said(since)
+                if jump:
+                    detail += f"; the jump through the engine host said: {jump}"
+            return expect(code, out), detail
 
         return run
 

@@ -103,6 +103,27 @@ class SshLink:
     def socket(self) -> Path:
         return self.dir / "docker.sock"
 
+    @property
+    def jump_log(self) -> Path:
+        """What the aliases' jumps through this host said last (see proxy_command)."""
+        return self.dir / "jump.log"
+
+    def jump_log_size(self) -> int:
+        try:
+            return self.jump_log.stat().st_size
+        except OSError:
+            return 0
+
+    def jump_said(self, since: int, limit: int = 600) -> str:
+        """What the jump log got after offset `since`, on one line."""
+        try:
+            with self.jump_log.open("rb") as handle:
+                handle.seek(since)
+                text = handle.read(64 * 1024).decode(errors="replace")
+        except OSError:
+            return ""
+        return " ".join(text.split())[-limit:]
+
     def options(self) -> list[str]:
         return [
             "-o",
@@ -131,6 +152,14 @@ class SshLink:
             f"ControlPath={self.control}",
             "-o",
             f"ConnectTimeout={CONNECT_TIMEOUT}",
+            # The engine host's key was checked at `up`; a later change must
+            # stop the alias, whatever the user's config says for that host.
+            "-o",
+            "StrictHostKeyChecking=yes",
+            # With ControlPersist, ssh sends a ProxyCommand's stderr to
+            # /dev/null: its reasons go to this log (`prov ssh-test` reads it).
+            "-E",
+            str(self.jump_log),
             "-W",
             "[%h]:%p",
             *self.dest.argv(),

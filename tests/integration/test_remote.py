@@ -26,6 +26,7 @@ from pathlib import Path
 import docker
 import pytest
 
+from provisioner.engine.sshlink import link_dir
 from tests.integration.conftest import PROJECT_GID, PROJECT_UID, Prov
 from tests.integration.remotehost import BASE_DIR, RemoteHost, cleanup_stale
 
@@ -439,6 +440,30 @@ def test_every_engine_host_fault_is_one_clear_paragraph(remote: Remote) -> None:
         assert json.loads(chosen.stdout)["port"] == 2223
     finally:
         listener.stop()
+
+    # The engine host's key changes under a running environment, and the user's
+    # config would accept any key: the alias still refuses the jump.
+    alias = f"prov-{name}"
+    config = p.home / ".ssh" / "config"
+    before = config.read_text()
+    subprocess.run(["pkill", "-f", str(p.prov_home / "l")], check=False)
+    subprocess.run(
+        ["ssh", "-F", str(p.prov_home / "ssh_config"), "-O", "exit", alias],
+        capture_output=True, check=False,
+    )  # fmt: skip
+    r2.regenerate_host_key()
+    config.write_text("StrictHostKeyChecking no\n" + before)
+    try:
+        jumped = remote.ssh(alias, "true")
+        assert jumped.returncode == 255, jumped
+        # ssh hides a ProxyCommand's stderr under ControlPersist: the jump's log has it.
+        log = (link_dir(p.prov_home / "l", r2.ssh_url) / "jump.log").read_text()
+        assert "REMOTE HOST IDENTIFICATION HAS CHANGED" in log, log
+        tested = p.run("ssh-test", name)
+        assert tested.returncode != 0 and "different host key" in tested.stderr, tested
+    finally:
+        config.write_text(before)
+        remote.trust(r2)
 
     # Its engine unreachable, `rm` says so and how to forget it; --forget removes
     # prov's files here only.

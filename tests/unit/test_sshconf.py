@@ -212,6 +212,7 @@ def test_remote_alias_jumps_through_the_engine_host_with_its_own_master(tmp_path
     assert far["controlpath"].endswith("/prov-far")
     command = far["proxycommand"]
     assert "-W [%h]:%p" in command  # ssh fills in HostName and Port when it runs it
+    assert "-o StrictHostKeyChecking=yes" in command  # the jump's key: never accepted silently
     assert command.endswith("-p 2200 -- ops@builder")
     # ssh expands %-tokens in ProxyCommand: a % of the path is doubled.
     assert f"ControlPath={str(link.control).replace('%', '%%')}'" in command
