@@ -8,30 +8,37 @@ import tempfile
 from pathlib import Path
 
 
-def system_ssh(config: Path, alias: str, command: str, timeout: float = 20.0) -> tuple[int, str]:
-    """Run `command` with the system OpenSSH client through `alias` in `config`;
-    (exit status, output).
+def run_captured(argv: list[str], timeout: float) -> tuple[int, str]:
+    """Run an ssh command line; (exit status, stdout and stderr), 124 when it
+    did not finish within `timeout`. FileNotFoundError when there is no ssh.
 
     Output goes to a temp file, not a pipe: a ControlPersist master forked by
     ssh keeps its inherited descriptors open, and a pipe would never reach EOF.
     """
-    argv = ["ssh", "-F", str(config), "-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]
     with tempfile.TemporaryFile() as out:
         try:
             code = subprocess.run(
-                [*argv, "--", alias, command],
+                argv,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 timeout=timeout,
                 check=False,
             ).returncode
-        except FileNotFoundError:
-            return 127, "the OpenSSH client `ssh` is not installed"
         except subprocess.TimeoutExpired:
             return 124, f"ssh did not finish within {timeout:g} s"
         out.seek(0)
         return code, out.read().decode(errors="replace")
+
+
+def system_ssh(config: Path, alias: str, command: str, timeout: float = 20.0) -> tuple[int, str]:
+    """Run `command` with the system OpenSSH client through `alias` in `config`;
+    (exit status, output)."""
+    argv = ["ssh", "-F", str(config), "-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]
+    try:
+        return run_captured([*argv, "--", alias, command], timeout)
+    except FileNotFoundError:
+        return 127, "the OpenSSH client `ssh` is not installed"
 
 
 def _control(config: Path, alias: str, operation: str) -> None:

@@ -302,8 +302,8 @@ def _auto_place(
     ]
     chosen = placement.spread(candidates, [req.containment.memory for req, _ in items])
     hosts = {r.name: r.host for r in reports}
+    skipped = [r.name for r in reports if not r.reachable]
     for (request, reporter), name in zip(items, chosen, strict=True):
-        skipped = [r.name for r in reports if not r.reachable]
         reporter.note(
             f"--engine auto: {request.name} goes to engine {name!r}"
             + (f" ({', '.join(skipped)} did not answer)" if skipped else "")

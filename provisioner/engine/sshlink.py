@@ -23,7 +23,6 @@ import contextlib
 import hashlib
 import shlex
 import subprocess
-import tempfile
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
@@ -260,28 +259,16 @@ class SshLink:
         argv = ["ssh", *extra, *self.options(), *self.dest.argv()]
         if command:
             argv.append(command)
-        # A temp file, not a pipe: a master forked by -f keeps inherited
-        # descriptors, and a pipe would never reach EOF.
-        with tempfile.TemporaryFile() as out:
-            try:
-                code = subprocess.run(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    timeout=timeout,
-                    check=False,
-                ).returncode
-            except FileNotFoundError:
-                raise ConfigError(
-                    "The OpenSSH client `ssh` is not installed",
-                    f"prov reaches the engine {self.url} with it.",
-                    "install it (`apt-get install openssh-client`).",
-                ) from None
-            except subprocess.TimeoutExpired:
-                return 124, f"ssh did not finish within {timeout:g} s"
-            out.seek(0)
-            return code, out.read().decode(errors="replace")
+        from provisioner.openssh import run_captured
+
+        try:
+            return run_captured(argv, timeout)
+        except FileNotFoundError:
+            raise ConfigError(
+                "The OpenSSH client `ssh` is not installed",
+                f"prov reaches the engine {self.url} with it.",
+                "install it (`apt-get install openssh-client`).",
+            ) from None
 
     # --- what went wrong -----------------------------------------------------
 
@@ -401,8 +388,8 @@ class SshLink:
         )
 
     def _known_name(self) -> str:
-        host = self._resolved().get("hostname", self.dest.host)
-        port = self._resolved().get("port", "22")
+        seen = self._resolved()
+        host, port = seen.get("hostname", self.dest.host), seen.get("port", "22")
         return host if port == "22" else f"[{host}]:{port}"
 
     def _resolved(self) -> dict[str, str]:

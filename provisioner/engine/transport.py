@@ -55,7 +55,9 @@ class Transport(Protocol):
         ...
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over a Unix socket (the Engine API's own)."""
+
     def __init__(self, socket_path: str, timeout: float) -> None:
         super().__init__("localhost", timeout=timeout)
         self._socket_path = socket_path
@@ -101,7 +103,7 @@ class SocketTransport:
 
     def _send(self, call: Call, prefix: str = "") -> tuple[int, bytes, http.client.HTTPMessage]:
         query = "?" + urllib.parse.urlencode(call.params) if call.params else ""
-        conn = _UnixHTTPConnection(self.socket_path, call.timeout)
+        conn = UnixHTTPConnection(self.socket_path, call.timeout)
         try:
             conn.request(call.method, prefix + call.path + query, call.body, call.headers)
             response = conn.getresponse()

@@ -73,7 +73,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import http.client
 import json
 import os
 import re
@@ -81,7 +80,6 @@ import select
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -89,6 +87,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+
+from provisioner.engine.transport import UnixHTTPConnection
 
 BASE_DIR = Path("/var/lib/prov-remotehost")
 """Where tests should put workdirs (``BASE_DIR / f"r{index}"``); `cleanup_stale` empties it."""
@@ -190,22 +190,10 @@ def _tail(path: Path, lines: int = 25) -> str:
     return "\n".join(text.splitlines()[-lines:]) or f"({path.name}: empty)"
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, socket_path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._socket_path = socket_path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self._socket_path)
-        self.sock = sock
-
-
 def _docker_api(
     socket_path: Path, method: str, path: str, timeout: float = 10.0
 ) -> tuple[int, bytes]:
-    conn = _UnixHTTPConnection(str(socket_path), timeout)
+    conn = UnixHTTPConnection(str(socket_path), timeout)
     try:
         conn.request(method, path)
         response = conn.getresponse()
