@@ -257,7 +257,7 @@ def test_root_with_sudo_cannot_widen_egress(prov: Prov, rooted: str, test_host: 
     """--sudo gives root, but not the network: the rules and routes cannot be changed."""
     assert prov.ssh(rooted, "sudo id -u").stdout.strip() == "0"
     for attempt in (
-        "sudo iptables -P OUTPUT ACCEPT",
+        "sudo iptables -D OUTPUT -j REJECT",  # the catch-all that refuses the rest
         "sudo iptables -F OUTPUT",
         "sudo ip route add default dev eth0",
     ):
