@@ -269,7 +269,7 @@ class Extras:
                     raise ConfigError(
                         f"--ca-cert {cert} does not exist", "", "pass a CA certificate file."
                     )
-                ca_pem(cert)
+                ca_pem(cert, ProvPaths.from_env().ca_cache)
 
 
 EGRESS_MODES = ("allowlist", "open", "none")
@@ -440,6 +440,11 @@ class ProvPaths:
     def egress_defaults(self) -> Path:
         """Cache of the default egress allowlist (registries read from config)."""
         return self.home / "cache" / "egress-defaults.json"
+
+    @property
+    def ca_cache(self) -> Path:
+        """CA files already read, as PEM, under the SHA-256 of their bytes."""
+        return self.home / "cache" / "ca"
 
     @property
     def npm_registry_cache(self) -> Path:

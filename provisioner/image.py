@@ -201,18 +201,22 @@ def _layer(
     return tag, content_hash, True
 
 
-def _agents_context(tmp: Path, ca_files: tuple[Path, ...]) -> Path:
+def _agents_context(tmp: Path, ca_files: tuple[Path, ...], ca_cache: Path | None) -> Path:
     """docker/agents plus the CA files to trust, in a private temp copy."""
     context = tmp / "agents"
     shutil.copytree(docker_context("agents"), context)
     for index, ca in enumerate(ca_files):
         # As PEM named *.crt, the form update-ca-certificates installs.
-        (context / "ca" / f"{index:02d}-{ca.stem}.crt").write_bytes(host.ca_pem(ca))
+        (context / "ca" / f"{index:02d}-{ca.stem}.crt").write_bytes(host.ca_pem(ca, ca_cache))
     return context
 
 
 def ensure_image(
-    engine: Engine, request: ImageRequest, note: Progress, line: Progress
+    engine: Engine,
+    request: ImageRequest,
+    note: Progress,
+    line: Progress,
+    ca_cache: Path | None = None,
 ) -> BuiltImage:
     if request.from_image:
         base_ref = request.from_image
@@ -243,7 +247,7 @@ def ensure_image(
     versions = dict(request.versions)
     if request.agents or request.ca_files:
         with tempfile.TemporaryDirectory(prefix="prov-build-") as tmp:
-            context = _agents_context(Path(tmp), request.ca_files)
+            context = _agents_context(Path(tmp), request.ca_files, ca_cache)
             buildargs = {
                 "BASE_IMAGE": tag,
                 "AGENTS": ",".join(request.agents),

@@ -183,7 +183,7 @@ def _prepare_steps(
     image_request = _image_request(request, project.path, paths)
     with images_lock:  # environments asking for the same image share one build
         built = images.get(image_request) or ensure_image(
-            builder, image_request, reporter.note, reporter.detail
+            builder, image_request, reporter.note, reporter.detail, paths.ca_cache
         )
         images[image_request] = built
         _copy_image(builder, engine, built.tag, reporter)

@@ -138,3 +138,36 @@ def test_ca_certs_checked_and_normalised(tmp_path: Path) -> None:
     for bad in (junk, tmp_path / "key.pem", tmp_path, Path("/dev/zero")):
         with pytest.raises(ConfigError):
             host.ca_pem(bad)
+
+
+def test_ca_cache_spares_the_parse_and_never_hides_a_bad_file(tmp_path: Path) -> None:
+    """With a cache, a CA read once is not parsed again (the X.509 code stays
+    unloaded); a new or changed file is parsed, and junk is still refused."""
+    import subprocess
+    import sys
+
+    from tests.integration.tlssite import make_certs
+
+    cache = tmp_path / "cache"
+    pem_path = make_certs(tmp_path, ["ca.example.test"])
+    pem = pem_path.read_bytes()
+    assert host.ca_pem(pem_path, cache) == pem
+    (kept,) = cache.iterdir()
+    assert kept.read_bytes() == pem and kept.stat().st_mode & 0o077 == 0
+    # A fresh interpreter reads it back without importing cryptography.x509.
+    probe = (
+        "import sys; from pathlib import Path; from provisioner import host; "
+        f"out = host.ca_pem(Path({str(pem_path)!r}), Path({str(cache)!r})); "
+        "print(out == Path(sys.argv[1]).read_bytes(), 'cryptography.x509' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe, str(pem_path)], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.split() == ["True", "False"]
+    # A damaged cache entry is not trusted: the file is parsed again.
+    kept.write_bytes(b"garbage")
+    assert host.ca_pem(pem_path, cache) == pem
+    junk = tmp_path / "junk.pem"
+    junk.write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+    with pytest.raises(ConfigError):
+        host.ca_pem(junk, cache)
