@@ -26,7 +26,7 @@ from provisioner.plan import SshTarget
 from provisioner.progress import Reporter
 
 # How often to try sshd's port while waiting for its banner (a loopback connect).
-BANNER_POLL = 0.015
+BANNER_POLL = 0.005
 BANNER_POLL_CROWDED = 0.05
 
 
