@@ -236,14 +236,18 @@ def test_from_non_debian_image_is_refused(prov: Prov, docker_client: docker.Dock
 
 
 def test_gpus_without_gpu_support(prov: Prov, docker_client: docker.DockerClient) -> None:
-    """--gpus asks Docker for GPU devices; an engine without them is a clear error."""
+    """--gpus asks Docker for GPU devices; an engine without them is a clear error.
+    The environment's start fails while its egress proxy is being started beside
+    it: the proxy's start is awaited, then everything made is removed."""
     name = prov.name("gpu")
     prov.project(name)
     result = prov.run("up", name, "--gpus", "all")
     assert result.returncode != 0
     assert "cannot give containers GPUs" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
-    assert prov_containers(docker_client, name) == []
+    assert docker_client.containers.list(all=True, filters={"name": f"prov-{name}"}) == []
+    assert not docker_client.volumes.list(filters={"name": f"prov-{name}-home"})
+    assert not docker_client.networks.list(names=[f"prov-{name}-net"])
 
 
 def test_systemd_run_prefix_runs_in_the_container(prov: Prov) -> None:
