@@ -205,6 +205,84 @@ def manual_parallel(key: Path, project: Path, count: int = 10) -> float:
     return max(ready)
 
 
+def wait_banner(host: str, port: int, limit: float = 30.0) -> None:
+    started = time.perf_counter()
+    while time.perf_counter() - started < limit:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), 1) as sock:
+            if sock.recv(4).startswith(b"SSH-"):
+                return
+        time.sleep(0.002)
+    sys.exit(f"bench: no sshd banner on {host}:{port}")
+
+
+def docker_floor_warm(
+    client: docker.DockerClient, up: dict[str, object], config: Path, runs: int
+) -> list[float]:
+    """What a warm `up` costs Docker and sshd alone, with no prov code running:
+    the environment's two containers (made by prov, then stopped) started
+    together through the Engine API, until a login through the alias (no
+    connection reuse) runs `true`. Creating them is left out (~10 ms)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    env_id = str(up["container"])
+    ids = [
+        env_id,
+        *(str(c.id) for c in client.containers.list(filters={"name": f"{env_id}-egress"})),
+    ]
+    login = ["ssh", "-F", str(config), "-o", "ControlPath=none", "-o", "BatchMode=yes"]
+    times = []
+    for _ in range(runs):
+        for cid in ids:
+            client.api.stop(cid, timeout=0)
+        with ThreadPoolExecutor(len(ids)) as pool:
+            start = time.perf_counter()
+            list(pool.map(client.api.start, ids))
+        wait_banner(str(up["host"]), int(str(up["port"])))
+        run([*login, str(up["ssh_alias"]), "true"])
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def docker_floor_ten(client: docker.DockerClient, image: str, count: int = 10) -> float:
+    """What ten new environments cost Docker alone: for each, in parallel, an
+    internal network, two containers on it (one also on a second network, as
+    the egress proxy is) and both started; no sshd, no prov code."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    api = client.api
+    tag = f"provbenchfloor{os.getpid()}"
+    side = api.create_network(f"{tag}-out", driver="bridge")["Id"]
+
+    def one(i: int) -> None:
+        net = api.create_network(f"{tag}-n{i}", driver="bridge", internal=True)["Id"]
+        made = []
+        for role in ("env", "proxy"):
+            made.append(
+                api.create_container(
+                    image,
+                    entrypoint=["/bin/sleep", "600"],
+                    name=f"{tag}-{role}{i}",
+                    labels={"prov-bench": tag},
+                    host_config=api.create_host_config(network_mode=net),
+                )["Id"]
+            )
+        api.connect_container_to_network(made[1], side)
+        for cid in made:
+            api.start(cid)
+
+    try:
+        start = time.perf_counter()
+        with ThreadPoolExecutor(count) as pool:
+            list(pool.map(one, range(count)))
+        return time.perf_counter() - start
+    finally:
+        for container in api.containers(all=True, filters={"label": f"prov-bench={tag}"}):
+            api.remove_container(container["Id"], force=True)
+        for network in api.networks():
+            if network["Name"].startswith(tag):
+                api.remove_network(network["Id"])
+
+
 def peak_rss_mib(cmd: list[str], env: dict[str, str]) -> float:
     """Run `cmd` and return its own peak resident set size (MiB), from wait4."""
     proc = subprocess.Popen(
@@ -474,8 +552,10 @@ def main() -> None:
     prov = prov_exe()
     client = docker.from_env()
     tmp = Path(tempfile.mkdtemp(prefix="prov-bench-"))
+    # prov as installed runs from compiled bytecode; a shell that turns that
+    # off (PYTHONDONTWRITEBYTECODE) would add ~25 ms of compiling to every run.
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"},
         "HOME": str(tmp / "home"),
         "PROV_HOME": str(tmp / "ph"),
         "PROV_AGENTS": "none",
@@ -531,6 +611,16 @@ def main() -> None:
         print(f"egress proxy's start cost (allowlist - open, medians): {proxy_cost:.2f} s")
         print(f"guide's manual sequence: {fmt(manual_times)}")
         print(f"ratio prov/manual: {ratio:.2f}x (open: {open_ratio:.2f}x)   target <= 0.9x")
+        floor_up = json.loads(
+            run([*prov, "up", name, "--project", str(project), "--json"], env=env)
+        )
+        floor = docker_floor_warm(client, floor_up, tmp / "ph" / "ssh_config", args.runs)
+        print(
+            "Docker and sshd alone (prov's two containers started together, until a "
+            f"login through the alias): {fmt(floor)}; that floor / manual: "
+            f"{statistics.median(floor) / statistics.median(manual_times):.2f}x"
+        )
+        run([*prov, "down", name], env=env)
 
         noop = json.loads(run([*prov, "up", name, "--project", str(project), "--json"], env=env))
         noop_times = [
@@ -566,6 +656,12 @@ def main() -> None:
         print(f"prov up of 10 new environments at once: {fmt(tens)}")
         print(f"ten manual sequences in parallel: {fmt(manual_tens)}")
         print(f"ratio 10 at once / 1: {ten / one:.2f}x   target < 3x")
+        floors = [docker_floor_ten(client, prov_image) for _ in range(args.runs)]
+        print(
+            "Docker alone, the container work of 10 new environments (10 networks, "
+            f"20 containers, started; no sshd): {fmt(floors)}; that floor / ten manual: "
+            f"{statistics.median(floors) / manual_ten:.2f}x"
+        )
         print(
             f"ratio 10 at once / ten manual in parallel: {ten / manual_ten:.2f}x   target <= 0.6x"
         )
