@@ -83,7 +83,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -232,6 +232,37 @@ def _own_lineage() -> set[int]:
         except (OSError, ValueError, IndexError):
             break
     return pids
+
+
+def _spawn_logged(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    """A daemon in a session of its own, its output appended to `log_path`."""
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            env=_env(),
+            start_new_session=True,
+        )
+
+
+def _await_ready(
+    proc: subprocess.Popen[bytes],
+    ready: Callable[[], bool],
+    name: str,
+    too_late: str,
+    deadline: float,
+    step: float,
+) -> None:
+    """Poll `ready` every `step` s until it holds; RemoteHostError if `proc`
+    exits first (as "NAME exited CODE") or the deadline passes (`too_late`)."""
+    while not ready():
+        if proc.poll() is not None:
+            raise RemoteHostError(f"{name} exited {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise RemoteHostError(too_late)
+        time.sleep(step)
 
 
 def _kill_and_wait(pids: Iterable[int], timeout: float = 10.0) -> None:
@@ -766,22 +797,18 @@ class RemoteHost:
         )
         enter_netns = ["ip", "netns", "exec", self.netns]
         unshare = ["unshare", "--mount", "--uts", "--propagation", "private", "--"]
-        with self.holder_log.open("ab") as log:
-            self._holder = subprocess.Popen(
-                [*enter_netns, *unshare, "bash", "-c", script],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                env=_env(),
-                start_new_session=True,
-            )
+        self._holder = _spawn_logged(
+            [*enter_netns, *unshare, "bash", "-c", script], self.holder_log
+        )
         ready = self._ns_root() / "run/.provtest-ready"
-        while not ready.exists():
-            if self._holder.poll() is not None:
-                raise RemoteHostError(f"namespace holder exited {self._holder.returncode}")
-            if time.monotonic() > deadline:
-                raise RemoteHostError("namespace holder did not get ready")
-            time.sleep(0.02)
+        _await_ready(
+            self._holder,
+            ready.exists,
+            "namespace holder",
+            "namespace holder did not get ready",
+            deadline,
+            0.02,
+        )
 
     def _start_dockerd(self, deadline: float) -> None:
         argv = [
@@ -811,21 +838,15 @@ class RemoteHost:
         ns_root = self._ns_root()
         (ns_root / "run/docker.pid").unlink(missing_ok=True)
         (ns_root / "run/docker/containerd/containerd.pid").unlink(missing_ok=True)
-        with self.dockerd_log.open("ab") as log:
-            self._dockerd = subprocess.Popen(
-                [*self._nsenter(), *argv],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                env=_env(),
-                start_new_session=True,
-            )
-        while not _docker_ping(self.docker_sock):
-            if self._dockerd.poll() is not None:
-                raise RemoteHostError(f"dockerd exited {self._dockerd.returncode}")
-            if time.monotonic() > deadline:
-                raise RemoteHostError("dockerd did not answer /_ping in time")
-            time.sleep(0.05)
+        self._dockerd = _spawn_logged([*self._nsenter(), *argv], self.dockerd_log)
+        _await_ready(
+            self._dockerd,
+            lambda: _docker_ping(self.docker_sock),
+            "dockerd",
+            "dockerd did not answer /_ping in time",
+            deadline,
+            0.05,
+        )
 
     def _stop_dockerd(self, timeout: float) -> None:
         proc, self._dockerd = self._dockerd, None
@@ -899,23 +920,20 @@ Subsystem sftp internal-sftp
         self._write_sshd_config()
         self.sshd_pidfile.unlink(missing_ok=True)
         self.ns_run([_SSHD, "-t", "-f", str(self.sshd_config)])
-        with self.sshd_log.open("ab") as log:
-            self._sshd = subprocess.Popen(
-                [*self._nsenter(), _SSHD, "-D", "-e", "-f", str(self.sshd_config)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                env=_env(),
-                start_new_session=True,
-            )
+        sshd = _spawn_logged(
+            [*self._nsenter(), _SSHD, "-D", "-e", "-f", str(self.sshd_config)], self.sshd_log
+        )
+        self._sshd = sshd
         # sshd writes its PidFile once it listens: a readiness signal that needs no
         # connection, so it holds while the host is blackholed too.
-        while not self._sshd_pidfile_is(self._sshd.pid):
-            if self._sshd.poll() is not None:
-                raise RemoteHostError(f"sshd exited {self._sshd.returncode}")
-            if time.monotonic() > deadline:
-                raise RemoteHostError(f"sshd on {self.address}:22 did not start listening")
-            time.sleep(0.02)
+        _await_ready(
+            sshd,
+            lambda: self._sshd_pidfile_is(sshd.pid),
+            "sshd",
+            f"sshd on {self.address}:22 did not start listening",
+            deadline,
+            0.02,
+        )
 
     def _sshd_pidfile_is(self, pid: int) -> bool:
         try:
