@@ -10,9 +10,10 @@ from pathlib import Path
 
 from provisioner import keys, sshconf, state
 from provisioner.config import AGENT_USER, ProvPaths
+from provisioner.engine import Engine
 from provisioner.openssh import system_ssh
 from provisioner.ownership import require_ours
-from provisioner.plan import SshTarget, connect_host, container_name
+from provisioner.plan import SshTarget, connect_host, container_name, proxy_name
 from provisioner.ready import Fatal, Transient, read_banner
 from provisioner.sshclient import run_command
 
@@ -84,9 +85,15 @@ def ssh_test(name: str, paths: ProvPaths | None = None) -> list[Check]:
             return False, f"no container {container_name(name)}; run `prov up {name}`"
         return info.running, f"{info.name} is {info.status}"
 
+    # A published port on an internal network is the gate's, relayed to sshd.
+    relayed = bool(record.port) and (record.ssh_host, record.ssh_port) != (
+        connect_host(record.bind),
+        record.port,
+    )
+
     def published() -> tuple[bool, str]:
         assert info is not None  # noqa: S101 - only reached after `running` passed
-        if record.port == 0:  # an internal network: the alias goes to its address
+        if record.port == 0 or relayed:  # an internal network: the alias goes to its address
             return hostname in info.addresses, f"want {hostname}, have " + (
                 ", ".join(info.addresses) or "none"
             )
@@ -189,4 +196,30 @@ def ssh_test(name: str, paths: ProvPaths | None = None) -> list[Check]:
         "tmux session created the way NTM does",
         via_alias(tmux, lambda c, o: c == 0 and record.project_dir in o),
     )
+    if relayed:
+        add(
+            f"published port {record.bind}:{record.port} reaches sshd",
+            lambda: _relay(engine, paths, record),
+        )
     return results
+
+
+def _relay(engine: Engine, paths: ProvPaths, record: state.EnvRecord) -> tuple[bool, str]:
+    """The gate publishes the recorded port, and sshd's banner comes through it."""
+    from provisioner.lifecycle import own_container
+
+    gate = own_container(engine, record.name, paths, "egress")
+    if gate is None or not gate.running:
+        return False, f"the gate {proxy_name(record.name)} is not running"
+    if (record.bind, record.port) not in gate.published:
+        return False, f"{proxy_name(record.name)} publishes " + (
+            ", ".join(f"{h}:{p}" for h, p in gate.published) or "nothing"
+        )
+    host = connect_host(record.bind)
+    if engine.link is not None:
+        said = engine.link.banner(host, record.port)
+        return said.startswith("SSH-"), " ".join(said.split())[-200:]
+    try:
+        return True, read_banner(host, record.port)
+    except Transient as exc:
+        return False, str(exc)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 import threading
 import time
@@ -141,6 +142,22 @@ class ConsoleReporter:
         self._refresh()
         if _verbose and not self.quiet:
             err.line(self.prefix + message, "  ", "dim")
+
+
+_IMPORTED = time.monotonic()
+
+
+def since_start() -> float:
+    """Seconds since this process started (the kernel's start time, so Python's
+    own start-up counts too), as a stopwatch around the command would see it;
+    from the import of this module where /proc does not say."""
+    try:
+        with open("/proc/self/stat", "rb") as handle:  # noqa: PTH123 - a proc file, read once
+            fields = handle.read().rsplit(b")", 1)[1].split()
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: starttime
+        return max(0.0, time.clock_gettime(time.CLOCK_BOOTTIME) - started)
+    except (OSError, ValueError, IndexError, AttributeError):
+        return time.monotonic() - _IMPORTED
 
 
 def _fail(exc: ProvError) -> NoReturn:
@@ -503,6 +520,8 @@ def _up_many(requests: list[UpRequest], as_json: bool) -> None:
             if not isinstance(outcome, ProvError):
                 err.line(f"{outcome.name} ready: ssh {outcome.ssh_alias}", "✓ ", "bold green")
                 out.line(outcome.ntm_command)
+        ready_count = len(outcomes) - len(failures)
+        err.line(f"{ready_count} of {len(outcomes)} ready in {since_start():.1f} s")
     for request, failure in failures:
         err.line(f"{request.name}: {failure.paragraph()}", "error: ", "bold red")
     if failures:
@@ -523,12 +542,19 @@ def _up_one(request: UpRequest, as_json: bool, spawn: bool) -> None:
             "created": "ready",
             "recreated": "recreated and ready",
         }[result.action]
+        built = f", {result.image_seconds:.1f} s of it the image" if result.image_seconds else ""
         err.line(
-            f"{result.name} {verb} in {result.ready_seconds:.1f} s: ssh {result.ssh_alias}  "
+            f"{result.name} {verb} in {since_start():.1f} s{built}: ssh {result.ssh_alias}  "
             f"(host key {result.host_key_fingerprint})",
             "✓ ",
             "bold green",
         )
+        if result.guide_command:
+            where = f" on the engine host ({result.published_on})" if result.published_on else ""
+            err.line(
+                f"SSH is also on {result.published_bind}:{result.published_port}{where}: "
+                + result.guide_command
+            )
         err.line("Hand it to NTM with:")
         out.line(result.ntm_command)
     if spawn:
@@ -709,6 +735,7 @@ def ls(
             e.name if e.home == "this" else f"{e.name} (other home)",
             e.state,
             f"{e.host}:{e.port}" if e.port else "-",
+            e.published,
             e.project_dir,
             e.egress,
             e.sudo,
@@ -717,7 +744,7 @@ def ls(
         )
         for e in envs
     ]
-    headers = ("NAME", "STATE", "SSH", "PROJECT", "EGRESS", "SUDO", "AGENTS", "STATUS")
+    headers = ("NAME", "STATE", "SSH", "PORT", "PROJECT", "EGRESS", "SUDO", "AGENTS", "STATUS")
     if out.tty:
         from rich.table import Table
 
@@ -764,7 +791,7 @@ def gc(
     report = _run(lifecycle.gc, yes, tuple(images or ()))
     for image in report.removable:
         verb = "removed" if report.removed else "would remove"
-        out.line(f"{verb} {image.tag}  ({_size(image.frees)})")
+        out.line(f"{verb} {image.shown}  ({_size(image.frees)})")
     if report.in_use:
         err.line(f"kept, in use: {len(report.in_use)} image(s)")
     if not report.removable:
@@ -872,8 +899,8 @@ def _start(name: str, timeout: float, restart: bool) -> None:
     from provisioner import lifecycle
 
     with ConsoleReporter() as reporter:
-        seconds = _run(lifecycle.start, _name(name), reporter, timeout, restart)
-    err.line(f"{name} ready in {seconds:.1f} s: ssh prov-{name}", "✓ ", "bold green")
+        _run(lifecycle.start, _name(name), reporter, timeout, restart)
+    err.line(f"{name} ready in {since_start():.1f} s: ssh prov-{name}", "✓ ", "bold green")
 
 
 TimeoutOpt = Annotated[float, typer.Option(help="Seconds to wait for SSH to be ready.")]
@@ -945,8 +972,10 @@ def rm(
             default=False,
         ):
             raise typer.Exit(1)
-        _run(lifecycle.forget, name)
+        revoked = _run(lifecycle.forget, name)
         err.line(f"forgot {name}: keys, alias and record removed here", "✓ ", "bold green")
+        if revoked:
+            err.line(f"gave back {revoked}", "  ")
         return
     if not yes:
         if not sys.stdin.isatty():
@@ -970,6 +999,8 @@ def rm(
     removal = _run(lifecycle.rm, name)
     what = "container, keys and alias" if removal.container_removed else "keys and alias"
     err.line(f"removed {name}: {what}", "✓ ", "bold green")
+    if removal.access_revoked:
+        err.line(f"gave back {removal.access_revoked}", "  ")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

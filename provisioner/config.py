@@ -373,22 +373,18 @@ class UpRequest:
     extras: Extras = Extras()
     containment: Containment = Containment()
 
+    @property
+    def publishes(self) -> bool:
+        """Whether SSH gets a host port: always with --egress open (on the
+        environment itself), else when --port or a --bind beyond loopback asks
+        for one (carried by the environment's gate; the alias needs none)."""
+        return not self.containment.internal or self.port is not None or not is_loopback(self.bind)
+
     def __post_init__(self) -> None:
         validate_name(self.name)
         if self.port is not None:
             validate_port(self.port)
         validate_bind(self.bind)
-        if self.containment.internal and (self.port is not None or not is_loopback(self.bind)):
-            flag = "--port" if self.port is not None else "--bind"
-            raise UsageError(
-                f"{flag} needs --egress open",
-                f"With --egress {self.containment.egress} the environment sits on an internal "
-                "Docker network, where Docker publishes no ports; the prov-NAME alias reaches "
-                "sshd at the environment's own address on this machine instead, which no "
-                "other machine can reach.",
-                f"leave {flag} out (the alias needs no port), or add --egress open to publish "
-                "SSH on a host port with no egress restriction.",
-            )
         if self.timeout <= 0:
             raise UsageError(
                 f"Invalid timeout {self.timeout}",
@@ -457,6 +453,10 @@ class ProvPaths:
         prepared while others are placed (never held while waiting for `lock`)."""
         return self.home / ".keys.lock"
 
+    def project_acl_ledger(self, name: str) -> Path:
+        """What an environment's ACL grant on a root-owned project found before it."""
+        return self.env_dir(name) / "project-acl.json"
+
     @property
     def envs(self) -> Path:
         return self.home / "envs"
@@ -482,3 +482,7 @@ class ProvPaths:
 
 def user_ssh_config() -> Path:
     return Path.home() / ".ssh" / "config"
+
+
+def user_known_hosts() -> Path:
+    return Path.home() / ".ssh" / "known_hosts"

@@ -17,8 +17,6 @@ from pathlib import Path
 from provisioner.config import AGENT_HOME
 from provisioner.errors import ConfigError, ProvError
 
-FALLBACK_UID = 1000
-
 # (path below the host home, path below the agent's home). Claude keeps state
 # both in ~/.claude/ and in ~/.claude.json; Gemini CLI uses ~/.gemini, the
 # guide names ~/.config/gemini, so both are carried when present.
@@ -60,19 +58,50 @@ def ntm_projects_base() -> Path:
     return Path.home() / "ntm_Dev"
 
 
-def _unprivileged_owner() -> tuple[int, int]:
+# prov as root, with no sudo caller to run the agent as: an ID from a range no
+# login account or systemd dynamic user gets (useradd hands out 1000-60000,
+# systemd 61184 up), so no account on this host can ever share the agent's
+# access to a project.
+ROOT_AGENT_IDS = range(61000, 61184)
+
+
+def _root_agent_ids() -> tuple[int, int]:
+    """The IDs the agent runs as when prov runs as root: the sudo caller's, else
+    the first of ROOT_AGENT_IDS that no account or group on this host has."""
+    import grp
+    import pwd
+
     uid, gid = os.environ.get("SUDO_UID", ""), os.environ.get("SUDO_GID", "")
     if uid.isdigit() and gid.isdigit() and int(uid) != 0:
         return int(uid), int(gid)
-    return FALLBACK_UID, FALLBACK_UID
+    for candidate in ROOT_AGENT_IDS:
+        try:
+            pwd.getpwuid(candidate)
+            continue
+        except KeyError:
+            pass
+        try:
+            grp.getgrgid(candidate)
+            continue
+        except KeyError:
+            return candidate, candidate
+    raise ConfigError(
+        "No free user ID for the agent",
+        f"Every ID from {ROOT_AGENT_IDS.start} to {ROOT_AGENT_IDS.stop - 1} has an account or "
+        "group on this host.",
+        "give the project to a regular user (`chown -R USER: DIR`); the agent then runs as "
+        "that user's ID.",
+    )
 
 
 @dataclass(frozen=True)
 class ProjectDir:
     path: Path
-    uid: int
+    uid: int  # the agent's IDs
     gid: int
-    owner_fallback: bool  # True when the owner was root and prov used FALLBACK_UID
+    # Root owns it and prov runs as root: the agent gets access through ACL
+    # entries prov adds (projectacl), and takes away again at `rm`.
+    grant: bool = False
     created: Path | None = None  # the topmost directory this run made (--create-dir)
 
 
@@ -92,7 +121,14 @@ def remove_created(project: ProjectDir) -> None:
         path = path.parent
 
 
-def resolve_project_dir(name: str, explicit: Path | None, create: bool) -> ProjectDir:
+def resolve_project_dir(
+    name: str, explicit: Path | None, create: bool, mounted: bool = True
+) -> ProjectDir:
+    """The project and the IDs the agent runs as there: its owner's. Never root:
+    a root-owned project, with prov running as root, gets an unprivileged
+    agent that prov grants access (`grant`); without root it is refused.
+    `mounted=False`: the environment gets a copy (a remote engine's rsync),
+    which is the agent's whoever owns the original."""
     path = (explicit.expanduser() if explicit else ntm_projects_base() / name).absolute()
     created: Path | None = None
     if not path.exists():
@@ -108,19 +144,34 @@ def resolve_project_dir(name: str, explicit: Path | None, create: bool) -> Proje
             created = created.parent
         path.mkdir(parents=True)
         if os.geteuid() == 0:
-            # Made by prov as root: give the new, empty dir to the user agents
-            # run as (the sudo caller, else the fallback UID), or they could
-            # not write to their own project.
-            os.chown(path, *_unprivileged_owner())
+            # Made by prov as root: the new, empty dir belongs to the user
+            # agents run as, or they could not write to their own project.
+            try:
+                os.chown(path, *_root_agent_ids())
+            except BaseException:
+                remove_created(ProjectDir(path, 0, 0, created=created))
+                raise
     if not path.is_dir():
         raise ConfigError(
             f"Project path {path} is not a directory", "", "point --project at a directory."
         )
     st = path.stat()
-    if st.st_uid == 0:
-        uid, gid = _unprivileged_owner()
-        return ProjectDir(path, uid, gid, True, created)
-    return ProjectDir(path, st.st_uid, st.st_gid, False, created)
+    if st.st_uid != 0:
+        return ProjectDir(path, st.st_uid, st.st_gid, created=created)
+    if not mounted:
+        ids = _root_agent_ids() if os.geteuid() == 0 else (os.geteuid(), os.getegid())
+        return ProjectDir(path, *ids, created=created)
+    if os.geteuid() != 0:
+        raise ConfigError(
+            f"Project directory {path} is owned by root, and the agent never runs as root",
+            f"prov runs the agent as your user (UID {os.geteuid()}), which could not write "
+            "there, and without root prov cannot grant it access.",
+            f"give the project to yourself (`sudo chown -R {os.geteuid()}:{os.getegid()} "
+            f"{path}`), use a project dir you own, or run prov as root (it then grants the "
+            "agent access with an ACL, and takes it away at `prov rm`).",
+        )
+    uid, gid = _root_agent_ids()
+    return ProjectDir(path, uid, gid, grant=True, created=created)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import tempfile
 import time
@@ -22,6 +23,7 @@ from provisioner.engine import Engine
 from provisioner.errors import BuildError
 
 IMAGE_REPO = "prov-env"
+IMAGE_LABEL = "prov.image"  # on every image prov builds, stages included
 
 
 def docker_context(layer: str) -> Path:
@@ -185,18 +187,27 @@ def _layer(
     base_ref: str,
     note: Progress,
     line: Progress,
+    target: str | None = None,
+    adds_something: Callable[[], bool] | None = None,
 ) -> tuple[str, str, bool]:
-    """Build `context` unless an image with the same content hash exists; (tag, hash, built)."""
-    labels = {"prov.base": base_ref}
+    """Build `context` (up to the stage `target`) unless an image with the same
+    content hash exists; (tag, hash, built). `adds_something`: asked before a
+    build; when it says no, the parent itself gets the layer's tag (no layer
+    is made, and the next run finds the tag at once)."""
+    labels = {"prov.base": base_ref, **({"prov.target": target} if target else {})}
     content_hash = context_hash(context, buildargs, parent_id, labels)
     tag = f"{IMAGE_REPO}:{content_hash[:16]}"
     if engine.image_id(tag):
+        return tag, content_hash, False
+    if adds_something is not None and not adds_something():
+        line(f"the {what} layer would add nothing; tagging its parent as {tag}")
+        engine.tag_image(parent_id, tag)
         return tag, content_hash, False
     note(f"building the {what} layer ({tag})")
     started = time.monotonic()
     # The builder's lines go to the status line (and to the log with -v); the
     # phase and its duration are printed.
-    engine.build(context, tag, buildargs, {"prov.image-hash": content_hash, **labels}, line)
+    engine.build(context, tag, buildargs, {"prov.image-hash": content_hash, **labels}, line, target)
     note(f"built the {what} layer in {time.monotonic() - started:.1f} s")
     return tag, content_hash, True
 
@@ -259,8 +270,24 @@ def ensure_image(
             }
             what = "agents (" + (", ".join(request.agents) or "CA certificates only") + ")"
             parent = engine.image_id(tag) or ""
+            parent_tag = tag
+
+            def adds_something() -> bool:
+                """Without agents the layer only adds CAs: none if the image has them all."""
+                bundle = engine.read_image_file(parent_tag, (CA_BUNDLE,))
+                return not _trusts_all(bundle, _context_cas(context))
+
             tag, content_hash, built = _layer(
-                engine, what, context, buildargs, parent, base_ref, note, line
+                engine,
+                what,
+                context,
+                buildargs,
+                parent,
+                base_ref,
+                note,
+                line,
+                target=None if request.agents else "prov-ca",
+                adds_something=None if request.agents else adds_something,
             )
             built_any |= built
     if request.project_dockerfile is not None:
@@ -282,6 +309,24 @@ def ensure_image(
         a: labels[f"prov.agent.{a}"] for a in AGENT_BUILD_ARGS if f"prov.agent.{a}" in labels
     }
     return BuiltImage(tag, content_hash, base_ref, built_any, installed)
+
+
+CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+_PEM_RE = re.compile(rb"-----BEGIN CERTIFICATE-----(.*?)-----END CERTIFICATE-----", re.DOTALL)
+
+
+def _pem_bodies(data: bytes) -> set[bytes]:
+    """The certificates in PEM text, as their base64 with no whitespace."""
+    return {b"".join(body.split()) for body in _PEM_RE.findall(data)}
+
+
+def _context_cas(context: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in sorted((context / "ca").glob("*.crt")))
+
+
+def _trusts_all(bundle: str, cas: bytes) -> bool:
+    """Whether the trust store `bundle` already holds every CA in `cas`."""
+    return _pem_bodies(cas) <= _pem_bodies(bundle.encode())
 
 
 AGENT_BUILD_ARGS = {
@@ -309,10 +354,13 @@ def _require_debian_like(engine: Engine, image: str) -> None:
 OS_RELEASE_PATHS = ("/etc/os-release", "/usr/lib/os-release")
 
 
-def ensure_egress_image(engine: Engine, base_image: str, note: Progress, line: Progress) -> str:
-    """The egress proxy's image (tinyproxy on prov's base), built once."""
+def ensure_egress_image(
+    engine: Engine, base_image: str, note: Progress, line: Progress
+) -> tuple[str, bool]:
+    """The egress proxy's image (tinyproxy on prov's base), built once; (tag,
+    whether it was built now)."""
     base_ref, base_id = ensure_base(engine, base_image, note, line)
-    tag, _hash, _built = _layer(
+    tag, _hash, built = _layer(
         engine,
         "egress proxy",
         docker_context("egress"),
@@ -322,4 +370,4 @@ def ensure_egress_image(engine: Engine, base_image: str, note: Progress, line: P
         note,
         line,
     )
-    return tag
+    return tag, built

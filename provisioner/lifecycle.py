@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from provisioner import keys, sshconf, state
-from provisioner.config import AGENT_USER, ProvPaths, validate_name
+from provisioner.config import AGENT_USER, ProvPaths, user_known_hosts, validate_name
 from provisioner.engine import ContainerInfo, Engine, targets
 from provisioner.errors import DockerUnavailable, NotFound, ProvError, UsageError
 from provisioner.fsutil import file_lock
@@ -61,6 +61,7 @@ class EnvStatus:
     home_volume: str = "-"  # where /home/agent lives, and what keeps it
     engine: str = "-"  # the Docker engine it is on, and how prov chose it
     host: str = ""
+    published: str = "-"  # BIND:PORT where sshd is on a host port (--port), else "-"
 
     def public(self) -> dict[str, object]:
         return asdict(self)
@@ -90,6 +91,11 @@ def _from_summary(item: dict[str, Any], paths: ProvPaths) -> EnvStatus:
         sudo=labels.get(LABEL_SUDO, "-"),
         egress=labels.get(LABEL_EGRESS, "-").split(":", 1)[0],
         host=ssh_host,
+        published=(
+            f"{labels.get(LABEL_BIND, '127.0.0.1')}:{labels[LABEL_PORT]}"
+            if labels.get(LABEL_PORT, "0") not in ("", "0")
+            else "-"
+        ),
         limits=labels.get(LABEL_LIMITS, "-"),
         home="this" if is_ours(labels, paths) else "other",
         home_volume=(
@@ -357,7 +363,7 @@ def start(
     """Start (or restart) the container and wait until SSH works; seconds to ready."""
     paths = paths or ProvPaths.from_env()
     # Imported here: ls, status and the others do not need the readiness code.
-    from provisioner.ready import await_ssh
+    from provisioner.ready import await_ssh, wait_published
 
     record = state.require(paths, name)
     engine = engine_of(name, paths)
@@ -394,7 +400,7 @@ def start(
         Path(record.identity_file),
     )
     alias = sshconf.alias_for(name)
-    return await_ssh(
+    seconds = await_ssh(
         engine,
         paths.ssh_config,
         target,
@@ -404,6 +410,15 @@ def start(
         reporter,
         banner=not engine.remote,
     )
+    if record.port:  # and through its published port, which its gate may relay
+        wait_published(
+            connect_host(record.bind),
+            record.port,
+            timeout,
+            lambda: engine.logs_tail(proxy.id if proxy is not None else info.id),
+            banner=engine.link.banner if engine.link is not None else None,
+        )
+    return seconds
 
 
 def logs(name: str, follow: bool, tail: int | None) -> Iterator[bytes]:
@@ -442,7 +457,9 @@ def down(name: str, paths: ProvPaths | None = None) -> DownResult:
 @dataclass(frozen=True)
 class Removal:
     container_removed: bool
-    state_removed: bool
+    # A root-owned project whose ACL grant for the agent was taken away
+    # (with the number of files the agent made, handed to its owner); "".
+    access_revoked: str = ""
 
 
 def rm(name: str, paths: ProvPaths | None = None) -> Removal:
@@ -479,10 +496,10 @@ def rm(name: str, paths: ProvPaths | None = None) -> Removal:
         volume = engine.volume(volume_name)
         if volume is not None and is_ours(volume.get("Labels") or {}, paths):
             engine.remove_volume(volume_name)  # the agent's home and work: gone for good
-    return Removal(container_removed=info is not None, state_removed=_forget_here(name, paths))
+    return Removal(container_removed=info is not None, access_revoked=_forget_here(name, paths))
 
 
-def forget(name: str, paths: ProvPaths | None = None) -> bool:
+def forget(name: str, paths: ProvPaths | None = None) -> str:
     """`rm --forget`: prov's own files here only (its engine is gone)."""
     paths = paths or ProvPaths.from_env()
     alias = sshconf.alias_for(name)
@@ -494,15 +511,17 @@ def forget(name: str, paths: ProvPaths | None = None) -> bool:
     return _forget_here(name, paths)
 
 
-def _forget_here(name: str, paths: ProvPaths) -> bool:
+def _forget_here(name: str, paths: ProvPaths) -> str:
+    """Remove what prov keeps here for `name`; what `_revoke_access` did."""
     env_dir = paths.env_dir(name)
     alias = sshconf.alias_for(name)
     with file_lock(paths.lock), file_lock(paths.keys_lock):
-        existed = env_dir.exists()
+        revoked = _revoke_access(name, paths)
         shutil.rmtree(env_dir, ignore_errors=True)
         try:
             sshconf.delete_entry(paths.ssh_config, alias)
             sshconf.unpin_host_key(paths.known_hosts, alias)
+            sshconf.pin_published_port(user_known_hosts(), alias, (), 0, "", "")
         except ProvError as exc:
             # Everything else is gone; say so, and what is left to do by hand.
             raise type(exc)(
@@ -510,7 +529,48 @@ def _forget_here(name: str, paths: ProvPaths) -> bool:
                 exc.seen,
                 exc.hint,
             ) from None
-    return existed
+    return revoked
+
+
+def _revoke_access(name: str, paths: ProvPaths) -> str:
+    """A root-owned project the agent was granted access to: take the grant
+    away, unless another environment here uses the same project and grant."""
+    try:
+        record = state.load(paths, name)
+    except ProvError:
+        return ""
+    if record is None or not record.project_acl_uid:
+        return ""
+    for other in paths.envs.iterdir() if paths.envs.is_dir() else ():
+        if other.name == name or not _is_env_name(other.name):
+            continue
+        try:
+            them = state.load(paths, other.name)
+        except ProvError:
+            continue
+        if (
+            them is not None
+            and them.project_dir == record.project_dir
+            and them.project_acl_uid == record.project_acl_uid
+        ):
+            return ""  # still theirs: the last one to go takes it away
+    from provisioner import projectacl
+
+    project = Path(record.project_dir)
+    try:
+        owner = project.stat()
+    except OSError:
+        return ""
+    handed = projectacl.revoke(
+        project,
+        record.project_acl_uid,
+        (owner.st_uid, owner.st_gid),
+        paths.project_acl_ledger(name),
+    )
+    return (
+        f"{project} (the agent's ACL entries removed; {handed} file(s) it made given "
+        f"to UID {owner.st_uid})"
+    )
 
 
 @dataclass(frozen=True)
@@ -544,10 +604,18 @@ def egress_report(name: str, tail: int = 200, paths: ProvPaths | None = None) ->
 
 @dataclass(frozen=True)
 class GcImage:
-    tag: str
+    tag: str  # "" for an untagged image a build left behind
     image_id: str
     frees: int  # bytes no other image shares
     created: int
+
+    @property
+    def ref(self) -> str:
+        return self.tag or self.image_id
+
+    @property
+    def shown(self) -> str:
+        return self.tag or f"<untagged> {self.image_id.removeprefix('sha256:')[:12]}"
 
 
 @dataclass(frozen=True)
@@ -566,10 +634,11 @@ def gc(apply: bool = False, only: tuple[str, ...] = ()) -> GcReport:
     PROV_HOME, and that are not a layer below an image in use; removed only with
     `apply`; `only`: just these tags or IDs. The base images (prov-base,
     --base-image) are never touched."""
-    from provisioner.image import IMAGE_REPO
+    from provisioner.image import IMAGE_LABEL, IMAGE_REPO
 
     engine = Engine.connect()
-    listed = engine.images(IMAGE_REPO)
+    # Untagged images of prov's (a build's stages, or one interrupted) too.
+    listed = engine.images(IMAGE_REPO) + engine.dangling_images(f"{IMAGE_LABEL}=1")
     used = engine.image_ids_in_use()
     parents: dict[str, str] = {}
     for image_id in used:  # the chain of layers below each image in use
@@ -580,11 +649,13 @@ def gc(apply: bool = False, only: tuple[str, ...] = ()) -> GcReport:
     sizes = engine.unique_image_sizes() if listed else {}
     removable, in_use = select_unused(listed, used, parents, sizes, IMAGE_REPO)
     if only:  # just the images named (any tag of theirs)
-        removable = tuple(i for i in removable if i.tag in only or i.image_id in only)
+        removable = tuple(
+            i for i in removable if i.tag in only or i.image_id.removeprefix("sha256:") in only
+        )
         in_use = tuple(t for t in in_use if t in only)
     if apply:
         for candidate in removable:
-            engine.remove_image(candidate.tag)
+            engine.remove_image(candidate.ref)
     return GcReport(removable, in_use, apply)
 
 
@@ -596,7 +667,8 @@ def select_unused(
     repo: str,
 ) -> tuple[tuple[GcImage, ...], tuple[str, ...]]:
     """(removable images, oldest first; tags kept because in use): an image is
-    kept when a container uses it or it is a layer below one that does."""
+    kept when a container uses it or it is a layer below one that does. An
+    untagged one in `listed` (a build's leftover) is listed by its ID."""
     needed = set()
     for image_id in used:
         current = image_id
@@ -612,6 +684,8 @@ def select_unused(
             continue
         created = int(image.get("Created") or 0)
         removable += [GcImage(tag, image_id, sizes.get(image_id, 0), created) for tag in tags]
+        if not [t for t in image.get("RepoTags") or [] if t != "<none>:<none>"]:
+            removable.append(GcImage("", image_id, sizes.get(image_id, 0), created))
     return tuple(sorted(removable, key=lambda i: i.created)), tuple(sorted(in_use))
 
 

@@ -48,7 +48,9 @@ LABEL_SSH = "prov.ssh"  # where the alias connects: HOST:PORT
 LABEL_ROLE = "prov.role"  # "env" or "egress" (the environment's proxy)
 
 SSHD_PORT = "22/tcp"
-AUTHORIZED_KEYS_PATH = f"/etc/ssh/authorized_keys/{AGENT_USER}"
+# Where the environment's gate (its egress proxy container) relays a published
+# port to sshd, on an internal network where Docker publishes nothing itself.
+RELAY_PORT = "2222/tcp"
 SESSION_ENV_PATH = "/etc/prov/environment"
 KEYS_MOUNT = "/etc/prov/keys"
 HOST_KEY_FILE = "ssh_host_ed25519_key"
@@ -168,7 +170,7 @@ class ContainerSpec:
     labels: dict[str, str]
     environment: dict[str, str]
     bind: str
-    port: int  # 0: nothing published (an internal network)
+    port: int  # the host port published on `bind`; 0: nothing published
     mounts: tuple[Mount, ...]
     keys_dir: Path
     key_files: tuple[KeyFile, ...]
@@ -187,18 +189,27 @@ class ContainerSpec:
     # Named volumes mounted read-only: a remote environment's keys.
     ro_volumes: tuple[tuple[str, str], ...] = ()
     log_limit: bool = False  # keep Docker's log of it small (the proxy logs each request)
+    container_port: str = SSHD_PORT  # what `port` is published to inside
 
 
 @dataclass(frozen=True)
 class EgressPlan:
-    """The environment's egress proxy (allowlist mode only)."""
+    """The environment's gate: a container on its internal network and on
+    prov's outside network. In allowlist mode it is the egress proxy (the only
+    way out); with a published port (any internal mode) it also relays that
+    port to the environment's sshd, which is the only thing it relays to."""
 
     container: ContainerSpec
     allow: tuple[str, ...]
+    proxying: bool = True  # runs the egress proxy (allowlist mode)
 
     @property
     def url(self) -> str:
         return f"http://{self.container.address}:{PROXY_PORT}"
+
+    @property
+    def relays(self) -> bool:
+        return self.container.port != 0
 
 
 @dataclass(frozen=True)
@@ -234,6 +245,15 @@ class Plan:
     ntm_command: tuple[str, ...]
     ntm_env: dict[str, str]
     host_key: PublicKey
+
+    @property
+    def published(self) -> tuple[str, int] | None:
+        """(bind, host port) where sshd is published, on the environment itself
+        or on its gate; None when only the alias reaches it."""
+        for spec in (self.container, self.egress.container if self.egress else None):
+            if spec is not None and spec.port:
+                return spec.bind, spec.port
+        return None
 
     @property
     def ntm_display(self) -> str:
@@ -400,7 +420,20 @@ def build_plan(
     }
     if project_in_volume:
         environment["PROV_PROJECT_VOLUME"] = "1"
-    if containment.egress == "allowlist":
+    # On an internal network Docker publishes nothing: a published port is
+    # carried by the gate, which relays it to sshd and to nothing else.
+    relayed = port if containment.internal else 0
+    proxying = containment.egress == "allowlist"
+    if proxying or relayed:
+        gate_env = {
+            "PROV_LISTEN": egress_address,
+            "PROV_CLIENT": env_address,
+            "PROV_ALLOW": " ".join(allow) if proxying else "",
+            "PROV_PROXY": "1" if proxying else "0",
+        }
+        if relayed:
+            gate_env["PROV_RELAY_TO"] = f"{env_address}:22"
+            gate_env["PROV_RELAY_PORT"] = RELAY_PORT.split("/", 1)[0]
         proxy = ContainerSpec(
             name=proxy_name(name),
             image=egress_image,
@@ -412,14 +445,12 @@ def build_plan(
                 LABEL_ROLE: "egress",
                 LABEL_EGRESS: egress_label,
                 LABEL_NETWORK: f"{network.name} {network.subnet}",
+                LABEL_PORT: str(relayed),
             },
-            environment={
-                "PROV_LISTEN": egress_address,
-                "PROV_CLIENT": env_address,
-                "PROV_ALLOW": " ".join(allow),
-            },
+            environment=gate_env,
             bind=bind,
-            port=0,
+            port=relayed,
+            container_port=RELAY_PORT,
             mounts=(),
             keys_dir=paths.keys_dir(name),
             key_files=(),
@@ -432,7 +463,8 @@ def build_plan(
             read_only=True,
             log_limit=True,
         )
-        egress = EgressPlan(proxy, allow)
+        egress = EgressPlan(proxy, allow, proxying)
+    if egress is not None and egress.proxying:
         # Docker's env is right for these: they are not secret, and `prov exec`
         # (docker exec) gets them with no login in between.
         environment["PROV_PROXY"] = egress.url
@@ -448,7 +480,7 @@ def build_plan(
         labels=labels,
         environment=environment,
         bind=bind,
-        port=port,
+        port=0 if containment.internal else port,
         # Not in LABEL_MOUNTS: every environment has it, at a path of its own.
         mounts=mounts
         if remote is not None

@@ -1,4 +1,5 @@
-"""Which host port an environment that publishes SSH (`--egress open`) gets.
+"""Which host port an environment that publishes SSH gets (`--egress open`, or
+`--port`/`--bind` under containment, where its gate carries the port).
 
 Pure apart from one thing: whether a port is free is asked of the kernel by
 binding a test socket (`port_bindable`), which callers can replace in tests.
@@ -65,7 +66,7 @@ def choose_port(
                 "pick another --port, or leave --port out to let prov choose a free one.",
             )
         return asked
-    if recorded is not None and recorded not in reserved:
+    if recorded and recorded not in reserved:
         return recorded
     for candidate in range(DEFAULT_FIRST_PORT, DEFAULT_FIRST_PORT + PORT_RANGE):
         if candidate not in reserved and bindable(bind, candidate):

@@ -12,10 +12,11 @@ import os
 import shutil
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from provisioner import egress, host, keys, mountpolicy, state
+from provisioner import egress, host, keys, mountpolicy, projectacl, state
 from provisioner.config import (
     API_KEY_VARS,
     Extras,
@@ -56,6 +57,8 @@ class Prepared:
     # A remote engine: how the project gets there (rsync / none); "" when local.
     sync: str = ""
     credentials: str = "mount"  # mount / copy / none, as decided for this engine
+    granted: bool = False  # this run gave the agent access to the project (projectacl)
+    image_seconds: float = 0.0  # time spent building (or copying) the image, when it was
 
     @property
     def name(self) -> str:
@@ -76,16 +79,27 @@ def prepare(
     that did not exist, no project dir that --create-dir made."""
     fresh = not paths.env_dir(request.name).exists()
     made: list[host.ProjectDir] = []
+    granted: list[host.ProjectDir] = []
     try:
         return _prepare_steps(
-            engine, builder, request, reporter, paths, images, images_lock, made, fresh
+            engine, builder, request, reporter, paths, images, images_lock, made, granted, fresh
         )
     except BaseException:
+        for project in granted:
+            revoke_grant(paths, request.name, project)
         for project in made:
             host.remove_created(project)
         if fresh:
             forget_keys(paths, request.name)
         raise
+
+
+def revoke_grant(paths: ProvPaths, name: str, project: host.ProjectDir) -> None:
+    """Undo the ACL grant this run made for an environment that never came up."""
+    st = project.path.stat()
+    projectacl.revoke(
+        project.path, project.uid, (st.st_uid, st.st_gid), paths.project_acl_ledger(name)
+    )
 
 
 def forget_keys(paths: ProvPaths, name: str) -> None:
@@ -102,6 +116,7 @@ def _prepare_steps(
     images: dict[ImageRequest, BuiltImage],
     images_lock: threading.Lock,
     made: list[host.ProjectDir],
+    granted: list[host.ProjectDir],
     fresh: bool,
 ) -> Prepared:
     cname = container_name(request.name)
@@ -130,17 +145,12 @@ def _prepare_steps(
     if sync == "none":
         project = _remote_project(engine, request)
     else:
-        project = host.resolve_project_dir(request.name, request.project_dir, request.create_dir)
+        project = host.resolve_project_dir(
+            request.name, request.project_dir, request.create_dir, mounted=sync != "rsync"
+        )
         made.append(project)
     if not engine.remote:
         _check_mounts(request, project.path, paths, reporter)
-    if project.owner_fallback and sync != "rsync":  # an rsync copy is the agent's
-        reporter.warn(
-            f"{project.path} is owned by root, and agents do not run as root: the agent "
-            f"user gets UID/GID {project.uid}:{project.gid} and cannot write there unless "
-            f"you give it the dir (`chown -R {project.uid}:{project.gid} {project.path}`) "
-            "or use a project dir owned by a regular user"
-        )
     creds = host.find_credentials() if credentials != "none" else host.Credentials((), ())
     if creds.found:
         how = "copied (private to this environment)" if credentials == "copy" else "mounted"
@@ -179,8 +189,17 @@ def _prepare_steps(
         host_pair = keys.load_or_create(
             paths.env_dir(request.name), keys.HOST_KEY_NAME, f"prov-{request.name}-host"
         )
+    if project.grant and not projectacl.has_grant(project.path, project.uid):
+        projectacl.grant(project.path, project.uid, paths.project_acl_ledger(request.name))
+        granted.append(project)
+        reporter.warn(
+            f"{project.path} is owned by root and the agent never runs as root: gave its "
+            f"user (UID {project.uid}) read and write access there with POSIX ACLs; "
+            f"`prov rm {request.name}` takes them away again"
+        )
     reporter.step("image")
     image_request = _image_request(request, project.path, paths)
+    started = time.monotonic()
     with images_lock:  # environments asking for the same image share one build
         built = images.get(image_request) or ensure_image(
             builder, image_request, reporter.note, reporter.detail, paths.ca_cache
@@ -188,16 +207,21 @@ def _prepare_steps(
         images[image_request] = built
         _copy_image(builder, engine, built.tag, reporter)
     egress_image: str = ""
+    egress_built = False
     allow: tuple[str, ...] = ()
     if request.containment.egress == "allowlist":
         allow = egress.allowlist(
             request.containment.allow, paths.egress_defaults, paths.npm_registry_cache
         )
+    if request.containment.egress == "allowlist" or (
+        request.containment.internal and request.publishes
+    ):  # the gate: the egress proxy, and the relay of a published port
         with images_lock:
-            egress_image = ensure_egress_image(
+            egress_image, egress_built = ensure_egress_image(
                 builder, request.base_image, reporter.note, reporter.detail
             )
             _copy_image(builder, engine, egress_image, reporter)
+    image_seconds = time.monotonic() - started if built.built_now or egress_built else 0.0
     if not built.built_now:
         reporter.detail(f"reusing image {built.tag}")
     if built.agent_versions:
@@ -227,6 +251,8 @@ def _prepare_steps(
         fresh=fresh,
         sync=sync,
         credentials=credentials,
+        granted=bool(granted),
+        image_seconds=image_seconds,
     )
 
 
@@ -278,9 +304,15 @@ def _remote_project(engine: Engine, request: UpRequest) -> host.ProjectDir:
         )
     uid, gid = int(fields[0]), int(fields[1])
     if uid == 0:
-        uid, gid = host.FALLBACK_UID, host.FALLBACK_UID
-        return host.ProjectDir(path, uid, gid, True)
-    return host.ProjectDir(path, uid, gid, False)
+        raise ConfigError(
+            f"Project directory {path} on the engine host is owned by root, and the agent "
+            "never runs as root",
+            f"With --sync none the environment mounts that path on {engine.link.dest.display()}, "
+            "where the agent could not write.",
+            "give it to a regular user there (`chown -R USER: DIR`), or use --sync rsync "
+            "(the environment then gets a copy of its own).",
+        )
+    return host.ProjectDir(path, uid, gid)
 
 
 def _check_mounts(

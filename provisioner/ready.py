@@ -303,3 +303,68 @@ def wait_listening(
             )
         clock.sleep(min(delay, deadline.left()))
         delay = min(delay * 2, 0.1)
+
+
+def wait_published(
+    host: str,
+    port: int,
+    timeout: float,
+    logs: Callable[[], str],
+    banner: Callable[[str, int], str] | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+) -> None:
+    """Block until sshd's banner comes through the published port (Docker's
+    proxy accepts before anything answers behind it, so a connect proves
+    nothing); `banner`: how to read it from elsewhere (the engine host).
+    NotReady after `timeout`, with the gate's log."""
+    deadline = Deadline.after(timeout, clock)
+    delay = 0.005
+    while True:
+        if banner is not None:
+            said = banner(host, port)
+            if said.startswith("SSH-"):
+                return
+            last = " ".join(said.split())[-200:] or "no banner yet"
+        else:
+            try:
+                read_banner(host, port, timeout=max(0.5, min(2.0, deadline.left())))
+                return
+            except Transient as exc:
+                last = str(exc)
+        if deadline.left() <= 0:
+            raise NotReady(
+                f"SSH did not answer on the published port {host}:{port} within {timeout:g} s",
+                f"The alias logs in, but the port the environment's gate relays to sshd "
+                f"does not: {last}.",
+                "read the gate's log below; `prov up --recreate` makes the gate anew.",
+                log_tail=logs(),
+            )
+        clock.sleep(min(delay, deadline.left()))
+        delay = min(delay * 2, 0.1)
+
+
+def require_writable_project(ssh_config: Path, alias: str, project: str) -> None:
+    """Ready means the agent can work: as the agent, through the alias (its
+    warm master), the project dir must take a new file. NotReady otherwise,
+    with what the agent sees there."""
+    import shlex
+
+    quoted = shlex.quote(project)
+    # access(2) as the agent: mode bits, ACLs and a read-only mount all count.
+    code, output = openssh.system_ssh(
+        ssh_config,
+        alias,
+        f"test -d {quoted} -a -w {quoted} -a -x {quoted} || "
+        f"{{ id; stat -c '%A %u:%g %n' {quoted}; exit 86; }}",
+    )
+    if code == 0:
+        return
+    raise NotReady(
+        f"The agent cannot write its project {project}",
+        "Logged in as the agent, it is not a directory the agent may write: "
+        + (" ".join(output.split())[-400:] or f"exit {code}")
+        + ".",
+        "give the project to the user the agent runs as (its owner's UID; `chown -R "
+        "USER: DIR` on the host), make it writable for its owner, or point --project at a "
+        "dir you own.",
+    )

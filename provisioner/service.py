@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import shlex
 import signal
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -31,10 +32,12 @@ from provisioner.config import (
     AGENT_USER,
     ProvPaths,
     UpRequest,
+    is_loopback,
+    user_known_hosts,
     user_ssh_config,
 )
 from provisioner.engine import ContainerInfo, Engine, targets
-from provisioner.engine.api import PortTaken
+from provisioner.engine.api import PortTaken, SubnetTaken
 from provisioner.engine.hostview import HostView
 from provisioner.errors import ConflictError, ProvError
 from provisioner.fsutil import ensure_private_dir, file_lock, require_own_home
@@ -52,6 +55,7 @@ from provisioner.plan import (
     SshTarget,
     build_network,
     build_plan,
+    connect_host,
     container_name,
     home_volume_name,
     keys_volume_name,
@@ -81,6 +85,30 @@ class UpResult:
     ntm_env: dict[str, str]
     ready_seconds: float
     action: str  # created / started / unchanged / recreated
+    # sshd on a host port (`--port`, or --egress open): where, and on which
+    # engine host ("" for this machine)
+    published_bind: str = ""
+    published_port: int = 0
+    published_on: str = ""
+    image_seconds: float = 0.0  # of the run: building the image, when it was built
+
+    @property
+    def guide_command(self) -> str:
+        """The guide's `ssh -p PORT agent@localhost` form for the published port."""
+        if not self.published_port:
+            return ""
+        host = connect_host(self.published_bind)
+        shown = "localhost" if is_loopback(host) else host
+        return shlex.join(
+            [
+                "ssh",
+                "-p",
+                str(self.published_port),
+                "-i",
+                self.identity_file,
+                f"{self.user}@{shown}",
+            ]
+        )
 
     def public(self) -> dict[str, object]:
         return {
@@ -95,6 +123,14 @@ class UpResult:
             "host_key_fingerprint": self.host_key_fingerprint,
             "project_dir": self.project_dir,
             "ntm_command": self.ntm_command,
+            "published": {
+                "bind": self.published_bind,
+                "port": self.published_port,
+                "engine_host": self.published_on,
+                "ssh_command": self.guide_command,
+            }
+            if self.published_port
+            else None,
         }
 
 
@@ -220,7 +256,7 @@ def _up_on(
     # Many containers starting at once share the CPU; polling their ports
     # as often as for one would only take more of it.
     poll = ready.BANNER_POLL if len(items) <= 1 else ready.BANNER_POLL_CROWDED
-    publishing = any(not request.containment.internal for request, _ in items)
+    publishing = any(request.publishes for request, _ in items)
 
     def finish(placed: _Placed) -> UpOutcome:
         try:
@@ -398,7 +434,7 @@ def _place_one(
     prepared = made.prepared
     request = prepared.request
     port = 0
-    if not request.containment.internal:
+    if request.publishes:
         port = ports.choose_port(
             reserved,
             request.port,
@@ -407,10 +443,48 @@ def _place_one(
             prepared.record.port if prepared.record else None,
             view.bindable,
         )
-    existing_network = engine.network(network_name(request.name))
-    network, addrs = _network_for(existing_network, request, paths, used)
-    used.append(addrs.subnet)
-    plan = build_plan(
+    # A subnet another network took between the listing and the creation
+    # (another PROV_HOME's `up`, the user's `docker network create`) is
+    # chosen again, avoiding every subnet Docker holds by then.
+    for attempt in range(SUBNET_TRIES):
+        existing_network = engine.network(network_name(request.name))
+        network, addrs = _network_for(existing_network, request, paths, used)
+        used.append(addrs.subnet)
+        plan = _plan(engine, prepared, paths, port, network, addrs)
+        try:
+            decision = _converge(engine, made, plan, existing_network, paths, view)
+            break
+        except SubnetTaken:
+            if attempt == SUBNET_TRIES - 1:
+                raise
+            used.extend(_subnets(engine.network_subnets()))
+    assert made.container_id is not None  # noqa: S101 - _converge sets it or raises
+    # The alias is written here, under the lock _place holds anyway, so that no
+    # environment's start waits for the others' placing.
+    pair = prepared.host_pair
+    alias = sshconf.alias_for(request.name)
+    sshconf.pin_host_key(paths.known_hosts, alias, pair.public.key_type, pair.public.blob_b64)
+    sshconf.write_entry(paths.ssh_config, plan.ssh)
+    return _Placed(
+        made=made,
+        plan=plan,
+        port=port,
+        action=decision.action,
+        container_id=made.container_id,
+        reauthorize=decision.reauthorize,
+    )
+
+
+def _plan(
+    engine: Engine,
+    prepared: prepare.Prepared,
+    paths: ProvPaths,
+    port: int,
+    network: NetworkSpec,
+    addrs: netplan.Addresses,
+) -> Plan:
+    request = prepared.request
+    return build_plan(
         name=request.name,
         image=prepared.built.tag,
         image_hash=prepared.built.content_hash,
@@ -441,22 +515,6 @@ def _place_one(
         remote=RemotePlacement(engine.link.proxy_command(), prepared.sync)
         if engine.link is not None
         else None,
-    )
-    decision = _converge(engine, made, plan, existing_network, paths, view)
-    assert made.container_id is not None  # noqa: S101 - _converge sets it or raises
-    # The alias is written here, under the lock _place holds anyway, so that no
-    # environment's start waits for the others' placing.
-    pair = prepared.host_pair
-    alias = sshconf.alias_for(request.name)
-    sshconf.pin_host_key(paths.known_hosts, alias, pair.public.key_type, pair.public.blob_b64)
-    sshconf.write_entry(paths.ssh_config, plan.ssh)
-    return _Placed(
-        made=made,
-        plan=plan,
-        port=port,
-        action=decision.action,
-        container_id=made.container_id,
-        reauthorize=decision.reauthorize,
     )
 
 
@@ -506,20 +564,33 @@ def _finish(engine: Engine, placed: _Placed, paths: ProvPaths, poll: float) -> U
                 poll,
                 banner=not engine.remote,  # its port is the engine host's, not ours
             )
+        gate = plan.egress.container if plan.egress is not None else None
         if proxy_start is not None:
             proxy_start.join()
             proxy_start = None
             # Ready means the agent's first request goes out: wait until the
             # new proxy listens (its entrypoint writes its config first).
-            assert plan.egress is not None  # noqa: S101 - a proxy was started
-            proxy = plan.egress.container
-            ready.wait_listening(
-                proxy.address,
-                PROXY_PORT,
+            assert plan.egress is not None and gate is not None  # noqa: S101 - one was started
+            if plan.egress.proxying:
+                ready.wait_listening(
+                    gate.address,
+                    PROXY_PORT,
+                    request.timeout,
+                    "The egress proxy",
+                    lambda: engine.logs_tail(gate.name),
+                    connect=engine.link.reach if engine.link is not None else None,
+                )
+        ready.require_writable_project(paths.ssh_config, alias, str(prepared.project.path))
+        if plan.published is not None:
+            # Ready also means the published port reaches sshd, the way the
+            # guide's `ssh -p PORT agent@localhost` and other tools connect.
+            bind, published = plan.published
+            ready.wait_published(
+                connect_host(bind),
+                published,
                 request.timeout,
-                "The egress proxy",
-                lambda: engine.logs_tail(proxy.name),
-                connect=engine.link.reach if engine.link is not None else None,
+                lambda: engine.logs_tail(gate.name if gate is not None else container_id),
+                banner=engine.link.banner if engine.link is not None else None,
             )
         if prepared.sync == "rsync":
             reporter.step("pushing the project (rsync)")
@@ -548,12 +619,24 @@ def _finish(engine: Engine, placed: _Placed, paths: ProvPaths, poll: float) -> U
                 ssh_port=plan.ssh.port,
                 engine=engine.target.host,
                 sync=prepared.sync,
+                project_acl_uid=prepared.project.uid if prepared.project.grant else 0,
             ),
         )
         if request.write_user_ssh_config and sshconf.ensure_include(
             user_ssh_config(), paths.ssh_config
         ):
             reporter.note(f"added `Include {paths.ssh_config}` to {user_ssh_config()}")
+        if request.write_user_ssh_config and not engine.remote:
+            hosts, published_port = _port_pins(plan.published)
+            public = host_pair.public
+            changed = sshconf.pin_published_port(
+                user_known_hosts(), alias, hosts, published_port, public.key_type, public.blob_b64
+            )
+            if changed and hosts:
+                reporter.note(
+                    f"pinned the host key for port {published_port} of {' and '.join(hosts)} "
+                    f"in {user_known_hosts()}"
+                )
     if request.write_user_ssh_config:
         problem = openssh.alias_problem(alias, plan.ssh.hostname, plan.ssh.port)
         if problem:
@@ -578,7 +661,21 @@ def _finish(engine: Engine, placed: _Placed, paths: ProvPaths, poll: float) -> U
         ntm_env=plan.ntm_env,
         ready_seconds=seconds,
         action=action,
+        published_bind=plan.published[0] if plan.published else "",
+        published_port=plan.published[1] if plan.published else 0,
+        published_on=engine.target.host if engine.remote else "",
+        image_seconds=prepared.image_seconds,
     )
+
+
+def _port_pins(published: tuple[str, int] | None) -> tuple[tuple[str, ...], int]:
+    """The names a client on this machine uses for a published port (the
+    address it connects to and, on loopback, `localhost`: the guide's form),
+    and the port; none when nothing is published."""
+    if published is None:
+        return (), 0
+    host = connect_host(published[0])
+    return ((host, "localhost") if is_loopback(host) else (host,)), published[1]
 
 
 def _abandon(engine: Engine, made: _Made, paths: ProvPaths) -> None:
@@ -609,11 +706,14 @@ def _abandon(engine: Engine, made: _Made, paths: ProvPaths) -> None:
             sshconf.delete_entry(paths.ssh_config, alias)
             sshconf.unpin_host_key(paths.known_hosts, alias)
     if prepared.fresh:  # an environment this run meant to make: its keys and dir go too
+        if prepared.granted:
+            prepare.revoke_grant(paths, name, prepared.project)
         prepare.forget_keys(paths, name)
         host.remove_created(prepared.project)
 
 
 EGRESS_NETWORK = "prov-egress"
+SUBNET_TRIES = 3
 
 
 def _subnets(texts: list[str]) -> list[ipaddress.IPv4Network]:
@@ -694,14 +794,12 @@ def _converge(
         return decision
     # Check what could stop the new container from starting before the old
     # one is removed: a failed recreate must not cost a working environment.
-    if (
-        c.port
-        and not view.bindable(c.bind, c.port)
-        and not (existing is not None and (c.bind, c.port) in existing.published)
-    ):
+    published = plan.published
+    held = (*(existing.published if existing else ()), *(proxy.published if proxy else ()))
+    if published and not view.bindable(*published) and published not in held:
         where = f" on the engine host {engine.target.host}" if engine.remote else ""
         raise ConflictError(
-            f"Port {c.port} on {c.bind}{where} is already in use",
+            f"Port {published[1]} on {published[0]}{where} is already in use",
             "Another process listens there, so Docker could not publish sshd on it.",
             "pick another --port, or leave --port out to let prov choose a free one.",
         )

@@ -134,6 +134,52 @@ def remove_known_host(text: str, alias: str) -> str:
     return "".join(ln for ln in text.splitlines(keepends=True) if ln.split(" ", 1)[0] != alias)
 
 
+def _port_pin_marker(alias: str) -> bytes:
+    return f"prov-managed:{alias}".encode()
+
+
+def with_port_pins(
+    known_hosts: bytes, alias: str, hosts: tuple[str, ...], port: int, key_type: str, blob: str
+) -> bytes:
+    """The user's known_hosts with `alias`'s published-port pins replaced by
+    ones for `hosts` at `port` (none when `hosts` is empty). prov's lines are
+    the ones whose comment is its marker for `alias`; every other byte stays."""
+    marker = _port_pin_marker(alias)
+    lines = known_hosts.splitlines(keepends=True)
+    kept = [ln for ln in lines if ln.rstrip(b"\r\n").split(b" ")[-1:] != [marker]]
+    if not hosts:
+        return b"".join(kept)
+    newline = b"\r\n" if lines and lines[0].endswith(b"\r\n") else b"\n"
+    if kept and not kept[-1].endswith(b"\n"):
+        kept[-1] += newline
+    patterns = ",".join(f"[{host}]:{port}" for host in hosts)
+    added = f"{patterns} {key_type} {blob} ".encode() + marker + newline
+    return b"".join(kept) + added
+
+
+def pin_published_port(
+    user_known_hosts: Path,
+    alias: str,
+    hosts: tuple[str, ...],
+    port: int,
+    key_type: str,
+    blob: str,
+) -> bool:
+    """Pin the environment's host key for its published port in the user's own
+    known_hosts, so `ssh -p PORT agent@localhost` (the guide's form, and tools
+    that take a host and a port) checks it strictly instead of asking to trust
+    it; edited in place. `hosts` empty: remove the pins. True if it changed."""
+    current = read_owned(user_known_hosts, "Your known_hosts")
+    if current is None and not hosts:
+        return False
+    new = with_port_pins(current or b"", alias, hosts, port, key_type, blob)
+    if new == current:
+        return False
+    ensure_private_dir(user_known_hosts.parent)
+    edit_in_place(user_known_hosts, new)
+    return True
+
+
 def include_line(prov_config: Path) -> str:
     return f"Include {_quote(prov_config)}"
 

@@ -33,6 +33,8 @@ class EnvRecord:
     # gets there (rsync / none); "" for records made before engines were kept.
     engine: str = ""
     sync: str = ""
+    # The agent's UID, granted access to a root-owned project by ACL (0: none).
+    project_acl_uid: int = 0
 
 
 def save(paths: ProvPaths, record: EnvRecord) -> None:

@@ -22,6 +22,8 @@ fi
 command -v tmux >/dev/null 2>&1 || need+=(tmux)
 command -v git >/dev/null 2>&1 || need+=(git)
 command -v rsync >/dev/null 2>&1 || need+=(rsync)
+# setfacl: prov as root gives the agent access to a root-owned project with an ACL.
+command -v setfacl >/dev/null 2>&1 || need+=(acl)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"

@@ -230,6 +230,15 @@ fi
 if [ $# -gt 0 ]; then
 	chmod a+x -- "$@" || die "cannot make $* traversable for agent"
 fi
+# A project the agent does not own (root's, which prov made writable for it
+# with an ACL): git refuses its repositories (the project's own, and any below
+# it) as of "dubious ownership" unless the system config says they are safe.
+# The agent is the only user in here, and every other file it could meet is
+# the image's or its own, so all of them are. /etc/gitconfig is root's.
+if [ -d "${PROV_PROJECT_DIR:-}" ] && [ "$(stat -c %u "$PROV_PROJECT_DIR")" != "$PROV_UID" ]; then
+	git config --system --replace-all safe.directory '*' ||
+		die "cannot mark the project's repositories as safe for git"
+fi
 # On a remote engine the project is prov's own named volume (filled by rsync
 # through the alias), not a host directory: its root is given to the agent.
 if [ "${PROV_PROJECT_VOLUME:-0}" = 1 ] && [ -d "${PROV_PROJECT_DIR:-}" ]; then

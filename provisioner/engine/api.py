@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import tarfile
 import time
 import urllib.parse
@@ -38,7 +39,7 @@ from provisioner.engine.transport import (
     docker_client,
 )
 from provisioner.errors import BuildError, ConflictError, DockerUnavailable, NotFound, ProvError
-from provisioner.plan import LABEL_MANAGED, SSHD_PORT, ContainerSpec, NetworkSpec
+from provisioner.plan import LABEL_MANAGED, RELAY_PORT, SSHD_PORT, ContainerSpec, NetworkSpec
 
 if TYPE_CHECKING:
     import docker
@@ -56,7 +57,8 @@ class ContainerInfo:
     status: str  # created, running, exited, ...
     labels: dict[str, str]
     image_id: str
-    published: tuple[tuple[str, int], ...]  # (host ip, host port) bound to sshd now
+    # (host ip, host port) bound to sshd now, or relayed to it by a gate
+    published: tuple[tuple[str, int], ...]
     exit_code: int | None
     started_at: str
     addresses: tuple[str, ...] = ()  # IPv4 addresses on its networks
@@ -108,7 +110,45 @@ class PortTaken(ConflictError):
     port: int | None = None  # the port, when the caller knows it
 
 
+class StageImages:
+    """The image each stage of a classic-builder build ends with, read off its
+    output: a `Step N/M : FROM ...` line starts a stage, and ` ---> ID` follows
+    each step."""
+
+    _STEP = re.compile(r"^Step \d+/\d+ : FROM\s", re.IGNORECASE)
+    _IMAGE = re.compile(r"^ ---> ([0-9a-f]{12,64})$")
+
+    def __init__(self) -> None:
+        self._ends: list[str] = []
+        self._current = ""
+
+    def see(self, line: str) -> None:
+        if self._STEP.match(line):
+            if self._current:
+                self._ends.append(self._current)
+            self._current = ""
+        elif match := self._IMAGE.match(line.rstrip()):
+            self._current = match.group(1)
+
+    @property
+    def earlier(self) -> tuple[str, ...]:
+        """The ends of every stage but the last (the image that gets the tag)."""
+        return tuple(self._ends)
+
+
+class SubnetTaken(ConflictError):
+    """Docker refused a network's subnet: another network took an overlapping
+    one after prov chose it (another PROV_HOME, or the user's own)."""
+
+
 def _api_error(action: str, text: str) -> ProvError:
+    if "Pool overlaps" in text or "overlaps with other one" in text:
+        return SubnetTaken(
+            f"Docker could not {action}: its subnet overlaps another network's",
+            text,
+            "run `prov up` again (prov chooses another subnet), or set PROV_SUBNET_POOL to "
+            "a range no other network uses.",
+        )
     if "port is already allocated" in text or "address already in use" in text:
         return PortTaken(
             f"Docker could not {action}: the port is already in use",
@@ -250,6 +290,25 @@ class Engine:
         )
         return [dict(item) for item in found or []]
 
+    def dangling_images(self, label: str) -> list[dict[str, Any]]:
+        """Untagged images, not below any tagged one, carrying `label` (KEY=VALUE)."""
+        found = self._json(
+            "list untagged images",
+            "GET",
+            "/images/json",
+            params={"filters": json.dumps({"dangling": ["true"], "label": [label]})},
+        )
+        return [dict(item) for item in found or []]
+
+    def tag_image(self, image_id: str, tag: str) -> None:
+        repo, _, name = tag.rpartition(":")
+        self._call(
+            f"tag image {tag}",
+            "POST",
+            f"/images/{_quote(image_id)}/tag",
+            params={"repo": repo, "tag": name},
+        )
+
     def image_parent(self, image_id: str) -> str:
         attrs = self._json(f"inspect image {image_id}", "GET", f"/images/{image_id}/json")
         return str((attrs or {}).get("Parent") or "")
@@ -328,9 +387,13 @@ class Engine:
         buildargs: dict[str, str],
         labels: dict[str, str],
         on_line: Callable[[str], None],
+        target: str | None = None,
     ) -> None:
-        """Build `context` as `tag`, streaming each output line to `on_line`."""
+        """Build `context` as `tag`, streaming each output line to `on_line`. The
+        images of its earlier stages (a multi-stage Dockerfile) are removed
+        after it: untagged, they would be left as `<none>` images."""
         log: list[str] = []
+        stages = StageImages()
         with _docker_errors(f"build the image {tag}"):
             stream = self._docker().api.build(
                 path=str(context),
@@ -341,6 +404,7 @@ class Engine:
                 forcerm=True,
                 decode=True,
                 pull=False,
+                target=target,
             )
             for chunk in stream:
                 if "stream" in chunk:
@@ -348,6 +412,7 @@ class Engine:
                         if line.strip():
                             log.append(line)
                             on_line(line)
+                            stages.see(line)
                 elif "error" in chunk:
                     log.append(str(chunk["error"]))
                     raise BuildError(
@@ -363,6 +428,21 @@ class Engine:
                 "read the build log above.",
                 log_tail="\n".join(log[-BUILD_LOG_TAIL:]),
             )
+        if stages.earlier:
+            dangling = {
+                str(i.get("Id", "")).removeprefix("sha256:")
+                for i in self._json(
+                    "list untagged images",
+                    "GET",
+                    "/images/json",
+                    params={"filters": json.dumps({"dangling": ["true"]})},
+                )
+                or []
+            }
+            for short in stages.earlier:
+                for full in dangling:
+                    if full.startswith(short):
+                        self._call("remove a build stage's image", "DELETE", f"/images/{full}")
 
     def read_image_file(self, image: str, candidates: tuple[str, ...]) -> str:
         """The text of the first regular file among `candidates` in `image`,
@@ -484,7 +564,7 @@ class Engine:
             }
         if spec.port:
             host_config["PortBindings"] = {
-                SSHD_PORT: [{"HostIp": spec.bind, "HostPort": str(spec.port)}]
+                spec.container_port: [{"HostIp": spec.bind, "HostPort": str(spec.port)}]
             }
         if spec.gpus is not None:
             host_config["DeviceRequests"] = [
@@ -502,7 +582,7 @@ class Engine:
                 "EndpointsConfig": {spec.network: {"IPAMConfig": {"IPv4Address": spec.address}}}
             }
         if spec.port:
-            body["ExposedPorts"] = {SSHD_PORT: {}}
+            body["ExposedPorts"] = {spec.container_port: {}}
         created = self._json(
             f"create container {spec.name}",
             "POST",
@@ -844,7 +924,9 @@ def exec_argv(
 
 def _info(attrs: dict[str, Any]) -> ContainerInfo:
     state = attrs.get("State") or {}
-    ports = ((attrs.get("NetworkSettings") or {}).get("Ports") or {}).get(SSHD_PORT) or []
+    by_port = (attrs.get("NetworkSettings") or {}).get("Ports") or {}
+    # sshd's own port, or the port a gate relays to it
+    ports = [*(by_port.get(SSHD_PORT) or []), *(by_port.get(RELAY_PORT) or [])]
     published = tuple(
         (str(p.get("HostIp", "")), int(p["HostPort"])) for p in ports if p.get("HostPort")
     )

@@ -238,6 +238,12 @@ class SshLink:
             return None
         return " ".join(output.split())[-300:] or f"ssh exited {code}"
 
+    def banner(self, host: str, port: int, timeout: float = CONNECT_TIMEOUT) -> str:
+        """What host:port, as the engine host reaches it, sends first (an SSH
+        server's identification line), or what ssh said instead."""
+        _code, output = self._ssh(["-W", f"[{host}]:{port}"], timeout=timeout)
+        return output
+
     def _forwarding_refused(self) -> DockerUnavailable | None:
         """sshd there refuses forwarding (AllowTcpForwarding no also refuses the
         Docker socket's forward, whatever AllowStreamLocalForwarding says)."""

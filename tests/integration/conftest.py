@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import secrets
+import socket
 import subprocess
 import sys
 import threading
@@ -88,6 +89,37 @@ class Prov:
         os.chown(path, PROJECT_UID, PROJECT_GID)
         return path
 
+    def guide_ssh(
+        self, port: int, identity: str, *command: str, host: str = "localhost"
+    ) -> subprocess.CompletedProcess[str]:
+        """The guide's `ssh -p PORT -i KEY agent@localhost`, checking the host key
+        strictly against this home's known_hosts (ssh would otherwise read the
+        passwd entry's home), over a connection of its own."""
+        return subprocess.run(
+            [
+                "ssh",
+                "-p",
+                str(port),
+                "-i",
+                identity,
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                f"UserKnownHostsFile={self.home / '.ssh' / 'known_hosts'}",
+                "-o",
+                "StrictHostKeyChecking=yes",
+                "-o",
+                "ControlPath=none",
+                f"agent@{host}",
+                *command,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+
     def ssh(
         self, alias: str, *command: str, timeout: float = 30, options: tuple[str, ...] = ()
     ) -> subprocess.CompletedProcess[str]:
@@ -157,6 +189,13 @@ def prov(
     # prov-egress stays: it is prov's shared network, and stopped environments
     # of the user's own may still refer to it.
     subprocess.run(["pkill", "-f", f"{root}/ph/cm/"], check=False)
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def prov_containers(client: docker.DockerClient, name: str) -> list[str]:

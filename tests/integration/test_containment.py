@@ -28,6 +28,7 @@ from tests.integration.conftest import (
     SITE,
     HttpsSite,
     Prov,
+    free_port,
     start_outside_server,
 )
 from tests.integration.tlssite import PACKAGE, PACKAGE_VALUE
@@ -145,12 +146,21 @@ def allowed_server(docker_client: docker.DockerClient, env_image: str) -> Iterat
         container.remove(force=True)
 
 
-@pytest.fixture(scope="module")
-def boxed(prov: Prov, allowed_server: None) -> str:
-    """An environment as everyone gets it: allowlist egress (plus the test server), no sudo."""
-    name = prov.name("boxed")
+@pytest.fixture(scope="module", params=["alias-only", "guide-port"])
+def boxed(prov: Prov, allowed_server: None, request: pytest.FixtureRequest) -> str:
+    """An environment as everyone gets it: allowlist egress (plus the test server), no
+    sudo; and the same with the guide's `--port`, which every attack is tried on too."""
+    port = request.param == "guide-port"
+    name = prov.name("boxed-port" if port else "boxed")
     prov.project(name)
-    prov.up(name, "--allow", ALLOWED, "-e", "BOX_SECRET=s3cr3t-value")
+    prov.up(
+        name,
+        "--allow",
+        ALLOWED,
+        "-e",
+        "BOX_SECRET=s3cr3t-value",
+        *(("--port", str(free_port())) if port else ()),
+    )
     return f"prov-{name}"
 
 
@@ -410,3 +420,81 @@ def test_a_stopped_proxy_is_made_again_on_up(
     new = docker_client.containers.get(f"{alias}-egress")
     assert new.id != old.id and new.status == "running"
     assert "SSH-2.0-OpenSSH" in _connect_via_proxy(prov, alias, f"{ALLOWED}:443")
+
+
+def _gate_addresses(docker_client: docker.DockerClient, alias: str) -> tuple[str, str]:
+    """The gate's address on the environment's network, and on the outside one."""
+    networks = docker_client.containers.get(f"{alias}-egress").attrs["NetworkSettings"]["Networks"]
+    return networks[f"{alias}-net"]["IPAddress"], networks[EGRESS_NET]["IPAddress"]
+
+
+def test_the_published_ports_path_gives_the_agent_nothing(
+    prov: Prov, boxed: str, docker_client: docker.DockerClient
+) -> None:
+    """The guide's `--port` under the default containment: the port reaches sshd
+    from this machine (controls), while the agent inside, trying every way along
+    that path (the relay on the gate's inner and outer address, the published
+    port on every address it can name, and CONNECT through its proxy to each),
+    reaches no SSH server and no way out."""
+    container = docker_client.containers.get(boxed)
+    published = container.labels["prov.port"]
+    if published == "0":
+        pytest.skip("the alias-only environment publishes nothing")
+    port = int(published)
+    assert not container.attrs["HostConfig"].get("PortBindings")  # the environment: nothing
+    inner, outer = _gate_addresses(docker_client, boxed)
+    gate = docker_client.containers.get(f"{boxed}-egress")
+    assert gate.attrs["NetworkSettings"]["Ports"]["2222/tcp"] == [
+        {"HostIp": "127.0.0.1", "HostPort": published}
+    ]
+    for host, at in (("127.0.0.1", port), (outer, 2222)):  # controls, from this machine
+        with socket.create_connection((host, at), timeout=3) as sock:
+            assert sock.recv(64).startswith(b"SSH-2.0-"), (host, at)
+    gateway = container.attrs["NetworkSettings"]["Networks"][f"{boxed}-net"]["Gateway"]
+    for host, at in (
+        (inner, 2222),
+        (inner, 22),
+        (outer, 2222),
+        (gateway, port),
+        ("127.0.0.1", port),
+        ("172.17.0.1", port),
+    ):
+        result = _tcp_from(prov, boxed, host, at)
+        assert "SSH-2.0" not in result.stdout, (host, at, result.stdout)
+    for target in (
+        f"{inner}:2222",
+        f"{outer}:2222",
+        f"127.0.0.1:{port}",
+        f"localhost:{port}",
+        f"{boxed}-egress:2222",
+        f"{gateway}:{port}",
+    ):
+        answer = _connect_via_proxy(prov, boxed, target)
+        assert "SSH-2.0" not in answer and "200 Connection established" not in answer, target
+    # The way out is still the proxy only (its allowed name answers through it).
+    assert "SSH-2.0-OpenSSH" in _connect_via_proxy(prov, boxed, f"{ALLOWED}:443")
+
+
+def test_port_with_no_egress_relays_ssh_and_nothing_else(
+    prov: Prov, docker_client: docker.DockerClient, listener: int
+) -> None:
+    """--egress none --port: the guide's form logs in through the gate's relay, and
+    the agent reaches nothing at all: not the gate (which runs no proxy), not the
+    relay, not this machine."""
+    name = prov.name("noneport")
+    prov.project(name)
+    port = free_port()
+    env = prov.up(name, "--egress", "none", "--port", str(port))
+    alias = f"prov-{name}"
+    published = dict(env["published"])  # type: ignore[call-overload]
+    assert (published["bind"], published["port"]) == ("127.0.0.1", port)
+    guide = prov.guide_ssh(port, str(env["identity_file"]), "echo $HTTPS_PROXY; id -un")
+    assert guide.returncode == 0, guide.stderr
+    assert guide.stdout.split() == ["agent"]  # no proxy variable: there is no proxy
+    inner, outer = _gate_addresses(docker_client, alias)
+    gateway = docker_client.networks.get(f"{alias}-net").attrs["IPAM"]["Config"][0]["Gateway"]
+    for host, at in ((inner, 3128), (inner, 2222), (outer, 2222), (gateway, listener)):
+        result = _tcp_from(prov, alias, host, at)
+        assert result.stdout.strip() == "", (host, at, result.stdout)
+    gate_log = docker_client.containers.get(f"{alias}-egress").logs().decode()
+    assert "relaying" in gate_log and "tinyproxy" not in gate_log.lower()

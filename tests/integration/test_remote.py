@@ -259,10 +259,22 @@ def test_the_agent_inside_a_remote_environment_is_contained(remote: Remote) -> N
     p, r1 = remote.prov, remote.hosts[0]
     name = p.name("cage")
     _project(remote, name)
-    result = p.run("up", name, "--json", "--docker-host", r1.ssh_url)
+    port = 20000 + os.getpid() % 20000  # the engine host's loopback: its own namespace
+    result = p.run("up", name, "--json", "--docker-host", r1.ssh_url, "--port", str(port))
     assert result.returncode == 0, result.stderr
-    alias = json.loads(result.stdout)["ssh_alias"]
+    made = json.loads(result.stdout)
+    alias = made["ssh_alias"]
     try:
+        # --port publishes on the engine host's loopback, relayed to sshd by the gate.
+        assert made["published"]["port"] == port and made["published"]["engine_host"]
+        banner = remote.ssh(
+            f"root@{r1.address}",
+            f"timeout 5 bash -c 'exec 3<>/dev/tcp/127.0.0.1/{port} && head -1 <&3'",
+        )
+        assert banner.stdout.startswith("SSH-2.0-"), banner.stdout + banner.stderr
+        checks = p.run("ssh-test", name)
+        assert checks.returncode == 0, checks.stdout + checks.stderr
+        assert f"pass  published port 127.0.0.1:{port} reaches sshd" in checks.stdout
         probe = remote.ssh(
             alias,
             "id -u; sudo -n true 2>&1 && echo ROOT; "

@@ -119,12 +119,15 @@ def test_route_table_parsing() -> None:
     assert netplan.parse_route_table(text) == [ipaddress.IPv4Network("172.17.0.0/16")]
 
 
-def test_port_and_bind_need_open_egress() -> None:
-    """--port or a public --bind on an internal network is refused with the way out."""
-    with pytest.raises(UsageError) as info:
-        UpRequest(name="x", port=2222)
-    assert "--egress open" in info.value.paragraph()
-    assert UpRequest(name="x", port=2222, containment=Containment(egress="open")).port == 2222
+def test_port_or_public_bind_publishes_under_every_egress_mode() -> None:
+    """--port (or a --bind beyond loopback) asks for a host port in every egress
+    mode; without either, only --egress open publishes one."""
+    assert UpRequest(name="x", port=2222).publishes
+    assert UpRequest(name="x", port=2222, containment=Containment(egress="none")).publishes
+    assert UpRequest(name="x", bind="0.0.0.0").publishes
+    assert not UpRequest(name="x").publishes
+    assert not UpRequest(name="x", containment=Containment(egress="none")).publishes
+    assert UpRequest(name="x", containment=Containment(egress="open")).publishes
 
 
 @pytest.mark.parametrize("bad", ["http://x.com", "1.2.3.4", "a..b", "x", "*.*.com", "-a.com"])

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import pwd
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -49,26 +52,50 @@ def test_missing_project_dir(tmp_path: Path) -> None:
 def test_created_dir_given_to_unprivileged_user(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A dir prov creates as root belongs to the sudo caller (else UID 1000), not root."""
+    """A dir prov creates as root belongs to the sudo caller, else to an ID no
+    account on this host has (never UID 1000, which may be someone's)."""
     monkeypatch.setenv("SUDO_UID", "4444")
     monkeypatch.setenv("SUDO_GID", "4445")
     made = host.resolve_project_dir("x", tmp_path / "a", create=True)
-    assert (made.uid, made.gid, made.owner_fallback) == (4444, 4445, False)
+    assert (made.uid, made.gid, made.grant) == (4444, 4445, False)
     monkeypatch.delenv("SUDO_UID")
     made = host.resolve_project_dir("x", tmp_path / "b", create=True)
-    assert (made.path.stat().st_uid, made.uid, made.owner_fallback) == (1000, 1000, False)
+    assert made.uid in host.ROOT_AGENT_IDS and made.uid == made.gid
+    assert made.path.stat().st_uid == made.uid and not made.grant
+    with pytest.raises(KeyError):
+        pwd.getpwuid(made.uid)
 
 
-def test_project_owner_ids(tmp_path: Path) -> None:
-    """The agent gets the project owner's IDs; root-owned falls back to 1000."""
+def test_project_owner_ids(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent gets the project owner's IDs; a root-owned one, with prov as
+    root, an unprivileged ID that prov grants access (never root itself)."""
+    monkeypatch.delenv("SUDO_UID", raising=False)
     project = tmp_path / "p"
     project.mkdir()
     os.chown(project, 4321, 4322)
     found = host.resolve_project_dir("p", project, create=False)
-    assert (found.uid, found.gid, found.owner_fallback) == (4321, 4322, False)
+    assert (found.uid, found.gid, found.grant) == (4321, 4322, False)
     os.chown(project, 0, 0)
     found = host.resolve_project_dir("p", project, create=False)
-    assert (found.uid, found.gid, found.owner_fallback) == (1000, 1000, True)
+    assert found.uid in host.ROOT_AGENT_IDS and found.grant
+    # A copy (a remote engine's rsync) is the agent's: nothing to grant.
+    copied = host.resolve_project_dir("p", project, create=False, mounted=False)
+    assert copied.uid in host.ROOT_AGENT_IDS and not copied.grant
+
+
+def test_root_owned_project_refused_without_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """prov without root cannot grant access to root's project: a clear refusal
+    that names the fix, not an environment whose agent cannot write."""
+    project = tmp_path / "p"
+    project.mkdir()
+    monkeypatch.setattr(os, "geteuid", lambda: 1500)
+    if project.stat().st_uid != 0:
+        pytest.skip("needs a root-owned dir")
+    with pytest.raises(ConfigError, match="owned by root") as caught:
+        host.resolve_project_dir("p", project, create=False)
+    assert "chown" in caught.value.paragraph()
 
 
 def test_credentials_only_existing_ones(tmp_path: Path) -> None:
@@ -171,3 +198,69 @@ def test_ca_cache_spares_the_parse_and_never_hides_a_bad_file(tmp_path: Path) ->
     junk.write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
     with pytest.raises(ConfigError):
         host.ca_pem(junk, cache)
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setfacl") is None, reason="needs root and setfacl"
+)
+def test_acl_grant_and_revoke_leave_the_tree_as_it_was(tmp_path: Path) -> None:
+    """The grant lets the agent's UID write everywhere (new files included);
+    the revoke leaves every pre-existing file's mode, owner and ACL (a user's
+    own entry included) byte for byte as before, never follows a symlink,
+    and gives what the agent made to the project's owner."""
+    from provisioner import projectacl
+
+    project = tmp_path / "proj"
+    (project / "s u b").mkdir(parents=True)
+    (project / "s u b" / "f").write_text("x")
+    (project / "s u b" / "f").chmod(0o640)
+    outside = tmp_path / "outside"
+    outside.write_text("y")
+    (project / "link").symlink_to(outside)
+    subprocess.run(["setfacl", "-m", "u:4242:r", str(project / "s u b" / "f")], check=True)
+
+    def snapshot() -> str:
+        listing = subprocess.run(
+            ["getfacl", "-R", "-P", "--absolute-names", str(project), str(outside)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        modes = sorted(
+            f"{p} {p.lstat().st_mode:o} {p.lstat().st_uid}" for p in [project, *project.rglob("*")]
+        )
+        return listing + "\n".join(modes)
+
+    before = snapshot()
+    ledger = tmp_path / "ledger.json"
+    uid = 61042
+    projectacl.grant(project, uid, ledger)
+    assert projectacl.has_grant(project, uid)
+    listing = subprocess.run(
+        ["getfacl", "-P", "--numeric", str(project / "s u b" / "f")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert f"user:{uid}:rw-" in listing and "user:4242:r--" in listing
+    assert (
+        f"user:{uid}"
+        not in subprocess.run(
+            ["getfacl", "--numeric", str(outside)], capture_output=True, text=True, check=True
+        ).stdout
+    )
+    made = project / "s u b" / "agent-made"
+    made.write_text("z")  # inherits the default ACL, as the agent's files do
+    os.chown(made, uid, uid)
+    assert projectacl.revoke(project, uid, (0, 0), ledger) == 1
+    assert made.stat().st_uid == 0
+    assert made.stat().st_mode & 0o777 == 0o644  # no group x from the inherited ACL
+    assert (
+        "user:"
+        not in subprocess.run(
+            ["getfacl", "--skip-base", str(made)], capture_output=True, text=True, check=True
+        ).stdout
+    )
+    made.unlink()
+    assert snapshot() == before
+    assert not ledger.exists()

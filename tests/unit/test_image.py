@@ -79,3 +79,46 @@ def test_npm_fetch_checks_integrity() -> None:
     fetch.verify(data, {"shasum": hashlib.sha1(data).hexdigest()})  # noqa: S324 - npm's format
     with pytest.raises(ValueError, match="no checksum"):
         fetch.verify(data, {})
+
+
+def test_stage_images_read_off_a_classic_build() -> None:
+    """The image each earlier stage of a multi-stage build ends with (what would
+    be left untagged), not the last stage's, which gets the tag."""
+    from provisioner.engine.api import StageImages
+
+    stages = StageImages()
+    for line in [
+        "Step 1/9 : ARG BASE_IMAGE",
+        "Step 2/9 : FROM ${BASE_IMAGE} AS prov-ca",
+        " ---> 1111aaaa2222",
+        "Step 3/9 : RUN update-ca-certificates",
+        " ---> Running in 9999ffff0000",
+        "Removing intermediate container 9999ffff0000",
+        " ---> 3333bbbb4444",
+        "Step 4/9 : FROM prov-ca AS prov-node",
+        " ---> 3333bbbb4444",
+        "Step 5/9 : RUN sh build.sh node",
+        " ---> Using cache",
+        " ---> 5555cccc6666",
+        "Step 6/9 : FROM prov-ca",
+        " ---> 3333bbbb4444",
+        "Step 7/9 : COPY --from=prov-node /opt /usr/local/",
+        " ---> 7777dddd8888",
+        "Successfully built 7777dddd8888",
+    ]:
+        stages.see(line)
+    assert stages.earlier == ("3333bbbb4444", "5555cccc6666")
+
+
+def test_a_layer_of_cas_the_image_has_already_adds_nothing() -> None:
+    """The CA-only layer is skipped when the parent's trust store holds every
+    CA (whatever the line breaks), and built when one is missing."""
+    from provisioner.image import _trusts_all
+
+    body = "MIIBszCCAVmgAwIBAgIU" + "A" * 70
+    ca = f"-----BEGIN CERTIFICATE-----\n{body[:64]}\n{body[64:]}\n-----END CERTIFICATE-----\n"
+    other = ca.replace("MIIB", "MIIC")
+    bundle = f"# distro CA\n-----BEGIN CERTIFICATE-----\n{body}\n-----END CERTIFICATE-----\n"
+    assert _trusts_all(bundle, ca.encode())
+    assert not _trusts_all(bundle, (ca + other).encode())
+    assert _trusts_all(bundle, b"")

@@ -17,7 +17,10 @@ def _plan(  # type: ignore[no-untyped-def]
     agents: AgentCounts | None = None,
     containment: Containment | None = None,
     remote: RemotePlacement | None = None,
+    port: int | None = None,
 ):
+    """A plan for `demo`; `port` defaults to 2222 with --egress open (prov picks
+    one there), else to none (the alias needs no port)."""
     client = keys.generate_ed25519("c")
     hostkey = keys.generate_ed25519("h")
     containment = containment or Containment(egress="open")
@@ -29,7 +32,7 @@ def _plan(  # type: ignore[no-untyped-def]
             image="prov-env:abc",
             image_hash="abc" * 20,
             bind=bind,
-            port=2222,
+            port=port if port is not None else (0 if containment.internal else 2222),
             project_dir=project,
             project_uid=1234,
             project_gid=2345,
@@ -153,8 +156,48 @@ def test_allowlist_puts_the_env_on_an_internal_network_behind_its_proxy() -> Non
 def test_egress_none_has_no_proxy() -> None:
     """--egress none: internal network, no proxy, no proxy variables."""
     plan, _, _ = _plan(Path("/p/demo"), Path("/p"), containment=Containment(egress="none"))
-    assert plan.network.internal and plan.egress is None
+    assert plan.network.internal and plan.egress is None and plan.published is None
     assert "HTTPS_PROXY" not in plan.container.environment
+
+
+def test_port_under_allowlist_is_relayed_by_the_gate() -> None:
+    """--port with the default containment: the environment stays on its internal
+    network and publishes nothing; its gate (the proxy) publishes the port on
+    loopback and relays it to the environment's sshd only; the alias still goes
+    to the environment's own address."""
+    plan, _, _ = _plan(Path("/p/demo"), Path("/p"), containment=Containment(), port=2299)
+    c = plan.container
+    assert plan.network.internal and c.port == 0
+    assert plan.egress is not None and plan.egress.proxying and plan.egress.relays
+    gate = plan.egress.container
+    assert (gate.bind, gate.port, gate.container_port) == ("127.0.0.1", 2299, "2222/tcp")
+    assert gate.environment["PROV_RELAY_TO"] == "10.213.0.2:22"
+    assert gate.environment["PROV_RELAY_PORT"] == "2222"
+    assert plan.published == ("127.0.0.1", 2299)
+    assert (plan.ssh.hostname, plan.ssh.port) == ("10.213.0.2", 22)
+    assert c.labels["prov.port"] == "2299" and gate.labels["prov.port"] == "2299"
+    assert c.environment["HTTPS_PROXY"] == "http://10.213.0.3:3128"
+
+
+def test_port_under_egress_none_gets_a_relay_but_no_proxy() -> None:
+    """--egress none --port: a gate that relays SSH and proxies nothing; the
+    environment gets no proxy variables (its rules let it reach nothing)."""
+    plan, _, _ = _plan(
+        Path("/p/demo"), Path("/p"), containment=Containment(egress="none"), port=2299
+    )
+    assert plan.egress is not None and not plan.egress.proxying and plan.egress.relays
+    assert plan.egress.container.environment["PROV_PROXY"] == "0"
+    assert plan.egress.container.environment["PROV_ALLOW"] == ""
+    assert "HTTPS_PROXY" not in plan.container.environment
+    assert "PROV_PROXY_ADDR" not in plan.container.environment
+    assert plan.published == ("127.0.0.1", 2299)
+
+
+def test_open_egress_publishes_on_the_environment_itself() -> None:
+    """--egress open: Docker publishes sshd's own port; there is no gate."""
+    plan, _, _ = _plan(Path("/p/demo"), Path("/p"))
+    assert plan.egress is None and plan.published == ("127.0.0.1", 2222)
+    assert plan.container.container_port == "22/tcp"
 
 
 def test_labels_let_prov_find_and_compare() -> None:

@@ -144,3 +144,16 @@ def test_only_ports_prov_chose_are_tried_again() -> None:
     ]
     outcomes = [lost, lost, ConflictError("x", "", ""), lost]
     assert port_races(outcomes, requests) == [0, 3]
+
+
+def test_a_subnet_taken_meanwhile_is_its_own_error() -> None:
+    """Docker's "Pool overlaps" (another network took the subnet after prov
+    chose it) is told apart, so `up` chooses again; other errors stay general."""
+    from provisioner.engine.api import PortTaken, SubnetTaken, _api_error
+
+    taken = _api_error(
+        "create network prov-x-net", "Pool overlaps with other one on this address space"
+    )
+    assert isinstance(taken, SubnetTaken)
+    assert isinstance(_api_error("start the container", "port is already allocated"), PortTaken)
+    assert not isinstance(_api_error("create network x", "no such driver"), SubnetTaken)

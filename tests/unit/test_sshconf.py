@@ -217,3 +217,53 @@ def test_remote_alias_jumps_through_the_engine_host_with_its_own_master(tmp_path
     # ssh expands %-tokens in ProxyCommand: a % of the path is doubled.
     assert f"ControlPath={str(link.control).replace('%', '%%')}'" in command
     assert "proxycommand" not in near or near["proxycommand"] == "none"
+
+
+def test_port_pins_added_replaced_and_removed_keeping_every_other_byte() -> None:
+    """The published port's pins go into the user's known_hosts as one marked
+    line; a new port replaces it, removal takes only that line, and the user's
+    own lines (CRLF, hashed, no final newline) stay byte for byte."""
+    user = b"|1|abc=|def= ssh-ed25519 AAAAuser\r\nother.host ssh-rsa AAAArsa"
+    pinned = sshconf.with_port_pins(
+        user, "prov-a", ("127.0.0.1", "localhost"), 2222, "ssh-ed25519", "AAAAkey"
+    )
+    assert pinned.startswith(user + b"\r\n")
+    added = pinned[len(user) + 2 :]
+    assert added == b"[127.0.0.1]:2222,[localhost]:2222 ssh-ed25519 AAAAkey prov-managed:prov-a\r\n"
+    moved = sshconf.with_port_pins(pinned, "prov-a", ("127.0.0.1",), 2300, "ssh-ed25519", "AAAAk2")
+    assert b":2222" not in moved and b"[127.0.0.1]:2300 ssh-ed25519 AAAAk2" in moved
+    other = sshconf.with_port_pins(moved, "prov-b", ("localhost",), 2400, "ssh-ed25519", "B")
+    assert sshconf.with_port_pins(other, "prov-a", (), 0, "", "").count(b"prov-managed") == 1
+    assert sshconf.with_port_pins(pinned, "prov-a", (), 0, "", "") == user + b"\r\n"
+
+
+PIN_KEY = "AAAAC3NzaC1lZDI1NTE5AAAAIMdGh7PTlyeEU1oR2sm76mSi9H4OHPcvlOJx4cm7JIG6"
+
+
+def test_port_pin_lets_the_guides_ssh_form_check_the_key(tmp_path: Path) -> None:
+    """OpenSSH finds the pin for `ssh -p PORT agent@localhost`: ssh-keygen -F
+    (the lookup ssh does) matches both names at that port, not other ports."""
+    known = tmp_path / "known_hosts"
+    assert sshconf.pin_published_port(
+        known,
+        "prov-a",
+        ("127.0.0.1", "localhost"),
+        2299,
+        "ssh-ed25519",
+        PIN_KEY,
+    )
+    for name in ("[localhost]:2299", "[127.0.0.1]:2299"):
+        found = subprocess.run(
+            ["ssh-keygen", "-F", name, "-f", str(known)], capture_output=True, text=True
+        )
+        assert found.returncode == 0, name
+    assert subprocess.run(["ssh-keygen", "-F", "[localhost]:2300", "-f", str(known)]).returncode
+    assert not sshconf.pin_published_port(
+        known,
+        "prov-a",
+        ("127.0.0.1", "localhost"),
+        2299,
+        "ssh-ed25519",
+        PIN_KEY,
+    )  # unchanged: not written again
+    assert known.stat().st_mode & 0o777 == 0o600
