@@ -307,8 +307,30 @@ def up(
     credentials: Annotated[
         str | None,
         typer.Option(
-            help="Agent logins: mount (shared with the host; the default here), copy "
-            "(private to this environment) or none (the default on a remote engine)."
+            help="Agent logins: tokens (the login files only, shared; the default here), "
+            "copy (a private copy of the agents' dirs), mount (the dirs themselves: the "
+            "agent can write what the host's CLIs run) or none (the default on a remote "
+            "engine)."
+        ),
+    ] = None,
+    clone: Annotated[
+        bool,
+        typer.Option(
+            "--clone",
+            help="Branch mode: the agent works in a clone of its own on branch prov/NAME "
+            "(the host's tree is never written); `git fetch prov-NAME` brings its commits.",
+        ),
+    ] = False,
+    branch: Annotated[
+        str | None,
+        typer.Option(help="Branch mode on this branch (implies --clone)."),
+    ] = None,
+    protect_paths: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--protect",
+            help="Another project path the host runs, read-only inside (repeatable; "
+            "a trailing / for a directory).",
         ),
     ] = None,
     sync: Annotated[
@@ -387,7 +409,12 @@ def up(
         if docker_host is not None:
             targets.set_flag(docker_host)
     if len(names) > 1:
-        for flag, value in (("--port", port), ("--project", project), ("--spawn", spawn or None)):
+        for flag, value in (
+            ("--port", port),
+            ("--project", project),
+            ("--spawn", spawn or None),
+            ("--branch", branch),
+        ):
             if value is not None:
                 _fail(
                     UsageError(
@@ -409,7 +436,12 @@ def up(
         mount or [],
         credentials,
         sync,
+        protect_paths or [],
     )
+    if branch is not None or clone:
+        from dataclasses import replace
+
+        extras = replace(extras, branch=branch or "")  # "": prov/NAME, per environment
     containment = _run(
         _containment,
         sudo,
@@ -458,6 +490,7 @@ def _extras(
     mounts: list[str],
     credentials: str | None,
     sync: str | None = None,
+    protect_paths: list[str] | None = None,
 ) -> Extras:
     from provisioner import config
 
@@ -472,6 +505,7 @@ def _extras(
         mounts=tuple(config.parse_mount(m) for m in mounts),
         credentials=credentials,
         sync=sync,
+        protect=tuple(protect_paths or ()),
     )
 
 
@@ -576,6 +610,8 @@ def down(
     result = _run(lifecycle.down, name)
     if result.removed:
         err.line(f"removed container prov-{name} (keys and alias kept)", "✓ ", "bold green")
+        if result.placeholders:
+            err.line("removed the empty placeholders: " + ", ".join(result.placeholders), "  ")
     else:
         err.line(f"prov-{name} has no container; nothing to remove")
 
@@ -730,7 +766,7 @@ def ls(
         return
     if not envs[0].engine.endswith("(the local socket)"):
         err.line(f"engine: {envs[0].engine}")
-    rows = [
+    rows: list[tuple[str, ...]] = [
         (
             e.name if e.home == "this" else f"{e.name} (other home)",
             e.state,
@@ -744,7 +780,12 @@ def ls(
         )
         for e in envs
     ]
-    headers = ("NAME", "STATE", "SSH", "PORT", "PROJECT", "EGRESS", "SUDO", "AGENTS", "STATUS")
+    headers: tuple[str, ...] = (
+        "NAME", "STATE", "SSH", "PORT", "PROJECT", "EGRESS", "SUDO", "AGENTS", "STATUS",
+    )  # fmt: skip
+    if any(e.branch != "-" for e in envs):  # branch mode: the clone's branch, commits ahead
+        headers = (*headers[:5], "BRANCH", *headers[5:])
+        rows = [(*row[:5], e.branch, *row[5:]) for row, e in zip(rows, envs, strict=True)]
     if out.tty:
         from rich.table import Table
 
@@ -753,8 +794,9 @@ def ls(
             table.add_row(*row)
         out.console.print(table)
         return
-    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
-    for row in [headers, *rows]:
+    widths = [max(len(r[i]) for r in (headers, *rows)) for i in range(len(headers))]
+    lines: list[tuple[str, ...]] = [headers, *rows]
+    for row in lines:
         out.line(
             "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         )

@@ -82,7 +82,10 @@ KNOWN_AGENTS = ("claude", "codex", "gemini")
 AGENT_VERSIONS = {"claude": "2.1.332", "codex": "0.171.0", "gemini": "0.61.0"}
 # Passed into the environment when set on the host; their values are never shown.
 API_KEY_VARS = ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY")
-CREDENTIAL_MODES = ("mount", "copy", "none")
+# tokens: the agents' login files, shared (the default here); copy: a private
+# copy of their dirs; mount: their dirs themselves (the agent can write what
+# the host's CLIs run); none.
+CREDENTIAL_MODES = ("tokens", "copy", "mount", "none")
 # How a remote environment gets the project: rsync pushes it into a volume of
 # its own; none bind-mounts the same path on the engine host, which must exist.
 SYNC_MODES = ("rsync", "none")
@@ -242,8 +245,13 @@ class Extras:
     gpus: int | None = None
     env: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # may hold secrets
     mounts: tuple[ExtraMount, ...] = ()
-    # None: the default, `mount` on this machine's engine, `none` on a remote one.
+    # None: the default, `tokens` on this machine's engine, `none` on a remote one.
     credentials: str | None = None
+    # --protect: more project paths the host runs, covered read-only inside.
+    protect: tuple[str, ...] = ()
+    # Branch mode: the agent's own clone on this branch (None: the tree itself;
+    # "": the default, prov/NAME).
+    branch: str | None = None
     sync: str | None = None  # remote engines only; None: rsync
 
     def __post_init__(self) -> None:
@@ -251,7 +259,7 @@ class Extras:
             raise UsageError(
                 f"Invalid --credentials {self.credentials!r}",
                 "It takes " + ", ".join(CREDENTIAL_MODES) + ".",
-                "use `mount` (default), `copy` or `none`.",
+                "use `tokens` (default: the login files only), `copy`, `mount` or `none`.",
             )
         if self.sync is not None and self.sync not in SYNC_MODES:
             raise UsageError(
@@ -261,6 +269,15 @@ class Extras:
                 "host).",
                 "use --sync rsync or --sync none.",
             )
+        if self.branch:  # "" is prov/NAME, each environment's own
+            from provisioner.branchmode import validate_branch
+
+            validate_branch(self.branch)
+        if self.protect:
+            from provisioner.protect import normal_rel
+
+            for path in self.protect:
+                normal_rel(path)
         if self.ca_certs:
             from provisioner.host import ca_pem
 
@@ -452,6 +469,10 @@ class ProvPaths:
         """Serialises key creation, apart from `lock` so that environments can be
         prepared while others are placed (never held while waiting for `lock`)."""
         return self.home / ".keys.lock"
+
+    def placeholders_ledger(self, name: str) -> Path:
+        """The placeholders an environment's protection made in its project."""
+        return self.env_dir(name) / "placeholders.json"
 
     def project_acl_ledger(self, name: str) -> Path:
         """What an environment's ACL grant on a root-owned project found before it."""

@@ -117,6 +117,45 @@ def _aliases(paths: ProvPaths) -> Finding:
     return Finding("ssh aliases", PASS, f"plain ssh resolves all {checked} environment aliases")
 
 
+def _exposure(paths: ProvPaths) -> Finding:
+    """Environments whose agent can write what this machine later runs: the
+    agents' config dirs (--credentials mount), or a project made before prov
+    protected it (its hooks, git config, .envrc, editor and agent settings)."""
+    from provisioner import lifecycle
+
+    try:
+        envs = lifecycle.list_envs(paths)
+    except ProvError as exc:
+        return Finding("what agents can write here", WARN, f"could not list: {exc.what}")
+    exposed = []
+    for env in envs:
+        if env.container == "-" or env.home != "this":
+            continue
+        if env.credentials in ("mount", "-"):
+            how = "mount" if env.credentials == "mount" else "of an older prov (whole dirs)"
+            exposed.append(
+                f"{env.name}: --credentials {how} (the agent can write the agents' "
+                "settings your CLIs here run)"
+            )
+        if env.protected == "-" and not env.engine.startswith("ssh://"):
+            exposed.append(
+                f"{env.name}: project unprotected (its git hooks and config, .envrc, editor "
+                "and agent settings are writable inside)"
+            )
+    if exposed:
+        return Finding(
+            "what agents can write here",
+            WARN,
+            "; ".join(exposed) + ". Fix: `prov up NAME --recreate` (the defaults share only "
+            "the login files and protect the project; the home and the work are kept).",
+        )
+    return Finding(
+        "what agents can write here",
+        PASS,
+        "no environment can write the agents' settings or what the host runs in a project",
+    )
+
+
 def diagnose(paths: ProvPaths | None = None) -> list[Finding]:
     paths = paths or ProvPaths.from_env()
     creds = host.find_credentials()
@@ -150,12 +189,14 @@ def diagnose(paths: ProvPaths | None = None) -> list[Finding]:
         ),
         _private_files(paths),
         _aliases(paths),
+        _exposure(paths),
         _check(
             "agent credentials",
             ", ".join(str(c.source) for c in creds.found),
             WARN,
-            "none of ~/.claude, ~/.claude.json, ~/.codex, ~/.gemini, ~/.config/gemini "
-            "exist: log the agents in on this machine, or pass their API keys.",
+            "no agent login here (~/.claude/.credentials.json, ~/.codex/auth.json, "
+            "~/.gemini/oauth_creds.json): log the agents in on this machine, or pass "
+            "their API keys.",
         ),
         _check(
             "extra CA certificates",

@@ -17,17 +17,6 @@ from pathlib import Path
 from provisioner.config import AGENT_HOME
 from provisioner.errors import ConfigError, ProvError
 
-# (path below the host home, path below the agent's home). Claude keeps state
-# both in ~/.claude/ and in ~/.claude.json; Gemini CLI uses ~/.gemini, the
-# guide names ~/.config/gemini, so both are carried when present.
-CREDENTIAL_PATHS: tuple[tuple[str, str], ...] = (
-    (".claude", ".claude"),
-    (".claude.json", ".claude.json"),
-    (".codex", ".codex"),
-    (".gemini", ".gemini"),
-    (".config/gemini", ".config/gemini"),
-)
-
 
 def ntm_config_path() -> Path:
     if explicit := os.environ.get("NTM_CONFIG"):
@@ -182,8 +171,10 @@ class CredentialMount:
 
 @dataclass(frozen=True)
 class Credentials:
-    found: tuple[CredentialMount, ...]
+    found: tuple[CredentialMount, ...]  # mounted (login files, or whole dirs)
     missing: tuple[Path, ...]
+    # Settings files offered as copies (with --credentials tokens, the default).
+    settings: tuple[CredentialMount, ...] = ()
 
 
 def writable_by(path: Path, uid: int, gid: int) -> bool:
@@ -196,18 +187,31 @@ def writable_by(path: Path, uid: int, gid: int) -> bool:
     return bool(st.st_mode & stat.S_IWOTH)
 
 
-def find_credentials(home: Path | None = None) -> Credentials:
+def find_credentials(home: Path | None = None, whole: bool = False) -> Credentials:
+    """The agents' logins that exist in `home`: their login files (with the
+    settings files to offer as copies), or with `whole` their entire dirs
+    (`--credentials mount` and `copy`). A missing source is not mounted:
+    Docker would make an empty root-owned directory in its place."""
+    from provisioner.agents import AGENTS
+
     home = home or Path.home()
     found: list[CredentialMount] = []
     missing: list[Path] = []
-    for rel_host, rel_agent in CREDENTIAL_PATHS:
-        src = home / rel_host
-        # A missing source would make Docker create an empty root-owned dir.
-        if src.exists():
-            found.append(CredentialMount(src, f"{AGENT_HOME}/{rel_agent}"))
-        else:
-            missing.append(src)
-    return Credentials(tuple(found), tuple(missing))
+    settings: list[CredentialMount] = []
+    for agent in AGENTS:
+        for rel in agent.dirs if whole else agent.login:
+            src = home / rel
+            if src.exists() and (whole or src.is_file()):
+                found.append(CredentialMount(src, f"{AGENT_HOME}/{rel}"))
+            else:
+                missing.append(src)
+        if not whole:
+            settings += [
+                CredentialMount(home / rel, f"{AGENT_HOME}/{rel}")
+                for rel in agent.settings
+                if (home / rel).is_file()
+            ]
+    return Credentials(tuple(found), tuple(missing), tuple(settings))
 
 
 EXTRA_CA_DIR = Path("/usr/local/share/ca-certificates")

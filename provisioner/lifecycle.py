@@ -19,6 +19,8 @@ from provisioner.ownership import is_ours, require_ours
 from provisioner.plan import (
     LABEL_AGENTS,
     LABEL_BIND,
+    LABEL_BRANCH,
+    LABEL_CREDENTIALS,
     LABEL_EGRESS,
     LABEL_HOME_VOLUME,
     LABEL_HOST_KEY,
@@ -26,6 +28,7 @@ from provisioner.plan import (
     LABEL_NAME,
     LABEL_PORT,
     LABEL_PROJECT,
+    LABEL_PROTECT,
     LABEL_ROLE,
     LABEL_SSH,
     LABEL_SUDO,
@@ -62,6 +65,9 @@ class EnvStatus:
     engine: str = "-"  # the Docker engine it is on, and how prov chose it
     host: str = ""
     published: str = "-"  # BIND:PORT where sshd is on a host port (--port), else "-"
+    credentials: str = "-"  # tokens / copy / mount / none ("-": made before prov said)
+    protected: str = "-"  # project paths read-only inside (".git" pinned), comma-separated
+    branch: str = "-"  # branch mode: the clone's branch, and how far it is ahead
 
     def public(self) -> dict[str, object]:
         return asdict(self)
@@ -97,6 +103,9 @@ def _from_summary(item: dict[str, Any], paths: ProvPaths) -> EnvStatus:
             else "-"
         ),
         limits=labels.get(LABEL_LIMITS, "-"),
+        credentials=labels.get(LABEL_CREDENTIALS, "-"),
+        protected=labels.get(LABEL_PROTECT, "") or "-",
+        branch=labels.get(LABEL_BRANCH, "") or "-",
         home="this" if is_ours(labels, paths) else "other",
         home_volume=(
             f"{labels[LABEL_HOME_VOLUME]} (kept by `down`, removed by `rm`)"
@@ -209,7 +218,47 @@ def list_envs(
         for host, why in unreachable.items()
         if not any(env.engine.startswith(host) for env in listed)
     ]
+    listed = _with_ahead(listed, records, paths)
     return sorted(listed, key=lambda env: (env.home != "this", env.name == "-", env.name))
+
+
+def _with_ahead(
+    envs: list[EnvStatus], records: dict[str, state.EnvRecord | ProvError | None], paths: ProvPaths
+) -> list[EnvStatus]:
+    """Branch mode: how far each running clone's branch is ahead of the commit
+    it started at, asked inside over each alias's master, all at once."""
+    import threading
+
+    from provisioner import branchmode
+
+    asked = [
+        (i, env, record)
+        for i, env in enumerate(envs)
+        if env.branch != "-"
+        and env.state == "running"
+        and isinstance(record := records.get(env.name), state.EnvRecord)
+        and record.branch_base
+    ]
+    if not asked:
+        return envs
+    found: dict[int, str] = {}
+
+    def ask(index: int, env: EnvStatus, record: state.EnvRecord) -> None:
+        code, out = system_ssh(
+            paths.ssh_config,
+            env.ssh_alias,
+            branchmode.ahead_script(record.project_dir, record.branch_base),
+            timeout=10.0,
+        )
+        count = out.strip().splitlines()[-1] if out.strip() else ""
+        found[index] = f"{env.branch} +{count}" if code == 0 and count.isdigit() else env.branch
+
+    threads = [threading.Thread(target=ask, args=item) for item in asked]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return [replace(env, branch=found.get(i, env.branch)) for i, env in enumerate(envs)]
 
 
 def _engines_to_list(
@@ -432,6 +481,7 @@ def logs(name: str, follow: bool, tail: int | None) -> Iterator[bytes]:
 class DownResult:
     name: str
     removed: bool
+    placeholders: tuple[str, ...] = ()  # the protection's, removed from the project
 
 
 def down(name: str, paths: ProvPaths | None = None) -> DownResult:
@@ -451,7 +501,21 @@ def down(name: str, paths: ProvPaths | None = None) -> DownResult:
         return DownResult(name, removed=False)
     stop_master(paths.ssh_config, sshconf.alias_for(name))
     engine.remove(info.id)
-    return DownResult(name, removed=True)
+    return DownResult(name, removed=True, placeholders=_unplace(name, paths))
+
+
+def _unplace(name: str, paths: ProvPaths) -> tuple[str, ...]:
+    """The protection's placeholders in the project, once no container covers
+    them: removed while still empty."""
+    from provisioner import protect
+
+    try:
+        record = state.load(paths, name)
+    except ProvError:
+        return ()
+    if record is None or record.sync:  # a remote engine's project: none made here
+        return ()
+    return protect.remove_placeholders(Path(record.project_dir), paths.placeholders_ledger(name))
 
 
 @dataclass(frozen=True)
@@ -489,6 +553,7 @@ def rm(name: str, paths: ProvPaths | None = None) -> Removal:
         engine.remove(info.id)
     if proxy is not None:
         engine.remove(proxy.id)
+    _unplace(name, paths)
     net = engine.network(network_name(name))
     if net is not None and is_ours(net.get("Labels") or {}, paths):
         engine.remove_network(network_name(name))
@@ -517,6 +582,7 @@ def _forget_here(name: str, paths: ProvPaths) -> str:
     alias = sshconf.alias_for(name)
     with file_lock(paths.lock), file_lock(paths.keys_lock):
         revoked = _revoke_access(name, paths)
+        _remove_remote(name, paths)
         shutil.rmtree(env_dir, ignore_errors=True)
         try:
             sshconf.delete_entry(paths.ssh_config, alias)
@@ -530,6 +596,18 @@ def _forget_here(name: str, paths: ProvPaths) -> str:
                 exc.hint,
             ) from None
     return revoked
+
+
+def _remove_remote(name: str, paths: ProvPaths) -> None:
+    """Branch mode: the `prov-NAME` remote prov added to the host's repository."""
+    from provisioner import branchmode
+
+    try:
+        record = state.load(paths, name)
+    except ProvError:
+        return
+    if record is not None and record.branch:
+        branchmode.remove_remote(Path(record.project_dir), name)
 
 
 def _revoke_access(name: str, paths: ProvPaths) -> str:
@@ -779,5 +857,8 @@ def sync_project(name: str, back: bool, delete: bool, paths: ProvPaths | None = 
             f"Its container is {info.status}; rsync reaches the project through its alias.",
             f"`prov start {name}` first.",
         )
-    move = sync.pull if back else sync.push
-    return move(paths.ssh_config, sshconf.alias_for(name), Path(record.project_dir), delete)
+    alias, project = sshconf.alias_for(name), Path(record.project_dir)
+    if back:
+        protected = tuple(filter(None, record.protect.split("\n")))
+        return sync.pull(paths.ssh_config, alias, project, delete, protected)
+    return sync.push(paths.ssh_config, alias, project, delete)

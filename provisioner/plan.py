@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from provisioner import __version__
+from provisioner.branchmode import ORIGIN
 from provisioner.config import (
     AGENT_HOME,
     AGENT_USER,
@@ -23,6 +24,7 @@ from provisioner.config import (
 )
 from provisioner.host import CredentialMount
 from provisioner.keys import PublicKey
+from provisioner.protect import Guard, git_excludes
 from provisioner.sshconf import HostEntry, alias_for
 
 LABEL_MANAGED = "prov.managed"
@@ -46,6 +48,9 @@ LABEL_EGRESS = "prov.egress"
 LABEL_NETWORK = "prov.network"
 LABEL_SSH = "prov.ssh"  # where the alias connects: HOST:PORT
 LABEL_ROLE = "prov.role"  # "env" or "egress" (the environment's proxy)
+LABEL_PROTECT = "prov.protect"  # project paths covered read-only (".git" pinned writable)
+LABEL_CREDENTIALS = "prov.credentials"  # tokens / copy / mount / none
+LABEL_BRANCH = "prov.branch"  # branch mode: the clone's branch ("": the tree itself)
 
 SSHD_PORT = "22/tcp"
 # Where the environment's gate (its egress proxy container) relays a published
@@ -359,14 +364,27 @@ def build_plan(
     gpus: int | None = None,
     agent_versions: dict[str, str] | None = None,
     remote: RemotePlacement | None = None,
+    guards: tuple[Guard, ...] = (),
+    credentials_mode: str = "tokens",
+    branch: str | None = None,
 ) -> Plan:
     alias = alias_for(name)
-    project_in_volume = remote is not None and remote.sync == "rsync"
+    # The project in a volume of the environment's own, at the same path: a
+    # remote engine's rsync copy, or branch mode's clone.
+    project_in_volume = (remote is not None and remote.sync == "rsync") or branch is not None
     mounts = (
         *(() if project_in_volume else (Mount(project_dir, str(project_dir)),)),
+        # Branch mode: what the clone is made from, read-only (the tree is not mounted).
+        *((Mount(project_dir / ".git", ORIGIN, read_only=True),) if branch is not None else ()),
         # On a remote engine credentials are copied in, never mounted.
         *(() if remote is not None else (Mount(c.source, c.target) for c in credentials)),
         *(Mount(m.source, m.target, m.read_only) for m in extra_mounts),
+    )
+    # Over the project mount: what the host executes from, read-only (a mount
+    # point each, so it cannot be renamed, replaced or made), and .git pinned.
+    guarded = tuple(
+        Mount(project_dir / g.rel, str(project_dir / g.rel), read_only=not g.writable)
+        for g in guards
     )
     identity = home_id(paths)
     egress_label = containment.egress
@@ -397,6 +415,9 @@ def build_plan(
         LABEL_NETWORK: f"{network.name} {network.subnet}",
         LABEL_HOME_VOLUME: home_volume_name(name),
         LABEL_FORWARD_AGENT: "yes" if containment.forward_agent else "no",
+        LABEL_PROTECT: ",".join(g.rel + ("/" if g.kind == "dir" else "") for g in guards),
+        LABEL_CREDENTIALS: credentials_mode,
+        LABEL_BRANCH: branch or "",
     }
     key_files = (
         KeyFile(HOST_KEY_FILE, 0o600, host_key_private),
@@ -420,6 +441,9 @@ def build_plan(
     }
     if project_in_volume:
         environment["PROV_PROJECT_VOLUME"] = "1"
+    excludes = git_excludes(guards)
+    if excludes:  # the placeholder files: never committed by `git add -A` inside
+        environment["PROV_GIT_EXCLUDE"] = excludes
     # On an internal network Docker publishes nothing: a published port is
     # carried by the gate, which relays it to sshd and to nothing else.
     relayed = port if containment.internal else 0
@@ -482,9 +506,9 @@ def build_plan(
         bind=bind,
         port=0 if containment.internal else port,
         # Not in LABEL_MOUNTS: every environment has it, at a path of its own.
-        mounts=mounts
+        mounts=(*mounts, *guarded)
         if remote is not None
-        else (*mounts, Mount(paths.keys_dir(name), KEYS_MOUNT, read_only=True)),
+        else (*mounts, *guarded, Mount(paths.keys_dir(name), KEYS_MOUNT, read_only=True)),
         volumes=(
             (home_volume_name(name), AGENT_HOME),
             *(((project_volume_name(name), str(project_dir)),) if project_in_volume else ()),

@@ -16,7 +16,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from provisioner import egress, host, keys, mountpolicy, projectacl, state
+from provisioner import (
+    branchmode,
+    egress,
+    host,
+    keys,
+    mountpolicy,
+    projectacl,
+    protect,
+    state,
+)
 from provisioner.config import (
     API_KEY_VARS,
     Extras,
@@ -59,6 +68,13 @@ class Prepared:
     credentials: str = "mount"  # mount / copy / none, as decided for this engine
     granted: bool = False  # this run gave the agent access to the project (projectacl)
     image_seconds: float = 0.0  # time spent building (or copying) the image, when it was
+    # Project paths the host executes from, covered read-only inside (protect).
+    guards: tuple[protect.Guard, ...] = ()
+    # Settings files offered as copies, put into a new container before it starts.
+    settings: tuple[host.CredentialMount, ...] = ()
+    # Branch mode: the clone's branch and the commit it starts at (None: mount mode).
+    branch: str | None = None
+    branch_base: str = ""
 
     @property
     def name(self) -> str:
@@ -80,11 +96,24 @@ def prepare(
     fresh = not paths.env_dir(request.name).exists()
     made: list[host.ProjectDir] = []
     granted: list[host.ProjectDir] = []
+    placed: list[Path] = []  # projects that got placeholders in this run
     try:
         return _prepare_steps(
-            engine, builder, request, reporter, paths, images, images_lock, made, granted, fresh
+            engine,
+            builder,
+            request,
+            reporter,
+            paths,
+            images,
+            images_lock,
+            made,
+            granted,
+            placed,
+            fresh,
         )
     except BaseException:
+        for path in placed:
+            protect.remove_placeholders(path, paths.placeholders_ledger(request.name))
         for project in granted:
             revoke_grant(paths, request.name, project)
         for project in made:
@@ -117,6 +146,7 @@ def _prepare_steps(
     images_lock: threading.Lock,
     made: list[host.ProjectDir],
     granted: list[host.ProjectDir],
+    placed: list[Path],
     fresh: bool,
 ) -> Prepared:
     cname = container_name(request.name)
@@ -142,27 +172,53 @@ def _prepare_steps(
             "leave --mount out (the project reaches the environment with --sync), or use "
             "this machine's engine.",
         )
+    branch = _branch(engine, request)
     if sync == "none":
         project = _remote_project(engine, request)
     else:
         project = host.resolve_project_dir(
-            request.name, request.project_dir, request.create_dir, mounted=sync != "rsync"
+            request.name,
+            request.project_dir,
+            request.create_dir,
+            mounted=sync != "rsync" and branch is None,
         )
         made.append(project)
+    base = branchmode.require_repository(project.path) if branch is not None else ""
     if not engine.remote:
         _check_mounts(request, project.path, paths, reporter)
-    creds = host.find_credentials() if credentials != "none" else host.Credentials((), ())
+    creds = (
+        host.find_credentials(whole=credentials in ("mount", "copy"))
+        if credentials != "none"
+        else host.Credentials((), ())
+    )
     if creds.found:
-        how = "copied (private to this environment)" if credentials == "copy" else "mounted"
-        reporter.note(f"credentials {how}: " + ", ".join(str(c.source) for c in creds.found))
-    if creds.missing:
+        how = {
+            "tokens": "logins shared (refreshed in place, here and inside)",
+            "copy": "credentials copied (private to this environment)",
+            "mount": "credential dirs mounted",
+        }[credentials]
+        reporter.note(f"{how}: " + ", ".join(str(c.source) for c in creds.found))
+    if creds.settings:
+        reporter.note(
+            "settings offered as copies (never written back): "
+            + ", ".join(str(c.source) for c in creds.settings)
+        )
+    if creds.missing and credentials != "tokens":
         reporter.note("not found, not mounted: " + ", ".join(str(p) for p in creds.missing))
+    if credentials == "mount":
+        reporter.warn(
+            "--credentials mount: the agent can write your agents' config dirs, which the "
+            "CLIs on this machine read as settings and run (Claude's hooks and MCP servers, "
+            "Codex's notify, Gemini's hooks and commands): the next `claude`, `codex` or "
+            "`gemini` you start here runs what it wrote. The default (--credentials tokens) "
+            "shares only the login files"
+        )
     if credentials == "none" and engine.remote and extras.credentials is None:
         reporter.note(
             "agent logins stay on this machine (a remote engine gets none by default): "
             "--credentials copy puts a private copy there, or log in inside"
         )
-    if credentials == "mount":
+    if credentials in ("mount", "tokens"):
         locked = [
             c.source
             for c in creds.found
@@ -196,6 +252,14 @@ def _prepare_steps(
             f"{project.path} is owned by root and the agent never runs as root: gave its "
             f"user (UID {project.uid}) read and write access there with POSIX ACLs; "
             f"`prov rm {request.name}` takes them away again"
+        )
+    guards = (
+        _guard_project(engine, request, project, paths, reporter, placed) if branch is None else ()
+    )
+    if branch is not None:
+        reporter.note(
+            f"branch mode: the agent works in a clone of its own on {branch} (from "
+            f"{base[:12]}); this machine's tree is not mounted, its .git only read-only"
         )
     reporter.step("image")
     image_request = _image_request(request, project.path, paths)
@@ -252,16 +316,76 @@ def _prepare_steps(
         sync=sync,
         credentials=credentials,
         granted=bool(granted),
+        guards=guards,
+        settings=creds.settings,
+        branch=branch,
+        branch_base=base,
         image_seconds=image_seconds,
     )
 
 
+def _branch(engine: Engine, request: UpRequest) -> str | None:
+    """The clone's branch in branch mode (None: the agent works in the tree)."""
+    asked = request.extras.branch
+    if asked is None:
+        return None
+    if engine.remote:
+        raise UsageError(
+            "--clone/--branch is not available on a remote engine yet",
+            f"The engine is {engine.target.describe()}; branch mode mounts this machine's "
+            "repository read-only, which a container there cannot mount.",
+            "leave them out there (--sync rsync gives the environment a copy of its own, and "
+            "`prov sync --back` never brings hooks or git config back), or use this machine's "
+            "engine.",
+        )
+    return asked or branchmode.default_branch(request.name)
+
+
+def _guard_project(
+    engine: Engine,
+    request: UpRequest,
+    project: host.ProjectDir,
+    paths: ProvPaths,
+    reporter: Reporter,
+    placed: list[Path],
+) -> tuple[protect.Guard, ...]:
+    """The project paths the host executes from, to cover read-only inside; the
+    ones missing get placeholders on the host (said, and removed with the
+    environment). Only where the environment mounts this machine's project."""
+    if engine.remote:
+        if request.extras.sync == "none":
+            reporter.warn(
+                "with --sync none the environment writes the engine host's project, whose "
+                "git hooks, git config and tools' settings prov does not cover there; use "
+                "--sync rsync (`prov sync --back` never brings those back)"
+            )
+        return ()
+    extra = protect.extra_kinds(project.path, request.extras.protect)
+    found = protect.survey(project.path, tuple(rel for rel, _ in extra))
+    for rel in protect.unguardable(found, extra):
+        reporter.warn(
+            f"{project.path / rel} is a symbolic link, which prov cannot cover: the agent "
+            "can replace it"
+        )
+    guards = protect.plan_guards(found, extra)
+    st = project.path.stat()
+    ledger = paths.placeholders_ledger(request.name)
+    made = protect.make_placeholders(project.path, guards, (st.st_uid, st.st_gid), ledger)
+    if made:
+        placed.append(project.path)
+        reporter.note(
+            "made empty placeholders for protected paths that do not exist, so the agent "
+            f"cannot make them (`prov down` removes them while empty): {', '.join(made)}"
+        )
+    return guards
+
+
 def _credentials_mode(engine: Engine, asked: str | None) -> str:
     if not engine.remote:
-        return asked or "mount"
-    if asked == "mount":
+        return asked or "tokens"
+    if asked in ("mount", "tokens"):
         raise UsageError(
-            "--credentials mount is not available on a remote engine",
+            f"--credentials {asked} is not available on a remote engine",
             f"The engine is {engine.target.describe()}; your agent logins are files on this "
             "machine, which a container there cannot mount.",
             "use --credentials copy (a private copy, put there once) or --credentials none "

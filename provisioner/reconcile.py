@@ -16,6 +16,8 @@ from provisioner.fsutil import atomic_write, ensure_private_dir
 from provisioner.plan import (
     HOST_KEY_FILE,
     LABEL_BIND,
+    LABEL_BRANCH,
+    LABEL_CREDENTIALS,
     LABEL_EGRESS,
     LABEL_FORWARD_AGENT,
     LABEL_HOME_VOLUME,
@@ -42,6 +44,8 @@ DRIFT_LABELS = (
     (LABEL_EGRESS, "egress"),
     (LABEL_HOME_VOLUME, "home volume"),
     (LABEL_FORWARD_AGENT, "agent forwarding"),
+    (LABEL_CREDENTIALS, "credentials (what of your agents' logins it gets)"),
+    (LABEL_BRANCH, "branch mode (the clone's branch; empty: the tree itself)"),
 )
 HOST_KEY_DRIFT = (
     "host key: the environment's host key was replaced or removed on this machine "

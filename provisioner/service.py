@@ -14,6 +14,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from provisioner import (
@@ -47,6 +48,7 @@ from provisioner.plan import (
     AUTHORIZED_KEYS_FILE,
     AUTHORIZED_KEYS_PATH,
     LABEL_PORT,
+    LABEL_PROTECT,
     PROXY_PORT,
     SESSION_ENV_PATH,
     NetworkSpec,
@@ -515,6 +517,9 @@ def _plan(
         remote=RemotePlacement(engine.link.proxy_command(), prepared.sync)
         if engine.link is not None
         else None,
+        guards=prepared.guards,
+        credentials_mode=prepared.credentials,
+        branch=prepared.branch,
     )
 
 
@@ -546,6 +551,8 @@ def _finish(engine: Engine, placed: _Placed, paths: ProvPaths, poll: float) -> U
                 f"the environment's authorized key did not match {identity} (a key was "
                 "removed or replaced here): authorized it again"
             )
+        if action in ("unchanged", "started") and prepared.existing is not None:
+            _warn_unguarded(prepared.existing, plan, reporter)
         if action in ("unchanged", "started") and _update_session_env(
             engine, plan, container_id, reporter
         ):
@@ -595,6 +602,8 @@ def _finish(engine: Engine, placed: _Placed, paths: ProvPaths, poll: float) -> U
         if prepared.sync == "rsync":
             reporter.step("pushing the project (rsync)")
             sync.push(paths.ssh_config, alias, prepared.project.path)
+        if prepared.branch is not None:
+            _clone(paths, alias, prepared, reporter)
     except BaseException as exc:
         if proxy_start is not None:  # never remove a container while it is being started
             proxy_start.settle()
@@ -620,6 +629,9 @@ def _finish(engine: Engine, placed: _Placed, paths: ProvPaths, poll: float) -> U
                 engine=engine.target.host,
                 sync=prepared.sync,
                 project_acl_uid=prepared.project.uid if prepared.project.grant else 0,
+                protect="\n".join(request.extras.protect),
+                branch=prepared.branch or "",
+                branch_base=prepared.branch_base,
             ),
         )
         if request.write_user_ssh_config and sshconf.ensure_include(
@@ -827,6 +839,21 @@ def _converge(
             made.proxy_id = engine.create(plan.egress.container)
         made.action = decision.action
         made.container_id = engine.create(c)
+    if prepared.settings:  # offered copies of the user's settings, before it starts
+        from provisioner.agents import offered_copy
+        from provisioner.config import AGENT_HOME
+
+        engine.put_owned(
+            made.container_id,
+            [
+                (c.target, offered_copy(c.target.removeprefix(AGENT_HOME + "/"), data))
+                for c in prepared.settings
+                if (data := _read_setting(c.source)) is not None
+            ],
+            prepared.project.uid,
+            prepared.project.gid,
+            AGENT_HOME,
+        )
     if new_home and prepared.credentials == "copy" and prepared.mounted:
         # A remote home volume gets the private copy once; later the agent's
         # own refreshed tokens there must not be overwritten.
@@ -837,6 +864,58 @@ def _converge(
             prepared.project.gid,
         )
     return decision
+
+
+def _clone(paths: ProvPaths, alias: str, prepared: prepare.Prepared, reporter: Reporter) -> None:
+    """Branch mode: the agent's clone at the project path (made once, as the
+    agent, through the alias), and the host's `prov-NAME` remote to fetch from."""
+    from provisioner import branchmode
+
+    assert prepared.branch is not None  # noqa: S101 - branch mode only
+    project = prepared.project.path
+    reporter.step(f"cloning into the environment (branch {prepared.branch})")
+    code, output = openssh.system_ssh(
+        paths.ssh_config,
+        alias,
+        branchmode.clone_script(str(project), prepared.branch, prepared.branch_base),
+        timeout=3600,
+    )
+    if code != 0:
+        raise ProvError(
+            f"Cloning {project} into the environment failed",
+            f"git said (exit {code}): " + (" ".join(output.split())[-400:] or "nothing") + ".",
+            "check that `git -C PROJECT status` works here, then run `prov up` again.",
+        )
+    with file_lock(paths.lock):
+        done = branchmode.add_remote(project, prepared.name)
+    if done == "added":
+        reporter.note(
+            f"added the git remote {branchmode.remote_name(prepared.name)} to {project}: "
+            f"`git fetch {branchmode.remote_name(prepared.name)}` brings the agent's commits "
+            "(never hooks or config)"
+        )
+
+
+def _warn_unguarded(existing: ContainerInfo, plan: Plan, reporter: Reporter) -> None:
+    """A protected path that appeared in the project since the container was made
+    (a .pre-commit-config.yaml, a hooksPath) is covered only by a new container."""
+    have = set(filter(None, existing.labels.get(LABEL_PROTECT, "").split(",")))
+    missing = [p for p in plan.container.labels[LABEL_PROTECT].split(",") if p and p not in have]
+    if missing:
+        reporter.warn(
+            "not yet protected in the running environment (made before they were in the "
+            "project, or by an older prov): " + ", ".join(missing) + f"; `prov up "
+            f"{plan.env_name} --recreate` covers them (the home and the work are kept)"
+        )
+
+
+def _read_setting(path: Path) -> bytes | None:
+    """A settings file of the user's to offer as a copy; None if it went away
+    or cannot be read (a copy is an offer: the environment works without it)."""
+    try:
+        return path.read_bytes()[: 4 << 20]
+    except OSError:
+        return None
 
 
 @contextlib.contextmanager

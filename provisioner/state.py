@@ -35,6 +35,11 @@ class EnvRecord:
     sync: str = ""
     # The agent's UID, granted access to a root-owned project by ACL (0: none).
     project_acl_uid: int = 0
+    # --protect paths, one a line (the defaults are prov's own; see protect).
+    protect: str = ""
+    # Branch mode: the clone's branch and the commit it started at ("": none).
+    branch: str = ""
+    branch_base: str = ""
 
 
 def save(paths: ProvPaths, record: EnvRecord) -> None:

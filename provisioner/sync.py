@@ -17,8 +17,19 @@ from provisioner.errors import ConfigError, ProvError
 TIMEOUT = 3600.0
 
 
-def rsync_argv(ssh_config: Path, alias: str, project: Path, back: bool, delete: bool) -> list[str]:
-    """The rsync command for one direction (pure)."""
+def rsync_argv(
+    ssh_config: Path,
+    alias: str,
+    project: Path,
+    back: bool,
+    delete: bool,
+    protected: tuple[str, ...] = (),
+) -> list[str]:
+    """The rsync command for one direction (pure). Bringing the agent's work
+    back never brings what the host executes from (git hooks and config, .envrc,
+    the tools' settings, `protected`): those stay as they are here."""
+    from provisioner.protect import rsync_excludes
+
     local = str(project).rstrip("/") + "/"
     remote = f"{alias}:{local}"
     source, dest = (remote, local) if back else (local, remote)
@@ -31,6 +42,7 @@ def rsync_argv(ssh_config: Path, alias: str, project: Path, back: bool, delete: 
         "--no-group",
         "--compress",
         *(["--delete"] if delete else []),
+        *(rsync_excludes(protected) if back else ()),
         "--rsh",
         f"ssh -F {_quote(ssh_config)} -o BatchMode=yes",
         "--",
@@ -49,8 +61,18 @@ def push(ssh_config: Path, alias: str, project: Path, delete: bool = False) -> s
     return _run(rsync_argv(ssh_config, alias, project, back=False, delete=delete), alias, project)
 
 
-def pull(ssh_config: Path, alias: str, project: Path, delete: bool = False) -> str:
-    return _run(rsync_argv(ssh_config, alias, project, back=True, delete=delete), alias, project)
+def pull(
+    ssh_config: Path,
+    alias: str,
+    project: Path,
+    delete: bool = False,
+    protected: tuple[str, ...] = (),
+) -> str:
+    return _run(
+        rsync_argv(ssh_config, alias, project, back=True, delete=delete, protected=protected),
+        alias,
+        project,
+    )
 
 
 def _run(argv: list[str], alias: str, project: Path) -> str:

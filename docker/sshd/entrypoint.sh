@@ -239,6 +239,17 @@ if [ -d "${PROV_PROJECT_DIR:-}" ] && [ "$(stat -c %u "$PROV_PROJECT_DIR")" != "$
 	git config --system --replace-all safe.directory '*' ||
 		die "cannot mark the project's repositories as safe for git"
 fi
+# The empty placeholders prov made for protected paths that did not exist
+# (.envrc, .mcp.json, .idea/): read-only here, and ignored by git, so an
+# agent's `git add -A` does not commit them nor `git stash -u` try to remove
+# them. (The agent's own ~/.gitconfig could name
+# another excludes file; then it commits empty files, nothing worse.)
+if [ -n "${PROV_GIT_EXCLUDE:-}" ]; then
+	printf '%s\n' "$PROV_GIT_EXCLUDE" >/etc/prov-git-exclude
+	chmod 0644 /etc/prov-git-exclude
+	git config --system core.excludesFile /etc/prov-git-exclude ||
+		die "cannot set git's excludes file for the placeholders"
+fi
 # On a remote engine the project is prov's own named volume (filled by rsync
 # through the alias), not a host directory: its root is given to the agent.
 if [ "${PROV_PROJECT_VOLUME:-0}" = 1 ] && [ -d "${PROV_PROJECT_DIR:-}" ]; then

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import json
+import posixpath
 import re
 import tarfile
 import time
@@ -874,6 +875,47 @@ class Engine:
         with tarfile.open(fileobj=buffer, mode="w") as tar:
             for source, target in entries:
                 tar.add(str(source), arcname=target.lstrip("/"), filter=owned)
+        self._call(
+            "copy files into the container",
+            "PUT",
+            f"/containers/{container_id}/archive",
+            params={"path": "/"},
+            body=buffer.getvalue(),
+            content_type="application/x-tar",
+        )
+
+    def put_owned(
+        self,
+        container_id: str,
+        files: list[tuple[str, bytes]],
+        uid: int,
+        gid: int,
+        below: str,
+    ) -> None:
+        """Put files (absolute target, content) into a container, owned by
+        uid:gid and private to it (0600), with every directory between `below`
+        and each file made theirs too (0700), as a new home's files are."""
+        buffer = io.BytesIO()
+        now = time.time()
+        dirs: dict[str, None] = {}
+        for target, _content in files:
+            parent = posixpath.dirname(target)
+            while parent.startswith(below.rstrip("/") + "/"):
+                dirs[parent] = None
+                parent = posixpath.dirname(parent)
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            for path in sorted(dirs, key=len):
+                info = tarfile.TarInfo(path.lstrip("/"))
+                info.type, info.mode, info.mtime, info.uid, info.gid = (
+                    tarfile.DIRTYPE, 0o700, now, uid, gid,
+                )  # fmt: skip
+                tar.addfile(info)
+            for target, content in files:
+                info = tarfile.TarInfo(target.lstrip("/"))
+                info.size, info.mode, info.mtime, info.uid, info.gid = (
+                    len(content), 0o600, now, uid, gid,
+                )  # fmt: skip
+                tar.addfile(info, io.BytesIO(content))
         self._call(
             "copy files into the container",
             "PUT",

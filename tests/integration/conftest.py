@@ -281,6 +281,22 @@ class HttpsSite:
     def requests(self) -> str:
         return self.container.logs().decode(errors="replace")
 
+    def get(self, path: str) -> str:
+        """GET from this machine (the site's address on prov-egress, its name for
+        TLS), as a CLI on the host would ask the real endpoint."""
+        import http.client
+        import ssl
+
+        self.container.reload()
+        address = self.container.attrs["NetworkSettings"]["Networks"][EGRESS_NET]["IPAddress"]
+        context = ssl.create_default_context(cafile=str(self.ca))
+        conn = http.client.HTTPSConnection(SITE, 443, context=context, timeout=10)
+        conn.sock = context.wrap_socket(
+            socket.create_connection((address, 443), timeout=10), server_hostname=SITE
+        )
+        conn.request("GET", path, headers={"Host": SITE})
+        return conn.getresponse().read().decode()
+
 
 @pytest.fixture(scope="session")
 def https_site(

@@ -39,6 +39,9 @@ class Handler(http.server.SimpleHTTPRequestHandler):
         self._log()
         # npm asks for /npm/NAME: its metadata is NAME.json next to NAME/.
         plain = self.path.split("?", 1)[0]
+        if plain == "/oauth/valid":  # would the endpoint take this refresh token now?
+            token = self.path.partition("token=")[2]
+            return self._json(200, {"valid": token in VALID})
         meta = os.path.join("/srv/site", plain.lstrip("/") + ".json")
         if plain.startswith("/npm/") and os.path.isfile(meta):
             body = open(meta, "rb").read()
@@ -54,18 +57,51 @@ class Handler(http.server.SimpleHTTPRequestHandler):
         self._log()
         super().do_HEAD()
 
-    def do_POST(self):
-        self._log()
-        length = int(self.headers.get("Content-Length") or 0)
-        if length:
-            self.rfile.read(length)
-        body = json.dumps({"error": {"type": "invalid_request_error",
-                                     "message": "prov test stub"}}).encode()
-        self.send_response(400)
+    def _json(self, status, data):
+        body = json.dumps(data).encode()
+        self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+    def do_POST(self):
+        self._log()
+        for name in ("authorization", "x-api-key", "x-goog-api-key"):
+            if self.headers.get(name):
+                print("AUTH", self.path, name, self.headers[name], flush=True)
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        if self.path.split("?", 1)[0] == "/oauth/token":
+            return self._refresh(raw)
+        self._json(400, {"error": {"type": "invalid_request_error",
+                                   "message": "prov test stub"}})
+
+    def _refresh(self, raw):
+        # An OAuth token endpoint whose refresh tokens rotate: each works once.
+        try:
+            form = json.loads(raw)
+        except ValueError:
+            import urllib.parse
+            form = dict(urllib.parse.parse_qsl(raw.decode()))
+        token = form.get("refresh_token", "")
+        print("REFRESH", token, flush=True)
+        if token not in VALID:
+            return self._json(401, {"error": "invalid_grant",
+                                    "error_description": "refresh token was already used"})
+        VALID.discard(token)
+        serial = len(ISSUED) + 1
+        fresh = f"{token.rsplit('-', 1)[0]}-{serial}"
+        ISSUED.append(fresh)
+        VALID.add(fresh)
+        self._json(200, {"access_token": jwt(f"at-{serial}", 3600), "id_token": jwt("id", 3600),
+                         "refresh_token": fresh, "token_type": "Bearer", "expires_in": 3600})
+
+JWT_FUNCTION
+
+# Refresh tokens the stub accepts (each once); the tests start with these.
+VALID = set(os.environ.get("STUB_REFRESH_TOKENS", "rt-codex-0 rt-claude-0").split())
+ISSUED = []
 
 os.chdir("/srv/site")
 server = http.server.ThreadingHTTPServer(("", 443), Handler)
@@ -75,6 +111,31 @@ server.socket = context.wrap_socket(server.socket, server_side=True)
 print("READY", flush=True)
 server.serve_forever()
 """
+
+
+def jwt(subject: str, lifetime: int) -> str:
+    """An unsigned JWT with the claims the CLIs read (they do not verify it):
+    the stub issues these, and tests write them into logins."""
+    import base64
+    import time
+
+    def enc(data: dict[str, object]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+    claims = {
+        "sub": subject,
+        "exp": int(time.time()) + lifetime,
+        "email": "agent@prov.test",
+        "https://api.openai.com/auth": {"chatgpt_account_id": "acc-1", "chatgpt_plan_type": "pro"},
+    }
+    return enc({"alg": "none", "typ": "JWT"}) + "." + enc(claims) + ".sig"
+
+
+def server_script() -> str:
+    """The server, with `jwt` as defined here (the container has only /srv)."""
+    import inspect
+
+    return SERVER.replace("JWT_FUNCTION", inspect.getsource(jwt))
 
 
 def _name(text: str) -> x509.Name:
@@ -239,7 +300,7 @@ def build(directory: Path, names: list[str]) -> Path:
     _wheel(site)
     _npm_package(site, f"https://{names[0]}")
     _git_repo(site)
-    (directory / "server.py").write_text(SERVER)
+    (directory / "server.py").write_text(server_script())
     for path in directory.rglob("*"):
         path.chmod(0o755 if path.is_dir() else 0o644)
     directory.chmod(0o755)

@@ -99,17 +99,61 @@ def test_root_owned_project_refused_without_root(
 
 
 def test_credentials_only_existing_ones(tmp_path: Path) -> None:
-    """Only credential paths that exist are mounted; the rest are reported missing."""
+    """--credentials mount/copy: only the agents' dirs that exist are carried; the
+    rest are reported missing."""
     (tmp_path / ".claude").mkdir()
     (tmp_path / ".claude.json").write_text("{}")
     (tmp_path / ".config" / "gemini").mkdir(parents=True)
-    creds = host.find_credentials(tmp_path)
+    creds = host.find_credentials(tmp_path, whole=True)
     assert [(str(c.source.relative_to(tmp_path)), c.target) for c in creds.found] == [
         (".claude", "/home/agent/.claude"),
         (".claude.json", "/home/agent/.claude.json"),
         (".config/gemini", "/home/agent/.config/gemini"),
     ]
     assert {p.name for p in creds.missing} == {".codex", ".gemini"}
+    assert creds.settings == ()
+
+
+def test_default_credentials_are_login_files_and_settings_copies(tmp_path: Path) -> None:
+    """The default: each agent's login file itself (shared, refreshed in place),
+    never its config dir; the settings that exist are offered as copies."""
+    (tmp_path / ".claude").mkdir()
+    (tmp_path / ".claude" / ".credentials.json").write_text("{}")
+    (tmp_path / ".claude" / "settings.json").write_text('{"hooks": {}}')
+    (tmp_path / ".claude.json").write_text("{}")
+    (tmp_path / ".codex").mkdir()
+    (tmp_path / ".codex" / "auth.json").write_text("{}")
+    (tmp_path / ".codex" / "config.toml").write_text("notify = ['x']\n")
+    creds = host.find_credentials(tmp_path)
+    assert [c.target for c in creds.found] == [
+        "/home/agent/.claude/.credentials.json",
+        "/home/agent/.codex/auth.json",
+    ]
+    assert all(c.source.is_file() for c in creds.found)
+    assert [c.target for c in creds.settings] == [
+        "/home/agent/.claude/settings.json",
+        "/home/agent/.claude.json",
+        "/home/agent/.codex/config.toml",
+    ]
+
+
+def test_claudes_state_copy_leaves_the_users_other_projects_out() -> None:
+    """The environment's copy of ~/.claude.json keeps the login's account and
+    onboarding state, not the user's other projects or MCP servers."""
+    import json
+
+    from provisioner.agents import offered_copy
+
+    state = {
+        "oauthAccount": {"emailAddress": "u@x"},
+        "hasCompletedOnboarding": True,
+        "projects": {"/home/u/secret": {}},
+        "mcpServers": {"s": {"command": "x"}},
+    }
+    copied = json.loads(offered_copy(".claude.json", json.dumps(state).encode()))
+    assert copied == {"oauthAccount": {"emailAddress": "u@x"}, "hasCompletedOnboarding": True}
+    assert offered_copy(".claude.json", b"not json") == b"{}\n"
+    assert offered_copy(".codex/config.toml", b"x = 1\n") == b"x = 1\n"
 
 
 def test_mirror_from_deb822_and_one_line_sources() -> None:
