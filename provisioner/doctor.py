@@ -156,6 +156,24 @@ def _exposure(paths: ProvPaths) -> Finding:
     )
 
 
+def _keeper(paths: ProvPaths) -> Finding:
+    """The background keeper of the agents' logins (see keeper.py)."""
+    from provisioner import keeper
+
+    if not paths.envs.is_dir() or not any(
+        keeper.logins_dir(paths, d.name).is_dir() for d in paths.envs.iterdir()
+    ):
+        return Finding("login keeper", PASS, "no environment has a login to keep")
+    if keeper.running(paths):
+        return Finding("login keeper", PASS, f"running (its log: {paths.home / 'keeper.log'})")
+    return Finding(
+        "login keeper",
+        WARN,
+        "not running, so a token refreshed in one place is not carried to the others "
+        "yet. Fix: any prov command that lists environments starts it (`prov ls`).",
+    )
+
+
 def diagnose(paths: ProvPaths | None = None) -> list[Finding]:
     paths = paths or ProvPaths.from_env()
     creds = host.find_credentials()
@@ -190,6 +208,7 @@ def diagnose(paths: ProvPaths | None = None) -> list[Finding]:
         _private_files(paths),
         _aliases(paths),
         _exposure(paths),
+        _keeper(paths),
         _check(
             "agent credentials",
             ", ".join(str(c.source) for c in creds.found),

@@ -199,7 +199,8 @@ def find_credentials(home: Path | None = None, whole: bool = False) -> Credentia
     missing: list[Path] = []
     settings: list[CredentialMount] = []
     for agent in AGENTS:
-        for rel in agent.dirs if whole else agent.login:
+        logins = (agent.login.rel,) if agent.login is not None else ()
+        for rel in agent.dirs if whole else logins:
             src = home / rel
             if src.exists() and (whole or src.is_file()):
                 found.append(CredentialMount(src, f"{AGENT_HOME}/{rel}"))

@@ -169,6 +169,9 @@ def list_envs(
     recorded environments say so. `everyone` adds the containers of other
     PROV_HOMEs, marked as such."""
     paths = paths or ProvPaths.from_env()
+    from provisioner import keeper
+
+    keeper.ensure_running(paths)  # e.g. after a reboot: environments came back, it did not
     records: dict[str, state.EnvRecord | ProvError | None] = {}
     if paths.envs.is_dir():
         for env_dir in paths.envs.iterdir():
@@ -419,6 +422,9 @@ def start(
     info = _container(engine, name, paths)
     proxy = own_container(engine, name, paths, "egress")
     stop_master(paths.ssh_config, sshconf.alias_for(name))
+    from provisioner import keeper
+
+    keeper.ensure_running(paths)
     if proxy is not None and not proxy.running:
         try:
             engine.start(proxy.id)

@@ -291,6 +291,18 @@ def _prepare_steps(
     if built.agent_versions:
         reporter.note("agents: " + ", ".join(f"{a} {v}" for a, v in built.agent_versions.items()))
     mounted = creds.found
+    if credentials == "tokens":
+        # Login files of the environment's own, which the keeper keeps fresh.
+        from provisioner import keeper
+
+        with file_lock(paths.keys_lock):
+            mounted = tuple(
+                host.CredentialMount(m.source, m.target)
+                for m in keeper.prepare_env(
+                    paths, request.name, Path.home(), project.uid, project.gid
+                )
+            )
+            keeper.sync_once(paths)
     if credentials == "copy":
         mounted = host.copy_credentials(
             creds.found, paths.env_dir(request.name) / "credentials", project.uid, project.gid

@@ -23,6 +23,7 @@ from provisioner import (
     openssh,
     ports,
     prepare,
+    protect,
     ready,
     reconcile,
     sshconf,
@@ -649,6 +650,10 @@ def _finish(engine: Engine, placed: _Placed, paths: ProvPaths, poll: float) -> U
                     f"pinned the host key for port {published_port} of {' and '.join(hosts)} "
                     f"in {user_known_hosts()}"
                 )
+    if prepared.credentials == "tokens":
+        from provisioner import keeper
+
+        keeper.ensure_running(paths)  # carries a refresh inside to the host, and back
     if request.write_user_ssh_config:
         problem = openssh.alias_problem(alias, plan.ssh.hostname, plan.ssh.port)
         if problem:
@@ -718,6 +723,8 @@ def _abandon(engine: Engine, made: _Made, paths: ProvPaths) -> None:
             sshconf.delete_entry(paths.ssh_config, alias)
             sshconf.unpin_host_key(paths.known_hosts, alias)
     if prepared.fresh:  # an environment this run meant to make: its keys and dir go too
+        if prepared.guards:
+            protect.remove_placeholders(prepared.project.path, paths.placeholders_ledger(name))
         if prepared.granted:
             prepare.revoke_grant(paths, name, prepared.project)
         prepare.forget_keys(paths, name)
@@ -840,20 +847,7 @@ def _converge(
         made.action = decision.action
         made.container_id = engine.create(c)
     if prepared.settings:  # offered copies of the user's settings, before it starts
-        from provisioner.agents import offered_copy
-        from provisioner.config import AGENT_HOME
-
-        engine.put_owned(
-            made.container_id,
-            [
-                (c.target, offered_copy(c.target.removeprefix(AGENT_HOME + "/"), data))
-                for c in prepared.settings
-                if (data := _read_setting(c.source)) is not None
-            ],
-            prepared.project.uid,
-            prepared.project.gid,
-            AGENT_HOME,
-        )
+        _offer_settings(engine, made.container_id, prepared)
     if new_home and prepared.credentials == "copy" and prepared.mounted:
         # A remote home volume gets the private copy once; later the agent's
         # own refreshed tokens there must not be overwritten.
@@ -907,6 +901,32 @@ def _warn_unguarded(existing: ContainerInfo, plan: Plan, reporter: Reporter) -> 
             "project, or by an older prov): " + ", ".join(missing) + f"; `prov up "
             f"{plan.env_name} --recreate` covers them (the home and the work are kept)"
         )
+
+
+def _offer_settings(engine: Engine, container_id: str, prepared: prepare.Prepared) -> None:
+    """Copies of the user's settings in the new container's home, the agent's;
+    one whose directory is a login mounted as a directory (Codex's ~/.codex)
+    goes into that directory here."""
+    from provisioner import keeper
+    from provisioner.agents import offered_copy
+    from provisioner.config import AGENT_HOME
+    from provisioner.fsutil import atomic_write
+
+    uid, gid = prepared.project.uid, prepared.project.gid
+    logins = tuple(keeper.Mounted(m.source, m.target) for m in prepared.mounted)
+    into_volume = []
+    for setting in prepared.settings:
+        data = _read_setting(setting.source)
+        if data is None:
+            continue
+        copy = offered_copy(setting.target.removeprefix(AGENT_HOME + "/"), data)
+        on_host = keeper.dir_mounted(setting.target, logins)
+        if on_host is not None:
+            atomic_write(on_host, copy, 0o600, (uid, gid))
+        else:
+            into_volume.append((setting.target, copy))
+    if into_volume:
+        engine.put_owned(container_id, into_volume, uid, gid, AGENT_HOME)
 
 
 def _read_setting(path: Path) -> bytes | None:

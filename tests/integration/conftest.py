@@ -154,7 +154,10 @@ def prov(
     # Agent credentials as a user has them: Codex's dir and Claude's JSON file
     # exist, Gemini's do not (they must not be created by Docker).
     (home / ".codex").mkdir()
-    (home / ".codex" / "auth.json").write_text('{"token": "t0"}')
+    (home / ".codex" / "auth.json").write_text(
+        '{"tokens": {"refresh_token": "t0", "account_id": "acc"}, '
+        '"last_refresh": "2026-01-01T00:00:00Z"}'
+    )
     (home / ".claude.json").write_text("{}")
     for path in (home / ".codex", home / ".codex" / "auth.json", home / ".claude.json"):
         os.chown(path, PROJECT_UID, PROJECT_GID)
@@ -189,6 +192,7 @@ def prov(
     # prov-egress stays: it is prov's shared network, and stopped environments
     # of the user's own may still refer to it.
     subprocess.run(["pkill", "-f", f"{root}/ph/cm/"], check=False)
+    subprocess.run(["pkill", "-f", f"provisioner.keeper {root}"], check=False)
 
 
 def free_port() -> int:

@@ -21,7 +21,7 @@ import pytest
 
 from tests.integration.conftest import PROJECT_GID, PROJECT_UID, Prov, prov_containers
 
-SECRET = "sk-test-0123456789-not-a-real-key"  # noqa: S105 - a marker to search for, not a key
+SECRET = "sk-test-0123456789-not-a-real-key"
 
 
 def _pane_output(prov: Prov, alias: str, session: str, directory: str, command: str) -> str:

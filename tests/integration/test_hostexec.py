@@ -12,6 +12,8 @@ import os
 import shlex
 import stat
 import subprocess
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -71,12 +73,16 @@ PROTECTED = [
 
 
 @pytest.fixture(scope="module")
-def hp(prov: Prov, tmp_path_factory: pytest.TempPathFactory) -> Prov:
+def hp(prov: Prov, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prov]:
     """prov with a home of its own: the agents' settings and logins written here
     must not leak into other modules' environments."""
     home = tmp_path_factory.mktemp("hostexec-home")
     os.chown(home, 0, 0)
-    return replace(prov, home=home, env={**prov.env, "HOME": str(home)})
+    ph = home.parent / "hostexec-ph"
+    yield replace(
+        prov, home=home, prov_home=ph, env={**prov.env, "HOME": str(home), "PROV_HOME": str(ph)}
+    )
+    subprocess.run(["pkill", "-f", f"provisioner.keeper {ph}"], check=False)
 
 
 @pytest.fixture(scope="module")
@@ -216,25 +222,46 @@ def test_home_settings_are_copies_and_logins_are_shared(
     for extra in (".claude/commands", ".claude/agents", ".claude/plugins"):
         assert not (hp.home / extra).exists(), extra
 
-    refreshed = '{"claudeAiOauth": {"accessToken": "at-1", "refreshToken": "rt-1"}}'
+    refreshed = {"accessToken": "at-1", "refreshToken": "rt-1", "expiresAt": 2000000000000}
+    sneaked = {"claudeAiOauth": refreshed, "apiKeyHelper": "touch /tmp/PWNED"}
     wrote = _as_agent(
         hp,
         agent,
-        f"printf '%s\\n' {shlex.quote(refreshed)} > ~/.claude/.credentials.json && "
+        f"printf '%s\\n' {shlex.quote(json.dumps(sneaked))} > ~/.claude/.credentials.json && "
         "{ mv ~/.claude/.credentials.json /tmp/x 2>&1; rm -f ~/.claude/.credentials.json 2>&1; "
         "echo '{}' > /tmp/other && mv /tmp/other ~/.claude/.credentials.json 2>&1; true; }",
     )
     assert "busy" in wrote.stdout.lower(), wrote.stdout
-    assert json.loads((hp.home / ".claude/.credentials.json").read_text()) == json.loads(refreshed)
+    host_login = hp.home / ".claude/.credentials.json"
+    _until(lambda: json.loads(host_login.read_text())["claudeAiOauth"] == refreshed)
+    assert "apiKeyHelper" not in host_login.read_text()  # the token, and nothing else
     other = hp.name("hostexec2")
     hp.project(other)
     assert hp.run("up", other).returncode == 0
     second = hp.ssh(f"prov-{other}", "cat ~/.claude/.credentials.json ~/.gemini/oauth_creds.json")
     assert "at-1" in second.stdout and "gr-0" in second.stdout
-    # A refresh in the second environment is the first one's too.
-    _as_agent(hp, f"prov-{other}", 'echo \'{"access_token": "g-1"}\' > ~/.gemini/oauth_creds.json')
-    assert "g-1" in _as_agent(hp, agent, "cat ~/.gemini/oauth_creds.json").stdout
+    # A refresh in the second environment reaches the first one, and this machine.
+    fresher = '{"access_token": "g-1", "refresh_token": "gr-1", "expiry_date": 2000000000000}'
+    _as_agent(hp, f"prov-{other}", f"echo {shlex.quote(fresher)} > ~/.gemini/oauth_creds.json")
+    _until(lambda: "gr-1" in _as_agent(hp, agent, "cat ~/.gemini/oauth_creds.json").stdout)
+    _until(lambda: "gr-1" in (hp.home / ".gemini/oauth_creds.json").read_text())
+    # A refresh here, written as Claude Code writes it (a new file renamed over
+    # the old), reaches both.
+    again = {"claudeAiOauth": {**refreshed, "refreshToken": "rt-2", "expiresAt": 2000000001000}}
+    fresh = host_login.with_name("new.json")
+    fresh.write_text(json.dumps(again))
+    fresh.replace(host_login)
+    for alias in (agent, f"prov-{other}"):
+        _until(lambda a=alias: "rt-2" in _as_agent(hp, a, "cat ~/.claude/.credentials.json").stdout)
     assert hp.run("rm", other, "--yes").returncode == 0
+
+
+def _until(check: Callable[[], bool], seconds: float = 20) -> None:
+    """The keeper looks every 2 s: wait for what it carries."""
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "not carried in time"
+        time.sleep(0.5)
 
 
 def test_status_and_down_say_what_is_protected_and_take_the_placeholders_back(

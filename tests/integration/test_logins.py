@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,7 +25,7 @@ AGENTS = {"PROV_AGENTS": "claude,codex,gemini"}
 
 
 @pytest.fixture(scope="module")
-def lp(prov: Prov, tmp_path_factory: pytest.TempPathFactory) -> Prov:
+def lp(prov: Prov, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prov]:
     """A home logged in to all three agents, as `claude /login`, `codex login`
     and `gemini` leave it; Codex's access token has expired (it refreshes)."""
     home = tmp_path_factory.mktemp("logins-home")
@@ -61,7 +63,14 @@ def lp(prov: Prov, tmp_path_factory: pytest.TempPathFactory) -> Prov:
         path.write_text(json.dumps(data))
     for path in [*home.rglob("*")]:
         os.lchown(path, PROJECT_UID, PROJECT_GID)
-    return replace(prov, home=home, env={**prov.env, "HOME": str(home), **AGENTS})
+    ph = home.parent / "logins-ph"
+    yield replace(
+        prov,
+        home=home,
+        prov_home=ph,
+        env={**prov.env, "HOME": str(home), "PROV_HOME": str(ph), **AGENTS},
+    )
+    subprocess.run(["pkill", "-f", f"provisioner.keeper {ph}"], check=False)
 
 
 @pytest.fixture(scope="module")
@@ -93,9 +102,11 @@ def test_each_agent_uses_the_hosts_login(
     alias = envs[0]
     trust = _trust(lp, alias, https_site)
     site = f"https://{SITE}"
+    before = len(https_site.requests().splitlines())
     lp.ssh(alias, f"cd /tmp && {trust} ANTHROPIC_BASE_URL={site} timeout 90 claude -p hi",
            timeout=120)  # fmt: skip
-    sent = [ln for ln in https_site.requests().splitlines() if ln.startswith("AUTH /v1/messages")]
+    now = https_site.requests().splitlines()[before:]
+    sent = [ln for ln in now if ln.startswith("AUTH /v1/messages")]
     assert sent and all(ln.endswith("authorization Bearer at-claude-host") for ln in sent), sent
     # Gemini checks a cached login with Google's tokeninfo endpoint before any
     # call, which no stub here can stand in for (it is a real host name): its
@@ -127,14 +138,26 @@ def test_a_refresh_inside_leaves_every_login_usable(
     )
     log = https_site.requests()
     assert "REFRESH rt-codex-0" in log, (ran.stdout + ran.stderr)[-2000:] + log[-2000:]
-    host = json.loads((lp.home / ".codex" / "auth.json").read_text())
-    fresh = host["tokens"]["refresh_token"]
-    assert fresh != "rt-codex-0" and fresh.startswith("rt-codex-"), (ran.stdout + ran.stderr)[-3000:] + "\n".join(ln for ln in log.splitlines() if "oauth" in ln or "REFRESH" in ln)
+    deadline = time.monotonic() + 20  # the keeper carries it within a few seconds
+    while True:
+        host = json.loads((lp.home / ".codex" / "auth.json").read_text())
+        fresh = host["tokens"]["refresh_token"]
+        if fresh != "rt-codex-0" or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert fresh != "rt-codex-0" and fresh.startswith("rt-codex-"), (ran.stdout + ran.stderr)[
+        -3000:
+    ] + "\n".join(ln for ln in log.splitlines() if "oauth" in ln or "REFRESH" in ln)
     # The endpoint takes the host's token now, and no longer the one the host had.
     assert json.loads(https_site.get(f"/oauth/valid?token={fresh}")) == {"valid": True}
     assert json.loads(https_site.get("/oauth/valid?token=rt-codex-0")) == {"valid": False}
-    seen = lp.ssh(other, "cat ~/.codex/auth.json")
-    assert json.loads(seen.stdout)["tokens"]["refresh_token"] == fresh
+    deadline = time.monotonic() + 20
+    while (
+        json.loads(lp.ssh(other, "cat ~/.codex/auth.json").stdout)["tokens"]["refresh_token"]
+        != fresh
+    ):
+        assert time.monotonic() < deadline, "the other environment did not get it"
+        time.sleep(0.5)
     # And nothing of the agent's reached the host's settings: there are none here.
     assert not (lp.home / ".codex" / "config.toml").exists()
 

@@ -130,17 +130,27 @@ def _ntm_tmux(prov: Prov, alias: str, *tmux_args: str) -> subprocess.CompletedPr
 
 
 def test_existing_credentials_mounted_writable(prov: Prov, env: dict[str, object]) -> None:
-    """~/.codex and ~/.claude.json reach the agent's home, writable (token refreshes);
-    missing ~/.gemini is neither mounted nor created on the host."""
+    """The host's Codex login and Claude's state reach the agent's home, the login
+    writable: a token refreshed inside (written as Codex writes it, a new file
+    renamed over the old) reaches the host's own file; missing ~/.gemini is
+    neither mounted nor created on the host."""
     alias = str(env["ssh_alias"])
+    refreshed = (
+        '{"tokens": {"refresh_token": "t1", "account_id": "acc"}, '
+        '"last_refresh": "2026-12-01T00:00:00Z"}'
+    )
     result = prov.ssh(
         alias,
-        'cat ~/.codex/auth.json && echo \'{"token": "t1"}\' > ~/.codex/auth.json '
+        f"cat ~/.codex/auth.json && echo {shlex.quote(refreshed)} > ~/.codex/new.json && "
+        "mv ~/.codex/new.json ~/.codex/auth.json "
         "&& test -f ~/.claude.json && test ! -e ~/.gemini && mkdir -p ~/.config/x",
     )
     assert result.returncode == 0, result.stderr
     assert '"t0"' in result.stdout
-    assert '"t1"' in (prov.home / ".codex" / "auth.json").read_text()
+    deadline = time.monotonic() + 15  # the keeper looks every 2 s
+    while '"t1"' not in (prov.home / ".codex" / "auth.json").read_text():
+        assert time.monotonic() < deadline, (prov.home / ".codex" / "auth.json").read_text()
+        time.sleep(0.5)
     assert not (prov.home / ".gemini").exists()
     assert not (prov.home / ".config" / "gemini").exists()
 
