@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from rich.status import Status
 
     from provisioner.config import Containment, Extras, UpRequest
+    from provisioner.injection import Secret
 
 app = typer.Typer(
     help=(
@@ -300,6 +301,22 @@ def up(
         ),
     ] = None,
     env_file: Annotated[Path | None, typer.Option(help="File of KEY=VALUE lines.")] = None,
+    secret: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--secret",
+            help="NAME=VALUE@HOST[:HEADER]: the proxy puts VALUE into HEADER (default "
+            "Authorization: Bearer) of requests to HOST; inside, $NAME is a placeholder "
+            "(repeatable; kept for the next up).",
+        ),
+    ] = None,
+    secret_file: Annotated[
+        Path | None, typer.Option(help="File of NAME=VALUE@HOST[:HEADER] lines.")
+    ] = None,
+    drop_secret: Annotated[
+        list[str] | None,
+        typer.Option("--drop-secret", help="Forget the secret NAME (repeatable)."),
+    ] = None,
     mount: Annotated[
         list[str] | None,
         typer.Option("--mount", help="Extra bind mount SRC:DST[:ro] (repeatable)."),
@@ -442,6 +459,14 @@ def up(
         from dataclasses import replace
 
         extras = replace(extras, branch=branch or "")  # "": prov/NAME, per environment
+    if secret or secret_file or drop_secret:
+        from dataclasses import replace
+
+        extras = replace(
+            extras,
+            secrets=_run(_secrets, secret or [], secret_file),
+            drop_secrets=tuple(drop_secret or ()),
+        )
     containment = _run(
         _containment,
         sudo,
@@ -507,6 +532,17 @@ def _extras(
         sync=sync,
         protect=tuple(protect_paths or ()),
     )
+
+
+def _secrets(items: list[str], file: Path | None) -> tuple[Secret, ...]:
+    from provisioner import injection
+    from provisioner.fsutil import read_user_file
+
+    found = []
+    if file is not None:
+        found += injection.parse_secret_file(read_user_file(file, "--secret-file"), str(file))
+    found += [injection.parse_secret(item) for item in items]
+    return tuple(found)
 
 
 def _containment(
@@ -904,7 +940,8 @@ def engine_ls(as_json: JsonOpt = False) -> None:
 
 @app.command("egress")
 def egress_(name: NameArg, as_json: JsonOpt = False) -> None:
-    """Show what the environment may reach and what its egress proxy refused lately."""
+    """Show what the environment may reach, what its egress proxy refused lately,
+    and the secrets it injects (names and hosts, never values)."""
     from provisioner import lifecycle
 
     report = _run(lifecycle.egress_report, _name(name))
@@ -922,6 +959,10 @@ def egress_(name: NameArg, as_json: JsonOpt = False) -> None:
         out.line(f"recent refusals ({len(report.denials)}):")
         for line in report.denials[-50:]:
             out.line(f"  {line}")
+        if report.secrets:
+            out.line("secrets the proxy injects (a placeholder inside; requests served lately):")
+            for s in report.secrets:
+                out.line(f"  {s.name}  {s.host}  {s.header}  {s.requests}")
 
 
 @app.command()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from provisioner.errors import ConfigError, UsageError
 from provisioner.fsutil import read_user_file
+from provisioner.injection import Secret
 
 DEFAULT_BASE_IMAGE = "ubuntu:24.04"
 DEFAULT_TIMEOUT = 60.0
@@ -252,6 +253,10 @@ class Extras:
     # Branch mode: the agent's own clone on this branch (None: the tree itself;
     # "": the default, prov/NAME).
     branch: str | None = None
+    # --secret / --secret-file: injected by the proxy, a placeholder inside
+    # (injection.Secret keeps its value out of any repr); --drop-secret NAME.
+    secrets: tuple[Secret, ...] = ()
+    drop_secrets: tuple[str, ...] = ()
     sync: str | None = None  # remote engines only; None: rsync
 
     def __post_init__(self) -> None:
@@ -484,6 +489,11 @@ class ProvPaths:
 
     def env_dir(self, name: str) -> Path:
         return self.envs / name
+
+    def egress_dir(self, name: str) -> Path:
+        """The egress proxy's configuration (its allowlist, the secrets it injects,
+        the environment's CA): mounted read-only into the proxy, never elsewhere."""
+        return self.env_dir(name) / "egress"
 
     def keys_dir(self, name: str) -> Path:
         """What the container's sshd needs (host key, authorized key) and nothing

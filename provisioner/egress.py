@@ -12,6 +12,7 @@ own files never can (a cloned repository must not open the network).
 from __future__ import annotations
 
 import contextlib
+import datetime
 import hashlib
 import json
 import os
@@ -19,6 +20,7 @@ import shutil
 import sys
 import threading
 import urllib.parse
+from dataclasses import dataclass
 from pathlib import Path
 
 from provisioner import baseimage, host
@@ -173,3 +175,48 @@ def allowlist(
     defaults = default_allowlist(cache, npm_cache)
     names = [*defaults, *user_allowlist(), *(parse_domain(d) for d in extra)]
     return tuple(sorted(set(names)))
+
+
+# --- what the proxy logged -------------------------------------------------------
+# squid's access log as prov configures it (injection.squid_conf), a line per
+# request: "prov TIME CLIENT STATUS/CODE METHOD URL SERVER BYTES".
+
+
+@dataclass(frozen=True)
+class ProxyLog:
+    denials: tuple[str, ...]  # the refusals, oldest first, in words
+    opened: dict[str, int]  # host -> requests the proxy opened (a secret's host)
+
+
+def read_proxy_log(text: str) -> ProxyLog:
+    """The refusals and, per host, the requests seen inside TLS (pure)."""
+    denials: list[str] = []
+    opened: dict[str, int] = {}
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 6 or fields[0] != "prov":
+            continue  # squid's own messages
+        stamp, status, method, url = fields[1], fields[3], fields[4], fields[5]
+        try:
+            when = datetime.datetime.fromtimestamp(float(stamp), datetime.UTC)
+        except (ValueError, OverflowError):
+            continue
+        if status.startswith("TCP_DENIED"):
+            text_ = f"{when:%Y-%m-%d %H:%M:%S} refused {method} {url}"
+            port = _port_of(method, url)
+            if port not in (None, 80, 443):
+                text_ += f" (port {port} is not allowed)"
+            denials.append(text_)
+        elif method != "CONNECT" and url.startswith("https://"):
+            host_name = urllib.parse.urlsplit(url).hostname or ""
+            opened[host_name] = opened.get(host_name, 0) + 1
+    return ProxyLog(tuple(denials), opened)
+
+
+def _port_of(method: str, url: str) -> int | None:
+    try:
+        if method == "CONNECT":
+            return int(url.rpartition(":")[2])
+        return urllib.parse.urlsplit(url).port
+    except ValueError:
+        return None

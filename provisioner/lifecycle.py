@@ -30,11 +30,13 @@ from provisioner.plan import (
     LABEL_PROJECT,
     LABEL_PROTECT,
     LABEL_ROLE,
+    LABEL_SECRETS,
     LABEL_SSH,
     LABEL_SUDO,
     SshTarget,
     connect_host,
     container_name,
+    egress_volume_name,
     home_volume_name,
     keys_volume_name,
     network_name,
@@ -563,7 +565,12 @@ def rm(name: str, paths: ProvPaths | None = None) -> Removal:
     net = engine.network(network_name(name))
     if net is not None and is_ours(net.get("Labels") or {}, paths):
         engine.remove_network(network_name(name))
-    for volume_name in (home_volume_name(name), keys_volume_name(name), project_volume_name(name)):
+    for volume_name in (
+        home_volume_name(name),
+        keys_volume_name(name),
+        project_volume_name(name),
+        egress_volume_name(name),
+    ):
         volume = engine.volume(volume_name)
         if volume is not None and is_ours(volume.get("Labels") or {}, paths):
             engine.remove_volume(volume_name)  # the agent's home and work: gone for good
@@ -658,32 +665,44 @@ def _revoke_access(name: str, paths: ProvPaths) -> str:
 
 
 @dataclass(frozen=True)
+class SecretUse:
+    name: str
+    host: str
+    header: str
+    requests: int  # served by the proxy lately (within the log kept)
+
+
+@dataclass(frozen=True)
 class EgressReport:
     name: str
     mode: str  # allowlist / open / none
     allowed: tuple[str, ...]
     denials: tuple[str, ...]  # the proxy's refusals, oldest first
+    secrets: tuple[SecretUse, ...] = ()  # what the proxy injects (never a value)
 
     def public(self) -> dict[str, object]:
         return asdict(self)
 
 
-def egress_report(name: str, tail: int = 200, paths: ProvPaths | None = None) -> EgressReport:
-    """What the environment may reach, and what its proxy refused lately."""
+def egress_report(name: str, tail: int = 2000, paths: ProvPaths | None = None) -> EgressReport:
+    """What the environment may reach, what its proxy refused lately, and the
+    secrets it injects with how many requests each served."""
+    from provisioner.egress import read_proxy_log
+
     paths = paths or ProvPaths.from_env()
     engine = engine_of(name, paths)
     info = _container(engine, name, paths)
     mode, _, allowed = info.labels.get(LABEL_EGRESS, "open").partition(":")
-    denials: tuple[str, ...] = ()
     proxy = own_container(engine, name, paths, "egress")
-    if proxy is not None:
-        log = engine.logs_tail(proxy.id, tail)
-        denials = tuple(
-            line.strip()
-            for line in log.splitlines()
-            if "refused" in line.lower() or "denied" in line.lower()
-        )
-    return EgressReport(name, mode, tuple(a for a in allowed.split(",") if a), denials)
+    log = read_proxy_log(engine.logs_tail(proxy.id, tail) if proxy is not None else "")
+    secrets = []
+    for item in filter(None, info.labels.get(LABEL_SECRETS, "").split(",")):
+        secret_name, _, rest = item.partition("@")
+        secret_host, _, header = rest.partition(":")
+        secrets.append(SecretUse(secret_name, secret_host, header, log.opened.get(secret_host, 0)))
+    return EgressReport(
+        name, mode, tuple(a for a in allowed.split(",") if a), log.denials, tuple(secrets)
+    )
 
 
 @dataclass(frozen=True)

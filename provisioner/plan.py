@@ -23,6 +23,7 @@ from provisioner.config import (
     ProvPaths,
 )
 from provisioner.host import CredentialMount
+from provisioner.injection import CA, CONF_DIR, PROXY_PORT, Secret, squid_conf
 from provisioner.keys import PublicKey
 from provisioner.protect import Guard, git_excludes
 from provisioner.sshconf import HostEntry, alias_for
@@ -50,6 +51,7 @@ LABEL_SSH = "prov.ssh"  # where the alias connects: HOST:PORT
 LABEL_ROLE = "prov.role"  # "env" or "egress" (the environment's proxy)
 LABEL_PROTECT = "prov.protect"  # project paths covered read-only (".git" pinned writable)
 LABEL_CREDENTIALS = "prov.credentials"  # tokens / copy / mount / none
+LABEL_SECRETS = "prov.secrets"  # NAME@HOST:HEADER of what the proxy injects
 LABEL_BRANCH = "prov.branch"  # branch mode: the clone's branch ("": the tree itself)
 
 SSHD_PORT = "22/tcp"
@@ -64,7 +66,6 @@ AUTHORIZED_KEYS_FILE = "authorized_keys"
 AUTHORIZED_KEYS_PATH = "/etc/ssh/authorized_keys/agent"
 
 
-PROXY_PORT = 3128
 # Capabilities an environment keeps (Docker's default set less FSETID, MKNOD,
 # NET_RAW, SETFCAP, SETPCAP): what the entrypoint and sshd need as root, none
 # of which the agent's own processes hold (sshd drops them with the UID).
@@ -85,7 +86,11 @@ ENV_CAPS = (
 )
 # With --sudo, root in the environment may also do what package installs need.
 SUDO_CAPS = ("FSETID", "SETFCAP")
-EGRESS_CAPS = ("SETUID", "SETGID")  # tinyproxy drops to nobody
+# squid drops to its proxy user; the entrypoint gives it its certificate db.
+EGRESS_CAPS = ("SETUID", "SETGID", "CHOWN")
+# The environment's CA (injection), in its keys dir: the entrypoint adds it to
+# the system's trust (which Node, Python, curl and Rust's TLS read).
+EGRESS_CA_FILE = "egress-ca.pem"
 
 
 def container_name(name: str) -> str:
@@ -107,6 +112,11 @@ def home_volume_name(name: str) -> str:
 def keys_volume_name(name: str) -> str:
     """A remote environment's host key and authorized key (its keys dir there)."""
     return f"prov-{name}-keys"
+
+
+def egress_volume_name(name: str) -> str:
+    """A remote environment's egress proxy configuration (its egress dir there)."""
+    return f"prov-{name}-egress"
 
 
 def project_volume_name(name: str) -> str:
@@ -207,6 +217,10 @@ class EgressPlan:
     container: ContainerSpec
     allow: tuple[str, ...]
     proxying: bool = True  # runs the egress proxy (allowlist mode)
+    # Its configuration (squid.conf, the environment's CA, extra CAs for the
+    # real hosts): the egress dir's files, mounted read-only at CONF_DIR.
+    files: tuple[KeyFile, ...] = ()
+    secrets: tuple[Secret, ...] = ()
 
     @property
     def url(self) -> str:
@@ -367,6 +381,9 @@ def build_plan(
     guards: tuple[Guard, ...] = (),
     credentials_mode: str = "tokens",
     branch: str | None = None,
+    secrets: tuple[Secret, ...] = (),
+    egress_ca: CA | None = None,
+    upstream_cas: bytes = b"",
 ) -> Plan:
     alias = alias_for(name)
     # The project in a volume of the environment's own, at the same path: a
@@ -418,10 +435,13 @@ def build_plan(
         LABEL_PROTECT: ",".join(g.rel + ("/" if g.kind == "dir" else "") for g in guards),
         LABEL_CREDENTIALS: credentials_mode,
         LABEL_BRANCH: branch or "",
+        # Names and hosts only, never a value.
+        LABEL_SECRETS: ",".join(sorted(f"{s.name}@{s.host}:{s.header}" for s in secrets)),
     }
     key_files = (
         KeyFile(HOST_KEY_FILE, 0o600, host_key_private),
         KeyFile(AUTHORIZED_KEYS_FILE, 0o644, (authorized_key.line + "\n").encode()),
+        *((KeyFile(EGRESS_CA_FILE, 0o644, egress_ca.cert_pem),) if egress_ca else ()),
     )
     files: tuple[InjectedFile, ...] = ()
     if session_env:
@@ -451,10 +471,20 @@ def build_plan(
     if proxying or relayed:
         gate_env = {
             "PROV_LISTEN": egress_address,
-            "PROV_CLIENT": env_address,
-            "PROV_ALLOW": " ".join(allow) if proxying else "",
             "PROV_PROXY": "1" if proxying else "0",
         }
+        conf: tuple[KeyFile, ...] = ()
+        if proxying:
+            injected = secrets if egress_ca is not None else ()
+            squid = squid_conf(egress_address, env_address, allow, injected, bool(upstream_cas))
+            conf = (KeyFile("squid.conf", 0o644, squid.encode()),)
+            if injected and egress_ca is not None:
+                conf += (
+                    KeyFile("ca.pem", 0o644, egress_ca.cert_pem),
+                    KeyFile("ca.key", 0o644, egress_ca.key_pem),
+                )
+                if upstream_cas:
+                    conf += (KeyFile("upstream-cas.pem", 0o644, upstream_cas),)
         if relayed:
             gate_env["PROV_RELAY_TO"] = f"{env_address}:22"
             gate_env["PROV_RELAY_PORT"] = RELAY_PORT.split("/", 1)[0]
@@ -475,7 +505,13 @@ def build_plan(
             bind=bind,
             port=relayed,
             container_port=RELAY_PORT,
-            mounts=(),
+            mounts=()
+            if remote is not None or not conf
+            else (Mount(paths.egress_dir(name), CONF_DIR, read_only=True),),
+            ro_volumes=((egress_volume_name(name), CONF_DIR),)
+            if remote is not None and conf
+            else (),
+            volume_labels={LABEL_MANAGED: "true", LABEL_NAME: name, LABEL_HOME: identity},
             keys_dir=paths.keys_dir(name),
             key_files=(),
             files=(),
@@ -487,7 +523,7 @@ def build_plan(
             read_only=True,
             log_limit=True,
         )
-        egress = EgressPlan(proxy, allow, proxying)
+        egress = EgressPlan(proxy, allow, proxying, conf, secrets if egress_ca else ())
     if egress is not None and egress.proxying:
         # Docker's env is right for these: they are not secret, and `prov exec`
         # (docker exec) gets them with no login in between.

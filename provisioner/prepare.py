@@ -13,13 +13,14 @@ import shutil
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from provisioner import (
     branchmode,
     egress,
     host,
+    injection,
     keys,
     mountpolicy,
     projectacl,
@@ -75,6 +76,11 @@ class Prepared:
     # Branch mode: the clone's branch and the commit it starts at (None: mount mode).
     branch: str | None = None
     branch_base: str = ""
+    # What the egress proxy injects (injection), the environment's CA for their
+    # hosts, and the extra CAs (PEM) to trust for the real hosts.
+    secrets: tuple[injection.Secret, ...] = ()
+    egress_ca: injection.CA | None = None
+    upstream_cas: bytes = field(default=b"", repr=False)
 
     @property
     def name(self) -> str:
@@ -236,7 +242,8 @@ def _prepare_steps(
             "on macOS Claude Code keeps its login in the Keychain, which no container "
             "can read: set ANTHROPIC_API_KEY to log Claude in"
         )
-    session_env = _session_env(extras)
+    secrets = _secrets_for(request, paths, reporter)
+    session_env = _session_env(extras, secrets, request.containment.egress, reporter)
     if session_env:
         reporter.note("environment passed to sessions: " + ", ".join(k for k, _ in session_env))
 
@@ -245,6 +252,7 @@ def _prepare_steps(
         host_pair = keys.load_or_create(
             paths.env_dir(request.name), keys.HOST_KEY_NAME, f"prov-{request.name}-host"
         )
+        egress_ca = _egress_ca(paths, request.name) if secrets else None
     if project.grant and not projectacl.has_grant(project.path, project.uid):
         projectacl.grant(project.path, project.uid, paths.project_acl_ledger(request.name))
         granted.append(project)
@@ -333,6 +341,13 @@ def _prepare_steps(
         branch=branch,
         branch_base=base,
         image_seconds=image_seconds,
+        secrets=secrets,
+        egress_ca=egress_ca,
+        upstream_cas=injection.host_trust(
+            b"".join(host.ca_pem(f, paths.ca_cache) for f in image_request.ca_files)
+        )
+        if secrets
+        else b"",
     )
 
 
@@ -489,9 +504,64 @@ def _identity(request: UpRequest, paths: ProvPaths) -> tuple[keys.PublicKey, Pat
     return pair.public, paths.env_dir(request.name) / keys.CLIENT_KEY_NAME, "prov"
 
 
-def _session_env(extras: Extras) -> tuple[tuple[str, str], ...]:
-    """Agent API keys set on this host, then --env/--env-file (which win)."""
-    pairs = {key: os.environ[key] for key in API_KEY_VARS if os.environ.get(key)}
+def _secrets_for(
+    request: UpRequest, paths: ProvPaths, reporter: Reporter
+) -> tuple[injection.Secret, ...]:
+    """The secrets the proxy injects for this environment: the ones kept from
+    earlier `up`s, the agents' API keys set here, then --secret (which wins),
+    less --drop-secret. Kept in the env dir (0600) for the next `up`."""
+    extras = request.extras
+    if request.containment.egress != "allowlist":
+        if extras.secrets:
+            raise UsageError(
+                "--secret needs the egress proxy",
+                f"With --egress {request.containment.egress} there is no proxy to put the "
+                "value into requests; the agent would have to hold it.",
+                "leave --egress out (allowlist, the default), or pass the value with -e if "
+                "the agent may read it.",
+            )
+        return ()
+    store = paths.env_dir(request.name) / "secrets.json"
+    kept = injection.load_secrets(store)
+    found = injection.merge([*kept, *injection.builtins(dict(os.environ))], list(extras.secrets))
+    found = tuple(s for s in found if s.name not in extras.drop_secrets)
+    if found != kept:
+        injection.save_secrets(store, found)
+    if found:
+        reporter.note(
+            "secrets injected by the proxy (a placeholder inside): "
+            + ", ".join(s.public() for s in found)
+        )
+    return found
+
+
+def _egress_ca(paths: ProvPaths, name: str) -> injection.CA:
+    """The environment's CA, for its proxy: made once, kept in its env dir."""
+    folder = paths.egress_dir(name)
+    try:
+        return injection.CA((folder / "ca.pem").read_bytes(), (folder / "ca.key").read_bytes())
+    except OSError:
+        ca = injection.make_ca(name)
+        injection.write_conf_dir(folder, {"ca.pem": ca.cert_pem, "ca.key": ca.key_pem})
+        return ca
+
+
+def _session_env(
+    extras: Extras, secrets: tuple[injection.Secret, ...], egress_mode: str, reporter: Reporter
+) -> tuple[tuple[str, str], ...]:
+    """Placeholders for the proxy's secrets, else the agents' API keys set here
+    (their values, where there is no proxy), then --env/--env-file (which win)."""
+    pairs = {s.name: s.placeholder for s in secrets}
+    if egress_mode != "allowlist":
+        passed = {key: os.environ[key] for key in API_KEY_VARS if os.environ.get(key)}
+        if passed and egress_mode == "open":
+            reporter.warn(
+                "with --egress open there is no proxy to inject "
+                + ", ".join(passed)
+                + ": the agent gets the values and can read them (the default allowlist "
+                "keeps them out of its reach)"
+            )
+        pairs.update(passed)
     pairs.update(extras.env)
     for key, value in pairs.items():
         check_session_value(key, value)

@@ -26,6 +26,7 @@ from provisioner.plan import (
     LABEL_MOUNTS,
     LABEL_PORT,
     LABEL_PROJECT,
+    LABEL_SECRETS,
     LABEL_SUDO,
     ContainerSpec,
     KeyFile,
@@ -46,6 +47,7 @@ DRIFT_LABELS = (
     (LABEL_FORWARD_AGENT, "agent forwarding"),
     (LABEL_CREDENTIALS, "credentials (what of your agents' logins it gets)"),
     (LABEL_BRANCH, "branch mode (the clone's branch; empty: the tree itself)"),
+    (LABEL_SECRETS, "secrets (the names and hosts its proxy injects them for)"),
 )
 HOST_KEY_DRIFT = (
     "host key: the environment's host key was replaced or removed on this machine "

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from provisioner import (
     host,
+    injection,
     netplan,
     openssh,
     ports,
@@ -44,13 +45,13 @@ from provisioner.engine.hostview import HostView
 from provisioner.errors import ConflictError, ProvError
 from provisioner.fsutil import ensure_private_dir, file_lock, require_own_home
 from provisioner.image import BuiltImage, ImageRequest
+from provisioner.injection import PROXY_PORT
 from provisioner.ownership import is_ours
 from provisioner.plan import (
     AUTHORIZED_KEYS_FILE,
     AUTHORIZED_KEYS_PATH,
     LABEL_PORT,
     LABEL_PROTECT,
-    PROXY_PORT,
     SESSION_ENV_PATH,
     NetworkSpec,
     Plan,
@@ -60,6 +61,7 @@ from provisioner.plan import (
     build_plan,
     connect_host,
     container_name,
+    egress_volume_name,
     home_volume_name,
     keys_volume_name,
     network_name,
@@ -519,6 +521,9 @@ def _plan(
         if engine.link is not None
         else None,
         guards=prepared.guards,
+        secrets=prepared.secrets,
+        egress_ca=prepared.egress_ca,
+        upstream_cas=prepared.upstream_cas,
         credentials_mode=prepared.credentials,
         branch=prepared.branch,
     )
@@ -715,6 +720,7 @@ def _abandon(engine: Engine, made: _Made, paths: ProvPaths) -> None:
         engine.remove_volume(home_volume_name(name))
     if prepared.record is None and engine.remote:
         engine.remove_volume(keys_volume_name(name))
+        engine.remove_volume(egress_volume_name(name))
         if container is not None:
             engine.remove_volume(project_volume_name(name))
     if prepared.record is None and (container is not None or prepared.fresh):
@@ -770,6 +776,24 @@ def _network_for(
     return spec, addrs
 
 
+def _write_egress_conf(engine: Engine, plan: Plan, paths: ProvPaths, name: str) -> bool:
+    """The egress proxy's files, in the env dir (and, on a remote engine, in the
+    volume the proxy mounts there); whether they changed."""
+    if plan.egress is None or not plan.egress.files:
+        return False
+    files = {f.name: f.content for f in plan.egress.files}
+    changed = injection.write_conf_dir(paths.egress_dir(name), files)
+    if engine.remote and (changed or engine.volume(egress_volume_name(name)) is None):
+        engine.fill_volume(
+            egress_volume_name(name),
+            plan.egress.container.image,
+            [(f.name, f.mode, f.content) for f in plan.egress.files],
+            plan.egress.container.volume_labels,
+            top_mode=0o755,
+        )
+    return changed
+
+
 def _converge(
     engine: Engine,
     made: _Made,
@@ -789,6 +813,8 @@ def _converge(
     proxy = prepared.existing_proxy
     stale = reconcile.stale_keys(c.keys_dir, c.key_files) if existing is not None else set()
     decision = reconcile.decide(existing, plan, stale, request.recreate)
+    # The proxy's configuration: a running proxy with an older one is made again.
+    conf_changed = _write_egress_conf(engine, plan, paths, request.name)
     if decision.keys_to_write:  # a new container's keys, or a repaired authorized key
         reconcile.write_keys(c)
         if engine.remote:  # the engine host gets them in a volume, never as files
@@ -799,7 +825,7 @@ def _converge(
                 c.volume_labels,
             )
     if existing is not None and decision.action in ("unchanged", "started"):
-        if plan.egress is not None and (proxy is None or not proxy.running):
+        if plan.egress is not None and (proxy is None or not proxy.running or conf_changed):
             # The proxy keeps no state: a stopped one is made again, so that it
             # never points at a network removed meanwhile (prov-egress is
             # shared, and Docker lets a network go while only stopped

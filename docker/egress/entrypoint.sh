@@ -1,17 +1,15 @@
 #!/bin/sh
 # prov-egress: the environment's gate. It sits on the environment's internal
 # network and on prov's outside network, and does one or both of:
-# - the egress proxy (PROV_PROXY=1): tinyproxy, configured from the
-#   environment prov set at create time, in the foreground (drops to nobody);
+# - the egress proxy (PROV_PROXY=1): squid, with the configuration prov wrote
+#   for this environment (its allowlist, and any secrets it injects), mounted
+#   read-only at /etc/prov-egress; squid drops to the proxy user;
 # - the port relay (PROV_RELAY_TO set): a published host port, relayed to the
 #   environment's sshd and nowhere else. It listens on this container's
 #   outside address only; the environment reaches nothing of the gate but the
 #   proxy's port (its own iptables rules), so the relay gives it no way out.
 #
 #   PROV_LISTEN      the proxy's address on the environment's internal network
-#   PROV_CLIENT      the environment's address: the only client allowed
-#   PROV_ALLOW       allowed domain names, space-separated; each also allows
-#                    its subdomains. Empty: everything is refused.
 #   PROV_PROXY       1 (default): run the proxy; 0: the relay only
 #   PROV_RELAY_TO    ADDRESS:22, the environment's sshd
 #   PROV_RELAY_PORT  the port the relay listens on (Docker publishes it)
@@ -21,7 +19,7 @@ die() {
 	exit 1
 }
 [ -n "${PROV_LISTEN:-}" ] || die "PROV_LISTEN is not set"
-[ -n "${PROV_CLIENT:-}" ] || die "PROV_CLIENT is not set"
+CONF=/etc/prov-egress/squid.conf
 
 relay() {
 	# The outside address: the one of this container's addresses that is not
@@ -46,34 +44,18 @@ if [ -n "${PROV_RELAY_TO:-}" ]; then
 	[ -n "${PROV_RELAY_PORT:-}" ] || die "PROV_RELAY_PORT is not set"
 	relay
 fi
-dir=/run/prov-egress
-mkdir -p "$dir"
-: >"$dir/allow"
-for domain in ${PROV_ALLOW:-}; do
-	case $domain in
-	*[!A-Za-z0-9.-]* | .* | *..*) die "not a domain name: '$domain'" ;;
-	esac
-	# An extended regular expression for the name and its subdomains.
-	printf '(^|\\.)%s$\n' "$(printf '%s' "$domain" | sed 's/\./\\./g')" >>"$dir/allow"
-done
-cat >"$dir/tinyproxy.conf" <<CONF
-User nobody
-Group nogroup
-Port 3128
-Listen $PROV_LISTEN
-Allow $PROV_CLIENT
-Timeout 600
-MaxClients 256
-# Info: refusals of a port (CONNECT to :22) are logged only at this level.
-LogLevel Info
-DisableViaHeader Yes
-ConnectPort 443
-ConnectPort 80
-FilterType ere
-Filter "$dir/allow"
-FilterDefaultDeny Yes
-FilterURLs No
-FilterCaseSensitive No
-CONF
-printf 'prov-egress: allowing %s\n' "${PROV_ALLOW:-nothing}"
-exec tinyproxy -d -c "$dir/tinyproxy.conf"
+[ -s "$CONF" ] || die "$CONF is missing: run prov up again"
+run=/run/prov-egress
+mkdir -p "$run"
+# squid, as the proxy user, logs to this container's stdout and stderr
+# (Docker's log of it, capped) and keeps the certificates it makes for the
+# hosts whose secrets it injects in a small database on /run (a tmpfs).
+chmod a+w /proc/self/fd/1 /proc/self/fd/2
+if grep -q '^sslcrtd_program' "$CONF"; then
+	rm -rf "$run/ssl_db"
+	/usr/lib/squid/security_file_certgen -c -s "$run/ssl_db" -M 1MB >/dev/null ||
+		die "cannot make squid's certificate database"
+	chown -R proxy:proxy "$run/ssl_db"
+fi
+printf 'prov-egress: proxy on %s:3128\n' "$PROV_LISTEN"
+exec squid -N -f "$CONF"

@@ -16,6 +16,8 @@
 # the same files), installed root-owned at every start:
 #   ssh_host_ed25519_key  per-environment host key -> /etc/ssh/
 #   authorized_keys       the user's public key    -> /etc/ssh/authorized_keys/agent
+#   egress-ca.pem         the environment's CA, if its proxy injects secrets
+#                         -> the system's trust store
 #   PROV_SUDO           1: the agent may use sudo (`prov up --sudo`); else
 #                       no sudo rule exists (and Docker sets no-new-privileges).
 #   PROV_EGRESS         allowlist / none: the container's network is an
@@ -266,6 +268,25 @@ install -o root -g root -m 0600 "$KEYS/ssh_host_ed25519_key" "$HOST_KEY" ||
 	die "cannot read the host key in $KEYS (a Docker engine that remaps user namespaces keeps container root from reading the host user's files)"
 install -o root -g root -m 0644 "$KEYS/authorized_keys" "$AUTH_KEYS" ||
 	die "cannot read the authorized key in $KEYS"
+# The environment's CA, when its proxy injects secrets (egress-ca.pem): the
+# proxy answers for those hosts with certificates it signs, so the system's
+# trust (read by Node through NODE_EXTRA_CA_CERTS, Python, curl, Rust) holds
+# it; also as a local CA, so that update-ca-certificates keeps it. The
+# bundle is rebuilt from its pristine copy at each start (a CA made again
+# replaces the old one, and none is left once there are no secrets).
+BUNDLE=/etc/ssl/certs/ca-certificates.crt
+LOCAL_CA=/usr/local/share/ca-certificates/prov-egress-ca.crt
+if [ -f "$KEYS/egress-ca.pem" ] || [ -f "$BUNDLE.prov-orig" ]; then
+	[ -f "$BUNDLE.prov-orig" ] || cp -p "$BUNDLE" "$BUNDLE.prov-orig" ||
+		die "cannot keep a copy of $BUNDLE"
+	rm -f "$LOCAL_CA"
+	if [ -f "$KEYS/egress-ca.pem" ]; then
+		install -o root -g root -m 0644 "$KEYS/egress-ca.pem" "$LOCAL_CA" ||
+			die "cannot read the environment's CA in $KEYS"
+	fi
+	{ cat "$BUNDLE.prov-orig" && if [ -f "$LOCAL_CA" ]; then cat "$LOCAL_CA"; fi; } >"$BUNDLE.prov-new" &&
+		mv -f "$BUNDLE.prov-new" "$BUNDLE" || die "cannot add the environment's CA to $BUNDLE"
+fi
 
 # --- 4b. sudo --------------------------------------------------------------------
 if [ "${PROV_SUDO:-0}" = 1 ]; then

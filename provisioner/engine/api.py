@@ -651,7 +651,12 @@ class Engine:
         self._call(f"remove volume {name}", "DELETE", f"/volumes/{_quote(name)}", missing_ok=True)
 
     def fill_volume(
-        self, name: str, image: str, files: list[tuple[str, int, bytes]], labels: dict[str, str]
+        self,
+        name: str,
+        image: str,
+        files: list[tuple[str, int, bytes]],
+        labels: dict[str, str],
+        top_mode: int = 0o700,
     ) -> None:
         """Create (or reuse) volume `name` and put root-owned `files` (name, mode,
         content) in its root, through a helper container that is created and
@@ -675,8 +680,9 @@ class Engine:
             body=json.dumps(helper).encode(),
         )
         try:
-            # The volume's root too: root's alone, as the keys dir is on this machine.
-            self._put_tar(str(created["Id"]), "/fill", files, top_mode=0o700)
+            # The volume's root too: by default root's alone, as the keys dir is
+            # on this machine.
+            self._put_tar(str(created["Id"]), "/fill", files, top_mode=top_mode)
         finally:
             self.remove(str(created["Id"]))
 

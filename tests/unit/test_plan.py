@@ -18,6 +18,7 @@ def _plan(  # type: ignore[no-untyped-def]
     containment: Containment | None = None,
     remote: RemotePlacement | None = None,
     port: int | None = None,
+    **more,
 ):
     """A plan for `demo`; `port` defaults to 2222 with --egress open (prov picks
     one there), else to none (the alias needs no port)."""
@@ -52,6 +53,7 @@ def _plan(  # type: ignore[no-untyped-def]
             egress_network="prov-egress",
             allow=("github.com", "example.org"),
             remote=remote,
+            **more,
         ),
         client,
         hostkey,
@@ -145,8 +147,14 @@ def test_allowlist_puts_the_env_on_an_internal_network_behind_its_proxy() -> Non
     assert plan.egress is not None
     proxy = plan.egress.container
     assert proxy.address == "10.213.0.3" and proxy.extra_network == "prov-egress"
-    assert proxy.environment["PROV_ALLOW"] == "github.com example.org"
-    assert proxy.environment["PROV_CLIENT"] == "10.213.0.2"
+    conf = {f.name: f.content.decode() for f in plan.egress.files}
+    assert set(conf) == {"squid.conf"}  # no secrets: no CA, no TLS opened
+    assert "acl allowed dstdomain -n .example.org .github.com\n" in conf["squid.conf"]
+    assert "acl client src 10.213.0.2/32" in conf["squid.conf"]
+    assert "http_port 10.213.0.3:3128\n" in conf["squid.conf"]
+    assert "ssl_bump" not in conf["squid.conf"]
+    assert [m.target for m in proxy.mounts] == ["/etc/prov-egress"]
+    assert proxy.mounts[0].read_only and proxy.mounts[0].source.name == "egress"
     assert proxy.read_only and proxy.security.no_new_privileges
     assert c.environment["HTTPS_PROXY"] == "http://10.213.0.3:3128"
     assert c.environment["PROV_PROXY_ADDR"] == "10.213.0.3"
@@ -187,7 +195,7 @@ def test_port_under_egress_none_gets_a_relay_but_no_proxy() -> None:
     )
     assert plan.egress is not None and not plan.egress.proxying and plan.egress.relays
     assert plan.egress.container.environment["PROV_PROXY"] == "0"
-    assert plan.egress.container.environment["PROV_ALLOW"] == ""
+    assert plan.egress.files == () and plan.egress.container.mounts == ()
     assert "HTTPS_PROXY" not in plan.container.environment
     assert "PROV_PROXY_ADDR" not in plan.container.environment
     assert plan.published == ("127.0.0.1", 2299)

@@ -1,0 +1,220 @@
+"""Secrets the proxy injects: parsing, the proxy's configuration, the CA, the
+plan's view of them, and what `prov egress` reads from the proxy's log. Pure."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from provisioner import injection
+from provisioner.config import Containment, Extras
+from provisioner.egress import read_proxy_log
+from provisioner.errors import ConfigError, UsageError
+from provisioner.plan import RemotePlacement
+from tests.unit.test_plan import _plan
+
+VALUE = "sk-ant-REAL-0123456789abcdef"
+
+
+def test_parse_secret_defaults_to_bearer_and_keeps_the_value_out_of_repr() -> None:
+    s = injection.parse_secret(f"GITHUB_TOKEN={VALUE}@API.GitHub.com")
+    assert (s.name, s.host, s.header) == ("GITHUB_TOKEN", "api.github.com", "authorization")
+    assert s.sent == f"Bearer {VALUE}"
+    assert s.placeholder == "prov-placeholder-github-token"
+    assert VALUE not in repr(s) and VALUE not in repr(Extras(secrets=(s,)))
+    k = injection.parse_secret(f"MY_KEY={VALUE}@api.example.com:X-Api-Key")
+    assert (k.header, k.sent) == ("x-api-key", VALUE)
+    # A value may hold '@' (the host is after the last one).
+    assert injection.parse_secret("A=us@er@h.example.com").value == "us@er"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"NOEQUALS{VALUE}",
+        f"K={VALUE}",  # no host
+        f"1K={VALUE}@h.example.com",
+        f"K={VALUE}@https://h.example.com",
+        f"K={VALUE}@h.example.com:443",
+        f"K={VALUE}@localhost",  # not a dotted name
+        'K=has"quote@h.example.com',
+        "K=has space@h.example.com",
+        "K=per%cent@h.example.com",
+        "K=@h.example.com",
+    ],
+)
+def test_bad_secrets_are_refused_without_showing_the_value(text: str) -> None:
+    with pytest.raises(UsageError) as caught:
+        injection.parse_secret(text)
+    assert VALUE not in caught.value.paragraph()
+
+
+def test_secret_file_skips_comments_and_blank_lines() -> None:
+    found = injection.parse_secret_file(f"# mine\n\nA={VALUE}@a.example.com\n", "f")
+    assert [s.name for s in found] == ["A"]
+
+
+def test_builtins_and_merge() -> None:
+    found = injection.builtins({"ANTHROPIC_API_KEY": VALUE, "OPENAI_API_KEY": "", "X": "y"})
+    assert [(s.name, s.host, s.header) for s in found] == [
+        ("ANTHROPIC_API_KEY", "api.anthropic.com", "x-api-key")
+    ]
+    mine = injection.parse_secret("ANTHROPIC_API_KEY=other@gw.example.com:x-api-key")
+    merged = injection.merge(found, [mine])
+    assert merged == (mine,)
+
+
+def test_secrets_kept_0600_and_a_damaged_store_is_an_error(tmp_path: Path) -> None:
+    store = tmp_path / "env" / "secrets.json"
+    assert injection.load_secrets(store) == ()
+    kept = (injection.parse_secret(f"A={VALUE}@a.example.com:x-key"),)
+    injection.save_secrets(store, kept)
+    assert stat.S_IMODE(store.stat().st_mode) == 0o600
+    assert injection.load_secrets(store) == kept
+    store.write_text("{not json")
+    with pytest.raises(ConfigError) as caught:
+        injection.load_secrets(store)
+    assert "damaged" in str(caught.value.what)
+
+
+def _conf(*secrets: injection.Secret, upstream: bool = True) -> str:
+    return injection.squid_conf("10.1.0.3", "10.1.0.2", ("github.com",), secrets, upstream)
+
+
+def test_proxy_conf_opens_tls_only_for_a_secrets_host_and_only_over_https() -> None:
+    key = injection.parse_secret(f"ANTHROPIC_API_KEY={VALUE}@api.anthropic.com:x-api-key")
+    tok = injection.parse_secret(f"GH={VALUE}x@api.github.com")
+    conf = _conf(key, tok).splitlines()
+    # Opened only when both the CONNECT and the TLS name are a secret's host.
+    assert "ssl_bump bump secret_dst secret_sni" in conf
+    assert conf.index("ssl_bump peek step1") < conf.index("ssl_bump bump secret_dst secret_sni")
+    assert conf[-1] != "ssl_bump bump all" and "ssl_bump splice all" in conf
+    assert "acl secret_sni ssl::server_name api.anthropic.com api.github.com" in conf
+    # Each value goes to its own host, replacing what the agent sent, over HTTPS only.
+    assert "request_header_access x-api-key deny secret_0" in conf
+    assert f'request_header_add x-api-key "{VALUE}" secret_0 https' in conf
+    assert f'request_header_add authorization "Bearer {VALUE}x" secret_1 https' in conf
+    assert "acl secret_0 dstdomain -n api.anthropic.com" in conf
+    assert "http_access deny !https !CONNECT secret_dst" in conf
+    assert conf.index("http_access deny !https !CONNECT secret_dst") < conf.index(
+        "http_access allow client secret_dst"
+    )
+    # Its manager (which shows the configuration) and error-page data are off.
+    assert "http_access deny manager" in conf and "cachemgr_passwd disable all" in conf
+    assert "email_err_data off" in conf
+    assert conf.index("http_access deny manager") < conf.index("http_access allow client allowed")
+    assert "tls_outgoing_options cafile=/etc/prov-egress/upstream-cas.pem default-ca=off" in conf
+    assert "tls_outgoing_options" not in _conf(key, upstream=False)
+    # The log format holds no header.
+    log = next(line for line in conf if line.startswith("logformat"))
+    assert "%>h" not in log and "%<h" not in log and "%{" not in log
+
+
+def test_host_trust_is_this_machines_bundle_plus_prov_s_extra_cas(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes(b"-----BEGIN CERTIFICATE-----\nAAA\n-----END CERTIFICATE-----\n\n")
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+    extra = b"-----BEGIN CERTIFICATE-----\nBBB\n-----END CERTIFICATE-----\n"
+    assert injection.host_trust(extra) == bundle.read_bytes().rstrip() + b"\n" + extra
+
+
+def test_allowlist_in_the_conf_has_no_domain_under_another() -> None:
+    conf = injection.squid_conf(
+        "10.1.0.3", "10.1.0.2", ("codeload.github.com", "github.com", "a.b.example.org"), ()
+    )
+    assert "acl allowed dstdomain -n .a.b.example.org .github.com\n" in conf
+
+
+def test_the_ca_is_a_ca_and_its_key_is_not_shown() -> None:
+    ca = injection.make_ca("demo")
+    assert b"PRIVATE KEY" not in ca.cert_pem and b"PRIVATE KEY" in ca.key_pem
+    assert "PRIVATE" not in repr(ca)
+    cert = x509.load_pem_x509_certificate(ca.cert_pem)
+    assert cert.extensions.get_extension_for_class(x509.BasicConstraints).value.path_length == 0
+
+
+def test_conf_dir_is_readable_by_the_proxy_only_through_the_private_env_dir(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "envs" / "demo" / "egress"
+    assert injection.write_conf_dir(folder, {"squid.conf": b"a"})
+    assert not injection.write_conf_dir(folder, {"squid.conf": b"a"})  # unchanged
+    assert injection.write_conf_dir(folder, {"squid.conf": b"b"})
+    assert stat.S_IMODE(folder.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o755
+    assert stat.S_IMODE((folder / "squid.conf").stat().st_mode) == 0o644
+    assert [p.name for p in folder.iterdir()] == ["squid.conf"]
+
+
+def test_the_plan_gives_the_ca_to_the_environment_and_its_key_to_the_proxy_only() -> None:
+    secret = injection.parse_secret(f"ANTHROPIC_API_KEY={VALUE}@api.anthropic.com:x-api-key")
+    ca = injection.make_ca("demo")
+    plan, _, _ = _plan(
+        Path("/p/demo"),
+        Path("/p"),
+        containment=Containment(),
+        secrets=(secret,),
+        egress_ca=ca,
+        upstream_cas=b"-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n",
+        session_env=((secret.name, secret.placeholder),),
+    )
+    c = plan.container
+    assert plan.egress is not None
+    assert c.labels["prov.secrets"] == "ANTHROPIC_API_KEY@api.anthropic.com:x-api-key"
+    files = {f.name: f.content for f in c.key_files}
+    assert files["egress-ca.pem"] == ca.cert_pem
+    # Nothing of the environment's holds the value or the CA's key.
+    env_side = repr(c) + repr(c.environment) + repr(c.labels) + repr(c.files)
+    env_side += b"".join(f.content for f in c.key_files).decode()
+    env_side += b"".join(f.content for f in c.files).decode()
+    assert VALUE not in env_side and "BEGIN PRIVATE KEY" not in env_side
+    assert secret.placeholder in b"".join(f.content for f in c.files).decode()
+    # The proxy's files do, and they are not in its environment or labels.
+    conf = {f.name: f.content for f in plan.egress.files}
+    assert set(conf) == {"squid.conf", "ca.pem", "ca.key", "upstream-cas.pem"}
+    assert VALUE.encode() in conf["squid.conf"] and conf["ca.key"] == ca.key_pem
+    gate = plan.egress.container
+    assert VALUE not in repr(gate) + repr(gate.environment) + repr(gate.labels)
+    assert VALUE not in repr(plan)
+    assert plan.egress.secrets == (secret,)
+
+
+def test_remote_proxy_reads_its_conf_from_a_volume() -> None:
+    secret = injection.parse_secret(f"K={VALUE}@api.example.com")
+    plan, _, _ = _plan(
+        Path("/p/demo"),
+        Path("/p"),
+        containment=Containment(),
+        remote=RemotePlacement("ssh -W %h:%p eng", "rsync"),
+        secrets=(secret,),
+        egress_ca=injection.make_ca("demo"),
+    )
+    assert plan.egress is not None
+    gate = plan.egress.container
+    assert gate.mounts == () and gate.ro_volumes == (("prov-demo-egress", "/etc/prov-egress"),)
+
+
+def test_proxy_log_counts_opened_requests_and_words_refusals() -> None:
+    log = "\n".join(
+        [
+            "prov 1764700000.100 10.1.0.2 TCP_TUNNEL/200 CONNECT api.anthropic.com:443 - 10",
+            "prov 1764700000.200 10.1.0.2 TCP_MISS/200 POST "
+            "https://api.anthropic.com/v1/messages 1.2.3.4 900",
+            "prov 1764700000.300 10.1.0.2 TCP_MISS/401 GET https://api.anthropic.com/v1/x - 9",
+            "prov 1764700001.000 10.1.0.2 TCP_DENIED/403 CONNECT evil.example:443 - 0",
+            "prov 1764700002.000 10.1.0.2 TCP_DENIED/403 CONNECT github.com:22 - 0",
+            "2026/12/02 10:00:00| squid says something",
+            "prov garbage",
+        ]
+    )
+    read = read_proxy_log(log)
+    assert read.opened == {"api.anthropic.com": 2}
+    assert read.denials == (
+        "2025-12-02 18:26:41 refused CONNECT evil.example:443",
+        "2025-12-02 18:26:42 refused CONNECT github.com:22 (port 22 is not allowed)",
+    )
