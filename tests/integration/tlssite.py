@@ -34,6 +34,9 @@ class Handler(http.server.SimpleHTTPRequestHandler):
 
     def _log(self):
         print("REQ", self.command, self.path, flush=True)
+        for name in ("authorization", "x-api-key", "x-goog-api-key"):
+            for value in self.headers.get_all(name) or ():
+                print("AUTH", self.path, name, value, flush=True)
 
     def do_GET(self):
         self._log()
@@ -67,13 +70,13 @@ class Handler(http.server.SimpleHTTPRequestHandler):
 
     def do_POST(self):
         self._log()
-        for name in ("authorization", "x-api-key", "x-goog-api-key"):
-            if self.headers.get(name):
-                print("AUTH", self.path, name, self.headers[name], flush=True)
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
         if self.path.split("?", 1)[0] == "/oauth/token":
             return self._refresh(raw)
+        if self.path.startswith("/slow/"):  # a client kept waiting (to look at it meanwhile)
+            import time
+            time.sleep(20)
         self._json(400, {"error": {"type": "invalid_request_error",
                                    "message": "prov test stub"}})
 
