@@ -24,6 +24,12 @@ no-op up and ls under 0.5 s, peak RSS under 100 MB.
 
 Targets: remote warm up under 1.5 s, its round trip within 1.2x the local
 one, ls over two engines under 0.5 s.
+- with --secrets (or --only-secrets): what the egress proxy adds to a request
+  when it injects a secret (it ends TLS, adds the header, re-encrypts) against
+  the same site reached through its plain tunnel, as curl inside measures it,
+  with a new connection per request and with one connection reused.
+
+Target: injection adds under 10 ms per request.
 Everything else runs against the local engine with loopback ports; all
 containers, images, hosts and temp files it makes are removed at the end.
 """
@@ -515,11 +521,135 @@ def print_nothing(_line: str) -> None:
     pass
 
 
+def fmt_ms(values: list[float]) -> str:
+    ms = [v * 1000 for v in values]
+    return (
+        f"median {statistics.median(ms):.1f} ms  (min {min(ms):.1f}, "
+        f"max {max(ms):.1f}, n={len(ms)})"
+    )
+
+
 def fmt(values: list[float]) -> str:
     return (
         f"median {statistics.median(values):.3f} s  (min {min(values):.3f}, "
         f"max {max(values):.3f}, n={len(values)})"
     )
+
+
+BENCH_SITE_SERVER = r"""
+import http.server, ssl
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as the API clients use it
+    disable_nagle_algorithm = True  # or each answer waits out a delayed ACK (40 ms)
+    def log_message(self, *a):
+        pass
+    def do_GET(self):
+        body = b"ok\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+server = http.server.ThreadingHTTPServer(("", 443), H)
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain("/srv/cert.pem", "/srv/key.pem")
+server.socket = context.wrap_socket(server.socket, server_side=True)
+print("READY", flush=True)
+server.serve_forever()
+"""
+INJECTED, TUNNELLED = "api.bench.prov-test", "plain.bench.prov-test"
+
+
+def _curl_times(ssh: list[str], url: str, cafile: str, count: int, reuse: bool) -> list[float]:
+    """Seconds per request, as curl inside the environment measures them
+    (through its proxy): `count` new connections, or one connection reused."""
+    flags = f"-s --cacert {cafile} -w '%{{time_total}}\\n'"
+    if reuse:
+        script = f"curl {flags} " + " ".join([f"-o /dev/null {url}"] * (count + 1))
+    else:
+        script = f"for i in $(seq {count + 1}); do curl {flags} -o /dev/null {url}; done"
+    times = [float(x) for x in run([*ssh, script]).split()]
+    return times[1:]  # the first one warms the proxy's DNS and certificate cache
+
+
+def bench_injection(
+    prov: list[str], client: docker.DockerClient, env: dict[str, str], tmp: Path, runs: int
+) -> None:
+    """What the proxy's secret injection adds to a request: one site under two
+    names on prov's egress network, one holding a secret (the proxy ends TLS,
+    adds the header, re-encrypts) and one plain (a CONNECT tunnel), both asked
+    by curl inside the environment, with new connections and a reused one."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tests.integration.tlssite import make_certs
+
+    site_dir = tmp / "inj-site"
+    site_dir.mkdir()
+    ca = make_certs(site_dir, [INJECTED, TUNNELLED])
+    (site_dir / "server.py").write_text(BENCH_SITE_SERVER)
+    name = f"bench{os.getpid()}inj"
+    site = None
+    try:
+        bundle = tmp / "inj-bundle.pem"
+        system = os.environ.get("SSL_CERT_FILE", "/etc/ssl/certs/ca-certificates.crt")
+        bundle.write_bytes(Path(system).read_bytes() + ca.read_bytes())
+        up_env = {**env, "SSL_CERT_FILE": str(bundle)}
+        up = json.loads(
+            run(
+                [*prov, "up", name, "--project", str(tmp / "bench"), "--json",
+                 "--allow", "bench.prov-test",
+                 "--secret", f"BENCH_TOKEN=bench-{os.getpid()}@{INJECTED}"],
+                env=up_env,
+            )
+        )  # fmt: skip
+        api = client.api
+        made = api.create_container(
+            client.containers.get(up["container"]).image.id,  # python3 is in it
+            ["python3", "/srv/server.py"],
+            entrypoint=[],
+            name=f"prov-bench-site-{os.getpid()}",
+            volumes=["/srv"],
+            host_config=api.create_host_config(
+                network_mode="prov-egress", binds={str(site_dir): {"bind": "/srv", "mode": "ro"}}
+            ),
+            networking_config=api.create_networking_config(
+                {"prov-egress": api.create_endpoint_config(aliases=[INJECTED, TUNNELLED])}
+            ),
+        )
+        site = client.containers.get(made["Id"])
+        site.start()
+        for _ in range(100):
+            if b"READY" in site.logs():
+                break
+            time.sleep(0.1)
+        ssh = ["ssh", "-F", str(tmp / "ph" / "ssh_config"), "-o", "BatchMode=yes", up["ssh_alias"]]
+        # curl checks the tunnelled name against the site's CA, the injected one
+        # against the proxy's: both get the same two-certificate file, so
+        # neither pays more for loading trust than the other.
+        run(
+            [
+                *ssh,
+                f"printf '%s' '{ca.read_text()}' | "
+                "cat - /usr/local/share/ca-certificates/prov-egress-ca.crt > /tmp/bench-cas.pem",
+            ]
+        )
+        count = max(20, runs * 10)
+        rows = []
+        for reuse in (False, True):
+            tunnel = _curl_times(ssh, f"https://{TUNNELLED}/", "/tmp/bench-cas.pem", count, reuse)
+            inject = _curl_times(ssh, f"https://{INJECTED}/", "/tmp/bench-cas.pem", count, reuse)
+            rows.append((reuse, tunnel, inject))
+        served = run([*prov, "egress", name, "--json"], env=up_env)
+        for reuse, tunnel, inject in rows:
+            kind = "one connection reused" if reuse else "a new connection each"
+            added = (statistics.median(inject) - statistics.median(tunnel)) * 1000
+            print(f"request through the tunnel ({kind}): {fmt_ms(tunnel)}")
+            print(f"request with the secret injected ({kind}): {fmt_ms(inject)}")
+            print(f"injection adds per request ({kind}): {added:.1f} ms   target < 10 ms")
+        uses = json.loads(served).get("secrets", [])
+        print(f"requests the secret served (prov egress): {[u.get('requests') for u in uses]}")
+    finally:
+        subprocess.run([*prov, "rm", "--yes", name], env=env, capture_output=True, check=False)
+        if site is not None:
+            site.remove(force=True)
 
 
 def main() -> None:
@@ -542,6 +672,14 @@ def main() -> None:
         "--remote",
         action="store_true",
         help="also time environments on two remote engines (network namespaces; needs root)",
+    )
+    parser.add_argument(
+        "--secrets",
+        action="store_true",
+        help="also time what injecting a secret adds to a request (against a plain tunnel)",
+    )
+    parser.add_argument(
+        "--only-secrets", action="store_true", help="time only what injecting a secret adds"
     )
     parser.add_argument(
         "--only-remote",
@@ -570,6 +708,9 @@ def main() -> None:
         # Warm-up: builds or reuses the image and creates the keys.
         first = json.loads(run([*prov, "up", name, "--project", str(project), "--json"], env=env))
         prov_image = client.containers.get(first["container"]).image.id
+        if args.only_secrets:
+            bench_injection(prov, client, env, tmp, args.runs)
+            return
         if args.only_remote:
             bench_remote(prov, tmp, args.runs, local_trip(tmp, first))
             return
@@ -685,6 +826,8 @@ def main() -> None:
         if args.remote:
             bench_remote(prov, tmp, args.runs, [*base, alias, "true"])
         run([*prov, "down", name], env=env)
+        if args.secrets:
+            bench_injection(prov, client, env, tmp, args.runs)
         if args.agents:
             bench_agents(prov, client, env, project, f"{name}full", args.cold, tmp)
         if args.from_nothing:
