@@ -7,6 +7,7 @@ a new base) gets a new tag.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -19,10 +20,12 @@ from pathlib import Path
 
 from provisioner import baseimage, host
 from provisioner.config import DEFAULT_BASE_IMAGE
+from provisioner.devcontainer import METADATA_LABEL, Build
 from provisioner.engine import Engine
 from provisioner.errors import BuildError
 
 IMAGE_REPO = "prov-env"
+DEVCONTAINER_REPO = "prov-devcontainer"
 IMAGE_LABEL = "prov.image"  # on every image prov builds, stages included
 
 
@@ -84,6 +87,9 @@ class BuiltImage:
     base: str
     built_now: bool
     agent_versions: dict[str, str] = field(default_factory=dict)
+    # The image's devcontainer.metadata label (what a devcontainer image and its
+    # features ask for), "" when it has none.
+    metadata: str = ""
 
 
 Progress = Callable[[str], None]
@@ -176,6 +182,20 @@ class ImageRequest:
     ca_files: tuple[Path, ...] = ()
     npm_registry: str = ""
     project_dockerfile: Path | None = None
+    devcontainer: DevcontainerImage | None = None
+
+
+@dataclass(frozen=True)
+class DevcontainerImage:
+    """The image a devcontainer.json describes: its `image`, or its `build`
+    (a Dockerfile in the project), with `features` built by the devcontainers CLI."""
+
+    config: Path
+    digest: str  # the file's sha256: the image's hash covers it
+    project: Path
+    image: str | None = None
+    build: Build | None = None
+    features: tuple[str, ...] = ()
 
 
 def _layer(
@@ -189,6 +209,7 @@ def _layer(
     line: Progress,
     target: str | None = None,
     adds_something: Callable[[], bool] | None = None,
+    before_build: Callable[[], None] | None = None,
 ) -> tuple[str, str, bool]:
     """Build `context` (up to the stage `target`) unless an image with the same
     content hash exists; (tag, hash, built). `adds_something`: asked before a
@@ -199,6 +220,8 @@ def _layer(
     tag = f"{IMAGE_REPO}:{content_hash[:16]}"
     if engine.image_id(tag):
         return tag, content_hash, False
+    if before_build is not None:  # e.g. a check of the parent, once per new layer
+        before_build()
     if adds_something is not None and not adds_something():
         line(f"the {what} layer would add nothing; tagging its parent as {tag}")
         engine.tag_image(parent_id, tag)
@@ -229,10 +252,17 @@ def ensure_image(
     line: Progress,
     ca_cache: Path | None = None,
 ) -> BuiltImage:
-    if request.from_image:
+    # A base of the user's is checked when prov's first layer on it is built
+    # (reading a file out of an image costs a container: ~0.3 s).
+    check: Callable[[], None] | None = None
+    if request.devcontainer is not None and not request.from_image:
+        base_ref, base_id = _devcontainer_base(engine, request.devcontainer, note, line)
+        source = str(request.devcontainer.config)
+        check = functools.partial(_require_debian_like, engine, base_ref, source)
+    elif request.from_image:
         base_ref = request.from_image
-        base_id, refusal = _present_or_pulled(engine, base_ref, line)
-        if base_id is None:
+        found_id, refusal = _present_or_pulled(engine, base_ref, line)
+        if found_id is None:
             raise BuildError(
                 f"--from image {base_ref} is not present and cannot be pulled",
                 f"prov adds its SSH and agent layers on top of an existing image. "
@@ -240,7 +270,8 @@ def ensure_image(
                 "build or load it first (`docker images` should list it); for a private "
                 "registry, `docker login` to it first (prov pulls with those credentials).",
             )
-        _require_debian_like(engine, base_ref)
+        base_id = found_id
+        check = functools.partial(_require_debian_like, engine, base_ref)
     else:
         base_ref, base_id = ensure_base(engine, request.base_image, note, line)
     built_any = False
@@ -253,6 +284,7 @@ def ensure_image(
         base_ref,
         note,
         line,
+        before_build=check,
     )
     built_any |= built
     versions = dict(request.versions)
@@ -308,7 +340,81 @@ def ensure_image(
     installed = {
         a: labels[f"prov.agent.{a}"] for a in AGENT_BUILD_ARGS if f"prov.agent.{a}" in labels
     }
-    return BuiltImage(tag, content_hash, base_ref, built_any, installed)
+    return BuiltImage(
+        tag, content_hash, base_ref, built_any, installed, labels.get(METADATA_LABEL, "")
+    )
+
+
+def _devcontainer_hash(dci: DevcontainerImage, parent: str) -> str:
+    """What the devcontainer image is made of: the file, the folder it is in
+    (local features, a Dockerfile beside it), the build context and args."""
+    digest = hashlib.sha256(f"prov-devcontainer-{LAYER_FORMAT}\0{dci.digest}\0".encode())
+    folders = {dci.config.parent} if dci.config.parent != dci.project else set()
+    if dci.build is not None:
+        folders.add(dci.build.context)
+        digest.update(hashlib.sha256(dci.build.dockerfile.read_bytes()).digest())
+    for folder in sorted(folders):
+        digest.update(context_hash(folder, {}, "").encode())
+    digest.update(f"{parent}\0{dci.features}".encode())
+    return digest.hexdigest()
+
+
+def _devcontainer_base(
+    engine: Engine, dci: DevcontainerImage, note: Progress, line: Progress
+) -> tuple[str, str]:
+    """(ref, image id) of the image the devcontainer.json describes, built once
+    per content: with features by the devcontainers CLI, a `build` by prov,
+    an `image` pulled unless present."""
+    from provisioner.engine import dccli
+
+    if dci.image is not None and not dci.features:
+        image_id, refusal = _present_or_pulled(engine, dci.image, line)
+        if image_id is None:
+            raise BuildError(
+                f"The image {dci.image} that {dci.config} names is not present and cannot "
+                "be pulled",
+                f"The pull said: {refusal}",
+                "load it first (`docker load -i FILE`), or `docker login` to its registry; "
+                "or pass --no-devcontainer.",
+            )
+        return dci.image, image_id
+    parent = ""
+    if dci.image is not None:
+        parent = engine.image_id(dci.image) or dci.image
+    tag = f"{DEVCONTAINER_REPO}:{_devcontainer_hash(dci, parent)[:16]}"
+    found = engine.image_id(tag)
+    if found:
+        return tag, found
+    started = time.monotonic()
+    if dci.features:
+        program = dccli.find()
+        if program is None:
+            raise BuildError(
+                f"{dci.config} asks for features, which need the devcontainers CLI",
+                "Features: " + ", ".join(dci.features) + ". They are OCI artifacts (or local "
+                "folders) that the CLI builds into the image; prov does not reimplement them.",
+                f"install it ({dccli.INSTALL_HINT}; Node.js 18 or later) and run again, or "
+                "set PROV_DEVCONTAINER_CLI to its path, or pass --no-devcontainer.",
+            )
+        note(f"building the devcontainer image with its features ({tag}) by {program}")
+        dccli.build(program, dci.project, dci.config, tag, engine.cli_host, line)
+    else:
+        assert dci.build is not None  # noqa: S101 - an image without features returned above
+        note(f"building the devcontainer image ({tag}) from {dci.build.dockerfile}")
+        engine.build(
+            dci.build.context,
+            tag,
+            dict(dci.build.args),
+            {IMAGE_LABEL: "devcontainer", "prov.devcontainer": str(dci.config)},
+            line,
+            dci.build.target,
+            dockerfile=dci.build.dockerfile,
+        )
+    note(f"built the devcontainer image in {time.monotonic() - started:.1f} s")
+    built = engine.image_id(tag)
+    if not built:
+        raise BuildError(f"Building {tag} produced no image", "", "read the build log above.")
+    return tag, built
 
 
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
@@ -338,13 +444,13 @@ AGENT_BUILD_ARGS = {
 SUPPORTED_BASES = ("debian", "ubuntu")
 
 
-def _require_debian_like(engine: Engine, image: str) -> None:
+def _require_debian_like(engine: Engine, image: str, source: str = "--from") -> None:
     fields = baseimage.parse_os_release(engine.read_image_file(image, OS_RELEASE_PATHS))
     family = {fields.get("ID", ""), *fields.get("ID_LIKE", "").split()}
     if not family & set(SUPPORTED_BASES):
         seen = fields.get("PRETTY_NAME") or fields.get("ID") or "no /etc/os-release"
         raise BuildError(
-            f"--from image {image} is not Debian or Ubuntu based",
+            f"The image of {source}, {image}, is not Debian or Ubuntu based",
             f"It says: {seen}. prov's layers use apt and Debian's OpenSSH packaging.",
             "use an image built FROM debian or ubuntu (e.g. python:3.11, node:22), or add "
             "your project's packages with .prov/Dockerfile on top of prov's image instead.",
