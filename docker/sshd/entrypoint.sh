@@ -373,6 +373,28 @@ else
 	: >/etc/prov/proxy.env
 fi
 
+# The image's own environment (its ENV lines: a devcontainer's containerEnv,
+# what its features set, a --from image's PATH) for sessions, which sshd
+# starts with a clean one: pam_env reads /etc/prov/image.env before prov's
+# files, and login shells get the image's PATH back after /etc/profile set
+# its own (/etc/profile.d/00-prov-image-path.sh). prov's own variables and
+# the proxy's (proxy.env) are not the image's; values pam_env would change
+# (see config.check_session_value) are left out.
+awk 'BEGIN {
+	split("HOME HOSTNAME PWD OLDPWD SHLVL TERM USER LOGNAME SHELL MAIL _ container " \
+		"HTTP_PROXY HTTPS_PROXY http_proxy https_proxy ALL_PROXY all_proxy NO_PROXY " \
+		"no_proxy NODE_USE_ENV_PROXY", names, " ")
+	for (i in names) skip[names[i]] = 1
+	for (k in ENVIRON) {
+		v = ENVIRON[k]
+		if (k !~ /^[A-Za-z_][A-Za-z0-9_]*$/ || k ~ /^PROV_/ || (k in skip)) continue
+		if (v ~ /[\n\r#]/ || v ~ /^["\047]/ || v ~ /\\$/ || length(k v) > 8000) continue
+		print k "=" v
+		if (k == "PATH") print "PROV_IMAGE_PATH=" v
+	}
+}' >/etc/prov/image.env.new && mv -f /etc/prov/image.env.new /etc/prov/image.env || :
+chmod 0644 /etc/prov/image.env 2>/dev/null || :
+
 # --- 5. sshd -----------------------------------------------------------------
 # The image build checked the configuration (sshd -t); a host key or config
 # problem found now makes sshd itself exit with its message in `docker logs`,
