@@ -293,6 +293,17 @@ def up(
             help="Project Dockerfile layered on top (default: PROJECT/.prov/Dockerfile if present)."
         ),
     ] = None,
+    devcontainer: Annotated[
+        Path | None,
+        typer.Option(
+            help="devcontainer.json to use (default: the project's .devcontainer/"
+            "devcontainer.json or .devcontainer.json, if present)."
+        ),
+    ] = None,
+    no_devcontainer: Annotated[
+        bool,
+        typer.Option("--no-devcontainer", help="Ignore the project's devcontainer.json."),
+    ] = False,
     gpus: Annotated[str | None, typer.Option(help="GPUs for the container: all or N.")] = None,
     env: Annotated[
         list[str] | None,
@@ -459,6 +470,22 @@ def up(
         from dataclasses import replace
 
         extras = replace(extras, branch=branch or "")  # "": prov/NAME, per environment
+    if devcontainer is not None or no_devcontainer:
+        from dataclasses import replace
+
+        if devcontainer is not None and no_devcontainer:
+            _fail(
+                UsageError(
+                    "--devcontainer and --no-devcontainer ask for opposite things",
+                    "",
+                    "pass one of them.",
+                )
+            )
+        extras = replace(
+            extras,
+            devcontainer=devcontainer.expanduser().absolute() if devcontainer else None,
+            no_devcontainer=no_devcontainer,
+        )
     if secret or secret_file or drop_secret:
         from dataclasses import replace
 

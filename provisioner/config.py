@@ -195,6 +195,7 @@ class ExtraMount:
     source: Path
     target: str
     read_only: bool
+    origin: str = "--mount"  # who asked: --mount, or a devcontainer.json
 
 
 def parse_mount(text: str) -> ExtraMount:
@@ -258,6 +259,10 @@ class Extras:
     secrets: tuple[Secret, ...] = ()
     drop_secrets: tuple[str, ...] = ()
     sync: str | None = None  # remote engines only; None: rsync
+    # The project's devcontainer.json is used unless no_devcontainer; this
+    # path instead of the one found in the project.
+    devcontainer: Path | None = None
+    no_devcontainer: bool = False
 
     def __post_init__(self) -> None:
         if self.credentials is not None and self.credentials not in CREDENTIAL_MODES:

@@ -65,3 +65,10 @@ class NotFound(ProvError):
 
 class HandoffError(ProvError):
     exit_code = 8
+
+
+class CommandFailed(ProvError):
+    """A command the project asks for (devcontainer.json's lifecycle commands)
+    exited non-zero inside the environment."""
+
+    exit_code = 9

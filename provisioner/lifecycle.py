@@ -21,6 +21,7 @@ from provisioner.plan import (
     LABEL_BIND,
     LABEL_BRANCH,
     LABEL_CREDENTIALS,
+    LABEL_DEVCONTAINER,
     LABEL_EGRESS,
     LABEL_HOME_VOLUME,
     LABEL_HOST_KEY,
@@ -475,7 +476,54 @@ def start(
             lambda: engine.logs_tail(proxy.id if proxy is not None else info.id),
             banner=engine.link.banner if engine.link is not None else None,
         )
+    config = info.labels.get(LABEL_DEVCONTAINER, "")
+    if config and (restart or not info.running):
+        _devcontainer_start(engine, paths, name, info, Path(config), record, reporter)
     return seconds
+
+
+def _devcontainer_start(
+    engine: Engine,
+    paths: ProvPaths,
+    name: str,
+    info: ContainerInfo,
+    config: Path,
+    record: state.EnvRecord,
+    reporter: Reporter,
+) -> None:
+    """devcontainer.json's postStartCommand (and its create commands, if they
+    never succeeded in this container), read from the file again."""
+    from provisioner import dcrun, devcontainer
+
+    if not config.is_file():
+        reporter.warn(f"{config} is gone: its postStartCommand did not run")
+        return
+    project = Path(record.project_dir)
+    ctx = devcontainer.Context(project, name, devcontainer.host_env())
+    first = devcontainer.resolve(config, ctx)
+    entries = devcontainer.metadata_entries(info.labels.get(devcontainer.METADATA_LABEL))
+    dc = (
+        devcontainer.resolve(config, ctx, entries, config_in_metadata=bool(first.features))
+        if entries
+        else first
+    )
+    if not dc.create_commands and not dc.start_commands:
+        return
+    created = bool(dc.create_commands) and engine.read_file(info.id, dcrun.CREATED_MARKER) is None
+    alias = sshconf.alias_for(name)
+    for create in (True, False):
+        dcrun.run(
+            dc,
+            paths.ssh_config,
+            alias,
+            str(project),
+            created=created and create,
+            started=not create,
+            on_phase=lambda phase: reporter.step(f"{phase} (devcontainer.json, as the agent)"),
+            on_line=lambda line: reporter.note("| " + line),
+        )
+        if created and create:
+            engine.inject_files(info.id, [(dcrun.CREATED_MARKER, 0o600, dc.digest.encode())])
 
 
 def logs(name: str, follow: bool, tail: int | None) -> Iterator[bytes]:

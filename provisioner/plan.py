@@ -29,6 +29,7 @@ from provisioner.protect import Guard, git_excludes
 from provisioner.sshconf import HostEntry, alias_for
 
 LABEL_MANAGED = "prov.managed"
+LABEL_DEVCONTAINER = "prov.devcontainer"
 LABEL_NAME = "prov.name"
 LABEL_PORT = "prov.port"
 LABEL_BIND = "prov.bind"
@@ -384,6 +385,8 @@ def build_plan(
     secrets: tuple[Secret, ...] = (),
     egress_ca: CA | None = None,
     upstream_cas: bytes = b"",
+    forward_ports: tuple[int, ...] = (),
+    devcontainer: str = "",
 ) -> Plan:
     alias = alias_for(name)
     # The project in a volume of the environment's own, at the same path: a
@@ -437,6 +440,8 @@ def build_plan(
         LABEL_BRANCH: branch or "",
         # Names and hosts only, never a value.
         LABEL_SECRETS: ",".join(sorted(f"{s.name}@{s.host}:{s.header}" for s in secrets)),
+        # The devcontainer.json applied, for postStartCommand at `prov start`.
+        LABEL_DEVCONTAINER: devcontainer,
     }
     key_files = (
         KeyFile(HOST_KEY_FILE, 0o600, host_key_private),
@@ -573,6 +578,7 @@ def build_plan(
         control_dir=paths.control_dir,
         forward_agent=containment.forward_agent,
         proxy_command=remote.proxy_command if remote is not None else None,
+        local_forwards=forward_ports,
     )
     session = project_dir.name
     cmd, env = ntm_invocation(session, alias, agents, project_dir, projects_base)

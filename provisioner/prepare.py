@@ -35,10 +35,17 @@ from provisioner.config import (
     check_session_value,
     is_loopback,
 )
+from provisioner.devcontainer import DevContainer
 from provisioner.engine import ContainerInfo, Engine
 from provisioner.errors import ConfigError, UsageError
 from provisioner.fsutil import file_lock
-from provisioner.image import BuiltImage, ImageRequest, ensure_egress_image, ensure_image
+from provisioner.image import (
+    BuiltImage,
+    DevcontainerImage,
+    ImageRequest,
+    ensure_egress_image,
+    ensure_image,
+)
 from provisioner.ownership import require_ours
 from provisioner.plan import container_name, proxy_name
 from provisioner.progress import Reporter
@@ -81,6 +88,8 @@ class Prepared:
     secrets: tuple[injection.Secret, ...] = ()
     egress_ca: injection.CA | None = None
     upstream_cas: bytes = field(default=b"", repr=False)
+    # The project's devcontainer.json as applied (its commands run after ready).
+    devcontainer: DevContainer | None = None
 
     @property
     def name(self) -> str:
@@ -190,6 +199,9 @@ def _prepare_steps(
         )
         made.append(project)
     base = branchmode.require_repository(project.path) if branch is not None else ""
+    found_dc = _devcontainer(request, project.path)
+    if found_dc is not None:
+        request = _apply_devcontainer(request, found_dc, project.path, reporter)
     if not engine.remote:
         _check_mounts(request, project.path, paths, reporter)
     creds = (
@@ -243,9 +255,6 @@ def _prepare_steps(
             "can read: set ANTHROPIC_API_KEY to log Claude in"
         )
     secrets = _secrets_for(request, paths, reporter)
-    session_env = _session_env(extras, secrets, request.containment.egress, reporter)
-    if session_env:
-        reporter.note("environment passed to sessions: " + ", ".join(k for k, _ in session_env))
 
     with file_lock(paths.keys_lock):
         public, identity, key_source = _identity(request, paths)
@@ -270,7 +279,7 @@ def _prepare_steps(
             f"{base[:12]}); this machine's tree is not mounted, its .git only read-only"
         )
     reporter.step("image")
-    image_request = _image_request(request, project.path, paths)
+    image_request = _image_request(request, project.path, paths, found_dc)
     started = time.monotonic()
     with images_lock:  # environments asking for the same image share one build
         built = images.get(image_request) or ensure_image(
@@ -298,6 +307,19 @@ def _prepare_steps(
         reporter.detail(f"reusing image {built.tag}")
     if built.agent_versions:
         reporter.note("agents: " + ", ".join(f"{a} {v}" for a, v in built.agent_versions.items()))
+    applied_dc = None
+    if found_dc is not None:
+        # Again with what the image records (its features', and a devcontainer
+        # image's own settings), which may ask for more.
+        applied_dc = _final_devcontainer(request, found_dc, built, image_request, project.path)
+        request = _apply_devcontainer(request, applied_dc, project.path, reporter, final=True)
+        if not engine.remote and applied_dc.mounts != found_dc.mounts:
+            _check_mounts(request, project.path, paths, reporter)
+    session_env = _session_env(
+        request.extras, secrets, request.containment.egress, reporter, applied_dc
+    )
+    if session_env:
+        reporter.note("environment passed to sessions: " + ", ".join(k for k, _ in session_env))
     mounted = creds.found
     if credentials == "tokens":
         # Login files of the environment's own, which the keeper keeps fresh.
@@ -348,6 +370,7 @@ def _prepare_steps(
         )
         if secrets
         else b"",
+        devcontainer=applied_dc,
     )
 
 
@@ -473,7 +496,7 @@ def _check_mounts(
     ctx = mountpolicy.HostContext(home=Path.home().resolve(), prov_home=paths.home.resolve())
     unsafe = request.containment.allow_unsafe_mount
     checks = [(project_dir, str(project_dir), "the project dir")]
-    checks += [(m.source, m.target, f"--mount {m.source}") for m in request.extras.mounts]
+    checks += [(m.source, m.target, f"{m.origin} {m.source}") for m in request.extras.mounts]
     targets: dict[str, str] = {}
     for source, target, what in checks:
         warning = mountpolicy.check_source(source, what, ctx, unsafe)
@@ -547,11 +570,26 @@ def _egress_ca(paths: ProvPaths, name: str) -> injection.CA:
 
 
 def _session_env(
-    extras: Extras, secrets: tuple[injection.Secret, ...], egress_mode: str, reporter: Reporter
+    extras: Extras,
+    secrets: tuple[injection.Secret, ...],
+    egress_mode: str,
+    reporter: Reporter,
+    dc: DevContainer | None = None,
 ) -> tuple[tuple[str, str], ...]:
     """Placeholders for the proxy's secrets, else the agents' API keys set here
-    (their values, where there is no proxy), then --env/--env-file (which win)."""
+    (their values, where there is no proxy), then devcontainer.json's
+    variables (containerEnv, runArgs' -e, remoteEnv), then --env/--env-file
+    (which win)."""
     pairs = {s.name: s.placeholder for s in secrets}
+    if dc is not None:
+        for key, value in (*dc.container_env, *dc.env, *dc.remote_env):
+            if key in pairs and any(s.name == key for s in secrets):
+                reporter.warn(
+                    f"{dc.path} sets {key}, which the egress proxy injects: the placeholder "
+                    "stays (the proxy puts the real value into requests)"
+                )
+                continue
+            pairs[key] = value
     if egress_mode != "allowlist":
         passed = {key: os.environ[key] for key in API_KEY_VARS if os.environ.get(key)}
         if passed and egress_mode == "open":
@@ -568,11 +606,18 @@ def _session_env(
     return tuple(pairs.items())
 
 
-def _image_request(request: UpRequest, project_dir: Path, paths: ProvPaths) -> ImageRequest:
+def _image_request(
+    request: UpRequest, project_dir: Path, paths: ProvPaths, dc: DevContainer | None = None
+) -> ImageRequest:
     extras = request.extras
     dockerfile = extras.dockerfile
     if dockerfile is None and (project_dir / ".prov" / "Dockerfile").is_file():
         dockerfile = project_dir / ".prov" / "Dockerfile"
+    dc_image = None
+    if dc is not None and not extras.from_image:
+        dc_image = DevcontainerImage(
+            dc.path, dc.digest, project_dir, dc.image, dc.build, dc.features
+        )
     if dockerfile is not None and not dockerfile.is_file():
         raise ConfigError(
             f"Project Dockerfile {dockerfile} does not exist",
@@ -587,4 +632,109 @@ def _image_request(request: UpRequest, project_dir: Path, paths: ProvPaths) -> I
         ca_files=(*host.extra_ca_files(), *extras.ca_certs),
         npm_registry=host.npm_registry_url(paths.npm_registry_cache) if extras.agents else "",
         project_dockerfile=dockerfile.absolute() if dockerfile else None,
+        devcontainer=dc_image,
+    )
+
+
+def _devcontainer(request: UpRequest, project_dir: Path) -> DevContainer | None:
+    """The project's devcontainer.json (or --devcontainer's), read and checked:
+    what would break containment is refused here, before anything is made."""
+    from provisioner import devcontainer
+
+    extras = request.extras
+    if extras.no_devcontainer:
+        return None
+    path = devcontainer.find(project_dir, extras.devcontainer)
+    if path is None:
+        return None
+    ctx = devcontainer.Context(project_dir, request.name, devcontainer.host_env())
+    return devcontainer.resolve(path, ctx)
+
+
+def _final_devcontainer(
+    request: UpRequest,
+    first: DevContainer,
+    built: BuiltImage,
+    image_request: ImageRequest,
+    project_dir: Path,
+) -> DevContainer:
+    """The file merged with the image's devcontainer.metadata: the features'
+    entries first; when the devcontainers CLI built it, the file's own entry
+    is the last of them."""
+    from provisioner import devcontainer
+
+    entries = devcontainer.metadata_entries(built.metadata)
+    if not entries:
+        return first
+    by_cli = image_request.devcontainer is not None and bool(first.features)
+    ctx = devcontainer.Context(project_dir, request.name, devcontainer.host_env())
+    return devcontainer.resolve(first.path, ctx, entries, config_in_metadata=by_cli)
+
+
+def _apply_devcontainer(
+    request: UpRequest,
+    dc: DevContainer,
+    project_dir: Path,
+    reporter: Reporter,
+    final: bool = False,
+) -> UpRequest:
+    """The request with what the file asks for that prov has an option of its
+    own for (mounts, limits, GPUs); the command line wins where both say."""
+    from dataclasses import replace
+
+    from provisioner.config import ExtraMount, parse_cpus, parse_memory
+
+    extras, containment = request.extras, request.containment
+    if not final:
+        reporter.note(f"using {dc.path}" + (f" (image {dc.image})" if dc.image else ""))
+        if extras.from_image:
+            reporter.note(f"--from {extras.from_image} is the image; {dc.path} gives the rest")
+        own = extras.dockerfile or project_dir / ".prov" / "Dockerfile"
+        if own.is_file():
+            reporter.note(
+                f"both apply: {dc.path} makes the base image, {own} is built on top of it "
+                "(with prov's layers in between)"
+            )
+    else:
+        for item in dc.notes:
+            reporter.note(item)
+        if dc.unsupported:
+            reporter.warn(f"{dc.path}: prov does not apply " + "; ".join(dc.unsupported))
+        if dc.forward_ports:
+            reporter.note(
+                "forwarded through the alias (while an ssh to it is open): "
+                + ", ".join(f"localhost:{p}" for p in dc.forward_ports)
+            )
+    mounts = list(extras.mounts)
+    for source, target, read_only in dc.mounts:
+        path = Path(source).expanduser()
+        if not path.is_absolute():
+            path = (dc.path.parent / path).absolute()
+        if not path.exists():
+            from provisioner.errors import ConfigError
+
+            raise ConfigError(
+                f"{dc.path} mounts {source}, which does not exist",
+                "Docker would create a root-owned empty directory in its place.",
+                "create it first, or fix the file's mounts.",
+            )
+        mount = ExtraMount(path, target, read_only, origin=f"{dc.path} mount")
+        if all(m.target != mount.target for m in mounts):
+            mounts.append(mount)
+    gpus = extras.gpus
+    if gpus is None and dc.gpu == "all":
+        gpus = -1
+    elif gpus is None and dc.gpu == "optional" and final:
+        reporter.note(
+            "hostRequirements.gpu is optional: no GPUs asked for (pass --gpus all for them)"
+        )
+    memory, cpus = containment.memory, containment.cpus
+    if memory is None and dc.memory:
+        memory = parse_memory(dc.memory)
+    if cpus is None and dc.cpus is not None:
+        cpus = parse_cpus(dc.cpus)
+    return replace(
+        request,
+        extras=replace(extras, mounts=tuple(mounts), gpus=gpus),
+        containment=replace(containment, memory=memory, cpus=cpus),
     )

@@ -526,6 +526,8 @@ def _plan(
         upstream_cas=prepared.upstream_cas,
         credentials_mode=prepared.credentials,
         branch=prepared.branch,
+        forward_ports=prepared.devcontainer.forward_ports if prepared.devcontainer else (),
+        devcontainer=str(prepared.devcontainer.path) if prepared.devcontainer else "",
     )
 
 
@@ -667,6 +669,8 @@ def _finish(engine: Engine, placed: _Placed, paths: ProvPaths, poll: float) -> U
                 f"that is fixed: add `{sshconf.include_line(paths.ssh_config)}` at the top of "
                 "the config ssh reads, or run prov with the HOME of your passwd entry"
             )
+    if prepared.devcontainer is not None:
+        _devcontainer_commands(engine, paths, alias, prepared, action, container_id)
     return UpResult(
         name=request.name,
         container=plan.container.name,
@@ -1082,3 +1086,43 @@ def _start_env(
             engine.inject_files(
                 container_id, [(f.path, f.mode, f.content) for f in plan.container.files]
             )
+
+
+def _devcontainer_commands(
+    engine: Engine,
+    paths: ProvPaths,
+    alias: str,
+    prepared: prepare.Prepared,
+    action: str,
+    container_id: str,
+) -> None:
+    """devcontainer.json's create commands, until they have succeeded once in
+    this container (a root-only marker inside says so), and postStartCommand
+    whenever it started now."""
+    from provisioner import dcrun
+
+    dc = prepared.devcontainer
+    assert dc is not None  # noqa: S101 - called only with one
+    if not dc.create_commands and not dc.start_commands:
+        return
+    # A new container has no marker; an existing one had its create commands
+    # run to the end if it has one.
+    new = action in ("created", "recreated")
+    created = bool(dc.create_commands) and (
+        new or engine.read_file(container_id, dcrun.CREATED_MARKER) is None
+    )
+    started = action != "unchanged" or created
+    reporter = prepared.reporter
+    for create in (True, False):  # the marker once the create phases succeeded
+        dcrun.run(
+            dc,
+            paths.ssh_config,
+            alias,
+            str(prepared.project.path),
+            created=created and create,
+            started=started and not create,
+            on_phase=lambda phase: reporter.step(f"{phase} (devcontainer.json, as the agent)"),
+            on_line=lambda line: reporter.note("| " + line),
+        )
+        if created and create:
+            engine.inject_files(container_id, [(dcrun.CREATED_MARKER, 0o600, dc.digest.encode())])

@@ -35,6 +35,9 @@ class HostEntry:
     # An environment on a remote engine: the command that reaches HostName:Port
     # from the engine host (ssh -W through it).
     proxy_command: str | None = None
+    # devcontainer.json's forwardPorts: this machine's loopback port P to the
+    # environment's localhost:P, for as long as the alias's master runs.
+    local_forwards: tuple[int, ...] = ()
 
 
 def _quote(path: Path | str, token: str = "") -> str:
@@ -90,6 +93,7 @@ def render_host_block(entry: HostEntry) -> str:
         f"    ControlPath {_quote(entry.control_dir, '/%n' if entry.proxy_command else '/%C')}",
         "    ControlPersist yes",
         *([f"    ProxyCommand {entry.proxy_command}"] if entry.proxy_command else []),
+        *(f"    LocalForward 127.0.0.1:{port} localhost:{port}" for port in entry.local_forwards),
         "    ServerAliveInterval 15",
         "    ServerAliveCountMax 4",
         _end(entry.alias),

@@ -389,10 +389,12 @@ class Engine:
         labels: dict[str, str],
         on_line: Callable[[str], None],
         target: str | None = None,
+        dockerfile: Path | None = None,
     ) -> None:
-        """Build `context` as `tag`, streaming each output line to `on_line`. The
-        images of its earlier stages (a multi-stage Dockerfile) are removed
-        after it: untagged, they would be left as `<none>` images."""
+        """Build `context` as `tag` (with `dockerfile`, default its Dockerfile),
+        streaming each output line to `on_line`. The images of its earlier
+        stages (a multi-stage Dockerfile) are removed after it: untagged, they
+        would be left as `<none>` images."""
         log: list[str] = []
         stages = StageImages()
         with _docker_errors(f"build the image {tag}"):
@@ -406,6 +408,7 @@ class Engine:
                 decode=True,
                 pull=False,
                 target=target,
+                dockerfile=str(dockerfile) if dockerfile is not None else None,
             )
             for chunk in stream:
                 if "stream" in chunk:
