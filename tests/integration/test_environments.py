@@ -55,7 +55,9 @@ def _pane_output(prov: Prov, alias: str, session: str, directory: str, command: 
 def test_session_env_reaches_ssh_and_panes_but_not_docker_inspect(
     prov: Prov, docker_client: docker.DockerClient, tmp_path: Path
 ) -> None:
-    """API keys and --env reach agents (ssh and tmux panes), never Docker's env or output."""
+    """--env values reach agents (ssh and tmux panes), never Docker's env or output;
+    an agent's API key set here reaches them as the proxy's placeholder only, its
+    value kept on this machine in one file of the environment's own (0600)."""
     name = prov.name("envs")
     project = prov.project(name)
     env_file = tmp_path / "env"
@@ -65,7 +67,7 @@ def test_session_env_reaches_ssh_and_panes_but_not_docker_inspect(
         name,
         "--json",
         "-e",
-        "PLAIN=1",
+        f"PLAIN={SECRET}-plain",
         "--env-file",
         str(env_file),
         env={"ANTHROPIC_API_KEY": SECRET},
@@ -74,17 +76,27 @@ def test_session_env_reaches_ssh_and_panes_but_not_docker_inspect(
     assert SECRET not in result.stdout + result.stderr
     alias = f"prov-{name}"
     seen = prov.ssh(alias, 'echo "$ANTHROPIC_API_KEY|$PLAIN|$FROM_FILE"').stdout.strip()
-    assert seen == f"{SECRET}|1|file value"
-    pane = _pane_output(prov, alias, "envtest", str(project), 'echo "$ANTHROPIC_API_KEY"')
-    assert SECRET in pane
+    assert seen == f"prov-placeholder-anthropic-api-key|{SECRET}-plain|file value"
+    pane = _pane_output(prov, alias, "envtest", str(project), 'echo "$PLAIN $ANTHROPIC_API_KEY"')
+    assert f"{SECRET}-plain prov-placeholder-anthropic-api-key" in pane
     attrs = docker_client.containers.get(alias).attrs
     assert SECRET not in json.dumps(attrs)
     assert attrs["Config"]["Labels"]["prov.env-keys"] == "ANTHROPIC_API_KEY,FROM_FILE,PLAIN"
-    # Never written to the host's disk either: no file of prov's holds it.
+    # On the host's disk only in the secrets store and its proxy's configuration,
+    # in the environment's private dir; the --env value nowhere.
+    holders = sorted(
+        path
+        for path in prov.prov_home.rglob("*")
+        if path.is_file() and SECRET.encode() in path.read_bytes()
+    )
+    env_dir = prov.prov_home / "envs" / name
+    assert holders == [env_dir / "egress" / "squid.conf", env_dir / "secrets.json"]
+    assert env_dir.stat().st_mode & 0o777 == 0o700
+    assert (env_dir / "secrets.json").stat().st_mode & 0o777 == 0o600
     for path in prov.prov_home.rglob("*"):
         if path.is_file():
-            assert SECRET.encode() not in path.read_bytes(), path
-    # The agent sees it in its sessions, but the file itself is root's only.
+            assert f"{SECRET}-plain".encode() not in path.read_bytes(), path
+    # The agent sees --env values in its sessions, but the file itself is root's only.
     assert prov.ssh(alias, "cat /etc/prov/environment").returncode != 0
 
 
