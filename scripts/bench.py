@@ -30,6 +30,11 @@ one, ls over two engines under 0.5 s.
   with a new connection per request and with one connection reused.
 
 Target: injection adds under 10 ms per request.
+- with --devcontainer (or --only-devcontainer): a project with a
+  devcontainer.json brought up by the devcontainers CLI (`devcontainer up`
+  and a first `devcontainer exec`) and by `prov up`, side by side.
+
+Target: prov up no slower than the devcontainers CLI.
 Everything else runs against the local engine with loopback ports; all
 containers, images, hosts and temp files it makes are removed at the end.
 """
@@ -652,6 +657,54 @@ def bench_injection(
             site.remove(force=True)
 
 
+def bench_devcontainer(
+    prov: list[str], client: docker.DockerClient, env: dict[str, str], tmp: Path, runs: int
+) -> None:
+    """A project with a devcontainer.json (an image, a variable), brought up by
+    `devcontainer up` plus a first `devcontainer exec` against `prov up` to
+    ready, in interleaved rounds, each from no container (image present)."""
+    cli = shutil.which("devcontainer") or str(Path(sys.executable).parent / "devcontainer")
+    if not Path(cli).is_file():
+        print("devcontainer CLI not found (scripts/setup.sh installs it): skipped")
+        return
+    project = tmp / "dcbench"
+    (project / ".devcontainer").mkdir(parents=True)
+    base = client.images.list(name="prov-base")
+    image = base[0].tags[0] if base else "ubuntu:24.04"
+    (project / ".devcontainer" / "devcontainer.json").write_text(
+        json.dumps({"image": image, "containerEnv": {"BENCH": "1"}})
+    )
+    name = f"bench{os.getpid()}dc"
+    label = f"devcontainer.local_folder={project}"
+    up = [cli, "up", "--workspace-folder", str(project)]
+    first_exec = [cli, "exec", "--workspace-folder", str(project), "true"]
+
+    def remove_dc() -> None:
+        for container in client.containers.list(all=True, filters={"label": label}):
+            container.remove(force=True)
+
+    try:
+        run([*prov, "up", name, "--project", str(project)], env=env)  # builds prov's layers
+        run([*prov, "down", name], env=env)
+        run(up)
+        remove_dc()
+        prov_times, dc_times = [], []
+        for _ in range(runs):
+            prov_times.append(
+                timed(lambda: run([*prov, "up", name, "--project", str(project)], env=env))
+            )
+            run([*prov, "down", name], env=env)
+            dc_times.append(timed(lambda: (run(up), run(first_exec))))
+            remove_dc()
+        print(f"devcontainer up + first exec (devcontainers CLI): {fmt(dc_times)}")
+        print(f"prov up to ready on the same devcontainer.json: {fmt(prov_times)}")
+        ratio = statistics.median(prov_times) / statistics.median(dc_times)
+        print(f"ratio prov / devcontainer CLI: {ratio:.2f}x   target <= 1.0x")
+    finally:
+        remove_dc()
+        subprocess.run([*prov, "rm", "--yes", name], env=env, capture_output=True, check=False)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=5, help="repetitions per figure")
@@ -677,6 +730,14 @@ def main() -> None:
         "--secrets",
         action="store_true",
         help="also time what injecting a secret adds to a request (against a plain tunnel)",
+    )
+    parser.add_argument(
+        "--devcontainer",
+        action="store_true",
+        help="also time prov up against devcontainer up + exec on one devcontainer.json",
+    )
+    parser.add_argument(
+        "--only-devcontainer", action="store_true", help="time only the devcontainer figures"
     )
     parser.add_argument(
         "--only-secrets", action="store_true", help="time only what injecting a secret adds"
@@ -708,6 +769,9 @@ def main() -> None:
         # Warm-up: builds or reuses the image and creates the keys.
         first = json.loads(run([*prov, "up", name, "--project", str(project), "--json"], env=env))
         prov_image = client.containers.get(first["container"]).image.id
+        if args.only_devcontainer:
+            bench_devcontainer(prov, client, env, tmp, args.runs)
+            return
         if args.only_secrets:
             bench_injection(prov, client, env, tmp, args.runs)
             return
@@ -826,6 +890,8 @@ def main() -> None:
         if args.remote:
             bench_remote(prov, tmp, args.runs, [*base, alias, "true"])
         run([*prov, "down", name], env=env)
+        if args.devcontainer:
+            bench_devcontainer(prov, client, env, tmp, args.runs)
         if args.secrets:
             bench_injection(prov, client, env, tmp, args.runs)
         if args.agents:

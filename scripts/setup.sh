@@ -25,6 +25,9 @@ command -v rsync >/dev/null 2>&1 || need+=(rsync)
 # setfacl: prov as root gives the agent access to a root-owned project with an ACL.
 command -v setfacl >/dev/null 2>&1 || need+=(acl)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
+# npm: the devcontainers CLI (for devcontainer.json features) comes from the
+# npm registry, as a user would install it.
+command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"
   $SUDO apt-get update -q
@@ -43,4 +46,10 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q -e '.[test]'
+# The devcontainers CLI, into the venv (nothing global): prov runs it for a
+# devcontainer.json with features, and the tests drive the real one.
+DEVCONTAINER_CLI_VERSION=0.89.0
+if [ "$(.venv/bin/devcontainer --version 2>/dev/null)" != "$DEVCONTAINER_CLI_VERSION" ]; then
+  npm install -g -q --no-fund --no-audit --prefix .venv "@devcontainers/cli@$DEVCONTAINER_CLI_VERSION" >/dev/null
+fi
 echo "setup: ready. prov is .venv/bin/prov (activate with: . .venv/bin/activate)"
