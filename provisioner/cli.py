@@ -733,7 +733,9 @@ def ssh_test(
             summary += "; failing: " + ", ".join(str(r["name"]) for r in failed)
         err.line(summary, "✓ " if not failed else "", "bold green" if not failed else "bold red")
     if failed:
-        raise typer.Exit(9)
+        from provisioner.errors import CheckFailed
+
+        raise typer.Exit(CheckFailed.exit_code)
 
 
 def _ssh_test_one(name: str, as_json: bool, heading: bool) -> dict[str, object]:

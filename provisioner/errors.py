@@ -67,8 +67,14 @@ class HandoffError(ProvError):
     exit_code = 8
 
 
+class CheckFailed(ProvError):
+    """`prov ssh-test` found an environment that does not work."""
+
+    exit_code = 9
+
+
 class CommandFailed(ProvError):
     """A command the project asks for (devcontainer.json's lifecycle commands)
     exited non-zero inside the environment."""
 
-    exit_code = 9
+    exit_code = 10

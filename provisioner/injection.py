@@ -120,6 +120,11 @@ def load_secrets(path: Path) -> tuple[Secret, ...]:
         raw = path.read_text()
     except FileNotFoundError:
         return ()
+    except NotADirectoryError:
+        from provisioner.fsutil import ensure_private_dir
+
+        ensure_private_dir(path.parent)  # says what is in the way (a file), and what to do
+        raise
     except OSError as exc:
         raise ConfigError(f"Cannot read {path}", str(exc), "check its permissions.") from None
     try:

@@ -244,7 +244,7 @@ def test_a_failing_command_is_reported_with_its_exit_code_and_runs_again(
     project = prov.project(name)
     _write(project, {"image": user_image, "postCreateCommand": "test -e go || exit 3"})
     failed = prov.run("up", name)
-    assert failed.returncode == 9, failed.stderr
+    assert failed.returncode == 10, failed.stderr
     assert "postCreateCommand: test -e go || exit 3 failed with exit code 3" in failed.stderr
     assert "Traceback" not in failed.stderr
     (project / "go").touch()
