@@ -288,15 +288,6 @@ class Extras:
 
             for path in self.protect:
                 normal_rel(path)
-        if self.ca_certs:
-            from provisioner.host import ca_pem
-
-            for cert in self.ca_certs:
-                if not cert.is_file():
-                    raise ConfigError(
-                        f"--ca-cert {cert} does not exist", "", "pass a CA certificate file."
-                    )
-                ca_pem(cert, ProvPaths.from_env().ca_cache)
 
 
 EGRESS_MODES = ("allowlist", "open", "none")

@@ -177,6 +177,7 @@ def _prepare_steps(
             "machines; only key login for `agent` is accepted"
         )
     extras = request.extras
+    _check_ca_certs(extras.ca_certs, paths)
     sync = (extras.sync or "rsync") if engine.remote else ""
     credentials = _credentials_mode(engine, extras.credentials)
     if engine.remote and extras.mounts:
@@ -372,6 +373,14 @@ def _prepare_steps(
         else b"",
         devcontainer=applied_dc,
     )
+
+
+def _check_ca_certs(certs: tuple[Path, ...], paths: ProvPaths) -> None:
+    """Each --ca-cert is a certificate (PEM or DER) before anything is made."""
+    for cert in certs:
+        if not cert.is_file():
+            raise ConfigError(f"--ca-cert {cert} does not exist", "", "pass a CA certificate file.")
+        host.ca_pem(cert, paths.ca_cache)
 
 
 def _branch(engine: Engine, request: UpRequest) -> str | None:

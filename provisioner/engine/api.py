@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from provisioner.engine import targets
+from provisioner.engine import targets, wire
 from provisioner.engine.transport import (
     API_TIMEOUT,
     START_HINT,
@@ -40,7 +40,7 @@ from provisioner.engine.transport import (
     docker_client,
 )
 from provisioner.errors import BuildError, ConflictError, DockerUnavailable, NotFound, ProvError
-from provisioner.plan import LABEL_MANAGED, RELAY_PORT, SSHD_PORT, ContainerSpec, NetworkSpec
+from provisioner.spec import LABEL_MANAGED, RELAY_PORT, SSHD_PORT, ContainerSpec, NetworkSpec
 
 if TYPE_CHECKING:
     import docker
@@ -515,78 +515,8 @@ class Engine:
         return ports
 
     def create(self, spec: ContainerSpec) -> str:
-        sec = spec.security
-        host_config: dict[str, Any] = {
-            "Mounts": [
-                {
-                    "Type": "bind",
-                    "Source": str(m.source),
-                    "Target": m.target,
-                    "ReadOnly": m.read_only,
-                }
-                for m in spec.mounts
-            ]
-            + [
-                {
-                    "Type": "volume",
-                    "Source": volume,
-                    "Target": target,
-                    # Made with the container if missing (filled from the image's
-                    # copy of the target); labelled so prov knows it as its own.
-                    "VolumeOptions": {"Labels": spec.volume_labels},
-                }
-                for volume, target in spec.volumes
-            ]
-            + [
-                {"Type": "volume", "Source": volume, "Target": target, "ReadOnly": True}
-                for volume, target in spec.ro_volumes
-            ],
-            "RestartPolicy": {"Name": "unless-stopped"},
-            "Init": False,  # the image runs tini as PID 1 itself
-            "NetworkMode": spec.network,
-            "CapDrop": ["ALL"],
-            "CapAdd": list(sec.cap_add),
-            "SecurityOpt": ["no-new-privileges:true"] if sec.no_new_privileges else [],
-            "PidsLimit": sec.pids_limit,
-            "ReadonlyRootfs": spec.read_only,
-            **(
-                {"LogConfig": {"Type": "json-file", "Config": {"max-size": "1m", "max-file": "3"}}}
-                if spec.log_limit
-                else {}
-            ),
-            "Tmpfs": {path: "rw,nosuid,nodev,noexec,size=16m" for path in spec.tmpfs},
-        }
-        if sec.memory is not None:
-            host_config["Memory"] = sec.memory
-            host_config["MemorySwap"] = sec.memory  # no swap beyond the limit
-        if sec.nano_cpus is not None:
-            host_config["NanoCpus"] = sec.nano_cpus
-        if sec.disable_ipv6:
-            host_config["Sysctls"] = {
-                "net.ipv6.conf.all.disable_ipv6": "1",
-                "net.ipv6.conf.default.disable_ipv6": "1",
-            }
-        if spec.port:
-            host_config["PortBindings"] = {
-                spec.container_port: [{"HostIp": spec.bind, "HostPort": str(spec.port)}]
-            }
-        if spec.gpus is not None:
-            host_config["DeviceRequests"] = [
-                {"Driver": "", "Count": spec.gpus, "Capabilities": [["gpu"]], "Options": {}}
-            ]
-        body: dict[str, Any] = {
-            "Image": spec.image,
-            "Hostname": spec.hostname,
-            "Labels": spec.labels,
-            "Env": [f"{key}={value}" for key, value in spec.environment.items()],
-            "HostConfig": host_config,
-        }
-        if spec.address:
-            body["NetworkingConfig"] = {
-                "EndpointsConfig": {spec.network: {"IPAMConfig": {"IPv4Address": spec.address}}}
-            }
-        if spec.port:
-            body["ExposedPorts"] = {spec.container_port: {}}
+        """Create (not start) the container `spec` describes; its ID."""
+        body = wire.container_body(spec)
         created = self._json(
             f"create container {spec.name}",
             "POST",
@@ -623,18 +553,7 @@ class Engine:
         return None if data is None else dict(data)
 
     def create_network(self, spec: NetworkSpec) -> str:
-        body = {
-            "Name": spec.name,
-            "CheckDuplicate": True,
-            "Driver": "bridge",
-            "Internal": spec.internal,
-            "Labels": spec.labels,
-            "IPAM": {
-                "Driver": "default",
-                "Config": [{"Subnet": spec.subnet, "Gateway": spec.gateway}],
-            },
-            "Options": {"com.docker.network.bridge.name": _bridge_name(spec.name)},
-        }
+        body = wire.network_body(spec)
         created = self._json(
             f"create network {spec.name}",
             "POST",
@@ -941,13 +860,6 @@ class Engine:
     def info(self) -> dict[str, Any]:
         """Docker's /info: NCPU, MemTotal, ContainersRunning, ..."""
         return dict(self._json("read the engine's info", "GET", "/info") or {})
-
-
-def _bridge_name(network: str) -> str:
-    """A Linux interface name (at most 15 bytes) that says whose bridge it is."""
-    import hashlib
-
-    return "prov" + hashlib.sha256(network.encode()).hexdigest()[:11]
 
 
 def exec_argv(

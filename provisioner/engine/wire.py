@@ -1,0 +1,111 @@
+"""The Engine API's request bodies for what prov creates, built from its specs
+with no I/O (docker-py keeps the same split: `types/` pure, the client calls),
+so the exact JSON Docker gets is unit-tested without a daemon."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from provisioner.spec import ContainerSpec, NetworkSpec
+
+LOG_LIMIT = {"Type": "json-file", "Config": {"max-size": "1m", "max-file": "3"}}
+
+
+def container_body(spec: ContainerSpec) -> dict[str, Any]:
+    """POST /containers/create's body (the name goes in the query)."""
+    sec = spec.security
+    host_config: dict[str, Any] = {
+        "Mounts": [
+            {
+                "Type": "bind",
+                "Source": str(m.source),
+                "Target": m.target,
+                "ReadOnly": m.read_only,
+            }
+            for m in spec.mounts
+        ]
+        + [
+            {
+                "Type": "volume",
+                "Source": volume,
+                "Target": target,
+                # Made with the container if missing (filled from the image's
+                # copy of the target); labelled so prov knows it as its own.
+                "VolumeOptions": {"Labels": spec.volume_labels},
+            }
+            for volume, target in spec.volumes
+        ]
+        + [
+            {"Type": "volume", "Source": volume, "Target": target, "ReadOnly": True}
+            for volume, target in spec.ro_volumes
+        ],
+        "RestartPolicy": {"Name": "unless-stopped"},
+        "Init": False,  # the image runs tini as PID 1 itself
+        "NetworkMode": spec.network,
+        "CapDrop": ["ALL"],
+        "CapAdd": list(sec.cap_add),
+        "SecurityOpt": ["no-new-privileges:true"] if sec.no_new_privileges else [],
+        "PidsLimit": sec.pids_limit,
+        "ReadonlyRootfs": spec.read_only,
+        **(
+            {"LogConfig": {"Type": "json-file", "Config": {"max-size": "1m", "max-file": "3"}}}
+            if spec.log_limit
+            else {}
+        ),
+        "Tmpfs": {path: "rw,nosuid,nodev,noexec,size=16m" for path in spec.tmpfs},
+    }
+    if sec.memory is not None:
+        host_config["Memory"] = sec.memory
+        host_config["MemorySwap"] = sec.memory  # no swap beyond the limit
+    if sec.nano_cpus is not None:
+        host_config["NanoCpus"] = sec.nano_cpus
+    if sec.disable_ipv6:
+        host_config["Sysctls"] = {
+            "net.ipv6.conf.all.disable_ipv6": "1",
+            "net.ipv6.conf.default.disable_ipv6": "1",
+        }
+    if spec.port:
+        host_config["PortBindings"] = {
+            spec.container_port: [{"HostIp": spec.bind, "HostPort": str(spec.port)}]
+        }
+    if spec.gpus is not None:
+        host_config["DeviceRequests"] = [
+            {"Driver": "", "Count": spec.gpus, "Capabilities": [["gpu"]], "Options": {}}
+        ]
+    body: dict[str, Any] = {
+        "Image": spec.image,
+        "Hostname": spec.hostname,
+        "Labels": spec.labels,
+        "Env": [f"{key}={value}" for key, value in spec.environment.items()],
+        "HostConfig": host_config,
+    }
+    if spec.address:
+        body["NetworkingConfig"] = {
+            "EndpointsConfig": {spec.network: {"IPAMConfig": {"IPv4Address": spec.address}}}
+        }
+    if spec.port:
+        body["ExposedPorts"] = {spec.container_port: {}}
+    return body
+
+
+def bridge_name(network: str) -> str:
+    """A Linux interface name (at most 15 bytes) that says whose bridge it is."""
+    return "prov" + hashlib.sha256(network.encode()).hexdigest()[:11]
+
+
+def network_body(spec: NetworkSpec) -> dict[str, Any]:
+    """POST /networks/create's body: a bridge with a fixed subnet, internal
+    unless the environment's egress is open."""
+    return {
+        "Name": spec.name,
+        "CheckDuplicate": True,
+        "Driver": "bridge",
+        "Internal": spec.internal,
+        "Labels": spec.labels,
+        "IPAM": {
+            "Driver": "default",
+            "Config": [{"Subnet": spec.subnet, "Gateway": spec.gateway}],
+        },
+        "Options": {"com.docker.network.bridge.name": bridge_name(spec.name)},
+    }

@@ -1,0 +1,168 @@
+"""The Engine API requests prov sends for what it creates: the exact JSON built
+from a spec (engine/wire.py), and the calls Engine.create makes against a
+transport that records them and answers as Docker would."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from provisioner.engine.api import Engine
+from provisioner.engine.targets import EngineTarget
+from provisioner.engine.transport import Call
+from provisioner.engine.wire import bridge_name, container_body, network_body
+from provisioner.errors import ProvError
+from provisioner.spec import ContainerSpec, KeyFile, Mount, NetworkSpec, Security
+
+
+def _env_spec(**changes: object) -> ContainerSpec:
+    base: dict[str, object] = {
+        "name": "prov-demo",
+        "image": "prov-env:abc",
+        "hostname": "demo",
+        "labels": {"prov.managed": "true", "prov.name": "demo"},
+        "environment": {"PROV_UID": "1000", "HTTPS_PROXY": "http://10.9.0.3:3128"},
+        "bind": "127.0.0.1",
+        "port": 0,
+        "mounts": (
+            Mount(Path("/work/demo"), "/work/demo"),
+            Mount(Path("/work/demo/.git/hooks"), "/work/demo/.git/hooks", read_only=True),
+        ),
+        "keys_dir": Path("/ph/envs/demo/sshd"),
+        "key_files": (KeyFile("authorized_keys", 0o644, b"ssh-ed25519 AAAA"),),
+        "files": (),
+        "security": Security(cap_add=("CHOWN", "SETUID"), no_new_privileges=True, pids_limit=4096),
+        "network": "prov-demo-net",
+        "address": "10.9.0.2",
+        "volumes": (("prov-demo-home", "/home/agent"),),
+        "volume_labels": {"prov.managed": "true"},
+    }
+    base.update(changes)
+    return ContainerSpec(**base)  # type: ignore[arg-type]
+
+
+def test_an_environment_body_drops_every_capability_but_its_own() -> None:
+    body = container_body(_env_spec())
+    host = body["HostConfig"]
+    assert body["Image"] == "prov-env:abc" and body["Hostname"] == "demo"
+    assert body["Env"] == ["PROV_UID=1000", "HTTPS_PROXY=http://10.9.0.3:3128"]
+    assert host["CapDrop"] == ["ALL"] and host["CapAdd"] == ["CHOWN", "SETUID"]
+    assert host["SecurityOpt"] == ["no-new-privileges:true"]
+    assert host["PidsLimit"] == 4096 and host["ReadonlyRootfs"] is False
+    assert host["NetworkMode"] == "prov-demo-net"
+    assert host["Mounts"] == [
+        {"Type": "bind", "Source": "/work/demo", "Target": "/work/demo", "ReadOnly": False},
+        {
+            "Type": "bind",
+            "Source": "/work/demo/.git/hooks",
+            "Target": "/work/demo/.git/hooks",
+            "ReadOnly": True,
+        },
+        {
+            "Type": "volume",
+            "Source": "prov-demo-home",
+            "Target": "/home/agent",
+            "VolumeOptions": {"Labels": {"prov.managed": "true"}},
+        },
+    ]
+    assert body["NetworkingConfig"] == {
+        "EndpointsConfig": {"prov-demo-net": {"IPAMConfig": {"IPv4Address": "10.9.0.2"}}}
+    }
+    # Nothing published, no limits asked, no GPUs: none of those keys.
+    for key in ("PortBindings", "Memory", "NanoCpus", "DeviceRequests", "LogConfig", "Sysctls"):
+        assert key not in host
+    assert "ExposedPorts" not in body
+    # The keys dir's files are mounted, never in the body.
+    assert "ssh-ed25519" not in json.dumps(body)
+
+
+def test_a_gate_body_publishes_on_its_bind_read_only_with_a_capped_log() -> None:
+    spec = _env_spec(
+        name="prov-demo-egress",
+        port=2222,
+        container_port="2222/tcp",
+        read_only=True,
+        tmpfs=("/run", "/tmp"),
+        log_limit=True,
+        ro_volumes=(("prov-demo-egress", "/etc/prov-egress"),),
+        security=Security(
+            cap_add=(), no_new_privileges=True, pids_limit=256, memory=64 << 20, nano_cpus=10**9
+        ),
+        gpus=-1,
+    )
+    body = container_body(spec)
+    host = body["HostConfig"]
+    assert host["PortBindings"] == {"2222/tcp": [{"HostIp": "127.0.0.1", "HostPort": "2222"}]}
+    assert body["ExposedPorts"] == {"2222/tcp": {}}
+    assert host["ReadonlyRootfs"] is True
+    assert host["Tmpfs"] == {
+        "/run": "rw,nosuid,nodev,noexec,size=16m",
+        "/tmp": "rw,nosuid,nodev,noexec,size=16m",
+    }
+    assert host["LogConfig"] == {"Type": "json-file", "Config": {"max-size": "1m", "max-file": "3"}}
+    assert host["Memory"] == host["MemorySwap"] == 64 << 20  # no swap beyond the limit
+    assert host["NanoCpus"] == 10**9
+    assert host["DeviceRequests"][0]["Count"] == -1
+    assert host["Mounts"][-1] == {
+        "Type": "volume",
+        "Source": "prov-demo-egress",
+        "Target": "/etc/prov-egress",
+        "ReadOnly": True,
+    }
+
+
+def test_a_network_body() -> None:
+    spec = NetworkSpec("prov-demo-net", "10.9.0.0/24", "10.9.0.1", True, {"prov.name": "demo"})
+    assert network_body(spec) == {
+        "Name": "prov-demo-net",
+        "CheckDuplicate": True,
+        "Driver": "bridge",
+        "Internal": True,
+        "Labels": {"prov.name": "demo"},
+        "IPAM": {"Driver": "default", "Config": [{"Subnet": "10.9.0.0/24", "Gateway": "10.9.0.1"}]},
+        "Options": {"com.docker.network.bridge.name": bridge_name("prov-demo-net")},
+    }
+    assert len(bridge_name("prov-a-very-long-environment-name-net")) <= 15
+
+
+class Recording:
+    """A transport that records each call and answers from a script."""
+
+    def __init__(self, answers: list[tuple[int, object]]) -> None:
+        self.calls: list[Call] = []
+        self.answers = answers
+
+    def request(self, call: Call) -> tuple[int, bytes]:
+        self.calls.append(call)
+        status, data = self.answers.pop(0)
+        return status, json.dumps(data).encode()
+
+
+def test_create_posts_the_body_then_joins_the_extra_network() -> None:
+    spec = _env_spec(extra_network="prov-egress")
+    transport = Recording([(201, {"Id": "c0ffee"}), (200, None)])
+    engine = Engine(transport, EngineTarget("unix:///var/run/docker.sock", "test"))
+    assert engine.create(spec) == "c0ffee"
+    create, connect = transport.calls
+    assert (create.method, create.path, create.params) == (
+        "POST",
+        "/containers/create",
+        {"name": "prov-demo"},
+    )
+    assert json.loads(create.body or b"") == container_body(spec)
+    assert (connect.method, connect.path) == ("POST", "/networks/prov-egress/connect")
+    assert json.loads(connect.body or b"") == {"Container": "c0ffee"}
+
+
+def test_a_failed_join_removes_the_container_it_made() -> None:
+    spec = _env_spec(extra_network="prov-egress")
+    transport = Recording(
+        [(201, {"Id": "c0ffee"}), (409, {"message": "conflict"}), (204, None), (204, None)]
+    )
+    engine = Engine(transport, EngineTarget("unix:///var/run/docker.sock", "test"))
+    with pytest.raises(ProvError, match="connect the container to prov-egress"):
+        engine.create(spec)
+    removal = transport.calls[2]
+    assert (removal.method, removal.path) == ("DELETE", "/containers/c0ffee")
