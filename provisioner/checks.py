@@ -74,6 +74,7 @@ def ssh_test(name: str, paths: ProvPaths | None = None) -> list[Check]:
     from provisioner.lifecycle import engine_of
 
     engine = engine_of(name, paths)
+    site = engine.site
     info = engine.find(container_name(name))
     if info is not None:
         require_ours(info, paths)
@@ -135,11 +136,11 @@ def ssh_test(name: str, paths: ProvPaths | None = None) -> list[Check]:
         command: str, expect: Callable[[int, str], bool]
     ) -> Callable[[], tuple[bool, str]]:
         def run() -> tuple[bool, str]:
-            since = engine.link.jump_log_size() if engine.link is not None else 0
+            since = site.jump_mark()
             code, out = system_ssh(paths.ssh_config, alias, command)
             detail = f"exit {code}: {out.strip()[-300:]}" if out.strip() else f"exit {code}"
-            if code == 255 and engine.link is not None:
-                jump = engine.link.jump_said(since)
+            if code == 255:
+                jump = site.jump_said(since)
                 if jump:
                     detail += f"; the jump through the engine host said: {jump}"
             return expect(code, out), detail
@@ -156,18 +157,18 @@ def ssh_test(name: str, paths: ProvPaths | None = None) -> list[Check]:
 
     add("container running", running)
     add("address or port as recorded", published)
-    if engine.link is None:
+    reach = site.reach
+    if reach is None:
         add("SSH banner", banner)
         add("host key matches the pin", pin)
         add("key login", login)
     else:
         # Its port is the engine host's: the system ssh goes there through the
         # alias, and insists on the pinned key (StrictHostKeyChecking yes).
-        link = engine.link
         add(
-            f"engine host {link.dest.display()} reaches sshd",
+            f"engine host {site.display()} reaches sshd",
             lambda: (lambda why: (why is None, why or f"{hostname}:{ssh_port} accepts"))(
-                link.reach(hostname, ssh_port)
+                reach(hostname, ssh_port)
             ),
         )
         add(
@@ -216,8 +217,9 @@ def _relay(engine: Engine, paths: ProvPaths, record: state.EnvRecord) -> tuple[b
             ", ".join(f"{h}:{p}" for h, p in gate.published) or "nothing"
         )
     host = connect_host(record.bind)
-    if engine.link is not None:
-        said = engine.link.banner(host, record.port)
+    probe = engine.site.banner
+    if probe is not None:
+        said = probe(host, record.port)
         return said.startswith("SSH-"), " ".join(said.split())[-200:]
     try:
         return True, read_banner(host, record.port)

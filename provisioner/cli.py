@@ -1187,6 +1187,7 @@ def alias_(name: NameArg) -> None:
 
     from provisioner.config import ProvPaths
     from provisioner.engine import exec_argv
+    from provisioner.engine.site import over_ssh
     from provisioner.state import require
 
     record = _run(require, ProvPaths.from_env(), _name(name))
@@ -1195,7 +1196,7 @@ def alias_(name: NameArg) -> None:
         ("cod", ["codex", "--dangerously-bypass-approvals-and-sandbox"]),
         ("gmi", ["gemini", "--yolo"]),
     ):
-        if record.engine.startswith("ssh://"):
+        if over_ssh(record.engine):
             # On a remote engine: through the alias (prov's forwarded socket
             # comes and goes; the alias works whenever the environment runs).
             inside = f"cd {shlex.quote(record.project_dir)} && exec {shlex.join(command)}"
@@ -1282,8 +1283,10 @@ def ntm_config(
                 )
             )
         if name is not None:
+            from provisioner.engine.site import over_ssh
+
             record = _run(require, paths, _name(name))
-            if record.engine.startswith("ssh://"):
+            if over_ssh(record.engine):
                 _fail(
                     UsageError(
                         f"{name} runs on a remote engine, which NTM's [agents] cannot reach",

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from provisioner import host, sshconf
 from provisioner.config import ProvPaths, user_ssh_config
+from provisioner.engine.site import over_ssh
 from provisioner.errors import ProvError
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
@@ -137,7 +138,7 @@ def _exposure(paths: ProvPaths) -> Finding:
                 f"{env.name}: --credentials {how} (the agent can write the agents' "
                 "settings your CLIs here run)"
             )
-        if env.protected == "-" and not env.engine.startswith("ssh://"):
+        if env.protected == "-" and not over_ssh(env.engine):
             exposed.append(
                 f"{env.name}: project unprotected (its git hooks and config, .envrc, editor "
                 "and agent settings are writable inside)"

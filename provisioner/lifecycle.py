@@ -466,7 +466,7 @@ def start(
         info.id,
         timeout,
         reporter,
-        banner=not engine.remote,
+        banner=engine.site.ports_here,
     )
     if record.port:  # and through its published port, which its gate may relay
         wait_published(
@@ -474,7 +474,7 @@ def start(
             record.port,
             timeout,
             lambda: engine.logs_tail(proxy.id if proxy is not None else info.id),
-            banner=engine.link.banner if engine.link is not None else None,
+            banner=engine.site.banner,
         )
     config = info.labels.get(LABEL_DEVCONTAINER, "")
     if config and (restart or not info.running):

@@ -178,9 +178,10 @@ def _prepare_steps(
         )
     extras = request.extras
     _check_ca_certs(extras.ca_certs, paths)
-    sync = (extras.sync or "rsync") if engine.remote else ""
+    site = engine.site
+    sync = site.sync_mode(extras.sync)
     credentials = _credentials_mode(engine, extras.credentials)
-    if engine.remote and extras.mounts:
+    if not site.mounts_local_paths and extras.mounts:
         raise UsageError(
             "--mount is not available on a remote engine",
             f"The engine is {engine.target.describe()}; a bind mount's source would be a path "
@@ -203,7 +204,7 @@ def _prepare_steps(
     found_dc = _devcontainer(request, project.path)
     if found_dc is not None:
         request = _apply_devcontainer(request, found_dc, project.path, reporter)
-    if not engine.remote:
+    if site.mounts_local_paths:
         _check_mounts(request, project.path, paths, reporter)
     creds = (
         host.find_credentials(whole=credentials in ("mount", "copy"))
@@ -232,7 +233,7 @@ def _prepare_steps(
             "`gemini` you start here runs what it wrote. The default (--credentials tokens) "
             "shares only the login files"
         )
-    if credentials == "none" and engine.remote and extras.credentials is None:
+    if credentials == "none" and not site.mounts_local_paths and extras.credentials is None:
         reporter.note(
             "agent logins stay on this machine (a remote engine gets none by default): "
             "--credentials copy puts a private copy there, or log in inside"
@@ -314,7 +315,7 @@ def _prepare_steps(
         # image's own settings), which may ask for more.
         applied_dc = _final_devcontainer(request, found_dc, built, image_request, project.path)
         request = _apply_devcontainer(request, applied_dc, project.path, reporter, final=True)
-        if not engine.remote and applied_dc.mounts != found_dc.mounts:
+        if site.mounts_local_paths and applied_dc.mounts != found_dc.mounts:
             _check_mounts(request, project.path, paths, reporter)
     session_env = _session_env(
         request.extras, secrets, request.containment.egress, reporter, applied_dc
@@ -388,7 +389,7 @@ def _branch(engine: Engine, request: UpRequest) -> str | None:
     asked = request.extras.branch
     if asked is None:
         return None
-    if engine.remote:
+    if not engine.site.mounts_local_paths:
         raise UsageError(
             "--clone/--branch is not available on a remote engine yet",
             f"The engine is {engine.target.describe()}; branch mode mounts this machine's "
@@ -411,7 +412,7 @@ def _guard_project(
     """The project paths the host executes from, to cover read-only inside; the
     ones missing get placeholders on the host (said, and removed with the
     environment). Only where the environment mounts this machine's project."""
-    if engine.remote:
+    if not engine.site.mounts_local_paths:
         if request.extras.sync == "none":
             reporter.warn(
                 "with --sync none the environment writes the engine host's project, whose "
@@ -440,22 +441,21 @@ def _guard_project(
 
 
 def _credentials_mode(engine: Engine, asked: str | None) -> str:
-    if not engine.remote:
-        return asked or "tokens"
-    if asked in ("mount", "tokens"):
+    site = engine.site
+    if asked in ("mount", "tokens") and not site.mounts_local_paths:
         raise UsageError(
             f"--credentials {asked} is not available on a remote engine",
-            f"The engine is {engine.target.describe()}; your agent logins are files on this "
+            f"The engine is {site.describe()}; your agent logins are files on this "
             "machine, which a container there cannot mount.",
             "use --credentials copy (a private copy, put there once) or --credentials none "
             "(the default there: log the agents in inside).",
         )
-    return asked or "none"
+    return asked or site.default_credentials
 
 
 def _copy_image(builder: Engine, engine: Engine, tag: str, reporter: Reporter) -> None:
     """A remote engine gets the image built here (never pulled there)."""
-    if not engine.remote:
+    if engine.site.builds_here:
         return
     from provisioner.engine import transfer
 
@@ -470,16 +470,16 @@ def _remote_project(engine: Engine, request: UpRequest) -> host.ProjectDir:
     """--sync none: the project is the engine host's own directory at that path."""
     import shlex
 
-    assert engine.link is not None  # noqa: S101 - only for remote engines
+    site = engine.site
     path = (request.project_dir or host.ntm_projects_base() / request.name).expanduser()
     path = path.absolute()
-    code, output = engine.link.run(f"stat -L -c '%u %g %F' -- {shlex.quote(str(path))}")
+    code, output = site.run(f"stat -L -c '%u %g %F' -- {shlex.quote(str(path))}")
     fields = output.split()
     if code != 0 or len(fields) < 3 or fields[2] != "directory":
         raise ConfigError(
             f"Project directory {path} does not exist on the engine host",
             f"With --sync none the environment mounts that path on "
-            f"{engine.link.dest.display()}; `stat` there said: "
+            f"{site.display()}; `stat` there said: "
             + (" ".join(output.split())[-200:] or f"exit {code}")
             + ".",
             "create it there (or clone the project there), or use --sync rsync to push it "
@@ -490,7 +490,7 @@ def _remote_project(engine: Engine, request: UpRequest) -> host.ProjectDir:
         raise ConfigError(
             f"Project directory {path} on the engine host is owned by root, and the agent "
             "never runs as root",
-            f"With --sync none the environment mounts that path on {engine.link.dest.display()}, "
+            f"With --sync none the environment mounts that path on {site.display()}, "
             "where the agent could not write.",
             "give it to a regular user there (`chown -R USER: DIR`), or use --sync rsync "
             "(the environment then gets a copy of its own).",

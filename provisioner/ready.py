@@ -20,7 +20,7 @@ from pathlib import Path
 
 from provisioner import openssh
 from provisioner.engine import Engine
-from provisioner.engine.sshlink import SshLink
+from provisioner.engine.site import Site
 from provisioner.errors import NotReady
 from provisioner.plan import SshTarget
 from provisioner.progress import Reporter
@@ -179,20 +179,21 @@ def wait_alias_login(
     deadline: Deadline,
     on_wait: Callable[[str], None],
     logs: Callable[[], str],
-    jump: SshLink | None = None,
+    site: Site | None = None,
 ) -> None:
     """Block until the system ssh logs in through `alias` (pinned host key, key
-    login) and `true` exits 0; `jump`: the engine host it jumps through."""
+    login) and `true` exits 0; `site`: where the engine is (the alias may jump
+    through its host, whose log says why a jump failed)."""
 
     def attempt() -> None:
-        since = jump.jump_log_size() if jump is not None else 0
+        since = site.jump_mark() if site is not None else 0
         code, output = openssh.system_ssh(
             config, alias, "true", timeout=max(2.0, min(15.0, deadline.left()))
         )
         if code == 0:
             return
         text = " ".join(output.split())[-300:]
-        said = jump.jump_said(since) if jump is not None and code == 255 else ""
+        said = site.jump_said(since) if site is not None and code == 255 else ""
         if said:  # the jump's own reason (ssh hides a ProxyCommand's stderr)
             text += f" (the jump through the engine host said: {said})"
         if code == 127:
@@ -261,7 +262,7 @@ def await_ssh(
 
     if banner:
         wait_banner(target, probe, deadline, reporter.detail, logs, poll)
-    wait_alias_login(ssh_config, alias, probe, deadline, reporter.detail, logs, engine.link)
+    wait_alias_login(ssh_config, alias, probe, deadline, reporter.detail, logs, engine.site)
     return time.monotonic() - started
 
 

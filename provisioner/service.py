@@ -354,7 +354,7 @@ def _auto_place(
 
 def _builder(engine: Engine) -> Engine:
     """Where images are built: this machine's engine (a remote one gets a copy)."""
-    if not engine.remote:
+    if engine.site.builds_here:
         return engine
     local = targets.EngineTarget(targets.DEFAULT_HOST, "this machine's engine, for builds")
     try:
@@ -517,8 +517,8 @@ def _plan(
         session_env=prepared.session_env,
         gpus=request.extras.gpus,
         agent_versions=prepared.built.agent_versions,
-        remote=RemotePlacement(engine.link.proxy_command(), prepared.sync)
-        if engine.link is not None
+        remote=RemotePlacement(jump, prepared.sync)
+        if (jump := engine.site.proxy_command()) is not None
         else None,
         guards=prepared.guards,
         secrets=prepared.secrets,
@@ -577,7 +577,7 @@ def _finish(engine: Engine, placed: _Placed, paths: ProvPaths, poll: float) -> U
                 request.timeout,
                 reporter,
                 poll,
-                banner=not engine.remote,  # its port is the engine host's, not ours
+                banner=engine.site.ports_here,
             )
         gate = plan.egress.container if plan.egress is not None else None
         if proxy_start is not None:
@@ -593,7 +593,7 @@ def _finish(engine: Engine, placed: _Placed, paths: ProvPaths, poll: float) -> U
                     request.timeout,
                     "The egress proxy",
                     lambda: engine.logs_tail(gate.name),
-                    connect=engine.link.reach if engine.link is not None else None,
+                    connect=engine.site.reach,
                 )
         ready.require_writable_project(paths.ssh_config, alias, str(prepared.project.path))
         if plan.published is not None:
@@ -605,7 +605,7 @@ def _finish(engine: Engine, placed: _Placed, paths: ProvPaths, poll: float) -> U
                 published,
                 request.timeout,
                 lambda: engine.logs_tail(gate.name if gate is not None else container_id),
-                banner=engine.link.banner if engine.link is not None else None,
+                banner=engine.site.banner,
             )
         if prepared.sync == "rsync":
             reporter.step("pushing the project (rsync)")
@@ -646,7 +646,7 @@ def _finish(engine: Engine, placed: _Placed, paths: ProvPaths, poll: float) -> U
             user_ssh_config(), paths.ssh_config
         ):
             reporter.note(f"added `Include {paths.ssh_config}` to {user_ssh_config()}")
-        if request.write_user_ssh_config and not engine.remote:
+        if request.write_user_ssh_config and engine.site.pins_published_port:
             hosts, published_port = _port_pins(plan.published)
             public = host_pair.public
             changed = sshconf.pin_published_port(
@@ -689,7 +689,7 @@ def _finish(engine: Engine, placed: _Placed, paths: ProvPaths, poll: float) -> U
         action=action,
         published_bind=plan.published[0] if plan.published else "",
         published_port=plan.published[1] if plan.published else 0,
-        published_on=engine.target.host if engine.remote else "",
+        published_on=engine.site.host_name,
         image_seconds=prepared.image_seconds,
     )
 
@@ -722,7 +722,7 @@ def _abandon(engine: Engine, made: _Made, paths: ProvPaths) -> None:
         # The home volume came with the container of an environment that
         # never came up: nothing of the agent's is in it yet.
         engine.remove_volume(home_volume_name(name))
-    if prepared.record is None and engine.remote:
+    if prepared.record is None and engine.site.files_in_volumes:
         engine.remove_volume(keys_volume_name(name))
         engine.remove_volume(egress_volume_name(name))
         if container is not None:
@@ -787,7 +787,9 @@ def _write_egress_conf(engine: Engine, plan: Plan, paths: ProvPaths, name: str) 
         return False
     files = {f.name: f.content for f in plan.egress.files}
     changed = injection.write_conf_dir(paths.egress_dir(name), files)
-    if engine.remote and (changed or engine.volume(egress_volume_name(name)) is None):
+    if engine.site.files_in_volumes and (
+        changed or engine.volume(egress_volume_name(name)) is None
+    ):
         engine.fill_volume(
             egress_volume_name(name),
             plan.egress.container.image,
@@ -821,7 +823,7 @@ def _converge(
     conf_changed = _write_egress_conf(engine, plan, paths, request.name)
     if decision.keys_to_write:  # a new container's keys, or a repaired authorized key
         reconcile.write_keys(c)
-        if engine.remote:  # the engine host gets them in a volume, never as files
+        if engine.site.files_in_volumes:  # never as files of this machine there
             engine.fill_volume(
                 keys_volume_name(request.name),
                 c.image,
@@ -846,7 +848,7 @@ def _converge(
     published = plan.published
     held = (*(existing.published if existing else ()), *(proxy.published if proxy else ()))
     if published and not view.bindable(*published) and published not in held:
-        where = f" on the engine host {engine.target.host}" if engine.remote else ""
+        where = engine.site.where()
         raise ConflictError(
             f"Port {published[1]} on {published[0]}{where} is already in use",
             "Another process listens there, so Docker could not publish sshd on it.",
@@ -868,7 +870,9 @@ def _converge(
         engine.create_network(plan.network)
         made.network_created = True
     reporter.step("creating the container")
-    new_home = engine.remote and engine.volume(home_volume_name(request.name)) is None
+    new_home = (
+        engine.site.files_in_volumes and engine.volume(home_volume_name(request.name)) is None
+    )
     # A Ctrl-C during the request could leave Docker finishing a container we
     # never learn the ID of; hold it for the few ms the request takes.
     with _deferred_interrupt():

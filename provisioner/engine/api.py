@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from provisioner.engine import targets, wire
+from provisioner.engine.site import Site, over_ssh
 from provisioner.engine.transport import (
     API_TIMEOUT,
     START_HINT,
@@ -196,16 +197,16 @@ class Engine:
         return f"unix://{self.link.socket}" if self.link is not None else self.target.host
 
     @property
-    def remote(self) -> bool:
-        """The engine runs on another machine (its paths and ports are not this one's)."""
-        return self.link is not None
+    def site(self) -> Site:
+        """Where this engine runs, as prov needs to know it (see site.py)."""
+        return Site(self.target, self.link)
 
     @classmethod
     def connect(cls, target: targets.EngineTarget | None = None) -> Engine:
         """The engine targets.resolve() names (or `target`): its socket directly
         when local, else through docker-py."""
         target = target or targets.resolve()
-        if target.host.startswith("ssh://"):
+        if over_ssh(target.host):
             return cls._over_ssh(target)
         if target.socket is None:
             client = docker_client(target)
