@@ -88,6 +88,27 @@ AGENTS: tuple[AgentFiles, ...] = (
     ),
 )
 
+
+@dataclass(frozen=True)
+class Launch:
+    """How a CLI runs unattended (its flag that skips every permission prompt),
+    and NTM's short name for its panes (`--cc`, `--cod`, `--gmi`)."""
+
+    command: str
+    unattended: str
+    ntm: str
+
+    @property
+    def argv(self) -> list[str]:
+        return [self.command, self.unattended]
+
+
+LAUNCH = {
+    "claude": Launch("claude", "--dangerously-skip-permissions", "cc"),
+    "codex": Launch("codex", "--dangerously-bypass-approvals-and-sandbox", "cod"),
+    "gemini": Launch("gemini", "--yolo", "gmi"),
+}
+
 # Keys of ~/.claude.json left out of the environment's copy: the user's other
 # projects (their paths and per-project state) and MCP servers (commands, and
 # often secrets in their environment), which are not the agent's business.

@@ -20,6 +20,8 @@ import typer
 
 from provisioner.config import DEFAULT_BASE_IMAGE, DEFAULT_BIND, DEFAULT_TIMEOUT
 from provisioner.errors import ProvError
+from provisioner.spec import container_name
+from provisioner.sshconf import alias_for
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -676,7 +678,7 @@ def down(
         if result.placeholders:
             err.line("removed the empty placeholders: " + ", ".join(result.placeholders), "  ")
     else:
-        err.line(f"prov-{name} has no container; nothing to remove")
+        err.line(f"{container_name(name)} has no container; nothing to remove")
 
 
 @app.command()
@@ -795,7 +797,7 @@ def _confirm_ending_sessions(name: str, verb: str, yes: bool) -> None:
     if not sys.stdin.isatty():
         _fail(
             UsageError(
-                f"prov-{name} has live tmux sessions, which `prov {verb}` would end",
+                f"{container_name(name)} has live tmux sessions, which `prov {verb}` would end",
                 f"Running now: {listed}. Their agents would be killed mid-task.",
                 f"stop them first (`ntm kill` or `tmux kill-session`), or run "
                 f"`prov {verb} {name} --yes` to end them.",
@@ -829,8 +831,9 @@ def ls(
     if not envs:
         err.line("no environments; create one with `prov up NAME`")
         return
-    if not envs[0].engine.endswith("(the local socket)"):
-        err.line(f"engine: {envs[0].engine}")
+    shown = lifecycle.engine_heading(envs)
+    if shown:
+        err.line(f"engine: {shown}")
     rows: list[tuple[str, ...]] = [
         (
             e.name if e.home == "this" else f"{e.name} (other home)",
@@ -1004,7 +1007,7 @@ def stop(name: NameArg, yes: YesOpt = False) -> None:
     if _run(lifecycle.stop, name):
         err.line(f"stopped prov-{name}", "✓ ", "bold green")
     else:
-        err.line(f"prov-{name} was not running")
+        err.line(f"{container_name(name)} was not running")
 
 
 def _start(name: str, timeout: float, restart: bool) -> None:
@@ -1125,7 +1128,7 @@ def ssh(ctx: typer.Context, name: NameArg) -> None:
 
     paths = ProvPaths.from_env()
     _run(require, paths, _name(name))
-    argv = ["ssh", "-F", str(paths.ssh_config), "--", f"prov-{name}", *ctx.args]
+    argv = ["ssh", "-F", str(paths.ssh_config), "--", alias_for(name), *ctx.args]
     try:
         os.execvp("ssh", argv)  # noqa: S606 - replacing prov with ssh is the point
     except OSError as exc:
@@ -1177,7 +1180,7 @@ def exec_(ctx: typer.Context, name: NameArg) -> None:
     _run(lifecycle.own_container, engine, name, paths)
     command = list(ctx.args) or ["bash", "-l"]
     tty = sys.stdin.isatty()
-    _exec(exec_argv(f"prov-{name}", record.project_dir, command, tty, engine.cli_host))
+    _exec(exec_argv(container_name(name), record.project_dir, command, tty, engine.cli_host))
 
 
 @app.command("alias")
@@ -1185,24 +1188,24 @@ def alias_(name: NameArg) -> None:
     """Print shell aliases (cc-NAME, cod-NAME, gmi-NAME) that run the agents in NAME."""
     import shlex
 
+    from provisioner.agents import LAUNCH
     from provisioner.config import ProvPaths
     from provisioner.engine import exec_argv
     from provisioner.engine.site import over_ssh
     from provisioner.state import require
 
     record = _run(require, ProvPaths.from_env(), _name(name))
-    for short, command in (
-        ("cc", ["claude", "--dangerously-skip-permissions"]),
-        ("cod", ["codex", "--dangerously-bypass-approvals-and-sandbox"]),
-        ("gmi", ["gemini", "--yolo"]),
-    ):
+    for launch in LAUNCH.values():
+        short, command = launch.ntm, launch.argv
         if over_ssh(record.engine):
             # On a remote engine: through the alias (prov's forwarded socket
             # comes and goes; the alias works whenever the environment runs).
             inside = f"cd {shlex.quote(record.project_dir)} && exec {shlex.join(command)}"
-            line = shlex.join(["ssh", "-t", f"prov-{name}", inside])
+            line = shlex.join(["ssh", "-t", alias_for(name), inside])
         else:
-            line = shlex.join(exec_argv(f"prov-{name}", record.project_dir, command, tty=True))
+            line = shlex.join(
+                exec_argv(container_name(name), record.project_dir, command, tty=True)
+            )
         out.line(f"alias {short}-{name}={shlex.quote(line)}")
 
 
@@ -1296,7 +1299,7 @@ def ntm_config(
                         "(what `prov up` prints).",
                     )
                 )
-            templates = ntmconfig.exec_templates(f"prov-{name}")
+            templates = ntmconfig.exec_templates(container_name(name))
         else:
             exe = _shutil.which("prov") or str(Path(sys.argv[0]).resolve())
             templates = ntmconfig.route_templates(str(Path(exe).resolve()))

@@ -128,10 +128,7 @@ def run(
 ) -> None:
     """The create phases when `created` (they have not run to the end in this
     container), then postStartCommand when `started`."""
-    if created:
-        for phase in dc.create_commands:
-            on_phase(phase[0].phase)
-            run_phase(config, alias, project, phase, on_line)
-    if started and dc.start_commands:
-        on_phase("postStartCommand")
-        run_phase(config, alias, project, dc.start_commands, on_line)
+    groups = (dc.create_commands if created else ()) + (dc.start_commands if started else ())
+    for group in groups:
+        on_phase(group[0].phase)
+        run_phase(config, alias, project, group, on_line)

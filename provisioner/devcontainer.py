@@ -118,8 +118,11 @@ class DevContainer:
     remote_env: tuple[tuple[str, str], ...] = ()
     mounts: tuple[tuple[str, str, bool], ...] = ()  # (source, target, read-only)
     forward_ports: tuple[int, ...] = ()
-    create_commands: tuple[tuple[Command, ...], ...] = ()  # phases in order; each in parallel
-    start_commands: tuple[Command, ...] = ()
+    # Groups run one after another: the create phases in order, in each the
+    # features' commands before the file's; a group's commands (an object's
+    # entries) run in parallel.
+    create_commands: tuple[tuple[Command, ...], ...] = ()
+    start_commands: tuple[tuple[Command, ...], ...] = ()
     gpu: str = ""  # "", "all" (required) or "optional"
     memory: str | None = None
     cpus: float | None = None
@@ -372,9 +375,7 @@ def _refuse(where: str, text: str, needle: str, why: str) -> None:
 _SOCKETS = ("docker.sock", "containerd.sock", "podman.sock")
 
 
-def _run_args(
-    args: object, text: str, where: str, ctx: Context, out: dict[str, Any]
-) -> tuple[str, ...]:
+def _run_args(args: object, text: str, where: str, ctx: Context, acc: _Merged) -> tuple[str, ...]:
     if args is None:
         return ()
     if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
@@ -396,41 +397,45 @@ def _run_args(
         elif flag in ("-v", "--volume", "--mount"):
             if any(s in value for s in _SOCKETS):
                 _refuse(where, text, needle, f"({shown}) hands the container the Docker socket")
-            if flag == "--mount":
-                found = _mount(value, ctx, where)
-            else:
-                parts = value.split(":")
-                found = (
-                    (parts[0], parts[1], len(parts) > 2 and "ro" in parts[2].split(","))
-                    if len(parts) >= 2 and parts[0].startswith(("/", "~", "."))
-                    else f"runArgs {shown} (a named volume; prov makes bind mounts only)"
-                )
+            found = _run_arg_mount(flag, value, shown, ctx, where)
             if isinstance(found, str):
                 unsupported.append(found)
             else:
-                out["mounts"].append(found)
+                acc.mounts.append(found)
         elif flag in ("-u", "--user"):
             if value.split(":")[0] in ROOT_USERS:
                 _refuse(where, text, needle, f"({shown}) runs the container as root")
-            out["notes"].append(f"runArgs {shown}: the agent runs as prov's user `agent`")
+            acc.notes.append(f"runArgs {shown}: the agent runs as prov's user `agent`")
         elif flag in ("--memory", "-m"):
-            out["memory"] = value
+            acc.memory = value
         elif flag == "--cpus":
             try:
-                out["cpus"] = float(value)
+                acc.cpus = float(value)
             except ValueError:
                 raise ConfigError(f"{where}: runArgs --cpus {value!r} is not a number") from None
         elif flag in ("-e", "--env"):
             key, sep, val = value.partition("=")
             if sep:
-                out["env"][key] = val
+                acc.env[key] = val
             elif key in ctx.host_env:
-                out["env"][key] = ctx.host_env[key]
+                acc.env[key] = ctx.host_env[key]
         elif flag == "--gpus":
-            out["gpu"] = "all"
+            acc.gpu = "all"
         else:
             unsupported.append(f"runArgs {shown}")
     return tuple(unsupported)
+
+
+def _run_arg_mount(
+    flag: str, value: str, shown: str, ctx: Context, where: str
+) -> tuple[str, str, bool] | str:
+    """runArgs' -v SRC:DST[:ro] or --mount: a bind mount, or why it is not one."""
+    if flag == "--mount":
+        return _mount(value, ctx, where)
+    parts = value.split(":")
+    if len(parts) >= 2 and parts[0].startswith(("/", "~", ".")):
+        return parts[0], parts[1], len(parts) > 2 and "ro" in parts[2].split(",")
+    return f"runArgs {shown} (a named volume; prov makes bind mounts only)"
 
 
 def _ports(value: object, where: str) -> tuple[tuple[int, ...], list[str]]:
@@ -463,6 +468,27 @@ def metadata_entries(label: str | None) -> list[dict[str, Any]]:
     return [item for item in items if isinstance(item, dict)]
 
 
+@dataclass
+class _Merged:
+    """What the entries (the image's metadata, then the file) add up to, as
+    they are read one after another."""
+
+    mounts: list[tuple[str, str, bool]] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)  # runArgs' -e
+    notes: list[str] = field(default_factory=list)
+    unsupported: list[str] = field(default_factory=list)
+    memory: str | None = None
+    cpus: float | None = None
+    gpu: str = ""
+    container_env: dict[str, str] = field(default_factory=dict)
+    remote_env: dict[str, str] = field(default_factory=dict)  # unsubstituted
+    phases: dict[str, list[tuple[Command, ...]]] = field(
+        default_factory=lambda: {p: [] for p in _COMMANDS}
+    )
+    start: list[tuple[Command, ...]] = field(default_factory=list)
+    ports: list[int] = field(default_factory=list)
+
+
 def resolve(
     path: Path,
     ctx: Context,
@@ -485,77 +511,19 @@ def resolve(
     entries = list(metadata or [])
     if not config_in_metadata:
         entries.append(data)
-    out: dict[str, Any] = {"mounts": [], "env": {}, "notes": [], "memory": None, "cpus": None}
-    out["gpu"] = ""
-    unsupported: list[str] = []
-    container_env: dict[str, str] = {}
-    remote_env_raw: dict[str, str] = {}
-    phases: dict[str, list[Command]] = {p: [] for p in _COMMANDS}
-    start: list[Command] = []
-    ports: list[int] = []
+    acc = _Merged()
     for entry in entries:
+        _refuse_privileges(entry, entry is data, where, text)
         origin = where if entry is data else f"the image's {METADATA_LABEL} ({entry.get('id', '')})"
-        for key in ("privileged", "capAdd", "securityOpt"):
-            if entry.get(key):
-                needle = f'"{key}"'
-                if entry is data:
-                    _refuse(where, text, needle, f"({key}) breaks prov's containment")
-                raise UsageError(
-                    f"Refusing the feature {entry.get('id', '?')}: it asks for {key}",
-                    f"{origin} says {key}: {json.dumps(entry[key])[:120]}; the agent inside "
-                    "is untrusted and would get this machine with it. Nothing was created.",
-                    "drop that feature from the file, or pass --no-devcontainer.",
-                )
-        container_env.update(_env(entry.get("containerEnv"), "containerEnv", origin))
-        remote_env_raw.update(_env(entry.get("remoteEnv"), "remoteEnv", origin))
-        for phase in _COMMANDS:
-            phases[phase] += _commands(phase, entry.get(phase), origin)
-        start += _commands("postStartCommand", entry.get("postStartCommand"), origin)
-        for item in entry.get("mounts") or ():
-            found = _mount(item, ctx, origin)
-            if isinstance(found, str):
-                unsupported.append(found)
-            else:
-                out["mounts"].append(found)
-        found_ports, skipped = _ports(entry.get("forwardPorts"), origin)
-        ports += found_ports
-        unsupported += skipped
-        for key in ("remoteUser", "containerUser"):
-            user = entry.get(key)
-            if user is None:
-                continue
-            if str(user) in ROOT_USERS:
-                _refuse(where, text, f'"{key}"', f"({key}: {user}) runs the agent as root")
-            out["notes"].append(
-                f"{key} {user}: the agent runs as prov's user `agent` (the project "
-                "owner's UID), without root"
-            )
-        gpu = (entry.get("hostRequirements") or {}).get("gpu")
-        if gpu is True or gpu == "true":
-            out["gpu"] = "all"
-        elif gpu == "optional" and not out["gpu"]:
-            out["gpu"] = "optional"
-        for req in ("cpus", "memory", "storage"):
-            if (entry.get("hostRequirements") or {}).get(req) is not None:
-                unsupported.append(f"hostRequirements.{req} (not checked)")
-    if data.get("initializeCommand"):
-        unsupported.append(
-            "initializeCommand (it would run on this machine; prov runs nothing the project "
-            "says outside the container)"
-        )
-    for key, why in _OWN_WAY.items():
-        if key in data:
-            unsupported.append(f"{key} ({why})")
-    for key in data:
-        if key not in _HONOURED and key not in _OWN_WAY:
-            unsupported.append(f"{key} (unknown to prov)")
+        _merge(acc, entry, origin, ctx, where, text)
+    acc.unsupported += _not_applied(data)
     if data.get("customizations"):
-        out["notes"].append("customizations (editor settings) are for editors; prov has none")
-    unsupported += _run_args(data.get("runArgs"), text, where, ctx, out)
+        acc.notes.append("customizations (editor settings) are for editors; prov has none")
+    acc.unsupported += _run_args(data.get("runArgs"), text, where, ctx, acc)
     # remoteEnv may name containerEnv (and the image's own, which the CLI
     # resolves inside; here: what the file and the features set).
-    container_env = {k: substitute(v, ctx) for k, v in container_env.items()}
-    remote_env = {k: substitute(v, ctx, container_env) for k, v in remote_env_raw.items()}
+    container_env = {k: substitute(v, ctx) for k, v in acc.container_env.items()}
+    remote_env = {k: substitute(v, ctx, container_env) for k, v in acc.remote_env.items()}
     image, build = _image(data, path, ctx, text)
     features = data.get("features") or {}
     if not isinstance(features, dict):
@@ -568,17 +536,91 @@ def resolve(
         features=tuple(str(f) for f in features),
         container_env=tuple(container_env.items()),
         remote_env=tuple(remote_env.items()),
-        mounts=tuple(dict.fromkeys(out["mounts"])),
-        forward_ports=tuple(dict.fromkeys(ports)),
-        create_commands=tuple(tuple(phases[p]) for p in _COMMANDS if phases[p]),
-        start_commands=tuple(start),
-        gpu=out["gpu"],
-        memory=out["memory"],
-        cpus=out["cpus"],
-        env=tuple(out["env"].items()),
-        unsupported=tuple(dict.fromkeys(unsupported)),
-        notes=tuple(dict.fromkeys(out["notes"])),
+        mounts=tuple(dict.fromkeys(acc.mounts)),
+        forward_ports=tuple(dict.fromkeys(acc.ports)),
+        create_commands=tuple(group for p in _COMMANDS for group in acc.phases[p]),
+        start_commands=tuple(acc.start),
+        gpu=acc.gpu,
+        memory=acc.memory,
+        cpus=acc.cpus,
+        env=tuple(acc.env.items()),
+        unsupported=tuple(dict.fromkeys(acc.unsupported)),
+        notes=tuple(dict.fromkeys(acc.notes)),
     )
+
+
+def _refuse_privileges(entry: dict[str, Any], is_file: bool, where: str, text: str) -> None:
+    """The file, or a feature in the image's metadata, asking for privileges."""
+    for key in ("privileged", "capAdd", "securityOpt"):
+        if not entry.get(key):
+            continue
+        if is_file:
+            _refuse(where, text, f'"{key}"', f"({key}) breaks prov's containment")
+        raise UsageError(
+            f"Refusing the feature {entry.get('id', '?')}: it asks for {key}",
+            f"The image's {METADATA_LABEL} says {key}: {json.dumps(entry[key])[:120]}; the "
+            "agent inside is untrusted and would get this machine with it. Nothing was "
+            "created.",
+            "drop that feature from the file, or pass --no-devcontainer.",
+        )
+
+
+def _merge(
+    acc: _Merged, entry: dict[str, Any], origin: str, ctx: Context, where: str, text: str
+) -> None:
+    """One entry's variables, commands, mounts, ports, users and GPU into `acc`."""
+    acc.container_env.update(_env(entry.get("containerEnv"), "containerEnv", origin))
+    acc.remote_env.update(_env(entry.get("remoteEnv"), "remoteEnv", origin))
+    for phase in _COMMANDS:
+        group = _commands(phase, entry.get(phase), origin)
+        if group:
+            acc.phases[phase].append(group)
+    group = _commands("postStartCommand", entry.get("postStartCommand"), origin)
+    if group:
+        acc.start.append(group)
+    for item in entry.get("mounts") or ():
+        found = _mount(item, ctx, origin)
+        if isinstance(found, str):
+            acc.unsupported.append(found)
+        else:
+            acc.mounts.append(found)
+    found_ports, skipped = _ports(entry.get("forwardPorts"), origin)
+    acc.ports += found_ports
+    acc.unsupported += skipped
+    for key in ("remoteUser", "containerUser"):
+        user = entry.get(key)
+        if user is None:
+            continue
+        if str(user) in ROOT_USERS:
+            _refuse(where, text, f'"{key}"', f"({key}: {user}) runs the agent as root")
+        acc.notes.append(
+            f"{key} {user}: the agent runs as prov's user `agent` (the project "
+            "owner's UID), without root"
+        )
+    requirements = entry.get("hostRequirements") or {}
+    gpu = requirements.get("gpu")
+    if gpu is True or gpu == "true":
+        acc.gpu = "all"
+    elif gpu == "optional" and not acc.gpu:
+        acc.gpu = "optional"
+    for req in ("cpus", "memory", "storage"):
+        if requirements.get(req) is not None:
+            acc.unsupported.append(f"hostRequirements.{req} (not checked)")
+
+
+def _not_applied(data: dict[str, Any]) -> list[str]:
+    """The file's properties prov does not apply, each with why."""
+    found: list[str] = []
+    if data.get("initializeCommand"):
+        found.append(
+            "initializeCommand (it would run on this machine; prov runs nothing the project "
+            "says outside the container)"
+        )
+    found += [f"{key} ({why})" for key, why in _OWN_WAY.items() if key in data]
+    found += [
+        f"{key} (unknown to prov)" for key in data if key not in _HONOURED and key not in _OWN_WAY
+    ]
+    return found
 
 
 def _image(

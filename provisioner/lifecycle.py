@@ -162,6 +162,13 @@ def _unlisted(name: str, state_word: str, status: str) -> EnvStatus:
     )
 
 
+def engine_heading(envs: list[EnvStatus]) -> str:
+    """The engine `prov ls` names above its table: "" for this machine's
+    default engine (found with nothing set), else how it was chosen."""
+    default = targets.EngineTarget(targets.DEFAULT_HOST, targets.DEFAULT_SOURCE).describe()
+    return "" if not envs or envs[0].engine == default else envs[0].engine
+
+
 def list_envs(
     paths: ProvPaths | None = None, everyone: bool = False, timeout: float = 10.0
 ) -> list[EnvStatus]:

@@ -17,6 +17,7 @@ from pathlib import Path
 import tomlkit
 from tomlkit.exceptions import TOMLKitError
 
+from provisioner.agents import LAUNCH
 from provisioner.errors import ConfigError
 from provisioner.fsutil import atomic_write, edit_in_place, read_owned
 
@@ -25,12 +26,12 @@ AGENT_KEYS = ("claude", "codex", "gemini")
 # What follows the launcher for each agent: NTM's own default commands, with
 # their template variables (see NTM-CONTRACT.md).
 AGENT_TAILS = {
-    "claude": "claude --dangerously-skip-permissions"
-    "{{if .Model}} --model {{shellQuote .Model}}{{end}}",
-    "codex": "codex --dangerously-bypass-approvals-and-sandbox"
-    "{{if .Model}} -m {{shellQuote .Model}}{{end}}"
+    "claude": " ".join(LAUNCH["claude"].argv)
+    + "{{if .Model}} --model {{shellQuote .Model}}{{end}}",
+    "codex": " ".join(LAUNCH["codex"].argv) + "{{if .Model}} -m {{shellQuote .Model}}{{end}}"
     "{{if .ReasoningEffort}} -c model_reasoning_effort={{shellQuote .ReasoningEffort}}{{end}}",
-    "gemini": "gemini{{if .Model}} --model {{shellQuote .Model}}{{end}} --yolo",
+    "gemini": "gemini{{if .Model}} --model {{shellQuote .Model}}{{end}} "
+    + LAUNCH["gemini"].unattended,
 }
 
 

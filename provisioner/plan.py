@@ -36,6 +36,7 @@ from provisioner.spec import (
     Mount,
     NetworkSpec,
     Security,
+    container_name,
 )
 from provisioner.sshconf import HostEntry, alias_for
 
@@ -49,6 +50,7 @@ __all__ = [  # the Docker-facing values, re-exported for the planner's callers
     "Mount",
     "NetworkSpec",
     "Security",
+    "container_name",
 ]
 
 LABEL_DEVCONTAINER = "prov.devcontainer"
@@ -110,10 +112,6 @@ EGRESS_CAPS = ("SETUID", "SETGID", "CHOWN")
 # The environment's CA (injection), in its keys dir: the entrypoint adds it to
 # the system's trust (which Node, Python, curl and Rust's TLS read).
 EGRESS_CA_FILE = "egress-ca.pem"
-
-
-def container_name(name: str) -> str:
-    return f"prov-{name}"
 
 
 def proxy_name(name: str) -> str:

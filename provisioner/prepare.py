@@ -164,31 +164,93 @@ def _prepare_steps(
     placed: list[Path],
     fresh: bool,
 ) -> Prepared:
-    cname = container_name(request.name)
-    existing = engine.find(cname)
-    if existing is not None:
-        require_ours(existing, paths)
-    existing_proxy = engine.find(proxy_name(request.name))
-    if existing_proxy is not None:
-        require_ours(existing_proxy, paths)
-    if not is_loopback(request.bind):
-        reporter.warn(
-            f"SSH will be published on {request.bind}, reachable from other "
-            "machines; only key login for `agent` is accepted"
-        )
-    extras = request.extras
-    _check_ca_certs(extras.ca_certs, paths)
+    existing, existing_proxy = _existing(engine, request, paths, reporter)
     site = engine.site
-    sync = site.sync_mode(extras.sync)
-    credentials = _credentials_mode(engine, extras.credentials)
-    if not site.mounts_local_paths and extras.mounts:
-        raise UsageError(
-            "--mount is not available on a remote engine",
-            f"The engine is {engine.target.describe()}; a bind mount's source would be a path "
-            "on that host, not on this machine.",
-            "leave --mount out (the project reaches the environment with --sync), or use "
-            "this machine's engine.",
+    sync, credentials = _modes(engine, request, paths)
+    project, branch, base = _project(engine, request, sync, made)
+    found_dc = _devcontainer(request, project.path)
+    if found_dc is not None:
+        request = _apply_devcontainer(request, found_dc, project.path, reporter)
+    if site.mounts_local_paths:
+        _check_mounts(request, project.path, paths, reporter)
+    creds = (
+        host.find_credentials(whole=credentials in ("mount", "copy"))
+        if credentials != "none"
+        else host.Credentials((), ())
+    )
+    _report_credentials(creds, credentials, engine, request, project, reporter)
+    secrets = _secrets_for(request, paths, reporter)
+    public, identity, key_source, host_pair, egress_ca = _keys(request, paths, bool(secrets))
+    _grant_project(project, paths, request.name, granted, reporter)
+    if branch is None:
+        guards = _guard_project(engine, request, project, paths, reporter, placed)
+    else:
+        guards = ()
+        reporter.note(
+            f"branch mode: the agent works in a clone of its own on {branch} (from "
+            f"{base[:12]}); this machine's tree is not mounted, its .git only read-only"
         )
+    reporter.step("image")
+    image_request = _image_request(request, project.path, paths, found_dc)
+    images_made = _images(
+        engine, builder, request, image_request, images, images_lock, paths, reporter
+    )
+    built = images_made.built
+    applied_dc = None
+    if found_dc is not None:
+        request, applied_dc = _devcontainer_again(
+            engine, request, found_dc, built, image_request, project.path, paths, reporter
+        )
+    session_env = _session_env(
+        request.extras, secrets, request.containment.egress, reporter, applied_dc
+    )
+    if session_env:
+        reporter.note("environment passed to sessions: " + ", ".join(k for k, _ in session_env))
+    return Prepared(
+        request=request,
+        reporter=reporter,
+        project=project,
+        existing=existing,
+        public=public,
+        identity=identity,
+        key_source=key_source,
+        host_pair=host_pair,
+        built=built,
+        mounted=_logins(credentials, creds, paths, request.name, project),
+        session_env=session_env,
+        record=state.load(paths, request.name),
+        existing_proxy=existing_proxy,
+        egress_image=images_made.egress_image,
+        allow=images_made.allow,
+        fresh=fresh,
+        sync=sync,
+        credentials=credentials,
+        granted=bool(granted),
+        guards=guards,
+        settings=creds.settings,
+        branch=branch,
+        branch_base=base,
+        image_seconds=images_made.seconds,
+        secrets=secrets,
+        egress_ca=egress_ca,
+        upstream_cas=_upstream_cas(image_request, paths) if secrets else b"",
+        devcontainer=applied_dc,
+    )
+
+
+def _upstream_cas(image_request: ImageRequest, paths: ProvPaths) -> bytes:
+    """What the proxy trusts for the real hosts it re-encrypts to: this
+    machine's trust, and the extra CAs the image trusts."""
+    return injection.host_trust(
+        b"".join(host.ca_pem(f, paths.ca_cache) for f in image_request.ca_files)
+    )
+
+
+def _project(
+    engine: Engine, request: UpRequest, sync: str, made: list[host.ProjectDir]
+) -> tuple[host.ProjectDir, str | None, str]:
+    """The project dir (made with --create-dir: recorded in `made`), the branch
+    of branch mode (None: the tree itself), and the commit it starts at."""
     branch = _branch(engine, request)
     if sync == "none":
         project = _remote_project(engine, request)
@@ -201,16 +263,89 @@ def _prepare_steps(
         )
         made.append(project)
     base = branchmode.require_repository(project.path) if branch is not None else ""
-    found_dc = _devcontainer(request, project.path)
-    if found_dc is not None:
-        request = _apply_devcontainer(request, found_dc, project.path, reporter)
-    if site.mounts_local_paths:
-        _check_mounts(request, project.path, paths, reporter)
-    creds = (
-        host.find_credentials(whole=credentials in ("mount", "copy"))
-        if credentials != "none"
-        else host.Credentials((), ())
-    )
+    return project, branch, base
+
+
+def _devcontainer_again(
+    engine: Engine,
+    request: UpRequest,
+    found: DevContainer,
+    built: BuiltImage,
+    image_request: ImageRequest,
+    project_dir: Path,
+    paths: ProvPaths,
+    reporter: Reporter,
+) -> tuple[UpRequest, DevContainer]:
+    """The file once more with what the image records (its features', and a
+    devcontainer image's own settings), which may ask for more: applied, and
+    new mounts checked."""
+    applied = _final_devcontainer(request, found, built, image_request, project_dir)
+    request = _apply_devcontainer(request, applied, project_dir, reporter, final=True)
+    if engine.site.mounts_local_paths and applied.mounts != found.mounts:
+        _check_mounts(request, project_dir, paths, reporter)
+    return request, applied
+
+
+def _modes(engine: Engine, request: UpRequest, paths: ProvPaths) -> tuple[str, str]:
+    """How the project gets there and which logins it gets, for this engine;
+    what this engine cannot do is refused before anything is made."""
+    extras = request.extras
+    _check_ca_certs(extras.ca_certs, paths)
+    site = engine.site
+    if not site.mounts_local_paths and extras.mounts:
+        raise UsageError(
+            "--mount is not available on a remote engine",
+            f"The engine is {site.describe()}; a bind mount's source would be a path "
+            "on that host, not on this machine.",
+            "leave --mount out (the project reaches the environment with --sync), or use "
+            "this machine's engine.",
+        )
+    return site.sync_mode(extras.sync), _credentials_mode(engine, extras.credentials)
+
+
+def _keys(
+    request: UpRequest, paths: ProvPaths, injects: bool
+) -> tuple[keys.PublicKey, Path, str, keys.KeyPair, injection.CA | None]:
+    """The key sshd accepts (its IdentityFile and where it came from), the host
+    key, and the environment's CA when its proxy injects secrets: made once,
+    kept in the env dir."""
+    with file_lock(paths.keys_lock):
+        public, identity, key_source = _identity(request, paths)
+        host_pair = keys.load_or_create(
+            paths.env_dir(request.name), keys.HOST_KEY_NAME, f"prov-{request.name}-host"
+        )
+        egress_ca = _egress_ca(paths, request.name) if injects else None
+    return public, identity, key_source, host_pair, egress_ca
+
+
+def _existing(
+    engine: Engine, request: UpRequest, paths: ProvPaths, reporter: Reporter
+) -> tuple[ContainerInfo | None, ContainerInfo | None]:
+    """The environment's container and its proxy, if they exist (and are this
+    PROV_HOME's: another's are refused)."""
+    existing = engine.find(container_name(request.name))
+    if existing is not None:
+        require_ours(existing, paths)
+    existing_proxy = engine.find(proxy_name(request.name))
+    if existing_proxy is not None:
+        require_ours(existing_proxy, paths)
+    if not is_loopback(request.bind):
+        reporter.warn(
+            f"SSH will be published on {request.bind}, reachable from other "
+            "machines; only key login for `agent` is accepted"
+        )
+    return existing, existing_proxy
+
+
+def _report_credentials(
+    creds: host.Credentials,
+    credentials: str,
+    engine: Engine,
+    request: UpRequest,
+    project: host.ProjectDir,
+    reporter: Reporter,
+) -> None:
+    """Say which of the agents' logins the environment gets, and what to mind."""
     if creds.found:
         how = {
             "tokens": "logins shared (refreshed in place, here and inside)",
@@ -233,7 +368,8 @@ def _prepare_steps(
             "`gemini` you start here runs what it wrote. The default (--credentials tokens) "
             "shares only the login files"
         )
-    if credentials == "none" and not site.mounts_local_paths and extras.credentials is None:
+    asked = request.extras.credentials
+    if credentials == "none" and not engine.site.mounts_local_paths and asked is None:
         reporter.note(
             "agent logins stay on this machine (a remote engine gets none by default): "
             "--credentials copy puts a private copy there, or log in inside"
@@ -256,124 +392,104 @@ def _prepare_steps(
             "on macOS Claude Code keeps its login in the Keychain, which no container "
             "can read: set ANTHROPIC_API_KEY to log Claude in"
         )
-    secrets = _secrets_for(request, paths, reporter)
 
-    with file_lock(paths.keys_lock):
-        public, identity, key_source = _identity(request, paths)
-        host_pair = keys.load_or_create(
-            paths.env_dir(request.name), keys.HOST_KEY_NAME, f"prov-{request.name}-host"
-        )
-        egress_ca = _egress_ca(paths, request.name) if secrets else None
-    if project.grant and not projectacl.has_grant(project.path, project.uid):
-        projectacl.grant(project.path, project.uid, paths.project_acl_ledger(request.name))
-        granted.append(project)
-        reporter.warn(
-            f"{project.path} is owned by root and the agent never runs as root: gave its "
-            f"user (UID {project.uid}) read and write access there with POSIX ACLs; "
-            f"`prov rm {request.name}` takes them away again"
-        )
-    guards = (
-        _guard_project(engine, request, project, paths, reporter, placed) if branch is None else ()
+
+def _grant_project(
+    project: host.ProjectDir,
+    paths: ProvPaths,
+    name: str,
+    granted: list[host.ProjectDir],
+    reporter: Reporter,
+) -> None:
+    """A root-owned project: the agent's user gets access by ACL (said, and
+    taken back by `prov rm`); recorded in `granted` so a failure undoes it."""
+    if not project.grant or projectacl.has_grant(project.path, project.uid):
+        return
+    projectacl.grant(project.path, project.uid, paths.project_acl_ledger(name))
+    granted.append(project)
+    reporter.warn(
+        f"{project.path} is owned by root and the agent never runs as root: gave its "
+        f"user (UID {project.uid}) read and write access there with POSIX ACLs; "
+        f"`prov rm {name}` takes them away again"
     )
-    if branch is not None:
-        reporter.note(
-            f"branch mode: the agent works in a clone of its own on {branch} (from "
-            f"{base[:12]}); this machine's tree is not mounted, its .git only read-only"
-        )
-    reporter.step("image")
-    image_request = _image_request(request, project.path, paths, found_dc)
+
+
+@dataclass(frozen=True)
+class _Images:
+    """The environment's image, its gate's (or ""), the allowlist, and the
+    seconds spent building when anything was built."""
+
+    built: BuiltImage
+    egress_image: str
+    allow: tuple[str, ...]
+    seconds: float
+
+
+def _images(
+    engine: Engine,
+    builder: Engine,
+    request: UpRequest,
+    image_request: ImageRequest,
+    images: dict[ImageRequest, BuiltImage],
+    images_lock: threading.Lock,
+    paths: ProvPaths,
+    reporter: Reporter,
+) -> _Images:
+    """Build or reuse the environment's image and, when it has a gate, the
+    gate's (environments asking for the same image share one build); a
+    remote engine gets copies."""
     started = time.monotonic()
-    with images_lock:  # environments asking for the same image share one build
+    with images_lock:
         built = images.get(image_request) or ensure_image(
             builder, image_request, reporter.note, reporter.detail, paths.ca_cache
         )
         images[image_request] = built
         _copy_image(builder, engine, built.tag, reporter)
-    egress_image: str = ""
-    egress_built = False
+    containment = request.containment
+    egress_image, egress_built = "", False
     allow: tuple[str, ...] = ()
-    if request.containment.egress == "allowlist":
-        allow = egress.allowlist(
-            request.containment.allow, paths.egress_defaults, paths.npm_registry_cache
-        )
-    if request.containment.egress == "allowlist" or (
-        request.containment.internal and request.publishes
-    ):  # the gate: the egress proxy, and the relay of a published port
+    if containment.egress == "allowlist":
+        allow = egress.allowlist(containment.allow, paths.egress_defaults, paths.npm_registry_cache)
+    if containment.egress == "allowlist" or (containment.internal and request.publishes):
+        # the gate: the egress proxy, and the relay of a published port
         with images_lock:
             egress_image, egress_built = ensure_egress_image(
                 builder, request.base_image, reporter.note, reporter.detail
             )
             _copy_image(builder, engine, egress_image, reporter)
-    image_seconds = time.monotonic() - started if built.built_now or egress_built else 0.0
+    seconds = time.monotonic() - started if built.built_now or egress_built else 0.0
     if not built.built_now:
         reporter.detail(f"reusing image {built.tag}")
     if built.agent_versions:
         reporter.note("agents: " + ", ".join(f"{a} {v}" for a, v in built.agent_versions.items()))
-    applied_dc = None
-    if found_dc is not None:
-        # Again with what the image records (its features', and a devcontainer
-        # image's own settings), which may ask for more.
-        applied_dc = _final_devcontainer(request, found_dc, built, image_request, project.path)
-        request = _apply_devcontainer(request, applied_dc, project.path, reporter, final=True)
-        if site.mounts_local_paths and applied_dc.mounts != found_dc.mounts:
-            _check_mounts(request, project.path, paths, reporter)
-    session_env = _session_env(
-        request.extras, secrets, request.containment.egress, reporter, applied_dc
-    )
-    if session_env:
-        reporter.note("environment passed to sessions: " + ", ".join(k for k, _ in session_env))
-    mounted = creds.found
+    return _Images(built, egress_image, allow, seconds)
+
+
+def _logins(
+    credentials: str,
+    creds: host.Credentials,
+    paths: ProvPaths,
+    name: str,
+    project: host.ProjectDir,
+) -> tuple[host.CredentialMount, ...]:
+    """What of the agents' logins the container mounts: the environment's own
+    login files (tokens, which the keeper keeps fresh), a private copy, or the
+    dirs themselves."""
     if credentials == "tokens":
-        # Login files of the environment's own, which the keeper keeps fresh.
         from provisioner import keeper
 
         with file_lock(paths.keys_lock):
             mounted = tuple(
                 host.CredentialMount(m.source, m.target)
-                for m in keeper.prepare_env(
-                    paths, request.name, Path.home(), project.uid, project.gid
-                )
+                for m in keeper.prepare_env(paths, name, Path.home(), project.uid, project.gid)
             )
             keeper.sync_once(paths)
+        return mounted
     if credentials == "copy":
-        mounted = host.copy_credentials(
-            creds.found, paths.env_dir(request.name) / "credentials", project.uid, project.gid
+        return host.copy_credentials(
+            creds.found, paths.env_dir(name) / "credentials", project.uid, project.gid
         )
-
-    return Prepared(
-        request=request,
-        reporter=reporter,
-        project=project,
-        existing=existing,
-        public=public,
-        identity=identity,
-        key_source=key_source,
-        host_pair=host_pair,
-        built=built,
-        mounted=mounted,
-        session_env=session_env,
-        record=state.load(paths, request.name),
-        existing_proxy=existing_proxy,
-        egress_image=egress_image,
-        allow=allow,
-        fresh=fresh,
-        sync=sync,
-        credentials=credentials,
-        granted=bool(granted),
-        guards=guards,
-        settings=creds.settings,
-        branch=branch,
-        branch_base=base,
-        image_seconds=image_seconds,
-        secrets=secrets,
-        egress_ca=egress_ca,
-        upstream_cas=injection.host_trust(
-            b"".join(host.ca_pem(f, paths.ca_cache) for f in image_request.ca_files)
-        )
-        if secrets
-        else b"",
-        devcontainer=applied_dc,
-    )
+    return creds.found
 
 
 def _check_ca_certs(certs: tuple[Path, ...], paths: ProvPaths) -> None:

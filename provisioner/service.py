@@ -548,6 +548,7 @@ def _finish(engine: Engine, placed: _Placed, paths: ProvPaths, poll: float) -> U
             reporter,
             placed.made.proxy_id or prepared.existing_proxy,
         )
+        started = proxy_start is not None  # a new proxy: ready once it listens
         target = SshTarget(plan.ssh.hostname, plan.ssh.port, AGENT_USER, host_pair.public, identity)
         if placed.reauthorize:
             if action == "unchanged":
@@ -579,34 +580,10 @@ def _finish(engine: Engine, placed: _Placed, paths: ProvPaths, poll: float) -> U
                 poll,
                 banner=engine.site.ports_here,
             )
-        gate = plan.egress.container if plan.egress is not None else None
         if proxy_start is not None:
             proxy_start.join()
             proxy_start = None
-            # Ready means the agent's first request goes out: wait until the
-            # new proxy listens (its entrypoint writes its config first).
-            assert plan.egress is not None and gate is not None  # noqa: S101 - one was started
-            if plan.egress.proxying:
-                ready.wait_listening(
-                    gate.address,
-                    PROXY_PORT,
-                    request.timeout,
-                    "The egress proxy",
-                    lambda: engine.logs_tail(gate.name),
-                    connect=engine.site.reach,
-                )
-        ready.require_writable_project(paths.ssh_config, alias, str(prepared.project.path))
-        if plan.published is not None:
-            # Ready also means the published port reaches sshd, the way the
-            # guide's `ssh -p PORT agent@localhost` and other tools connect.
-            bind, published = plan.published
-            ready.wait_published(
-                connect_host(bind),
-                published,
-                request.timeout,
-                lambda: engine.logs_tail(gate.name if gate is not None else container_id),
-                banner=engine.site.banner,
-            )
+        _ready_beyond_ssh(engine, plan, paths, prepared, container_id, proxy_started=started)
         if prepared.sync == "rsync":
             reporter.step("pushing the project (rsync)")
             sync.push(paths.ssh_config, alias, prepared.project.path)
@@ -621,6 +598,60 @@ def _finish(engine: Engine, placed: _Placed, paths: ProvPaths, poll: float) -> U
             _abandon(engine, placed.made, paths)
         raise
 
+    _record(engine, plan, prepared, port, paths, alias)
+    if prepared.devcontainer is not None:
+        _devcontainer_commands(engine, paths, alias, prepared, action, container_id)
+    return _result(engine, plan, prepared, action, seconds, paths)
+
+
+def _ready_beyond_ssh(
+    engine: Engine,
+    plan: Plan,
+    paths: ProvPaths,
+    prepared: prepare.Prepared,
+    container_id: str,
+    proxy_started: bool,
+) -> None:
+    """Ready is more than a login: a new proxy listens (the agent's first
+    request goes out), the agent can write its project, and a published port
+    reaches sshd the way the guide's `ssh -p PORT agent@localhost` connects."""
+    request = prepared.request
+    alias = sshconf.alias_for(request.name)
+    gate = plan.egress.container if plan.egress is not None else None
+    if proxy_started and plan.egress is not None and gate is not None and plan.egress.proxying:
+        ready.wait_listening(
+            gate.address,
+            PROXY_PORT,
+            request.timeout,
+            "The egress proxy",
+            lambda: engine.logs_tail(gate.name),
+            connect=engine.site.reach,
+        )
+    ready.require_writable_project(paths.ssh_config, alias, str(prepared.project.path))
+    if plan.published is not None:
+        bind, published = plan.published
+        ready.wait_published(
+            connect_host(bind),
+            published,
+            request.timeout,
+            lambda: engine.logs_tail(gate.name if gate is not None else container_id),
+            banner=engine.site.banner,
+        )
+
+
+def _record(
+    engine: Engine,
+    plan: Plan,
+    prepared: prepare.Prepared,
+    port: int,
+    paths: ProvPaths,
+    alias: str,
+) -> None:
+    """What a ready environment leaves: its record, the Include in the user's
+    ssh config, the published port's pin, the keeper running; a warning when
+    plain ssh would not find the alias."""
+    request, reporter, identity = prepared.request, prepared.reporter, prepared.identity
+    host_pair = prepared.host_pair
     with file_lock(paths.lock):
         state.save(
             paths,
@@ -669,8 +700,17 @@ def _finish(engine: Engine, placed: _Placed, paths: ProvPaths, poll: float) -> U
                 f"that is fixed: add `{sshconf.include_line(paths.ssh_config)}` at the top of "
                 "the config ssh reads, or run prov with the HOME of your passwd entry"
             )
-    if prepared.devcontainer is not None:
-        _devcontainer_commands(engine, paths, alias, prepared, action, container_id)
+
+
+def _result(
+    engine: Engine,
+    plan: Plan,
+    prepared: prepare.Prepared,
+    action: str,
+    seconds: float,
+    paths: ProvPaths,
+) -> UpResult:
+    request, identity, host_pair = prepared.request, prepared.identity, prepared.host_pair
     return UpResult(
         name=request.name,
         container=plan.container.name,

@@ -14,6 +14,11 @@ SSHD_PORT = "22/tcp"
 RELAY_PORT = "2222/tcp"
 
 
+def container_name(name: str) -> str:
+    """The environment's container (its proxy is `-egress`, its network `-net`)."""
+    return f"prov-{name}"
+
+
 @dataclass(frozen=True)
 class Mount:
     source: Path

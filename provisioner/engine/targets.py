@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 DEFAULT_SOCKET = "/var/run/docker.sock"
 DEFAULT_HOST = f"unix://{DEFAULT_SOCKET}"
+DEFAULT_SOURCE = "the local socket"  # how prov says it found the default engine
 LOCAL_TCP_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 
 _flag: str | None = None  # --docker-host, set once by the CLI
@@ -209,7 +210,7 @@ def resolve(
     current = _current_context(config_dir)
     if current and current != "default":
         return _context(current, config_dir, f"docker context {current!r} (docker context use)")
-    return EngineTarget(DEFAULT_HOST, "the local socket")
+    return EngineTarget(DEFAULT_HOST, DEFAULT_SOURCE)
 
 
 def explicit(environ: Mapping[str, str] | None = None) -> bool:

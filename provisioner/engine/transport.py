@@ -82,7 +82,7 @@ class SocketTransport:
         self._prefix = ""
         # Where the socket came from (a context, DOCKER_HOST...), for errors.
         self._origin = (
-            f" ({target.source})" if target and target.source != "the local socket" else ""
+            f" ({target.source})" if target and target.source != targets.DEFAULT_SOURCE else ""
         )
 
     def negotiate(self, timeout: float = 10.0) -> None:

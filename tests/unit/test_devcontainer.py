@@ -161,7 +161,7 @@ def test_lifecycle_commands_forms_and_order(tmp_path: Path) -> None:
     assert found.create_commands[0][0].argv == ("/bin/sh", "-c", "echo on")
     assert [c.label for c in found.create_commands[1]] == ["a", "b"]
     assert found.create_commands[1][1].argv == ("touch", "/tmp/b")
-    assert found.start_commands[0].argv == ("date",)
+    assert found.start_commands[0][0].argv == ("date",)
     # initializeCommand would run on the host: named, never run.
     assert any(u.startswith("initializeCommand") for u in found.unsupported)
     assert any(u.startswith("postAttachCommand") for u in found.unsupported)
@@ -179,7 +179,8 @@ def test_metadata_comes_first_and_features_cannot_ask_for_privileges(tmp_path: P
     )
     found = dc.resolve(path, _ctx(tmp_path), meta)
     assert dict(found.container_env) == {"A": "file", "B": "feat"}
-    assert [c.argv[2] for c in found.create_commands[0]] == ["one", "two"]
+    # The feature's group, then the file's: one after the other, not in parallel.
+    assert [[c.argv[2] for c in group] for group in found.create_commands] == [["one"], ["two"]]
     bad = dc.metadata_entries(json.dumps([{"id": "dind", "privileged": True}]))
     with pytest.raises(UsageError, match="feature dind"):
         dc.resolve(path, _ctx(tmp_path), bad)
