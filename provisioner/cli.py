@@ -205,11 +205,19 @@ def _main(
 ) -> None:
     global _verbose
     _verbose = verbose
-    if docker_host is not None or engine is not None:
-        from provisioner.engine import targets
+    _engine_flags(docker_host, engine)
 
-        targets.set_flag(docker_host)
+
+def _engine_flags(docker_host: str | None, engine: str | None) -> None:
+    """--docker-host and --engine, given before the command or to `up`."""
+    if docker_host is None and engine is None:
+        return  # resolving the engine's choice imports nothing until it is needed
+    from provisioner.engine import targets
+
+    if engine is not None:
         targets.set_named(engine)
+    if docker_host is not None:
+        targets.set_flag(docker_host)
 
 
 @app.command()
@@ -431,13 +439,7 @@ def up(
     from provisioner.config import AgentCounts, UpRequest
     from provisioner.errors import UsageError
 
-    if engine is not None or docker_host is not None:
-        from provisioner.engine import targets
-
-        if engine is not None:
-            targets.set_named(engine)
-        if docker_host is not None:
-            targets.set_flag(docker_host)
+    _engine_flags(docker_host, engine)
     if len(names) > 1:
         for flag, value in (
             ("--port", port),

@@ -194,7 +194,6 @@ class Plan:
     egress: EgressPlan | None
     ssh: HostEntry
     project_dir: Path
-    ntm_session: str
     ntm_command: tuple[str, ...]
     ntm_env: dict[str, str]
     host_key: PublicKey
@@ -513,8 +512,8 @@ def build_plan(
         proxy_command=remote.proxy_command if remote is not None else None,
         local_forwards=forward_ports,
     )
-    session = project_dir.name
-    cmd, env = ntm_invocation(session, alias, agents, project_dir, projects_base)
+    # NTM names the session after the project dir (NTM-CONTRACT.md).
+    cmd, env = ntm_invocation(project_dir.name, alias, agents, project_dir, projects_base)
     return Plan(
         env_name=name,
         container=spec,
@@ -522,7 +521,6 @@ def build_plan(
         egress=egress,
         ssh=entry,
         project_dir=project_dir,
-        ntm_session=session,
         ntm_command=cmd,
         ntm_env=env,
         host_key=host_key_public,
