@@ -24,7 +24,6 @@ from provisioner import (
     openssh,
     ports,
     prepare,
-    protect,
     ready,
     reconcile,
     sshconf,
@@ -46,6 +45,7 @@ from provisioner.errors import ConflictError, ProvError
 from provisioner.fsutil import ensure_private_dir, file_lock, require_own_home
 from provisioner.image import BuiltImage, ImageRequest
 from provisioner.injection import PROXY_PORT
+from provisioner.ledger import Made, abandon
 from provisioner.ownership import is_ours
 from provisioner.plan import (
     AUTHORIZED_KEYS_FILE,
@@ -60,12 +60,10 @@ from provisioner.plan import (
     build_network,
     build_plan,
     connect_host,
-    container_name,
     egress_volume_name,
     home_volume_name,
     keys_volume_name,
     network_name,
-    project_volume_name,
 )
 from provisioner.progress import Reporter
 
@@ -149,23 +147,11 @@ def _own_ports(own: ContainerInfo | None) -> set[int]:
     return held
 
 
-@dataclass
-class _Made:
-    """The ledger of what this run created for one environment, filled in as
-    each thing is created, so that a failure undoes exactly that."""
-
-    prepared: prepare.Prepared
-    action: str | None = None  # set once _converge has decided
-    container_id: str | None = None  # the environment's container, new or existing
-    proxy_id: str | None = None  # a proxy this run created
-    network_created: bool = False
-
-
 @dataclass(frozen=True)
 class _Placed:
     """Stage 2 (`_place`): the plan, and the containers that now exist for it."""
 
-    made: _Made
+    made: Made
     plan: Plan
     port: int
     action: str
@@ -270,7 +256,7 @@ def _up_on(
             return exc
 
     outcomes: list[prepare.Prepared | UpOutcome]
-    ledger: list[_Made] = []  # environments Docker may hold something of
+    ledger: list[Made] = []  # environments Docker may hold something of
     done: dict[int, UpOutcome] = {}  # by id() of the prepare.Prepared
     try:
         if len(items) <= 1:
@@ -314,7 +300,7 @@ def _up_on(
                 done.update({key: future.result() for key, future in futures.items()})
     except BaseException:
         for made in ledger:
-            _abandon(engine, made, paths)
+            abandon(engine, made, paths)
         raise
     return [done[id(o)] if isinstance(o, prepare.Prepared) else o for o in outcomes]
 
@@ -393,7 +379,7 @@ def _place(
     engine: Engine,
     prepared_ones: Iterable[prepare.Prepared],
     paths: ProvPaths,
-    ledger: list[_Made],
+    ledger: list[Made],
     publishing: bool,
     on_placed: Callable[[_Placed], None],
     avoid: frozenset[int] = frozenset(),
@@ -405,13 +391,13 @@ def _place(
     keyed by id() of their prepare.Prepared. `publishing`: some environment publishes
     a port (then the ports Docker has reserved are listed first)."""
     errors: dict[int, ProvError] = {}
-    failed: list[_Made] = []
+    failed: list[Made] = []
     with file_lock(paths.lock):
         view = engine.host_view()
         reserved = (engine.reserved_ports() | avoid) if publishing else set()
         used = [*_subnets(engine.network_subnets()), *view.routes]
         for prepared in prepared_ones:
-            made = _Made(prepared)
+            made = Made(prepared)
             ledger.append(made)
             try:
                 placed = _place_one(engine, made, paths, reserved, used, view)
@@ -424,13 +410,13 @@ def _place(
             on_placed(placed)
     # Outside the lock, which _abandon takes itself.
     for made in failed:
-        _abandon(engine, made, paths)
+        abandon(engine, made, paths)
     return errors
 
 
 def _place_one(
     engine: Engine,
-    made: _Made,
+    made: Made,
     paths: ProvPaths,
     reserved: set[int],
     used: list[ipaddress.IPv4Network],
@@ -595,7 +581,7 @@ def _finish(engine: Engine, placed: _Placed, paths: ProvPaths, poll: float) -> U
         if isinstance(exc, PortTaken):
             exc.port = port  # what to avoid when up_many tries once more
         if isinstance(exc, ProvError):  # anything else: up_many undoes every environment
-            _abandon(engine, placed.made, paths)
+            abandon(engine, placed.made, paths)
         raise
 
     _record(engine, plan, prepared, port, paths, alias)
@@ -744,43 +730,6 @@ def _port_pins(published: tuple[str, int] | None) -> tuple[tuple[str, ...], int]
     return ((host, "localhost") if is_loopback(host) else (host,)), published[1]
 
 
-def _abandon(engine: Engine, made: _Made, paths: ProvPaths) -> None:
-    """Nothing half-made: a container this run created goes away again (also one
-    Docker made while we were interrupted, before we had its ID), and so do the
-    alias, the keys and a --create-dir project dir of an environment that never
-    came up."""
-    prepared = made.prepared
-    name = prepared.name
-    if made.proxy_id is not None:
-        engine.remove(made.proxy_id)
-    container = _created_here(engine, container_name(name), made.action, made.container_id)
-    if container is not None:
-        engine.remove(container)
-    if made.network_created:  # after its containers: Docker refuses it while in use
-        engine.remove_network(network_name(name))
-    if container is not None and prepared.record is None:
-        # The home volume came with the container of an environment that
-        # never came up: nothing of the agent's is in it yet.
-        engine.remove_volume(home_volume_name(name))
-    if prepared.record is None and engine.site.files_in_volumes:
-        engine.remove_volume(keys_volume_name(name))
-        engine.remove_volume(egress_volume_name(name))
-        if container is not None:
-            engine.remove_volume(project_volume_name(name))
-    if prepared.record is None and (container is not None or prepared.fresh):
-        alias = sshconf.alias_for(name)
-        with file_lock(paths.lock):
-            sshconf.delete_entry(paths.ssh_config, alias)
-            sshconf.unpin_host_key(paths.known_hosts, alias)
-    if prepared.fresh:  # an environment this run meant to make: its keys and dir go too
-        if prepared.guards:
-            protect.remove_placeholders(prepared.project.path, paths.placeholders_ledger(name))
-        if prepared.granted:
-            prepare.revoke_grant(paths, name, prepared.project)
-        prepare.forget_keys(paths, name)
-        host.remove_created(prepared.project)
-
-
 EGRESS_NETWORK = "prov-egress"
 SUBNET_TRIES = 3
 
@@ -842,7 +791,7 @@ def _write_egress_conf(engine: Engine, plan: Plan, paths: ProvPaths, name: str) 
 
 def _converge(
     engine: Engine,
-    made: _Made,
+    made: Made,
     plan: Plan,
     network: dict[str, Any] | None,
     paths: ProvPaths,
@@ -1026,22 +975,6 @@ def _deferred_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
     if received:
         raise KeyboardInterrupt
-
-
-def _created_here(
-    engine: Engine, name: str, action: str | None, container_id: str | None
-) -> str | None:
-    """The ID of a container this `up` created and must remove on failure, if any."""
-    if container_id is not None:
-        return container_id if action in ("created", "recreated") else None
-    if action is not None:
-        return None
-    # Interrupted before _converge returned: a never-started container of ours
-    # with this name can only be the one it was creating.
-    made = engine.find(name)
-    if made is not None and made.managed and made.status == "created":
-        return made.id
-    return None
 
 
 class _Background:
