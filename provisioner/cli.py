@@ -559,8 +559,8 @@ def _extras(
         gpus=config.parse_gpus(gpus) if gpus is not None else None,
         env=config.parse_env(env, env_file),
         mounts=tuple(config.parse_mount(m) for m in mounts),
-        credentials=credentials,
-        sync=sync,
+        credentials=config.credentials_mode(credentials),
+        sync=config.sync_mode(sync),
         protect=tuple(protect_paths or ()),
     )
 
@@ -593,7 +593,7 @@ def _containment(
         pids_limit=pids_limit,
         memory=config.parse_memory(memory) if memory is not None else None,
         cpus=config.parse_cpus(cpus) if cpus is not None else None,
-        egress=egress.strip().lower(),
+        egress=config.egress_mode(egress),
         allow=tuple(config.parse_domain(d) for d in allow),
         allow_unsafe_mount=allow_unsafe_mount,
         forward_agent=forward_agent,

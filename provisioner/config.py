@@ -8,6 +8,7 @@ import posixpath
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, cast
 
 from provisioner.errors import ConfigError, UsageError
 from provisioner.fsutil import read_user_file
@@ -86,10 +87,12 @@ API_KEY_VARS = ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY")
 # tokens: the agents' login files, shared (the default here); copy: a private
 # copy of their dirs; mount: their dirs themselves (the agent can write what
 # the host's CLIs run); none.
-CREDENTIAL_MODES = ("tokens", "copy", "mount", "none")
+CredentialsMode = Literal["tokens", "copy", "mount", "none"]
+CREDENTIAL_MODES: tuple[CredentialsMode, ...] = ("tokens", "copy", "mount", "none")
 # How a remote environment gets the project: rsync pushes it into a volume of
 # its own; none bind-mounts the same path on the engine host, which must exist.
-SYNC_MODES = ("rsync", "none")
+SyncMode = Literal["rsync", "none"]
+SYNC_MODES: tuple[SyncMode, ...] = ("rsync", "none")
 _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _VERSION_RE = re.compile(r"^[0-9A-Za-z.+-]{1,64}$")
 
@@ -248,7 +251,7 @@ class Extras:
     env: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # may hold secrets
     mounts: tuple[ExtraMount, ...] = ()
     # None: the default, `tokens` on this machine's engine, `none` on a remote one.
-    credentials: str | None = None
+    credentials: CredentialsMode | None = None
     # --protect: more project paths the host runs, covered read-only inside.
     protect: tuple[str, ...] = ()
     # Branch mode: the agent's own clone on this branch (None: the tree itself;
@@ -258,7 +261,7 @@ class Extras:
     # (injection.Secret keeps its value out of any repr); --drop-secret NAME.
     secrets: tuple[Secret, ...] = ()
     drop_secrets: tuple[str, ...] = ()
-    sync: str | None = None  # remote engines only; None: rsync
+    sync: SyncMode | None = None  # remote engines only; None: rsync
     # The project's devcontainer.json is used unless no_devcontainer; this
     # path instead of the one found in the project.
     devcontainer: Path | None = None
@@ -290,8 +293,9 @@ class Extras:
                 normal_rel(path)
 
 
-EGRESS_MODES = ("allowlist", "open", "none")
-DEFAULT_EGRESS = "allowlist"
+EgressMode = Literal["allowlist", "open", "none"]
+EGRESS_MODES: tuple[EgressMode, ...] = ("allowlist", "open", "none")
+DEFAULT_EGRESS: EgressMode = "allowlist"
 DEFAULT_PIDS_LIMIT = 4096
 _DOMAIN_RE = re.compile(
     r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+$"
@@ -299,6 +303,19 @@ _DOMAIN_RE = re.compile(
 _SIZE_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)\s*([kmgt]?)i?b?$")
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 MIN_MEMORY = 64 << 20
+
+
+def egress_mode(text: str) -> EgressMode:
+    """--egress as its mode (Containment refuses anything else, saying what)."""
+    return cast(EgressMode, text.strip().lower())
+
+
+def credentials_mode(text: str | None) -> CredentialsMode | None:
+    return None if text is None else cast(CredentialsMode, text)
+
+
+def sync_mode(text: str | None) -> SyncMode | None:
+    return None if text is None else cast(SyncMode, text)
 
 
 def parse_domain(text: str) -> str:
@@ -345,7 +362,7 @@ class Containment:
     pids_limit: int = DEFAULT_PIDS_LIMIT
     memory: int | None = None  # bytes
     cpus: float | None = None
-    egress: str = DEFAULT_EGRESS
+    egress: EgressMode = DEFAULT_EGRESS
     allow: tuple[str, ...] = ()  # --allow domains, on top of the default list
     allow_unsafe_mount: bool = False
     forward_agent: bool = False  # the user's ssh-agent reachable from inside

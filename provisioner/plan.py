@@ -339,7 +339,7 @@ def build_plan(
         for g in guards
     )
     identity = home_id(paths)
-    egress_label = containment.egress
+    egress_label: str = containment.egress
     if containment.egress == "allowlist":
         egress_label += ":" + ",".join(allow)
     labels = {

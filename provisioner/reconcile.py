@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from provisioner.engine import ContainerInfo
 from provisioner.errors import ConflictError
@@ -32,6 +33,10 @@ from provisioner.plan import (
     KeyFile,
     Plan,
 )
+
+# What up does with an environment: keep it running, start it, make it, or
+# replace it.
+Action = Literal["unchanged", "started", "created", "recreated"]
 
 # Labels whose difference means the container is not what was asked.
 DRIFT_LABELS = (
@@ -57,7 +62,7 @@ HOST_KEY_DRIFT = (
 
 @dataclass(frozen=True)
 class Decision:
-    action: str  # unchanged / started / created / recreated
+    action: Action
     drift: tuple[str, ...] = ()  # why it is recreated
     reauthorize: bool = False  # the keys dir's authorized key must be written again
     keys_to_write: bool = False  # write the keys dir (new container, or repair)
@@ -105,7 +110,7 @@ def decide(existing: ContainerInfo | None, plan: Plan, stale: set[str], recreate
     if HOST_KEY_FILE in stale:
         diffs.append(HOST_KEY_DRIFT)
     if not diffs:
-        action = "unchanged" if existing.running else "started"
+        action: Action = "unchanged" if existing.running else "started"
         return Decision(action, reauthorize=bool(stale), keys_to_write=bool(stale))
     if not recreate:
         raise ConflictError(
