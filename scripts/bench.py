@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import io
 import json
 import os
@@ -309,27 +308,10 @@ def peak_rss_mib(cmd: list[str], env: dict[str, str]) -> float:
 def _fresh_ca(directory: Path) -> Path:
     """A throwaway CA certificate: passed with --ca-cert it changes the agent layer's
     build context, so neither prov's tag nor Docker's build cache can be reused."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+    from provisioner.injection import make_ca
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"prov bench {time.time_ns()}")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
     path = directory / "bench-ca.pem"
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    path.write_bytes(make_ca(f"bench {time.time_ns()}").cert_pem)
     return path
 
 

@@ -150,6 +150,8 @@ def test_build_with_args_and_target(
     env = prov.up(name)
     alias = str(env["ssh_alias"])
     assert prov.ssh(alias, "cat /opt/dev-stage").stdout.strip() == "tool 1.2"
+    pane = _pane_output(prov, alias, "dcbuild", str(project), 'echo "$(pwd) $(cat /opt/dev-stage)"')
+    assert f"{project} tool 1.2" in pane
     config["build"]["args"] = {"TOOL_VERSION": "1.3"}  # type: ignore[index]
     _write(project, config)
     drift = prov.run("up", name)

@@ -7,7 +7,6 @@ auth headers it gets."""
 
 from __future__ import annotations
 
-import base64
 import json
 import shlex
 import subprocess
@@ -17,7 +16,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from tests.integration.conftest import DENIED_SITE, SITE, HttpsSite, Prov
+from tests.integration.conftest import DENIED_SITE, SITE, HttpsSite, Prov, files_holding
 
 KEY = "sk-real-KEY-6a1f0c9e2b7d4a58"  # x-api-key for SITE
 TOKEN = "ghp_realTOKEN8c3e5b1a9f"  # Authorization: Bearer, for SITE
@@ -206,16 +205,7 @@ def test_nothing_of_the_environment_holds_a_value(
             assert not any(v in seen for v in VALUES), (pid, part)
     # Every file, as root inside; the patterns come base64-encoded to a file
     # grep skips, so that no command line here holds a value either.
-    patterns = base64.b64encode("\n".join(VALUES).encode()).decode()
-    found = env.exec_run(
-        [
-            "sh",
-            "-c",
-            f"echo {patterns} | base64 -d > /dev/shm/p && grep -rsIlF -f /dev/shm/p / "
-            "--exclude-dir=proc --exclude-dir=sys --exclude-dir=dev; echo grep exit $?",
-        ],
-        user="root",
-    ).output.decode(errors="replace")
+    found = files_holding(env, VALUES)
     assert found.strip() == "grep exit 1", found[-2000:]
     for container in (env, gate):
         seen = json.dumps(container.attrs) + container.logs().decode(errors="replace")

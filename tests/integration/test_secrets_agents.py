@@ -6,7 +6,6 @@ site's answer, as a core dump would hold it). Slow: the agents' image."""
 
 from __future__ import annotations
 
-import base64
 import re
 import shlex
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from tests.integration.conftest import DENIED_SITE, SITE, HttpsSite, Prov
+from tests.integration.conftest import DENIED_SITE, SITE, HttpsSite, Prov, files_holding
 
 pytestmark = pytest.mark.slow
 AGENTS = {"PROV_AGENTS": "claude,codex,gemini"}
@@ -187,14 +186,5 @@ def test_the_cli_holds_only_the_placeholder_while_it_works(
     assert placeholder and size > 10_000_000, size  # the dump did see the CLI's heap
     assert b"prov-placeholder-anthropic-api-key" in environ
     assert not any(v.encode() in environ for v in VALUES)
-    patterns = base64.b64encode("\n".join(VALUES).encode()).decode()
-    files = env.exec_run(
-        [
-            "sh",
-            "-c",
-            f"echo {patterns} | base64 -d > /dev/shm/p && grep -rsIlF -f /dev/shm/p / "
-            "--exclude-dir=proc --exclude-dir=sys --exclude-dir=dev; echo grep exit $?",
-        ],
-        user="root",
-    ).output.decode(errors="replace")
+    files = files_holding(env, VALUES)
     assert files.strip() == "grep exit 1", files[-2000:]
