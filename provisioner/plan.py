@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from provisioner import __version__
@@ -281,247 +281,282 @@ def env_security(containment: Containment) -> Security:
     )
 
 
-def build_plan(
-    *,
-    name: str,
-    image: str,
-    image_hash: str,
-    bind: str,
-    port: int,
-    project_dir: Path,
-    project_uid: int,
-    project_gid: int,
-    projects_base: Path,
-    credentials: tuple[CredentialMount, ...],
-    authorized_key: PublicKey,
-    identity_file: Path,
-    host_key_public: PublicKey,
-    host_key_private: bytes,
-    agents: AgentCounts,
-    paths: ProvPaths,
-    network: NetworkSpec,
-    env_address: str,
-    containment: Containment,
-    egress_image: str = "",
-    egress_address: str = "",
-    egress_network: str = "",
-    allow: tuple[str, ...] = (),
-    extra_mounts: tuple[ExtraMount, ...] = (),
-    session_env: tuple[tuple[str, str], ...] = (),
-    gpus: int | None = None,
-    agent_versions: dict[str, str] | None = None,
-    remote: RemotePlacement | None = None,
-    guards: tuple[Guard, ...] = (),
-    credentials_mode: str = "tokens",
-    branch: str | None = None,
-    secrets: tuple[Secret, ...] = (),
-    egress_ca: CA | None = None,
-    upstream_cas: bytes = b"",
-    forward_ports: tuple[int, ...] = (),
-    devcontainer: str = "",
-) -> Plan:
-    alias = alias_for(name)
-    # The project in a volume of the environment's own, at the same path: a
-    # remote engine's rsync copy, or branch mode's clone.
-    project_in_volume = (remote is not None and remote.sync == "rsync") or branch is not None
-    mounts = (
-        *(() if project_in_volume else (Mount(project_dir, str(project_dir)),)),
-        # Branch mode: what the clone is made from, read-only (the tree is not mounted).
-        *((Mount(project_dir / ".git", ORIGIN, read_only=True),) if branch is not None else ()),
-        # On a remote engine credentials are copied in, never mounted.
-        *(() if remote is not None else (Mount(c.source, c.target) for c in credentials)),
-        *(Mount(m.source, m.target, m.read_only) for m in extra_mounts),
-    )
-    # Over the project mount: what the host executes from, read-only (a mount
-    # point each, so it cannot be renamed, replaced or made), and .git pinned.
-    guarded = tuple(
-        Mount(project_dir / g.rel, str(project_dir / g.rel), read_only=not g.writable)
-        for g in guards
-    )
-    identity = home_id(paths)
-    egress_label: str = containment.egress
-    if containment.egress == "allowlist":
-        egress_label += ":" + ",".join(allow)
-    labels = {
+@dataclass(frozen=True, kw_only=True)
+class PlanInputs:
+    """Everything the plan is made from: the request, as prepared, and the
+    facts placement found (port, network, addresses)."""
+
+    name: str
+    image: str
+    image_hash: str
+    bind: str
+    port: int
+    project_dir: Path
+    project_uid: int
+    project_gid: int
+    projects_base: Path
+    credentials: tuple[CredentialMount, ...]
+    authorized_key: PublicKey
+    identity_file: Path
+    host_key_public: PublicKey
+    host_key_private: bytes = field(repr=False)
+    agents: AgentCounts
+    paths: ProvPaths
+    network: NetworkSpec
+    env_address: str
+    containment: Containment
+    egress_image: str = ""
+    egress_address: str = ""
+    egress_network: str = ""
+    allow: tuple[str, ...] = ()
+    extra_mounts: tuple[ExtraMount, ...] = ()
+    session_env: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # may hold secrets
+    gpus: int | None = None
+    agent_versions: dict[str, str] | None = None
+    remote: RemotePlacement | None = None
+    guards: tuple[Guard, ...] = ()
+    credentials_mode: str = "tokens"
+    branch: str | None = None
+    secrets: tuple[Secret, ...] = ()
+    egress_ca: CA | None = None
+    upstream_cas: bytes = field(default=b"", repr=False)
+    forward_ports: tuple[int, ...] = ()
+    devcontainer: str = ""
+
+
+def _env_labels(
+    i: PlanInputs, mounts: tuple[Mount, ...], identity: str, egress_label: str
+) -> dict[str, str]:
+    """The environment container's labels: what `up` compares for drift, and
+    what ls, status and egress show (names only, never a value)."""
+    return {
         LABEL_MANAGED: "true",
-        LABEL_NAME: name,
+        LABEL_NAME: i.name,
         LABEL_HOME: identity,
         LABEL_ROLE: "env",
-        LABEL_PORT: str(port),
-        LABEL_BIND: bind,
-        LABEL_PROJECT: str(project_dir),
-        LABEL_IMAGE_HASH: image_hash,
+        LABEL_PORT: str(i.port),
+        LABEL_BIND: i.bind,
+        LABEL_PROJECT: str(i.project_dir),
+        LABEL_IMAGE_HASH: i.image_hash,
         LABEL_VERSION: __version__,
-        LABEL_HOST_KEY: host_key_public.fingerprint,
+        LABEL_HOST_KEY: i.host_key_public.fingerprint,
         LABEL_MOUNTS: json.dumps(
             [f"{m.source}:{m.target}{':ro' if m.read_only else ''}" for m in mounts]
         ),
-        LABEL_AGENTS: ",".join(f"{a} {v}" for a, v in sorted((agent_versions or {}).items()))
+        LABEL_AGENTS: ",".join(f"{a} {v}" for a, v in sorted((i.agent_versions or {}).items()))
         or "none",
-        LABEL_GPUS: "" if gpus is None else ("all" if gpus < 0 else str(gpus)),
+        LABEL_GPUS: "" if i.gpus is None else ("all" if i.gpus < 0 else str(i.gpus)),
         # Names only: the values may be secrets and labels are public.
-        LABEL_ENV_KEYS: ",".join(k for k, _ in session_env),
-        LABEL_SUDO: "yes" if containment.sudo else "no",
-        LABEL_LIMITS: _limits_label(containment),
+        LABEL_ENV_KEYS: ",".join(k for k, _ in i.session_env),
+        LABEL_SUDO: "yes" if i.containment.sudo else "no",
+        LABEL_LIMITS: _limits_label(i.containment),
         LABEL_EGRESS: egress_label,
-        LABEL_NETWORK: f"{network.name} {network.subnet}",
-        LABEL_HOME_VOLUME: home_volume_name(name),
-        LABEL_FORWARD_AGENT: "yes" if containment.forward_agent else "no",
-        LABEL_PROTECT: ",".join(g.rel + ("/" if g.kind == "dir" else "") for g in guards),
-        LABEL_CREDENTIALS: credentials_mode,
-        LABEL_BRANCH: branch or "",
+        LABEL_NETWORK: f"{i.network.name} {i.network.subnet}",
+        LABEL_HOME_VOLUME: home_volume_name(i.name),
+        LABEL_FORWARD_AGENT: "yes" if i.containment.forward_agent else "no",
+        LABEL_PROTECT: ",".join(g.rel + ("/" if g.kind == "dir" else "") for g in i.guards),
+        LABEL_CREDENTIALS: i.credentials_mode,
+        LABEL_BRANCH: i.branch or "",
         # Names and hosts only, never a value.
-        LABEL_SECRETS: ",".join(sorted(f"{s.name}@{s.host}:{s.header}" for s in secrets)),
+        LABEL_SECRETS: ",".join(sorted(f"{s.name}@{s.host}:{s.header}" for s in i.secrets)),
         # The devcontainer.json applied, for postStartCommand at `prov start`.
-        LABEL_DEVCONTAINER: devcontainer,
+        LABEL_DEVCONTAINER: i.devcontainer,
     }
-    key_files = (
-        KeyFile(HOST_KEY_FILE, 0o600, host_key_private),
-        KeyFile(AUTHORIZED_KEYS_FILE, 0o644, (authorized_key.line + "\n").encode()),
-        *((KeyFile(EGRESS_CA_FILE, 0o644, egress_ca.cert_pem),) if egress_ca else ()),
+
+
+def _gate(i: PlanInputs, identity: str, egress_label: str) -> EgressPlan | None:
+    """The environment's gate: its egress proxy (allowlist mode) and the relay
+    of a published port (any internal mode); None when it needs neither."""
+    # On an internal network Docker publishes nothing: a published port is
+    # carried by the gate, which relays it to sshd and to nothing else.
+    relayed = i.port if i.containment.internal else 0
+    proxying = i.containment.egress == "allowlist"
+    if not (proxying or relayed):
+        return None
+    gate_env = {
+        "PROV_LISTEN": i.egress_address,
+        "PROV_PROXY": "1" if proxying else "0",
+    }
+    conf: tuple[KeyFile, ...] = ()
+    if proxying:
+        injected = i.secrets if i.egress_ca is not None else ()
+        squid = squid_conf(i.egress_address, i.env_address, i.allow, injected, bool(i.upstream_cas))
+        conf = (KeyFile("squid.conf", 0o644, squid.encode()),)
+        if injected and i.egress_ca is not None:
+            conf += (
+                KeyFile("ca.pem", 0o644, i.egress_ca.cert_pem),
+                KeyFile("ca.key", 0o644, i.egress_ca.key_pem),
+            )
+            if i.upstream_cas:
+                conf += (KeyFile("upstream-cas.pem", 0o644, i.upstream_cas),)
+    if relayed:
+        gate_env["PROV_RELAY_TO"] = f"{i.env_address}:22"
+        gate_env["PROV_RELAY_PORT"] = RELAY_PORT.split("/", 1)[0]
+    proxy = ContainerSpec(
+        name=proxy_name(i.name),
+        image=i.egress_image,
+        hostname=f"{i.name}-egress",
+        labels={
+            LABEL_MANAGED: "true",
+            LABEL_NAME: i.name,
+            LABEL_HOME: identity,
+            LABEL_ROLE: "egress",
+            LABEL_EGRESS: egress_label,
+            LABEL_NETWORK: f"{i.network.name} {i.network.subnet}",
+            LABEL_PORT: str(relayed),
+        },
+        environment=gate_env,
+        bind=i.bind,
+        port=relayed,
+        container_port=RELAY_PORT,
+        mounts=()
+        if i.remote is not None or not conf
+        else (Mount(i.paths.egress_dir(i.name), CONF_DIR, read_only=True),),
+        ro_volumes=((egress_volume_name(i.name), CONF_DIR),)
+        if i.remote is not None and conf
+        else (),
+        volume_labels={LABEL_MANAGED: "true", LABEL_NAME: i.name, LABEL_HOME: identity},
+        keys_dir=i.paths.keys_dir(i.name),
+        key_files=(),
+        files=(),
+        security=Security(cap_add=EGRESS_CAPS, no_new_privileges=True, pids_limit=256),
+        network=i.network.name,
+        address=i.egress_address,
+        extra_network=i.egress_network,
+        tmpfs=("/run", "/tmp"),
+        read_only=True,
+        log_limit=True,
     )
-    files: tuple[InjectedFile, ...] = ()
-    if session_env:
-        # A root-only file, not Docker's env (which `docker inspect` shows to anyone
-        # with Docker access); pam_env hands it to every login.
-        body = "".join(f"{key}={value}\n" for key, value in session_env)
-        files += (InjectedFile(SESSION_ENV_PATH, 0o600, body.encode()),)
-    egress: EgressPlan | None = None
+    return EgressPlan(proxy, i.allow, proxying, conf, i.secrets if i.egress_ca else ())
+
+
+def _env_environment(
+    i: PlanInputs, project_in_volume: bool, egress: EgressPlan | None
+) -> dict[str, str]:
+    """The environment container's Docker env: what its entrypoint needs, and
+    the proxy's address (not secret; `prov exec` gets it with no login)."""
     environment = {
         "PROV_HOME_VOLUME": "1",  # /home/agent is prov's volume, not a host mount
-        "PROV_FORWARD_AGENT": "1" if containment.forward_agent else "0",
-        "PROV_UID": str(project_uid),
-        "PROV_GID": str(project_gid),
-        "PROV_PROJECT_DIR": str(project_dir),
-        "PROV_SUDO": "1" if containment.sudo else "0",
-        "PROV_EGRESS": containment.egress,
+        "PROV_FORWARD_AGENT": "1" if i.containment.forward_agent else "0",
+        "PROV_UID": str(i.project_uid),
+        "PROV_GID": str(i.project_gid),
+        "PROV_PROJECT_DIR": str(i.project_dir),
+        "PROV_SUDO": "1" if i.containment.sudo else "0",
+        "PROV_EGRESS": i.containment.egress,
     }
     if project_in_volume:
         environment["PROV_PROJECT_VOLUME"] = "1"
-    excludes = git_excludes(guards)
+    excludes = git_excludes(i.guards)
     if excludes:  # the placeholder files: never committed by `git add -A` inside
         environment["PROV_GIT_EXCLUDE"] = excludes
-    # On an internal network Docker publishes nothing: a published port is
-    # carried by the gate, which relays it to sshd and to nothing else.
-    relayed = port if containment.internal else 0
-    proxying = containment.egress == "allowlist"
-    if proxying or relayed:
-        gate_env = {
-            "PROV_LISTEN": egress_address,
-            "PROV_PROXY": "1" if proxying else "0",
-        }
-        conf: tuple[KeyFile, ...] = ()
-        if proxying:
-            injected = secrets if egress_ca is not None else ()
-            squid = squid_conf(egress_address, env_address, allow, injected, bool(upstream_cas))
-            conf = (KeyFile("squid.conf", 0o644, squid.encode()),)
-            if injected and egress_ca is not None:
-                conf += (
-                    KeyFile("ca.pem", 0o644, egress_ca.cert_pem),
-                    KeyFile("ca.key", 0o644, egress_ca.key_pem),
-                )
-                if upstream_cas:
-                    conf += (KeyFile("upstream-cas.pem", 0o644, upstream_cas),)
-        if relayed:
-            gate_env["PROV_RELAY_TO"] = f"{env_address}:22"
-            gate_env["PROV_RELAY_PORT"] = RELAY_PORT.split("/", 1)[0]
-        proxy = ContainerSpec(
-            name=proxy_name(name),
-            image=egress_image,
-            hostname=f"{name}-egress",
-            labels={
-                LABEL_MANAGED: "true",
-                LABEL_NAME: name,
-                LABEL_HOME: identity,
-                LABEL_ROLE: "egress",
-                LABEL_EGRESS: egress_label,
-                LABEL_NETWORK: f"{network.name} {network.subnet}",
-                LABEL_PORT: str(relayed),
-            },
-            environment=gate_env,
-            bind=bind,
-            port=relayed,
-            container_port=RELAY_PORT,
-            mounts=()
-            if remote is not None or not conf
-            else (Mount(paths.egress_dir(name), CONF_DIR, read_only=True),),
-            ro_volumes=((egress_volume_name(name), CONF_DIR),)
-            if remote is not None and conf
-            else (),
-            volume_labels={LABEL_MANAGED: "true", LABEL_NAME: name, LABEL_HOME: identity},
-            keys_dir=paths.keys_dir(name),
-            key_files=(),
-            files=(),
-            security=Security(cap_add=EGRESS_CAPS, no_new_privileges=True, pids_limit=256),
-            network=network.name,
-            address=egress_address,
-            extra_network=egress_network,
-            tmpfs=("/run", "/tmp"),
-            read_only=True,
-            log_limit=True,
-        )
-        egress = EgressPlan(proxy, allow, proxying, conf, secrets if egress_ca else ())
     if egress is not None and egress.proxying:
         # Docker's env is right for these: they are not secret, and `prov exec`
         # (docker exec) gets them with no login in between.
         environment["PROV_PROXY"] = egress.url
-        environment["PROV_PROXY_ADDR"] = egress_address
+        environment["PROV_PROXY_ADDR"] = i.egress_address
         for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
             environment[var] = egress.url
         environment["NO_PROXY"] = environment["no_proxy"] = "localhost,127.0.0.1,::1"
         environment["NODE_USE_ENV_PROXY"] = "1"
-    spec = ContainerSpec(
-        name=container_name(name),
-        image=image,
-        hostname=name,
-        labels=labels,
-        environment=environment,
-        bind=bind,
-        port=0 if containment.internal else port,
-        # Not in LABEL_MOUNTS: every environment has it, at a path of its own.
-        mounts=(*mounts, *guarded)
-        if remote is not None
-        else (*mounts, *guarded, Mount(paths.keys_dir(name), KEYS_MOUNT, read_only=True)),
-        volumes=(
-            (home_volume_name(name), AGENT_HOME),
-            *(((project_volume_name(name), str(project_dir)),) if project_in_volume else ()),
-        ),
-        ro_volumes=((keys_volume_name(name), KEYS_MOUNT),) if remote is not None else (),
-        volume_labels={LABEL_MANAGED: "true", LABEL_NAME: name, LABEL_HOME: identity},
-        keys_dir=paths.keys_dir(name),
-        key_files=key_files,
-        files=files,
-        security=env_security(containment),
-        network=network.name,
-        address=env_address,
-        gpus=gpus,
+    return environment
+
+
+def _alias_entry(i: PlanInputs, alias: str) -> HostEntry:
+    """The alias's host block. On an internal network Docker publishes nothing:
+    the alias goes to the environment's own address, which only this machine
+    (or, for a remote engine, its host) can reach."""
+    ssh_host, ssh_port = (
+        (i.env_address, 22) if i.containment.internal else (connect_host(i.bind), i.port)
     )
-    # On an internal network Docker publishes nothing: the alias goes to the
-    # environment's own address, which only this machine can reach.
-    ssh_host, ssh_port = (env_address, 22) if containment.internal else (connect_host(bind), port)
-    labels[LABEL_SSH] = f"{ssh_host}:{ssh_port}"
-    entry = HostEntry(
+    return HostEntry(
         alias=alias,
         hostname=ssh_host,
         port=ssh_port,
         user=AGENT_USER,
-        identity_file=identity_file,
-        known_hosts=paths.known_hosts,
-        control_dir=paths.control_dir,
-        forward_agent=containment.forward_agent,
-        proxy_command=remote.proxy_command if remote is not None else None,
-        local_forwards=forward_ports,
+        identity_file=i.identity_file,
+        known_hosts=i.paths.known_hosts,
+        control_dir=i.paths.control_dir,
+        forward_agent=i.containment.forward_agent,
+        proxy_command=i.remote.proxy_command if i.remote is not None else None,
+        local_forwards=i.forward_ports,
     )
+
+
+def build_plan(i: PlanInputs) -> Plan:
+    alias = alias_for(i.name)
+    # The project in a volume of the environment's own, at the same path: a
+    # remote engine's rsync copy, or branch mode's clone.
+    project_in_volume = (i.remote is not None and i.remote.sync == "rsync") or i.branch is not None
+    mounts = (
+        *(() if project_in_volume else (Mount(i.project_dir, str(i.project_dir)),)),
+        # Branch mode: what the clone is made from, read-only (the tree is not mounted).
+        *((Mount(i.project_dir / ".git", ORIGIN, read_only=True),) if i.branch is not None else ()),
+        # On a remote engine credentials are copied in, never mounted.
+        *(() if i.remote is not None else (Mount(c.source, c.target) for c in i.credentials)),
+        *(Mount(m.source, m.target, m.read_only) for m in i.extra_mounts),
+    )
+    # Over the project mount: what the host executes from, read-only (a mount
+    # point each, so it cannot be renamed, replaced or made), and .git pinned.
+    guarded = tuple(
+        Mount(i.project_dir / g.rel, str(i.project_dir / g.rel), read_only=not g.writable)
+        for g in i.guards
+    )
+    identity = home_id(i.paths)
+    egress_label: str = i.containment.egress
+    if i.containment.egress == "allowlist":
+        egress_label += ":" + ",".join(i.allow)
+    labels = _env_labels(i, mounts, identity, egress_label)
+    key_files = (
+        KeyFile(HOST_KEY_FILE, 0o600, i.host_key_private),
+        KeyFile(AUTHORIZED_KEYS_FILE, 0o644, (i.authorized_key.line + "\n").encode()),
+        *((KeyFile(EGRESS_CA_FILE, 0o644, i.egress_ca.cert_pem),) if i.egress_ca else ()),
+    )
+    files: tuple[InjectedFile, ...] = ()
+    if i.session_env:
+        # A root-only file, not Docker's env (which `docker inspect` shows to anyone
+        # with Docker access); pam_env hands it to every login.
+        body = "".join(f"{key}={value}\n" for key, value in i.session_env)
+        files += (InjectedFile(SESSION_ENV_PATH, 0o600, body.encode()),)
+    egress = _gate(i, identity, egress_label)
+    environment = _env_environment(i, project_in_volume, egress)
+    spec = ContainerSpec(
+        name=container_name(i.name),
+        image=i.image,
+        hostname=i.name,
+        labels=labels,
+        environment=environment,
+        bind=i.bind,
+        port=0 if i.containment.internal else i.port,
+        # Not in LABEL_MOUNTS: every environment has it, at a path of its own.
+        mounts=(*mounts, *guarded)
+        if i.remote is not None
+        else (*mounts, *guarded, Mount(i.paths.keys_dir(i.name), KEYS_MOUNT, read_only=True)),
+        volumes=(
+            (home_volume_name(i.name), AGENT_HOME),
+            *(((project_volume_name(i.name), str(i.project_dir)),) if project_in_volume else ()),
+        ),
+        ro_volumes=((keys_volume_name(i.name), KEYS_MOUNT),) if i.remote is not None else (),
+        volume_labels={LABEL_MANAGED: "true", LABEL_NAME: i.name, LABEL_HOME: identity},
+        keys_dir=i.paths.keys_dir(i.name),
+        key_files=key_files,
+        files=files,
+        security=env_security(i.containment),
+        network=i.network.name,
+        address=i.env_address,
+        gpus=i.gpus,
+    )
+    entry = _alias_entry(i, alias)
+    labels[LABEL_SSH] = f"{entry.hostname}:{entry.port}"
     # NTM names the session after the project dir (NTM-CONTRACT.md).
-    cmd, env = ntm_invocation(project_dir.name, alias, agents, project_dir, projects_base)
+    cmd, env = ntm_invocation(i.project_dir.name, alias, i.agents, i.project_dir, i.projects_base)
     return Plan(
-        env_name=name,
+        env_name=i.name,
         container=spec,
-        network=network,
+        network=i.network,
         egress=egress,
         ssh=entry,
-        project_dir=project_dir,
+        project_dir=i.project_dir,
         ntm_command=cmd,
         ntm_env=env,
-        host_key=host_key_public,
+        host_key=i.host_key_public,
     )

@@ -7,7 +7,14 @@ from pathlib import Path
 from provisioner import keys
 from provisioner.config import AgentCounts, Containment, ProvPaths
 from provisioner.host import CredentialMount
-from provisioner.plan import Mount, RemotePlacement, build_network, build_plan, connect_host
+from provisioner.plan import (
+    Mount,
+    PlanInputs,
+    RemotePlacement,
+    build_network,
+    build_plan,
+    connect_host,
+)
 
 
 def _plan(  # type: ignore[no-untyped-def]
@@ -29,31 +36,33 @@ def _plan(  # type: ignore[no-untyped-def]
     network = build_network("demo", "10.213.0.0/28", "10.213.0.1", containment, paths)
     return (
         build_plan(
-            name="demo",
-            image="prov-env:abc",
-            image_hash="abc" * 20,
-            bind=bind,
-            port=port if port is not None else (0 if containment.internal else 2222),
-            project_dir=project,
-            project_uid=1234,
-            project_gid=2345,
-            projects_base=base,
-            credentials=(CredentialMount(Path("/home/u/.claude"), "/home/agent/.claude"),),
-            authorized_key=client.public,
-            identity_file=Path("/ph/envs/demo/id_ed25519"),
-            host_key_public=hostkey.public,
-            host_key_private=hostkey.private_openssh,
-            agents=agents or AgentCounts(),
-            paths=paths,
-            network=network,
-            env_address="10.213.0.2",
-            containment=containment,
-            egress_image="prov-env:egress",
-            egress_address="10.213.0.3",
-            egress_network="prov-egress",
-            allow=("github.com", "example.org"),
-            remote=remote,
-            **more,
+            PlanInputs(
+                name="demo",
+                image="prov-env:abc",
+                image_hash="abc" * 20,
+                bind=bind,
+                port=port if port is not None else (0 if containment.internal else 2222),
+                project_dir=project,
+                project_uid=1234,
+                project_gid=2345,
+                projects_base=base,
+                credentials=(CredentialMount(Path("/home/u/.claude"), "/home/agent/.claude"),),
+                authorized_key=client.public,
+                identity_file=Path("/ph/envs/demo/id_ed25519"),
+                host_key_public=hostkey.public,
+                host_key_private=hostkey.private_openssh,
+                agents=agents or AgentCounts(),
+                paths=paths,
+                network=network,
+                env_address="10.213.0.2",
+                containment=containment,
+                egress_image="prov-env:egress",
+                egress_address="10.213.0.3",
+                egress_network="prov-egress",
+                allow=("github.com", "example.org"),
+                remote=remote,
+                **more,
+            )
         ),
         client,
         hostkey,
@@ -310,3 +319,12 @@ def test_remote_sync_none_mounts_the_engine_hosts_own_path() -> None:
     assert spec.mounts == (Mount(Path("/p/demo"), "/p/demo"),)
     assert "PROV_PROJECT_VOLUME" not in spec.environment
     assert all(target != "/p/demo" for _v, target in spec.volumes)
+
+
+def test_plan_inputs_keep_key_material_and_session_values_out_of_repr() -> None:
+    """The host key, the session's variables and the proxy's CAs never show in a
+    repr (a log line or a traceback of PlanInputs)."""
+    import dataclasses
+
+    hidden = {f.name for f in dataclasses.fields(PlanInputs) if not f.repr}
+    assert {"host_key_private", "session_env", "upstream_cas"} <= hidden
