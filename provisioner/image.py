@@ -245,15 +245,12 @@ def _agents_context(tmp: Path, ca_files: tuple[Path, ...], ca_cache: Path | None
     return context
 
 
-def ensure_image(
-    engine: Engine,
-    request: ImageRequest,
-    note: Progress,
-    line: Progress,
-    ca_cache: Path | None = None,
-) -> BuiltImage:
-    # A base of the user's is checked when prov's first layer on it is built
-    # (reading a file out of an image costs a container: ~0.3 s).
+def _base(
+    engine: Engine, request: ImageRequest, note: Progress, line: Progress
+) -> tuple[str, str, Callable[[], None] | None]:
+    """(ref, image id) of what prov's layers go on, and the check of a user's
+    base to run when the first layer on it is built (reading a file out of an
+    image costs a container: ~0.3 s)."""
     check: Callable[[], None] | None = None
     if request.devcontainer is not None and not request.from_image:
         base_ref, base_id = _devcontainer_base(engine, request.devcontainer, note, line)
@@ -274,6 +271,64 @@ def ensure_image(
         check = functools.partial(_require_debian_like, engine, base_ref)
     else:
         base_ref, base_id = ensure_base(engine, request.base_image, note, line)
+    return base_ref, base_id, check
+
+
+def _agents_layer(
+    engine: Engine,
+    request: ImageRequest,
+    parent_tag: str,
+    base_ref: str,
+    note: Progress,
+    line: Progress,
+    ca_cache: Path | None,
+) -> tuple[str, str, bool]:
+    """The agents' layer on `parent_tag`: Node and the CLIs, plus the CAs to
+    trust (without agents only the CAs, and nothing when the parent trusts
+    them all already)."""
+    versions = dict(request.versions)
+    with tempfile.TemporaryDirectory(prefix="prov-build-") as tmp:
+        context = _agents_context(Path(tmp), request.ca_files, ca_cache)
+        buildargs = {
+            "BASE_IMAGE": parent_tag,
+            "AGENTS": ",".join(request.agents),
+            "NPM_REGISTRY": request.npm_registry,
+            **{
+                arg: versions[agent] if agent in request.agents else ""
+                for agent, arg in AGENT_BUILD_ARGS.items()
+            },
+        }
+        what = "agents (" + (", ".join(request.agents) or "CA certificates only") + ")"
+        parent = engine.image_id(parent_tag) or ""
+
+        def adds_something() -> bool:
+            """Without agents the layer only adds CAs: none if the image has them all."""
+            bundle = engine.read_image_file(parent_tag, (CA_BUNDLE,))
+            return not _trusts_all(bundle, _context_cas(context))
+
+        tag, content_hash, built = _layer(
+            engine,
+            what,
+            context,
+            buildargs,
+            parent,
+            base_ref,
+            note,
+            line,
+            target=None if request.agents else "prov-ca",
+            adds_something=None if request.agents else adds_something,
+        )
+        return tag, content_hash, built
+
+
+def ensure_image(
+    engine: Engine,
+    request: ImageRequest,
+    note: Progress,
+    line: Progress,
+    ca_cache: Path | None = None,
+) -> BuiltImage:
+    base_ref, base_id, check = _base(engine, request, note, line)
     built_any = False
     tag, content_hash, built = _layer(
         engine,
@@ -287,41 +342,11 @@ def ensure_image(
         before_build=check,
     )
     built_any |= built
-    versions = dict(request.versions)
     if request.agents or request.ca_files:
-        with tempfile.TemporaryDirectory(prefix="prov-build-") as tmp:
-            context = _agents_context(Path(tmp), request.ca_files, ca_cache)
-            buildargs = {
-                "BASE_IMAGE": tag,
-                "AGENTS": ",".join(request.agents),
-                "NPM_REGISTRY": request.npm_registry,
-                **{
-                    arg: versions[agent] if agent in request.agents else ""
-                    for agent, arg in AGENT_BUILD_ARGS.items()
-                },
-            }
-            what = "agents (" + (", ".join(request.agents) or "CA certificates only") + ")"
-            parent = engine.image_id(tag) or ""
-            parent_tag = tag
-
-            def adds_something() -> bool:
-                """Without agents the layer only adds CAs: none if the image has them all."""
-                bundle = engine.read_image_file(parent_tag, (CA_BUNDLE,))
-                return not _trusts_all(bundle, _context_cas(context))
-
-            tag, content_hash, built = _layer(
-                engine,
-                what,
-                context,
-                buildargs,
-                parent,
-                base_ref,
-                note,
-                line,
-                target=None if request.agents else "prov-ca",
-                adds_something=None if request.agents else adds_something,
-            )
-            built_any |= built
+        tag, content_hash, built = _agents_layer(
+            engine, request, tag, base_ref, note, line, ca_cache
+        )
+        built_any |= built
     if request.project_dockerfile is not None:
         dockerfile = request.project_dockerfile
         parent = engine.image_id(tag) or ""

@@ -823,17 +823,7 @@ def _converge(
                 c.volume_labels,
             )
     if existing is not None and decision.action in ("unchanged", "started"):
-        if plan.egress is not None and (proxy is None or not proxy.running or conf_changed):
-            # The proxy keeps no state: a stopped one is made again, so that it
-            # never points at a network removed meanwhile (prov-egress is
-            # shared, and Docker lets a network go while only stopped
-            # containers refer to it, e.g. `docker network prune`).
-            if proxy is not None:
-                engine.remove(proxy.id)
-            engine.create_plain_network(EGRESS_NETWORK, {"prov.managed": "true"})
-            made.proxy_id = engine.create(plan.egress.container)
-        made.action = decision.action
-        made.container_id = existing.id
+        _keep(engine, made, plan, existing, decision, conf_changed)
         return decision
     # Check what could stop the new container from starting before the old
     # one is removed: a failed recreate must not cost a working environment.
@@ -872,18 +862,48 @@ def _converge(
             made.proxy_id = engine.create(plan.egress.container)
         made.action = decision.action
         made.container_id = engine.create(c)
-    if prepared.settings:  # offered copies of the user's settings, before it starts
-        _offer_settings(engine, made.container_id, prepared)
+    _fill_new(engine, made.container_id, prepared, new_home)
+    return decision
+
+
+def _keep(
+    engine: Engine,
+    made: Made,
+    plan: Plan,
+    existing: ContainerInfo,
+    decision: reconcile.Decision,
+    conf_changed: bool,
+) -> None:
+    """An existing container stays: only its proxy is made again when it is
+    gone, stopped or has an older configuration. The proxy keeps no state, and
+    a stopped one could point at a network removed meanwhile (prov-egress is
+    shared, and Docker lets a network go while only stopped containers refer
+    to it, e.g. `docker network prune`)."""
+    proxy = made.prepared.existing_proxy
+    if plan.egress is not None and (proxy is None or not proxy.running or conf_changed):
+        if proxy is not None:
+            engine.remove(proxy.id)
+        engine.create_plain_network(EGRESS_NETWORK, {"prov.managed": "true"})
+        made.proxy_id = engine.create(plan.egress.container)
+    made.action = decision.action
+    made.container_id = existing.id
+
+
+def _fill_new(
+    engine: Engine, container_id: str, prepared: prepare.Prepared, new_home: bool
+) -> None:
+    """What a new container gets before it starts: the offered copies of the
+    user's settings and, in a new remote home volume, the private copy of the
+    logins (once: later the agent's own refreshed tokens there must stay)."""
+    if prepared.settings:
+        _offer_settings(engine, container_id, prepared)
     if new_home and prepared.credentials == "copy" and prepared.mounted:
-        # A remote home volume gets the private copy once; later the agent's
-        # own refreshed tokens there must not be overwritten.
         engine.put_paths(
-            made.container_id,
+            container_id,
             [(m.source, m.target) for m in prepared.mounted],
             prepared.project.uid,
             prepared.project.gid,
         )
-    return decision
 
 
 def _clone(paths: ProvPaths, alias: str, prepared: prepare.Prepared, reporter: Reporter) -> None:
