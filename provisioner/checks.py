@@ -25,6 +25,55 @@ class Check:
     detail: str
 
 
+@dataclass(frozen=True)
+class Report:
+    """One environment's ssh-test: it passes only if every step passed (a step
+    skipped after a failure is not a pass)."""
+
+    name: str
+    checks: tuple[Check, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok is True for c in self.checks)
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for c in self.checks if c.ok is False)
+
+    def public(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "ok": self.ok,
+            "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in self.checks],
+        }
+
+
+def chosen(name: str | None, paths: ProvPaths | None = None) -> tuple[list[str], list[str]]:
+    """The environments to test (`name`, or every one of this PROV_HOME with a
+    container) and the ones left out for having none."""
+    if name is not None:
+        return [name], []
+    from provisioner.lifecycle import list_envs
+
+    listed = list_envs(paths)
+    return (
+        [e.name for e in listed if e.container != "-"],
+        [e.name for e in listed if e.container == "-"],
+    )
+
+
+def report(name: str, paths: ProvPaths | None = None) -> Report:
+    return Report(name, tuple(ssh_test(name, paths)))
+
+
+def summary(reports: list[Report]) -> str:
+    """ "N of M environments pass", and which fail."""
+    failing = [r.name for r in reports if not r.ok]
+    text = f"{len(reports) - len(failing)} of {len(reports)} environments pass"
+    return text + ("; failing: " + ", ".join(failing) if failing else "")
+
+
 def _pinned(known_hosts: Path, alias: str) -> str | None:
     try:
         for line in known_hosts.read_text().splitlines():

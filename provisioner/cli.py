@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.status import Status
 
+    from provisioner import checks
     from provisioner.config import Containment, Extras, UpRequest
     from provisioner.injection import Secret
 
@@ -714,61 +715,50 @@ def ssh_test(
 ) -> None:
     """Prove environments work, step by step, the way NTM uses them: one, or
     with no name every one with a container (a block each and a summary)."""
-    from provisioner import lifecycle
+    from provisioner import checks
 
-    if name is not None:
-        names = [_name(name)]
-    else:
-        listed = _run(lifecycle.list_envs)
-        names = [e.name for e in listed if e.container != "-"]
-        skipped = [e.name for e in listed if e.container == "-"]
-        if skipped and not as_json:
-            err.line("no container, not tested: " + ", ".join(skipped))
-        if not names:
-            err.line("no environments with a container; create one with `prov up NAME`")
-            return
+    names, skipped = _run(checks.chosen, _name(name) if name is not None else None)
+    if skipped and not as_json:
+        err.line("no container, not tested: " + ", ".join(skipped))
+    if not names:
+        err.line("no environments with a container; create one with `prov up NAME`")
+        return
     reports = [_ssh_test_one(n, as_json, len(names) > 1) for n in names]
-    failed = [r for r in reports if not r["ok"]]
     if as_json:
-        _print_json(reports[0] if name is not None else reports)
+        _print_json(reports[0].public() if name is not None else [r.public() for r in reports])
     elif len(names) > 1:
-        summary = f"{len(names) - len(failed)} of {len(names)} environments pass"
-        if failed:
-            summary += "; failing: " + ", ".join(str(r["name"]) for r in failed)
-        err.line(summary, "✓ " if not failed else "", "bold green" if not failed else "bold red")
-    if failed:
+        passed = all(r.ok for r in reports)
+        err.line(
+            checks.summary(reports), "✓ " if passed else "", "bold green" if passed else "bold red"
+        )
+    if not all(r.ok for r in reports):
         from provisioner.errors import CheckFailed
 
         raise typer.Exit(CheckFailed.exit_code)
 
 
-def _ssh_test_one(name: str, as_json: bool, heading: bool) -> dict[str, object]:
+def _ssh_test_one(name: str, as_json: bool, heading: bool) -> checks.Report:
     from provisioner import checks
 
-    results = _run(checks.ssh_test, name)
-    failed = [c for c in results if c.ok is False]
+    result = _run(checks.report, name)
     if not as_json:
         if heading:
             out.line(name, "== ", "bold")
-        for check in results:
+        for check in result.checks:
             mark, style = {True: ("pass", "green"), False: ("FAIL", "red"), None: ("skip", "dim")}[
                 check.ok
             ]
             detail = " ".join(check.detail.split())
             out.line(f"{check.name}  ({detail})", f"{mark}  ", style)
-        if failed or not all(c.ok is True for c in results):
+        if not result.ok:
             err.line(
-                f"{len(failed)} check(s) failed for {name}. "
+                f"{result.failed} check(s) failed for {name}. "
                 f"Hint: `prov up {name}` repairs a stopped or removed environment; "
                 "`prov up --recreate` replaces a broken one.",
                 "error: ",
                 "bold red",
             )
-    return {
-        "name": name,
-        "ok": all(c.ok is True for c in results),  # a skipped step is not a pass
-        "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in results],
-    }
+    return result
 
 
 def _name(name: str) -> str:
