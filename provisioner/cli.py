@@ -1255,56 +1255,26 @@ def ntm_config(
 
     from provisioner import ntmconfig
     from provisioner.config import ProvPaths
-    from provisioner.errors import UsageError
     from provisioner.host import ntm_config_path
-    from provisioner.state import require
 
     paths = ProvPaths.from_env()
     path = ntm_config_path()
-    text = _run(ntmconfig.read_config, path)
-    if remove:
-        previous = ntmconfig.remembered(paths.home)
-        if previous is None:
-            err.line(f"prov has not changed {path}; nothing to remove")
-            return
-        edit = _run(ntmconfig.restore_agents, text, path, previous)
-    else:
-        if route_ == (name is not None):
-            _fail(
-                UsageError(
-                    "Say where the agents should run",
-                    "Pass an environment NAME, or --route for per-project routing (not both).",
-                    "e.g. `prov ntm-config myproject` or `prov ntm-config --route`.",
-                )
-            )
-        if name is not None:
-            from provisioner.engine.site import over_ssh
-
-            record = _run(require, paths, _name(name))
-            if over_ssh(record.engine):
-                _fail(
-                    UsageError(
-                        f"{name} runs on a remote engine, which NTM's [agents] cannot reach",
-                        f"Method 3 runs `docker exec` on this machine; {name}'s container is "
-                        f"on {record.engine}.",
-                        f"hand it to NTM over SSH instead: `ntm spawn ... --ssh=prov-{name}` "
-                        "(what `prov up` prints).",
-                    )
-                )
-            templates = ntmconfig.exec_templates(container_name(name))
-        else:
-            exe = _shutil.which("prov") or str(Path(sys.argv[0]).resolve())
-            templates = ntmconfig.route_templates(str(Path(exe).resolve()))
-        edit = _run(ntmconfig.set_agents, text, path, templates)
+    exe = str(Path(_shutil.which("prov") or sys.argv[0]).resolve())
+    edit = _run(
+        ntmconfig.edit_for,
+        paths.home,
+        _name(name) if name is not None else None,
+        route_,
+        remove,
+        exe,
+    )
+    if edit is None:
+        err.line(f"prov has not changed {path}; nothing to remove")
+        return
     if dry_run:
         out.line(edit.diff or f"no change to {path}")
         return
-    from provisioner.fsutil import ensure_private_dir
-
-    ensure_private_dir(paths.home)
-    backup = _run(ntmconfig.apply, edit, paths.home, not remove)
-    if remove:
-        ntmconfig.forget(paths.home)
+    backup = _run(ntmconfig.save, edit, paths.home, remove)
     if backup is None and edit.after == edit.before:
         err.line(f"{path} already says that; nothing changed")
     else:

@@ -169,3 +169,55 @@ def remembered(prov_home: Path) -> dict[str, str | None] | None:
 
 def forget(prov_home: Path) -> None:
     _record_path(prov_home).unlink(missing_ok=True)
+
+
+def edit_for(
+    prov_home: Path, name: str | None, route: bool, remove: bool, prov_executable: str
+) -> Edit | None:
+    """The edit `prov ntm-config` makes to NTM's config: every agent in the
+    container of `name` (method 3), or routed per project by `prov route`
+    (method 4), or, with `remove`, the entries prov replaced put back (None
+    when prov never changed them)."""
+    from provisioner import state
+    from provisioner.engine.site import over_ssh
+    from provisioner.errors import UsageError
+    from provisioner.host import ntm_config_path
+    from provisioner.spec import container_name
+
+    path = ntm_config_path()
+    text = read_config(path)
+    if remove:
+        previous = remembered(prov_home)
+        return None if previous is None else restore_agents(text, path, previous)
+    if route == (name is not None):
+        raise UsageError(
+            "Say where the agents should run",
+            "Pass an environment NAME, or --route for per-project routing (not both).",
+            "e.g. `prov ntm-config myproject` or `prov ntm-config --route`.",
+        )
+    if name is None:
+        return set_agents(text, path, route_templates(prov_executable))
+    from provisioner.config import ProvPaths
+
+    record = state.require(ProvPaths(prov_home), name)
+    if over_ssh(record.engine):
+        raise UsageError(
+            f"{name} runs on a remote engine, which NTM's [agents] cannot reach",
+            f"Method 3 runs `docker exec` on this machine; {name}'s container is "
+            f"on {record.engine}.",
+            f"hand it to NTM over SSH instead: `ntm spawn ... --ssh=prov-{name}` "
+            "(what `prov up` prints).",
+        )
+    return set_agents(text, path, exec_templates(container_name(name)))
+
+
+def save(edit: Edit, prov_home: Path, remove: bool) -> Path | None:
+    """Write `edit` (remembering what it replaced, or, with `remove`, forgetting
+    it); the backup made of NTM's config, if any."""
+    from provisioner.fsutil import ensure_private_dir
+
+    ensure_private_dir(prov_home)
+    backup = apply(edit, prov_home, not remove)
+    if remove:
+        forget(prov_home)
+    return backup
