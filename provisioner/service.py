@@ -167,6 +167,18 @@ class _Placed:
 UpOutcome = UpResult | ProvError
 
 
+@dataclass(frozen=True)
+class LostPort:
+    """An environment whose port, chosen by prov, was taken before Docker could
+    start it (what this run made for it already undone): tried once more."""
+
+    error: PortTaken
+    port: int
+
+
+_Outcome = UpOutcome | LostPort  # within one run of up_many
+
+
 def up(request: UpRequest, reporter: Reporter, paths: ProvPaths | None = None) -> UpResult:
     outcome = up_many([(request, reporter)], paths)[0]
     if isinstance(outcome, ProvError):
@@ -211,15 +223,15 @@ def up_many(
         chosen = _auto_place([items[i] for i in placing], paths)
         for index, target in zip(placing, chosen, strict=True):
             groups.setdefault(target.host, (target, []))[1].append(index)
-    outcomes: list[UpOutcome | None] = [None] * len(items)
+    outcomes: list[_Outcome | None] = [None] * len(items)
     for target, indexes in groups.values():
         try:
-            done = _up_on(target, [items[i] for i in indexes], paths)
+            done: list[_Outcome] = list(_up_on(target, [items[i] for i in indexes], paths))
             # A port prov chose was taken between its check and Docker's start
             # (each failure already undone): once more, with what is taken now.
             again = port_races(done, [items[i][0] for i in indexes])
             if again:
-                lost = frozenset(p for k in again if (p := getattr(done[k], "port", None)))
+                lost = frozenset(o.port for k in again if isinstance(o := done[k], LostPort))
                 redone = _up_on(target, [items[indexes[k]] for k in again], paths, lost)
                 for k, outcome in zip(again, redone, strict=True):
                     done[k] = outcome
@@ -227,7 +239,7 @@ def up_many(
             done = [exc] * len(indexes)
         for index, outcome in zip(indexes, done, strict=True):
             outcomes[index] = outcome
-    return [o for o in outcomes if o is not None]
+    return [o.error if isinstance(o, LostPort) else o for o in outcomes if o is not None]
 
 
 def _up_on(
@@ -235,7 +247,7 @@ def _up_on(
     items: Sequence[tuple[UpRequest, Reporter]],
     paths: ProvPaths,
     avoid: frozenset[int] = frozenset(),
-) -> list[UpOutcome]:
+) -> list[_Outcome]:
     targets.require_supported(target, "prov up")  # before any connection to it
     engine = Engine.connect(target)
     builder = _builder(engine)
@@ -250,15 +262,17 @@ def _up_on(
     poll = ready.BANNER_POLL if len(items) <= 1 else ready.BANNER_POLL_CROWDED
     publishing = any(request.publishes for request, _ in items)
 
-    def finish(placed: _Placed) -> UpOutcome:
+    def finish(placed: _Placed) -> _Outcome:
         try:
             return _finish(engine, placed, paths, poll)
+        except PortTaken as exc:
+            return LostPort(exc, placed.port)
         except ProvError as exc:
             return exc
 
-    outcomes: list[prepare.Prepared | UpOutcome]
+    outcomes: list[prepare.Prepared | _Outcome]
     ledger: list[Made] = []  # environments Docker may hold something of
-    done: dict[int, UpOutcome] = {}  # by id() of the prepare.Prepared
+    done: dict[int, _Outcome] = {}  # by id() of the prepare.Prepared
     try:
         if len(items) <= 1:
             outcomes = list(_each(prepare_one, items))
@@ -273,7 +287,7 @@ def _up_on(
             from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 
             workers = min(len(items), 32)
-            futures: dict[int, Future[UpOutcome]] = {}
+            futures: dict[int, Future[_Outcome]] = {}
             with (
                 ThreadPoolExecutor(max_workers=workers) as preparing,
                 ThreadPoolExecutor(max_workers=workers) as finishing,
@@ -306,13 +320,13 @@ def _up_on(
     return [done[id(o)] if isinstance(o, prepare.Prepared) else o for o in outcomes]
 
 
-def port_races(outcomes: Sequence[UpOutcome], requests: Sequence[UpRequest]) -> list[int]:
+def port_races(outcomes: Sequence[_Outcome], requests: Sequence[UpRequest]) -> list[int]:
     """Which environments lost the port prov chose for them (not one asked with
     --port) to something that took it before Docker started the container."""
     return [
         k
         for k, (outcome, request) in enumerate(zip(outcomes, requests, strict=True))
-        if isinstance(outcome, PortTaken) and request.port is None
+        if isinstance(outcome, LostPort) and request.port is None
     ]
 
 
@@ -581,8 +595,6 @@ def _finish(engine: Engine, placed: _Placed, paths: ProvPaths, poll: float) -> U
     except BaseException as exc:
         if proxy_start is not None:  # never remove a container while it is being started
             proxy_start.settle()
-        if isinstance(exc, PortTaken):
-            exc.port = port  # what to avoid when up_many tries once more
         if isinstance(exc, ProvError):  # anything else: up_many undoes every environment
             abandon(engine, placed.made, paths)
         raise

@@ -109,8 +109,6 @@ def _explain(exc: Exception) -> str:
 class PortTaken(ConflictError):
     """Docker could not publish a port: something took it after prov chose it."""
 
-    port: int | None = None  # the port, when the caller knows it
-
 
 class StageImages:
     """The image each stage of a classic-builder build ends with, read off its

@@ -134,7 +134,7 @@ def test_only_ports_prov_chose_are_tried_again() -> None:
     from provisioner.config import Containment, UpRequest
     from provisioner.engine.api import PortTaken
     from provisioner.errors import ConflictError
-    from provisioner.service import port_races
+    from provisioner.service import LostPort, port_races
 
     lost = PortTaken("Docker could not start the container: the port is already in use", "", "")
     opened = Containment(egress="open")
@@ -142,7 +142,12 @@ def test_only_ports_prov_chose_are_tried_again() -> None:
         UpRequest(n, port=p, containment=opened)
         for n, p in (("a", None), ("b", 2300), ("c", None), ("d", None))
     ]
-    outcomes = [lost, lost, ConflictError("x", "", ""), lost]
+    outcomes = [
+        LostPort(lost, 2301),
+        LostPort(lost, 2300),
+        ConflictError("x", "", ""),
+        LostPort(lost, 2302),
+    ]
     assert port_races(outcomes, requests) == [0, 3]
 
 

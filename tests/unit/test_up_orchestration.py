@@ -180,3 +180,38 @@ def test_a_failure_undoes_exactly_what_this_run_made(
     assert not paths.env_dir("demo").exists()
     assert state.load(paths, "demo") is None
     assert "prov-demo" not in (paths.ssh_config.read_text() if paths.ssh_config.exists() else "")
+
+
+def test_a_port_taken_before_the_start_is_tried_once_more_elsewhere(
+    world: tuple[RecordingEngine, ProvPaths], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A port prov chose, taken by something else between its check and
+    Docker's start: that try is undone and the next one avoids the port."""
+    from provisioner.engine.api import PortTaken
+
+    engine, paths = world
+    started = engine.start
+    tries: list[int] = []
+
+    def start_once_taken(container_id: str) -> None:
+        tries.append(engine.containers[container_id].port)
+        if len(tries) == 1:
+            raise PortTaken("Docker could not start the container", "port is already allocated")
+        started(container_id)
+
+    monkeypatch.setattr(engine, "start", start_once_taken)
+    monkeypatch.setattr(ready, "await_ssh", lambda *args, **kwargs: 0.05)
+    monkeypatch.setattr(ready, "wait_published", lambda *args, **kwargs: None)
+    request = UpRequest(
+        name="demo",
+        project_dir=tmp_path / "demo",
+        write_user_ssh_config=False,
+        extras=Extras(agents=(), credentials="none"),
+        containment=Containment(egress="open"),  # published on the environment itself
+    )
+    (tmp_path / "demo").mkdir()
+    [result] = service.up_many([(request, Quiet())], paths)
+    assert not isinstance(result, Exception), result
+    assert len(tries) == 2 and tries[0] != tries[1] and 0 not in tries
+    assert ("remove", "prov-demo") in engine.calls  # the first try was undone
+    assert result.port == tries[1]
