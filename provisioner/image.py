@@ -488,7 +488,7 @@ OS_RELEASE_PATHS = ("/etc/os-release", "/usr/lib/os-release")
 def ensure_egress_image(
     engine: Engine, base_image: str, note: Progress, line: Progress
 ) -> tuple[str, bool]:
-    """The egress proxy's image (tinyproxy on prov's base), built once; (tag,
+    """The egress proxy's image (squid and socat on prov's base), built once; (tag,
     whether it was built now)."""
     base_ref, base_id = ensure_base(engine, base_image, note, line)
     tag, _hash, built = _layer(
