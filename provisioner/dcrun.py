@@ -22,8 +22,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from provisioner import openssh
 from provisioner.devcontainer import Command, DevContainer
+from provisioner.engine import Engine
 from provisioner.errors import CommandFailed
+from provisioner.progress import Reporter
 
 CREATED_MARKER = "/etc/prov/devcontainer-created"
 COMMAND_TIMEOUT = 3600.0
@@ -38,7 +41,7 @@ def _run_one(
 ) -> tuple[int, list[str]]:
     """Run one command, passing each output line on while it runs (read from a
     temp file: a pipe would be held open by an ssh master it forked)."""
-    argv = ["ssh", "-F", str(config), "-o", "BatchMode=yes", "--", alias, _script(project, command)]
+    argv = openssh.alias_argv(config, alias, _script(project, command))
     prefix = f"[{command.label}] " if command.label else ""
     lines: list[str] = []
     with tempfile.TemporaryFile() as out:
@@ -116,19 +119,34 @@ def run_phase(
             )
 
 
-def run(
+def run_in(
+    engine: Engine,
+    container_id: str,
     dc: DevContainer,
     config: Path,
     alias: str,
     project: str,
-    created: bool,
+    new: bool,
     started: bool,
-    on_phase: Callable[[str], None],
-    on_line: Callable[[str], None],
+    reporter: Reporter,
 ) -> None:
-    """The create phases when `created` (they have not run to the end in this
-    container), then postStartCommand when `started`."""
-    groups = (dc.create_commands if created else ()) + (dc.start_commands if started else ())
-    for group in groups:
-        on_phase(group[0].phase)
-        run_phase(config, alias, project, group, on_line)
+    """The create phases, unless this container's marker says they succeeded
+    (a `new` container has none), then postStartCommand when it `started`
+    now or the create phases ran. The marker is written as soon as the create
+    phases succeed, so a failing postStartCommand does not run them again."""
+    if not dc.create_commands and not dc.start_commands:
+        return
+    created = bool(dc.create_commands) and (
+        new or engine.read_file(container_id, CREATED_MARKER) is None
+    )
+    steps: list[tuple[tuple[Command, ...], bool]] = []
+    if created:
+        last = len(dc.create_commands) - 1
+        steps += [(group, i == last) for i, group in enumerate(dc.create_commands)]
+    if started or created:
+        steps += [(group, False) for group in dc.start_commands]
+    for group, last_create in steps:
+        reporter.step(f"{group[0].phase} (devcontainer.json, as the agent)")
+        run_phase(config, alias, project, group, lambda line: reporter.note("| " + line))
+        if last_create:
+            engine.inject_files(container_id, [(CREATED_MARKER, 0o600, dc.digest.encode())])

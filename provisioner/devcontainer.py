@@ -30,6 +30,8 @@ from provisioner.errors import ConfigError, UsageError
 
 CANDIDATES = (".devcontainer/devcontainer.json", ".devcontainer.json")
 METADATA_LABEL = "devcontainer.metadata"
+# prov's tags for the images a devcontainer.json describes (image.py builds them).
+DEVCONTAINER_REPO = "prov-devcontainer"
 
 # What prov honours (beyond the image itself); the rest is named at `up`.
 _HONOURED = {
@@ -487,6 +489,18 @@ class _Merged:
     )
     start: list[tuple[Command, ...]] = field(default_factory=list)
     ports: list[int] = field(default_factory=list)
+
+
+def with_image(first: DevContainer, ctx: Context, label: str | None, base: str) -> DevContainer:
+    """`first` (the file alone) merged with the devcontainer.metadata `label` of
+    the image prov's layers went on (`base`): the features' entries first.
+    When the devcontainers CLI built that base (a prov-devcontainer image of a
+    file with features), the file's own entry is already the last of them."""
+    entries = metadata_entries(label)
+    if not entries:
+        return first
+    by_cli = bool(first.features) and base.startswith(f"{DEVCONTAINER_REPO}:")
+    return resolve(first.path, ctx, entries, config_in_metadata=by_cli)
 
 
 def resolve(

@@ -20,13 +20,13 @@ from pathlib import Path
 
 from provisioner import baseimage, host
 from provisioner.config import DEFAULT_BASE_IMAGE
-from provisioner.devcontainer import METADATA_LABEL, Build
+from provisioner.devcontainer import DEVCONTAINER_REPO, METADATA_LABEL, Build
 from provisioner.engine import Engine
 from provisioner.errors import BuildError
 
 IMAGE_REPO = "prov-env"
-DEVCONTAINER_REPO = "prov-devcontainer"
 IMAGE_LABEL = "prov.image"  # on every image prov builds, stages included
+BASE_LABEL = "prov.base"  # on each of prov's layers: the image they went on
 
 
 def docker_context(layer: str) -> Path:
@@ -215,7 +215,7 @@ def _layer(
     content hash exists; (tag, hash, built). `adds_something`: asked before a
     build; when it says no, the parent itself gets the layer's tag (no layer
     is made, and the next run finds the tag at once)."""
-    labels = {"prov.base": base_ref, **({"prov.target": target} if target else {})}
+    labels = {BASE_LABEL: base_ref, **({"prov.target": target} if target else {})}
     content_hash = context_hash(context, buildargs, parent_id, labels)
     tag = f"{IMAGE_REPO}:{content_hash[:16]}"
     if engine.image_id(tag):

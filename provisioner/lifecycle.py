@@ -501,36 +501,30 @@ def _devcontainer_start(
     """devcontainer.json's postStartCommand (and its create commands, if they
     never succeeded in this container), read from the file again."""
     from provisioner import dcrun, devcontainer
+    from provisioner.image import BASE_LABEL
 
     if not config.is_file():
         reporter.warn(f"{config} is gone: its postStartCommand did not run")
         return
     project = Path(record.project_dir)
     ctx = devcontainer.Context(project, name, devcontainer.host_env())
-    first = devcontainer.resolve(config, ctx)
-    entries = devcontainer.metadata_entries(info.labels.get(devcontainer.METADATA_LABEL))
-    dc = (
-        devcontainer.resolve(config, ctx, entries, config_in_metadata=bool(first.features))
-        if entries
-        else first
+    dc = devcontainer.with_image(
+        devcontainer.resolve(config, ctx),
+        ctx,
+        info.labels.get(devcontainer.METADATA_LABEL),
+        info.labels.get(BASE_LABEL, ""),
     )
-    if not dc.create_commands and not dc.start_commands:
-        return
-    created = bool(dc.create_commands) and engine.read_file(info.id, dcrun.CREATED_MARKER) is None
-    alias = sshconf.alias_for(name)
-    for create in (True, False):
-        dcrun.run(
-            dc,
-            paths.ssh_config,
-            alias,
-            str(project),
-            created=created and create,
-            started=not create,
-            on_phase=lambda phase: reporter.step(f"{phase} (devcontainer.json, as the agent)"),
-            on_line=lambda line: reporter.note("| " + line),
-        )
-        if created and create:
-            engine.inject_files(info.id, [(dcrun.CREATED_MARKER, 0o600, dc.digest.encode())])
+    dcrun.run_in(
+        engine,
+        info.id,
+        dc,
+        paths.ssh_config,
+        sshconf.alias_for(name),
+        str(project),
+        new=False,
+        started=True,
+        reporter=reporter,
+    )
 
 
 def logs(name: str, follow: bool, tail: int | None) -> Iterator[bytes]:

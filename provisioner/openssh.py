@@ -31,12 +31,19 @@ def run_captured(argv: list[str], timeout: float) -> tuple[int, str]:
         return code, out.read().decode(errors="replace")
 
 
+def alias_argv(config: Path, alias: str, command: str) -> list[str]:
+    """The system ssh running `command` through `alias` in `config`, never asking."""
+    return [
+        "ssh", "-F", str(config), "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
+        "--", alias, command,
+    ]  # fmt: skip
+
+
 def system_ssh(config: Path, alias: str, command: str, timeout: float = 20.0) -> tuple[int, str]:
     """Run `command` with the system OpenSSH client through `alias` in `config`;
     (exit status, output)."""
-    argv = ["ssh", "-F", str(config), "-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]
     try:
-        return run_captured([*argv, "--", alias, command], timeout)
+        return run_captured(alias_argv(config, alias, command), timeout)
     except FileNotFoundError:
         return 127, "the OpenSSH client `ssh` is not installed"
 

@@ -358,7 +358,7 @@ def _env_labels(
         LABEL_CREDENTIALS: i.credentials_mode,
         LABEL_BRANCH: i.branch or "",
         # Names and hosts only, never a value.
-        LABEL_SECRETS: ",".join(sorted(f"{s.name}@{s.host}:{s.header}" for s in i.secrets)),
+        LABEL_SECRETS: ",".join(sorted(s.public() for s in i.secrets)),
         # The devcontainer.json applied, for postStartCommand at `prov start`.
         LABEL_DEVCONTAINER: i.devcontainer,
     }

@@ -199,7 +199,7 @@ def _prepare_steps(
     applied_dc = None
     if found_dc is not None:
         request, applied_dc = _devcontainer_again(
-            engine, request, found_dc, built, image_request, project.path, paths, reporter
+            engine, request, found_dc, built, project.path, paths, reporter
         )
     session_env = _session_env(
         request.extras, secrets, request.containment.egress, reporter, applied_dc
@@ -271,7 +271,6 @@ def _devcontainer_again(
     request: UpRequest,
     found: DevContainer,
     built: BuiltImage,
-    image_request: ImageRequest,
     project_dir: Path,
     paths: ProvPaths,
     reporter: Reporter,
@@ -279,7 +278,10 @@ def _devcontainer_again(
     """The file once more with what the image records (its features', and a
     devcontainer image's own settings), which may ask for more: applied, and
     new mounts checked."""
-    applied = _final_devcontainer(request, found, built, image_request, project_dir)
+    from provisioner import devcontainer
+
+    ctx = devcontainer.Context(project_dir, request.name, devcontainer.host_env())
+    applied = devcontainer.with_image(found, ctx, built.metadata, built.base)
     request = _apply_devcontainer(request, applied, project_dir, reporter, final=True)
     if engine.site.mounts_local_paths and applied.mounts != found.mounts:
         _check_mounts(request, project_dir, paths, reporter)
@@ -706,9 +708,10 @@ def _session_env(
     variables (containerEnv, runArgs' -e, remoteEnv), then --env/--env-file
     (which win)."""
     pairs = {s.name: s.placeholder for s in secrets}
+    injected = set(pairs)
     if dc is not None:
         for key, value in (*dc.container_env, *dc.env, *dc.remote_env):
-            if key in pairs and any(s.name == key for s in secrets):
+            if key in injected:
                 reporter.warn(
                     f"{dc.path} sets {key}, which the egress proxy injects: the placeholder "
                     "stays (the proxy puts the real value into requests)"
@@ -774,26 +777,6 @@ def _devcontainer(request: UpRequest, project_dir: Path) -> DevContainer | None:
         return None
     ctx = devcontainer.Context(project_dir, request.name, devcontainer.host_env())
     return devcontainer.resolve(path, ctx)
-
-
-def _final_devcontainer(
-    request: UpRequest,
-    first: DevContainer,
-    built: BuiltImage,
-    image_request: ImageRequest,
-    project_dir: Path,
-) -> DevContainer:
-    """The file merged with the image's devcontainer.metadata: the features'
-    entries first; when the devcontainers CLI built it, the file's own entry
-    is the last of them."""
-    from provisioner import devcontainer
-
-    entries = devcontainer.metadata_entries(built.metadata)
-    if not entries:
-        return first
-    by_cli = image_request.devcontainer is not None and bool(first.features)
-    ctx = devcontainer.Context(project_dir, request.name, devcontainer.host_env())
-    return devcontainer.resolve(first.path, ctx, entries, config_in_metadata=by_cli)
 
 
 def _apply_devcontainer(

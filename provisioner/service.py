@@ -1115,26 +1115,14 @@ def _devcontainer_commands(
 
     dc = prepared.devcontainer
     assert dc is not None  # noqa: S101 - called only with one
-    if not dc.create_commands and not dc.start_commands:
-        return
-    # A new container has no marker; an existing one had its create commands
-    # run to the end if it has one.
-    new = action in ("created", "recreated")
-    created = bool(dc.create_commands) and (
-        new or engine.read_file(container_id, dcrun.CREATED_MARKER) is None
+    dcrun.run_in(
+        engine,
+        container_id,
+        dc,
+        paths.ssh_config,
+        alias,
+        str(prepared.project.path),
+        new=action in ("created", "recreated"),
+        started=action != "unchanged",
+        reporter=prepared.reporter,
     )
-    started = action != "unchanged" or created
-    reporter = prepared.reporter
-    for create in (True, False):  # the marker once the create phases succeeded
-        dcrun.run(
-            dc,
-            paths.ssh_config,
-            alias,
-            str(prepared.project.path),
-            created=created and create,
-            started=started and not create,
-            on_phase=lambda phase: reporter.step(f"{phase} (devcontainer.json, as the agent)"),
-            on_line=lambda line: reporter.note("| " + line),
-        )
-        if created and create:
-            engine.inject_files(container_id, [(dcrun.CREATED_MARKER, 0o600, dc.digest.encode())])

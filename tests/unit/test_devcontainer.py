@@ -233,3 +233,21 @@ def test_compose_is_refused_with_what_to_do(tmp_path: Path) -> None:
     path = _write(tmp_path, json.dumps({"dockerComposeFile": "c.yml", "service": "app"}))
     with pytest.raises(ConfigError, match="Docker Compose"):
         dc.resolve(path, _ctx(tmp_path))
+
+
+def test_with_image_counts_the_files_entry_once(tmp_path: Path) -> None:
+    """The devcontainers CLI records the file's own entry last in the image it
+    built (a prov-devcontainer base): merged once. On any other base (--from),
+    the image's entries come first and the file after them."""
+    path = _write(
+        tmp_path,
+        json.dumps({"image": "x:1", "features": {"./f": {}}, "postCreateCommand": "file"}),
+    )
+    ctx = _ctx(tmp_path)
+    first = dc.resolve(path, ctx)
+    label = json.dumps([{"id": "./f", "postCreateCommand": "feat"}, {"postCreateCommand": "file"}])
+    built = dc.with_image(first, ctx, label, f"{dc.DEVCONTAINER_REPO}:abc")
+    assert [g[0].argv[2] for g in built.create_commands] == ["feat", "file"]
+    other = dc.with_image(first, ctx, label, "user/image:1")
+    assert [g[0].argv[2] for g in other.create_commands] == ["feat", "file", "file"]
+    assert dc.with_image(first, ctx, None, "user/image:1") is first
