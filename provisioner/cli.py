@@ -724,14 +724,14 @@ def ssh_test(
         err.line("no environments with a container; create one with `prov up NAME`")
         return
     reports = [_ssh_test_one(n, as_json, len(names) > 1) for n in names]
+    passed = all(r.ok for r in reports)
     if as_json:
         _print_json(reports[0].public() if name is not None else [r.public() for r in reports])
     elif len(names) > 1:
-        passed = all(r.ok for r in reports)
         err.line(
             checks.summary(reports), "✓ " if passed else "", "bold green" if passed else "bold red"
         )
-    if not all(r.ok for r in reports):
+    if not passed:
         from provisioner.errors import CheckFailed
 
         raise typer.Exit(CheckFailed.exit_code)

@@ -551,7 +551,7 @@ def _finish(engine: Engine, placed: _Placed, paths: ProvPaths, poll: float) -> U
             reporter,
             placed.made.proxy_id or prepared.existing_proxy,
         )
-        started = proxy_start is not None  # a new proxy: ready once it listens
+        new_proxy = proxy_start is not None  # ready once it listens
         target = SshTarget(plan.ssh.hostname, plan.ssh.port, AGENT_USER, host_pair.public, identity)
         if placed.reauthorize:
             if action == "unchanged":
@@ -586,7 +586,7 @@ def _finish(engine: Engine, placed: _Placed, paths: ProvPaths, poll: float) -> U
         if proxy_start is not None:
             proxy_start.join()
             proxy_start = None
-        _ready_beyond_ssh(engine, plan, paths, prepared, container_id, proxy_started=started)
+        _ready_beyond_ssh(engine, plan, paths, prepared, container_id, proxy_started=new_proxy)
         if prepared.sync == "rsync":
             reporter.step("pushing the project (rsync)")
             sync.push(paths.ssh_config, alias, prepared.project.path)
