@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from rich.status import Status
 
     from provisioner import checks
+    from provisioner import slots as slots_mod
     from provisioner.config import Containment, Extras, UpRequest
     from provisioner.injection import Secret
 
@@ -224,11 +225,11 @@ def _engine_flags(docker_host: str | None, engine: str | None) -> None:
 @app.command()
 def up(
     names: Annotated[
-        list[str],
+        list[str] | None,
         typer.Argument(
             help="Environment name(s), also the ssh alias prov-NAME; several come up at once."
         ),
-    ],
+    ] = None,
     port: Annotated[
         int | None, typer.Option(help="Host port for SSH (default: a free one from 2222 up).")
     ] = None,
@@ -432,6 +433,16 @@ def up(
         str | None,
         typer.Option("--docker-host", help="Run on this engine (unix://, tcp://, ssh://)."),
     ] = None,
+    prepare_slots: Annotated[
+        int | None,
+        typer.Option(
+            "--prepare",
+            min=0,
+            max=32,
+            help="Keep N slots ready from now on (egress proxies made before their "
+            "environments, ~10 MB each; 0: none) and make them now. Names are optional.",
+        ),
+    ] = None,
 ) -> None:
     """Build or reuse the image, run the environment, wait for SSH, write the alias.
 
@@ -441,6 +452,18 @@ def up(
     from provisioner.errors import UsageError
 
     _engine_flags(docker_host, engine)
+    if prepare_slots is not None:
+        _prepare_slots(prepare_slots, base_image, as_json and not names)
+    if not names:
+        if prepare_slots is not None:
+            return
+        _fail(
+            UsageError(
+                "prov up needs an environment name",
+                "No NAME was given (and no --prepare N).",
+                "run `prov up NAME` (several names bring several up at once).",
+            )
+        )
     if len(names) > 1:
         for flag, value in (
             ("--port", port),
@@ -875,6 +898,48 @@ def status(name: NameArg, as_json: JsonOpt = False) -> None:
         out.line(f"{key:22} {value}")
 
 
+def _prepare_slots(count: int, base_image: str, as_json: bool) -> None:
+    from provisioner import slots
+    from provisioner.config import ProvPaths
+
+    report = _run(
+        slots.prepare, count, base_image, lambda text: err.line(text, "• "), ProvPaths.from_env()
+    )
+    if as_json:
+        _print_json(report.public())
+    else:
+        _show_slots(report)
+
+
+def _show_slots(report: slots_mod.SlotsReport) -> None:
+    if not report.usable:
+        err.line(f"slots: none ({report.note})")
+        return
+    each = max(report.memory) if report.memory else 0
+    err.line(
+        f"slots: {len(report.ready)} ready of {report.wanted} wanted ({report.wanted_source})"
+        + (f", at most {_size(each)} of memory each" if report.memory else "")
+        + f"; {report.claimed} in use as environments' proxies",
+        "✓ " if len(report.ready) >= report.wanted else "",
+    )
+    err.line("set the number with `prov up --prepare N` (0: none) or PROV_SLOTS=N")
+
+
+@app.command("slots")
+def slots_(as_json: JsonOpt = False) -> None:
+    """Show the slots kept ready for the next `up`s: egress proxies made before
+    their environments, allowing nothing until one is claimed."""
+    from provisioner import slots
+    from provisioner.config import ProvPaths
+    from provisioner.engine import Engine
+
+    report = _run(lambda: slots.report(Engine.connect(), ProvPaths.from_env()))
+    if as_json:
+        _print_json(report.public())
+    else:
+        _show_slots(report)
+
+
 @app.command()
 def gc(
     images: Annotated[
@@ -896,6 +961,11 @@ def gc(
         out.line(f"{verb} {image.shown}  ({_size(image.frees)})")
     if report.in_use:
         err.line(f"kept, in use: {len(report.in_use)} image(s)")
+    if report.slots:
+        verb = "removed" if report.removed else "would remove"
+        err.line(
+            f"{verb} {report.slots} ready slot(s) of this PROV_HOME (the next `up` remakes them)"
+        )
     if not report.removable:
         err.line("nothing to remove: every prov image is in use")
     elif report.removed:
@@ -1108,6 +1178,12 @@ def rm(
     err.line(f"removed {name}: {what}", "✓ ", "bold green")
     if removal.access_revoked:
         err.line(f"gave back {removal.access_revoked}", "  ")
+    if removal.slots_removed:
+        err.line(
+            f"removed {removal.slots_removed} ready slot(s) too: no environment is left "
+            "to use them (`prov up --prepare N` keeps them anyway)",
+            "  ",
+        )
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -241,26 +241,49 @@ def squid_conf(
         *(["http_access allow client secret_dst"] if secrets else []),
         "http_access allow client allowed",
         "http_access deny all",
-        "cachemgr_passwd disable all",
-        "cache deny all",
-        "cache_mem 0 MB",
-        "memory_pools off",
-        "pinger_enable off",
-        "via off",
-        "email_err_data off",
-        "forwarded_for delete",
-        "httpd_suppress_version_string on",
-        "client_persistent_connections on",
-        "server_persistent_connections on",
-        # One line per request, allowed and refused (never a header).
-        "logformat prov prov %ts %>a %Ss/%>Hs %rm %ru %<A %<st",
-        "access_log stdio:/dev/stdout prov",
-        "cache_log stdio:/dev/stderr",
-        "logfile_rotate 0",
-        "pid_filename none",
-        "shutdown_lifetime 1 seconds",
+        *_SETTINGS,
     ]
     return "\n".join(lines) + "\n"
+
+
+def slot_conf() -> str:
+    """A slot's proxy before any environment claims it (pure): it listens on
+    its own loopback only and allows nothing. The claim writes the
+    environment's squid_conf over it and sends SIGHUP (see slots)."""
+    lines = [
+        "# Made by prov for an unclaimed slot: it allows nothing.",
+        f"http_port 127.0.0.1:{PROXY_PORT}",
+        "http_access deny all",
+        *_SETTINGS,
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# What every proxy's configuration ends with: no cache, no manager, nothing
+# about the client sent on, and a line per request in Docker's log.
+_SETTINGS = (
+    "cachemgr_passwd disable all",
+    "cache deny all",
+    "cache_mem 0 MB",
+    "memory_pools off",
+    "pinger_enable off",
+    "via off",
+    "email_err_data off",
+    "forwarded_for delete",
+    "httpd_suppress_version_string on",
+    "client_persistent_connections on",
+    "server_persistent_connections on",
+    # One line per request, allowed and refused (never a header).
+    "logformat prov prov %ts %>a %Ss/%>Hs %rm %ru %<A %<st",
+    "access_log stdio:/dev/stdout prov",
+    "cache_log stdio:/dev/stderr",
+    "logfile_rotate 0",
+    "pid_filename none",
+    "shutdown_lifetime 1 seconds",
+    # squid sizes its tables by this (its default 20000 cost ~2.5 MB of an
+    # idle proxy's ~12); one environment's connections need far fewer.
+    "max_filedescriptors 4096",
+)
 
 
 def _outermost(domains: tuple[str, ...]) -> list[str]:

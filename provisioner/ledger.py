@@ -31,7 +31,8 @@ class Made:
     prepared: prepare.Prepared
     action: str | None = None  # set once _converge has decided
     container_id: str | None = None  # the environment's container, new or existing
-    proxy_id: str | None = None  # a proxy this run created
+    proxy_id: str | None = None  # a proxy this run created (or a slot it claimed)
+    proxy_claimed: bool = False  # proxy_id is a slot's: started already
     network_created: bool = False
 
 

@@ -3,6 +3,7 @@ restart, logs, rm. Docker's labels and prov's state dir are the only memory."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
@@ -581,6 +582,7 @@ class Removal:
     # A root-owned project whose ACL grant for the agent was taken away
     # (with the number of files the agent made, handed to its owner); "".
     access_revoked: str = ""
+    slots_removed: int = 0  # ready slots removed with the last environment
 
 
 def rm(name: str, paths: ProvPaths | None = None) -> Removal:
@@ -623,7 +625,26 @@ def rm(name: str, paths: ProvPaths | None = None) -> Removal:
         volume = engine.volume(volume_name)
         if volume is not None and is_ours(volume.get("Labels") or {}, paths):
             engine.remove_volume(volume_name)  # the agent's home and work: gone for good
-    return Removal(container_removed=info is not None, access_revoked=_forget_here(name, paths))
+    revoked = _forget_here(name, paths)
+    return Removal(
+        container_removed=info is not None,
+        access_revoked=revoked,
+        slots_removed=_slots_after_last(engine, paths),
+    )
+
+
+def _slots_after_last(engine: Engine, paths: ProvPaths) -> int:
+    """The last environment of this PROV_HOME gone: its ready slots go too
+    (nothing would use them), unless the user asked for them (`--prepare`,
+    PROV_SLOTS). How many were removed."""
+    from provisioner import slots
+
+    with contextlib.suppress(OSError):
+        if any(paths.envs.iterdir()):
+            return 0
+    if slots.wanted(paths)[1] != "the default" or not slots.usable(engine):
+        return 0
+    return slots.remove_unclaimed(engine, paths)
 
 
 def forget(name: str, paths: ProvPaths | None = None) -> str:
@@ -775,6 +796,7 @@ class GcReport:
     removable: tuple[GcImage, ...]  # used by no container and under no image in use
     in_use: tuple[str, ...]  # tags of images containers use, or layers below them
     removed: bool  # False for a dry run
+    slots: int = 0  # this PROV_HOME's ready slots: removed (with apply), or there
 
     @property
     def frees(self) -> int:
@@ -786,9 +808,16 @@ def gc(apply: bool = False, only: tuple[str, ...] = ()) -> GcReport:
     PROV_HOME, and that are not a layer below an image in use; removed only with
     `apply`; `only`: just these tags or IDs. The base images (prov-base,
     --base-image) are never touched."""
+    from provisioner import slots
     from provisioner.image import IMAGE_LABEL, IMAGE_REPO
 
     engine = Engine.connect()
+    # This home's ready slots first: they keep their image in use. The next
+    # `up` makes them again (of the image it uses then).
+    paths = ProvPaths.from_env()
+    ready = 0
+    if slots.usable(engine):
+        ready = slots.remove_unclaimed(engine, paths) if apply else slots.ready_count(paths)
     # Untagged images of prov's (a build's stages, or one interrupted) too.
     listed = engine.images(IMAGE_REPO) + engine.dangling_images(f"{IMAGE_LABEL}=1")
     used = engine.image_ids_in_use()
@@ -808,7 +837,7 @@ def gc(apply: bool = False, only: tuple[str, ...] = ()) -> GcReport:
     if apply:
         for candidate in removable:
             engine.remove_image(candidate.ref)
-    return GcReport(removable, in_use, apply)
+    return GcReport(removable, in_use, apply, ready)
 
 
 def select_unused(

@@ -27,6 +27,7 @@ from provisioner.injection import CA, CONF_DIR, PROXY_PORT, Secret, squid_conf
 from provisioner.keys import PublicKey
 from provisioner.protect import Guard, git_excludes
 from provisioner.spec import (
+    EGRESS_NETWORK,
     LABEL_MANAGED,
     RELAY_PORT,
     SSHD_PORT,
@@ -73,7 +74,9 @@ LABEL_LIMITS = "prov.limits"
 LABEL_EGRESS = "prov.egress"
 LABEL_NETWORK = "prov.network"
 LABEL_SSH = "prov.ssh"  # where the alias connects: HOST:PORT
-LABEL_ROLE = "prov.role"  # "env" or "egress" (the environment's proxy)
+LABEL_ROLE = "prov.role"  # "env", "egress" (the environment's proxy) or "slot"
+LABEL_SLOT = "prov.slot"  # a proxy made as a slot, before its environment: the slot's ID
+LABEL_SLOT_IMAGE = "prov.slot.image"  # the egress image a slot was made of, as asked
 LABEL_PROTECT = "prov.protect"  # project paths covered read-only (".git" pinned writable)
 LABEL_CREDENTIALS = "prov.credentials"  # tokens / copy / mount / none
 LABEL_SECRETS = "prov.secrets"  # NAME@HOST:HEADER of what the proxy injects
@@ -428,6 +431,44 @@ def _gate(i: PlanInputs, identity: str, egress_label: str) -> EgressPlan | None:
         log_limit=True,
     )
     return EgressPlan(proxy, i.allow, proxying, conf, i.secrets if i.egress_ca else ())
+
+
+def slot_spec(slot_id: str, egress_image: str, conf_dir: Path, paths: ProvPaths) -> ContainerSpec:
+    """A slot's proxy (pure): the egress proxy made before its environment, on
+    prov's outside network only, allowing nothing (its configuration is
+    injection.slot_conf) until an `up` claims it: connects it to the
+    environment's network, writes that environment's configuration into
+    `conf_dir` and sends SIGHUP. Its role label stays "slot"; it relays no
+    port (an environment whose gate publishes one gets a proxy of its own)."""
+    return ContainerSpec(
+        name=slot_container_name(slot_id),
+        image=egress_image,
+        hostname="prov-egress",
+        labels={
+            LABEL_MANAGED: "true",
+            LABEL_HOME: home_id(paths),
+            LABEL_ROLE: "slot",
+            LABEL_SLOT: slot_id,
+            LABEL_SLOT_IMAGE: egress_image,
+        },
+        environment={"PROV_LISTEN": "127.0.0.1", "PROV_PROXY": "1", "PROV_SLOT": "1"},
+        bind="127.0.0.1",
+        port=0,
+        mounts=(Mount(conf_dir, CONF_DIR, read_only=True),),
+        keys_dir=conf_dir,
+        key_files=(),
+        files=(),
+        security=Security(cap_add=EGRESS_CAPS, no_new_privileges=True, pids_limit=256),
+        network=EGRESS_NETWORK,
+        address="",
+        tmpfs=("/run", "/tmp"),
+        read_only=True,
+        log_limit=True,
+    )
+
+
+def slot_container_name(slot_id: str) -> str:
+    return f"prov-slot-{slot_id}"
 
 
 def _env_environment(

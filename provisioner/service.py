@@ -26,6 +26,7 @@ from provisioner import (
     prepare,
     ready,
     reconcile,
+    slots,
     sshconf,
     state,
     sync,
@@ -67,6 +68,7 @@ from provisioner.plan import (
     network_name,
 )
 from provisioner.progress import Reporter
+from provisioner.spec import EGRESS_NETWORK
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
@@ -317,7 +319,20 @@ def _up_on(
         for made in ledger:
             abandon(engine, made, paths)
         raise
+    _refill_slots(engine, paths, [o for o in outcomes if isinstance(o, prepare.Prepared)])
     return [done[id(o)] if isinstance(o, prepare.Prepared) else o for o in outcomes]
+
+
+def _refill_slots(engine: Engine, paths: ProvPaths, prepared: list[prepare.Prepared]) -> None:
+    """Slots for the next `up`s, made in the background (see slots)."""
+    images = {
+        p.egress_image
+        for p in prepared
+        if p.egress_image and p.request.containment.egress == "allowlist"
+    }
+    for image in images:
+        with contextlib.suppress(OSError):  # an `up` that worked is not failed by this
+            slots.refill_later(engine, paths, image)
 
 
 def port_races(outcomes: Sequence[_Outcome], requests: Sequence[UpRequest]) -> list[int]:
@@ -543,15 +558,16 @@ def _finish(engine: Engine, placed: _Placed, paths: ProvPaths, poll: float) -> U
     alias = sshconf.alias_for(request.name)
     proxy_start: _Background | None = None
     try:
+        claimed = placed.made.proxy_claimed  # started already: reading its configuration
         proxy_start = _launch(
             engine,
             plan,
             action,
             container_id,
             reporter,
-            placed.made.proxy_id or prepared.existing_proxy,
+            None if claimed else placed.made.proxy_id or prepared.existing_proxy,
         )
-        new_proxy = proxy_start is not None  # ready once it listens
+        new_proxy = proxy_start is not None or claimed  # ready once it listens
         target = SshTarget(plan.ssh.hostname, plan.ssh.port, AGENT_USER, host_pair.public, identity)
         if placed.reauthorize:
             if action == "unchanged":
@@ -745,7 +761,6 @@ def _port_pins(published: tuple[str, int] | None) -> tuple[tuple[str, ...], int]
     return ((host, "localhost") if is_loopback(host) else (host,)), published[1]
 
 
-EGRESS_NETWORK = "prov-egress"
 SUBNET_TRIES = 3
 
 
@@ -835,7 +850,7 @@ def _converge(
                 c.volume_labels,
             )
     if existing is not None and decision.action in ("unchanged", "started"):
-        _keep(engine, made, plan, existing, decision, conf_changed)
+        _keep(engine, made, plan, paths, existing, decision, conf_changed)
         return decision
     # Check what could stop the new container from starting before the old
     # one is removed: a failed recreate must not cost a working environment.
@@ -871,7 +886,7 @@ def _converge(
     # never learn the ID of; hold it for the few ms the request takes.
     with _deferred_interrupt():
         if plan.egress is not None:
-            made.proxy_id = engine.create(plan.egress.container)
+            _make_proxy(engine, made, plan, paths)
         made.action = decision.action
         made.container_id = engine.create(c)
     _fill_new(engine, made.container_id, prepared, new_home)
@@ -882,6 +897,7 @@ def _keep(
     engine: Engine,
     made: Made,
     plan: Plan,
+    paths: ProvPaths,
     existing: ContainerInfo,
     decision: reconcile.Decision,
     conf_changed: bool,
@@ -896,9 +912,26 @@ def _keep(
         if proxy is not None:
             engine.remove(proxy.id)
         engine.create_plain_network(EGRESS_NETWORK, {"prov.managed": "true"})
-        made.proxy_id = engine.create(plan.egress.container)
+        _make_proxy(engine, made, plan, paths)
     made.action = decision.action
     made.container_id = existing.id
+
+
+def _make_proxy(engine: Engine, made: Made, plan: Plan, paths: ProvPaths) -> None:
+    """The environment's gate: a ready slot claimed and handed over (see
+    slots), or, if none fits, a new one created (started by _launch)."""
+    egress = plan.egress
+    assert egress is not None  # noqa: S101 - called only for one
+    gate = egress.container
+    slot = None
+    if egress.proxying and not gate.port and slots.usable(engine):
+        slot = slots.claim(engine, paths, gate.image)
+    if slot is None:
+        made.proxy_id = engine.create(gate)
+        return
+    made.proxy_id, made.proxy_claimed = slot.container_id, True
+    files = {f.name: f.content for f in egress.files}
+    slots.hand_over(engine, slot, files, gate.network, gate.address, gate.name)
 
 
 def _fill_new(

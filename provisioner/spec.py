@@ -14,6 +14,9 @@ SSHD_PORT = "22/tcp"
 RELAY_PORT = "2222/tcp"
 
 
+EGRESS_NETWORK = "prov-egress"  # prov's outside network: every proxy's way out
+
+
 def container_name(name: str) -> str:
     """The environment's container (its proxy is `-egress`, its network `-net`)."""
     return f"prov-{name}"

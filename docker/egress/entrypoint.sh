@@ -13,6 +13,9 @@
 #   PROV_PROXY       1 (default): run the proxy; 0: the relay only
 #   PROV_RELAY_TO    ADDRESS:22, the environment's sshd
 #   PROV_RELAY_PORT  the port the relay listens on (Docker publishes it)
+#   PROV_SLOT        1: a slot made before its environment; its configuration
+#                    allows nothing until prov writes the environment's and
+#                    sends SIGHUP, which may turn on secret injection then
 set -eu
 die() {
 	printf 'prov-egress: %s\n' "$*" >&2
@@ -51,7 +54,7 @@ mkdir -p "$run"
 # (Docker's log of it, capped) and keeps the certificates it makes for the
 # hosts whose secrets it injects in a small database on /run (a tmpfs).
 chmod a+w /proc/self/fd/1 /proc/self/fd/2
-if grep -q '^sslcrtd_program' "$CONF"; then
+if grep -q '^sslcrtd_program' "$CONF" || [ "${PROV_SLOT:-0}" = 1 ]; then
 	rm -rf "$run/ssl_db"
 	/usr/lib/squid/security_file_certgen -c -s "$run/ssl_db" -M 1MB >/dev/null ||
 		die "cannot make squid's certificate database"

@@ -619,12 +619,30 @@ class Engine:
             if "already exists" not in exc.seen:
                 raise
 
-    def connect_network(self, network: str, container_id: str) -> None:
+    def connect_network(self, network: str, container_id: str, address: str = "") -> None:
+        """Attach a container (running or not) to a network, at `address` if given."""
         self._call(
             f"connect the container to {network}",
             "POST",
             f"/networks/{_quote(network)}/connect",
-            body=json.dumps({"Container": container_id}).encode(),
+            body=json.dumps(wire.connect_body(container_id, address)).encode(),
+        )
+
+    def rename(self, container_id: str, name: str) -> None:
+        self._call(
+            f"rename the container to {name}",
+            "POST",
+            f"/containers/{container_id}/rename",
+            params={"name": name},
+        )
+
+    def signal(self, container_id: str, signal: str) -> None:
+        """Send a signal (by name, e.g. HUP) to the container's main process."""
+        self._call(
+            f"send {signal} to the container",
+            "POST",
+            f"/containers/{container_id}/kill",
+            params={"signal": signal},
         )
 
     def remove_network(self, name: str) -> None:
@@ -728,6 +746,18 @@ class Engine:
             params={"force": "1", "v": "1"},
             missing_ok=True,
         )
+
+    def memory_used(self, container_id: str) -> int | None:
+        """Bytes of memory the container uses now, as `docker stats` counts
+        them (less the page cache it could drop); None if Docker does not say."""
+        stats = self._json(
+            "read the container's stats",
+            "GET",
+            f"/containers/{_quote(container_id)}/stats",
+            params={"stream": "false", "one-shot": "true"},
+            missing_ok=True,
+        )
+        return wire.memory_used(stats) if stats else None
 
     def logs(self, container_id: str, follow: bool, tail: int | None) -> Iterator[bytes]:
         """The container's output, streamed when `follow`."""

@@ -109,3 +109,23 @@ def network_body(spec: NetworkSpec) -> dict[str, Any]:
         },
         "Options": {"com.docker.network.bridge.name": bridge_name(spec.name)},
     }
+
+
+def connect_body(container_id: str, address: str = "") -> dict[str, Any]:
+    """POST /networks/{id}/connect's body: the container, at a fixed address if given."""
+    body: dict[str, Any] = {"Container": container_id}
+    if address:
+        body["EndpointConfig"] = {"IPAMConfig": {"IPv4Address": address}}
+    return body
+
+
+def memory_used(stats: dict[str, Any]) -> int | None:
+    """A stats answer's memory in use, as `docker stats` shows it: usage less
+    the cache (cgroup v1) or the inactive file pages (cgroup v2)."""
+    memory = stats.get("memory_stats") or {}
+    usage = memory.get("usage")
+    if not isinstance(usage, int):
+        return None
+    detail = memory.get("stats") or {}
+    cache = detail.get("total_inactive_file", detail.get("inactive_file", 0))
+    return max(usage - int(cache or 0), 0)

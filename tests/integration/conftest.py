@@ -44,6 +44,28 @@ def docker_client() -> docker.DockerClient:
     return client
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_slots_left(
+    tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient
+) -> Iterator[None]:
+    """Slots the tests' PROV_HOMEs made (every one lives under the session's
+    base temp dir), removed at the end, with any filler still at work."""
+    yield
+    base = str(tmp_path_factory.getbasetemp())
+    subprocess.run(["pkill", "-f", f"provisioner.slots {base}"], check=False)
+    remove_slots(docker_client, base)
+
+
+def remove_slots(docker_client: docker.DockerClient, under: str) -> None:
+    """Slot containers of PROV_HOMEs under `under` (by their mounted dir)."""
+    for container in docker_client.containers.list(
+        all=True, filters={"label": ["prov.managed=true", "prov.role=slot"]}
+    ):
+        if any(str(m.get("Source", "")).startswith(under) for m in container.attrs["Mounts"]):
+            with contextlib.suppress(docker.errors.NotFound):
+                container.remove(force=True)
+
+
 @dataclass
 class Prov:
     """Runs the prov CLI with an isolated HOME / PROV_HOME."""
@@ -177,6 +199,9 @@ def prov(
         env.pop(key, None)
     harness = Prov(home, root / "ph", projects, f"t{secrets.token_hex(2)}", env)
     yield harness
+    # A background slot filler of this home first, so that it makes no more.
+    subprocess.run(["pkill", "-f", f"provisioner.slots {root}"], check=False)
+    remove_slots(docker_client, str(root))
     for container in docker_client.containers.list(
         all=True, filters={"label": "prov.managed=true"}
     ):
@@ -235,7 +260,11 @@ def env_image() -> str:
 
 
 EGRESS_NET = "prov-egress"
-SITE, DENIED_SITE = "www.allowed.prov-test", "www.denied.prov-test"
+# Names of this test session's own: two sessions on one engine (CI and a
+# developer's run) each reach their own servers on the shared outside network.
+TEST_DOMAIN = f"prov-test-{secrets.token_hex(3)}"
+ALLOWED_DOMAIN, DENIED_DOMAIN = f"allowed.{TEST_DOMAIN}", f"denied.{TEST_DOMAIN}"
+SITE, DENIED_SITE = f"www.{ALLOWED_DOMAIN}", f"www.{DENIED_DOMAIN}"
 
 
 def start_outside_server(

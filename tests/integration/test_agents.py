@@ -11,7 +11,7 @@ import docker
 import pytest
 
 from provisioner.config import AGENT_VERSIONS
-from tests.integration.conftest import SITE, HttpsSite, Prov
+from tests.integration.conftest import ALLOWED_DOMAIN, SITE, HttpsSite, Prov
 from tests.integration.test_environments import _pane_output
 from tests.integration.tlssite import PACKAGE, PACKAGE_VALUE
 
@@ -28,7 +28,7 @@ def agents_env(prov: Prov) -> dict[str, object]:
         name,
         "--json",
         "--allow",
-        "allowed.prov-test",
+        ALLOWED_DOMAIN,
         env={"PROV_AGENTS": "claude,codex,gemini"},
         timeout=1800,
     )

@@ -21,6 +21,8 @@ import docker
 import pytest
 
 from tests.integration.conftest import (
+    ALLOWED_DOMAIN,
+    DENIED_DOMAIN,
     DENIED_SITE,
     EGRESS_NET,
     PROJECT_GID,
@@ -37,7 +39,7 @@ NETNS = f"provtest{os.getpid() % 10000}"
 NS_HOST, NS_PEER = "10.250.77.1", "10.250.77.2"  # this machine's end, the test host's
 # Clients in a session trust the test site's CA through their usual variables.
 TRUST = "SSL_CERT_FILE={ca} GIT_SSL_CAINFO={ca} PIP_CERT={ca} NODE_EXTRA_CA_CERTS={ca}"
-ALLOWED, DENIED = "allowed.prov-test", "denied.prov-test"
+ALLOWED, DENIED = ALLOWED_DOMAIN, DENIED_DOMAIN
 
 
 def _tcp_from(prov: Prov, alias: str, host: str, port: int) -> subprocess.CompletedProcess[str]:

@@ -16,7 +16,15 @@ from pathlib import Path
 import docker
 import pytest
 
-from tests.integration.conftest import DENIED_SITE, SITE, HttpsSite, Prov, files_holding
+from tests.integration.conftest import (
+    ALLOWED_DOMAIN,
+    DENIED_DOMAIN,
+    DENIED_SITE,
+    SITE,
+    HttpsSite,
+    Prov,
+    files_holding,
+)
 
 KEY = "sk-real-KEY-6a1f0c9e2b7d4a58"  # x-api-key for SITE
 TOKEN = "ghp_realTOKEN8c3e5b1a9f"  # Authorization: Bearer, for SITE
@@ -40,7 +48,7 @@ def trusting(prov: Prov, https_site: HttpsSite, tmp_path_factory: pytest.TempPat
 @pytest.fixture(scope="module")
 def injected(trusting: Prov, https_site: HttpsSite) -> tuple[str, str]:
     """An environment with two secrets for SITE and the built-in Anthropic key;
-    denied.prov-test allowed too (DENIED_SITE is a host with no secret). Its
+    DENIED_DOMAIN allowed too (DENIED_SITE is a host with no secret). Its
     `up` output, for the check that prov prints no value."""
     name = trusting.name("secrets")
     # The site's CA, for the agent's own tunnels to a host with no secret.
@@ -49,9 +57,9 @@ def injected(trusting: Prov, https_site: HttpsSite) -> tuple[str, str]:
         "up",
         name,
         "--allow",
-        "allowed.prov-test",
+        ALLOWED_DOMAIN,
         "--allow",
-        "denied.prov-test",
+        DENIED_DOMAIN,
         "--secret",
         f"API_KEY={KEY}@{SITE}:x-api-key",
         "--secret",
@@ -214,7 +222,7 @@ def test_nothing_of_the_environment_holds_a_value(
         shown = trusting.run(*command, check=True)
         assert not any(v in shown.stdout + shown.stderr for v in VALUES)
     assert not any(v in up_output for v in VALUES)
-    assert "API_KEY@www.allowed.prov-test:x-api-key" in up_output
+    assert f"API_KEY@{SITE}:x-api-key" in up_output
     conf = gate.exec_run(["cat", "/etc/prov-egress/squid.conf"]).output.decode()
     assert KEY in conf and TOKEN in conf and BUILTIN in conf
 
@@ -247,7 +255,7 @@ def test_secrets_are_kept_private_and_for_the_next_up(
     assert store.stat().st_mode & 0o777 == 0o600
     assert env_dir.stat().st_mode & 0o777 == 0o700
     before = docker_client.containers.get(alias).id
-    trusting.up(name, "--allow", "allowed.prov-test", "--allow", "denied.prov-test")
+    trusting.up(name, "--allow", ALLOWED_DOMAIN, "--allow", DENIED_DOMAIN)
     assert docker_client.containers.get(alias).id == before
     env = trusting.ssh(alias, "env").stdout
     assert "API_KEY=prov-placeholder-api-key" in env
@@ -274,7 +282,7 @@ def test_a_new_value_reaches_the_proxy_and_leaves_the_environment_be(
     rotated = "ghp_rotatedTOKEN0d9e8f7a"
     trusting.up(
         name,
-        "--allow", "allowed.prov-test", "--allow", "denied.prov-test",
+        "--allow", ALLOWED_DOMAIN, "--allow", DENIED_DOMAIN,
         "--secret", f"GH_TOKEN={rotated}@{SITE}",
     )  # fmt: skip
     assert docker_client.containers.get(alias).id == before

@@ -16,7 +16,15 @@ from pathlib import Path
 import docker
 import pytest
 
-from tests.integration.conftest import DENIED_SITE, SITE, HttpsSite, Prov, files_holding
+from tests.integration.conftest import (
+    ALLOWED_DOMAIN,
+    DENIED_DOMAIN,
+    DENIED_SITE,
+    SITE,
+    HttpsSite,
+    Prov,
+    files_holding,
+)
 
 pytestmark = pytest.mark.slow
 AGENTS = {"PROV_AGENTS": "claude,codex,gemini"}
@@ -57,7 +65,7 @@ def keyed(
     result = user.run(
         "up",
         name,
-        "--allow", "allowed.prov-test", "--allow", "denied.prov-test",
+        "--allow", ALLOWED_DOMAIN, "--allow", DENIED_DOMAIN,
         "--secret", f"ANTHROPIC_API_KEY={CLAUDE_KEY}@{SITE}:x-api-key",
         "--secret", f"GEMINI_API_KEY={GEMINI_KEY}@{SITE}:x-goog-api-key",
         "--secret", f"OPENAI_API_KEY={OPENAI_KEY}@{DENIED_SITE}",

@@ -107,6 +107,7 @@ class Quiet:
 def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[RecordingEngine, ProvPaths]:
     engine = RecordingEngine()
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("PROV_SLOTS", "0")  # no background filler against the real engine
     (tmp_path / "home").mkdir()
     for key in ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY", "DOCKER_HOST"):
         monkeypatch.delenv(key, raising=False)
