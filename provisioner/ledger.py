@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from provisioner import host, prepare, protect, sshconf
+from provisioner import host, prepare, protect, slots, sshconf
 from provisioner.config import ProvPaths
 from provisioner.engine import Engine
 from provisioner.fsutil import file_lock
@@ -32,7 +32,7 @@ class Made:
     action: str | None = None  # set once _converge has decided
     container_id: str | None = None  # the environment's container, new or existing
     proxy_id: str | None = None  # a proxy this run created (or a slot it claimed)
-    proxy_claimed: bool = False  # proxy_id is a slot's: started already
+    slot: str = ""  # the ID of the slot proxy_id is (claimed, started already)
     network_created: bool = False
 
 
@@ -45,6 +45,8 @@ def abandon(engine: Engine, made: Made, paths: ProvPaths) -> None:
     name = prepared.name
     if made.proxy_id is not None:
         engine.remove(made.proxy_id)
+        if made.slot:
+            slots.forget(paths, made.slot)
     container = created_here(engine, container_name(name), made.action, made.container_id)
     if container is not None:
         engine.remove(container)

@@ -33,6 +33,7 @@ from provisioner.plan import (
     LABEL_PROTECT,
     LABEL_ROLE,
     LABEL_SECRETS,
+    LABEL_SLOT,
     LABEL_SSH,
     LABEL_SUDO,
     SshTarget,
@@ -542,13 +543,22 @@ class DownResult:
     placeholders: tuple[str, ...] = ()  # the protection's, removed from the project
 
 
+def _remove_proxy(engine: Engine, proxy: ContainerInfo, paths: ProvPaths) -> None:
+    """An environment's proxy, and the files of the slot it was made as."""
+    from provisioner import slots
+
+    engine.remove(proxy.id)
+    if proxy.labels.get(LABEL_SLOT):
+        slots.forget(paths, proxy.labels[LABEL_SLOT])
+
+
 def down(name: str, paths: ProvPaths | None = None) -> DownResult:
     paths = paths or ProvPaths.from_env()
     engine = engine_of(name, paths)
     info = own_container(engine, name, paths)
     proxy = own_container(engine, name, paths, "egress")
     if proxy is not None:
-        engine.remove(proxy.id)
+        _remove_proxy(engine, proxy, paths)
     if info is None:
         if state.load(paths, name) is None:
             raise NotFound(
@@ -611,7 +621,7 @@ def rm(name: str, paths: ProvPaths | None = None) -> Removal:
     if info is not None:
         engine.remove(info.id)
     if proxy is not None:
-        engine.remove(proxy.id)
+        _remove_proxy(engine, proxy, paths)
     _unplace(name, paths)
     net = engine.network(network_name(name))
     if net is not None and is_ours(net.get("Labels") or {}, paths):

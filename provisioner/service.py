@@ -558,7 +558,7 @@ def _finish(engine: Engine, placed: _Placed, paths: ProvPaths, poll: float) -> U
     alias = sshconf.alias_for(request.name)
     proxy_start: _Background | None = None
     try:
-        claimed = placed.made.proxy_claimed  # started already: reading its configuration
+        claimed = bool(placed.made.slot)  # started already: reading its configuration
         proxy_start = _launch(
             engine,
             plan,
@@ -929,7 +929,7 @@ def _make_proxy(engine: Engine, made: Made, plan: Plan, paths: ProvPaths) -> Non
     if slot is None:
         made.proxy_id = engine.create(gate)
         return
-    made.proxy_id, made.proxy_claimed = slot.container_id, True
+    made.proxy_id, made.slot = slot.container_id, slot.slot_id
     files = {f.name: f.content for f in egress.files}
     slots.hand_over(engine, slot, files, gate.network, gate.address, gate.name)
 

@@ -238,18 +238,21 @@ def fill(engine: Engine, paths: ProvPaths, image: str, count: int, wait: bool = 
     made and started (until their squid listens); how many were made. Without
     `wait`, returns 0 at once if another filler is at work."""
     with _fill_lock(paths, wait) as mine:
-        if not mine:
-            return 0
-        atomic_write(slots_dir(paths) / "image", image + "\n", 0o600)
+        return _fill_held(engine, paths, image, count) if mine else 0
+
+
+def _fill_held(engine: Engine, paths: ProvPaths, image: str, count: int) -> int:
+    atomic_write(slots_dir(paths) / "image", image + "\n", 0o600)
+    made = 0
+    while True:  # `up`s may claim some meanwhile: counted again after each
         ready = sweep(engine, paths, image)
         for extra in ready[count:]:  # fewer asked for now
             if _take(paths, extra):
                 discard(engine, paths, extra)
-        made = 0
-        for _ in range(count - len(ready)):
-            _make(engine, paths, image)
-            made += 1
-        return made
+        if len(ready) >= count or made >= MAX_WANTED:
+            return made
+        _make(engine, paths, image)
+        made += 1
 
 
 def _make(engine: Engine, paths: ProvPaths, image: str) -> None:
@@ -359,29 +362,46 @@ def report(engine: Engine, paths: ProvPaths) -> SlotsReport:
 
 def refill_later(engine: Engine, paths: ProvPaths, image: str) -> bool:
     """After an `up`: start a background filler if fewer slots are ready than
-    wanted (it exits at once should another be at work); whether it started."""
+    wanted and no filler is at work; whether it started. The filler inherits
+    the fill lock, taken here, so that `wait_idle` waits for it from now on."""
     count, _ = wanted(paths)
     if not image or not usable(engine) or ready_count(paths) >= count:
         return False
     import subprocess
 
     ensure_private_dir(slots_dir(paths))
-    log = slots_dir(paths) / "fill.log"
-    with contextlib.suppress(OSError):
-        if log.stat().st_size > 1 << 20:
-            log.unlink()
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    lock = os.open(slots_dir(paths) / ".fill.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        subprocess.Popen(
-            [sys.executable, "-m", "provisioner.slots", str(paths.home), image, engine.target.host],
-            stdin=subprocess.DEVNULL,
-            stdout=fd,
-            stderr=fd,
-            start_new_session=True,
-            close_fds=True,
-        )
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # one is at work, and counts again before it stops
+        log = slots_dir(paths) / "fill.log"
+        with contextlib.suppress(OSError):
+            if log.stat().st_size > 1 << 20:
+                log.unlink()
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "provisioner.slots",
+                    str(paths.home),
+                    image,
+                    engine.target.host,
+                    str(lock),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=fd,
+                stderr=fd,
+                start_new_session=True,
+                pass_fds=(lock,),
+            )
+        finally:
+            os.close(fd)
     finally:
-        os.close(fd)
+        os.close(lock)  # the filler's copy holds the lock until it exits
     return True
 
 
@@ -392,11 +412,13 @@ def wait_idle(paths: ProvPaths) -> None:
 
 
 def _main(argv: list[str]) -> int:
+    """The background filler: argv is the PROV_HOME, the image, the engine and
+    the fill lock's inherited descriptor (held: it is released at exit)."""
     paths = ProvPaths(Path(argv[0]))
     image, host = argv[1], argv[2]
     try:
         engine = Engine.connect(EngineTarget(host, "the engine of the `up` before"))
-        fill(engine, paths, image, wanted(paths)[0], wait=False)
+        _fill_held(engine, paths, image, wanted(paths)[0])
     except ProvError as exc:
         print(time.strftime("%Y-%m-%dT%H:%M:%S"), f"{exc.what}: {exc.seen}", flush=True)
         return 1

@@ -1,0 +1,146 @@
+"""Slots without a daemon: what an unclaimed slot's proxy allows, how a
+claim hands a slot to one caller only, and how many are kept."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from provisioner import slots
+from provisioner.config import ProvPaths
+from provisioner.engine import ContainerInfo
+from provisioner.engine.wire import connect_body, memory_used
+from provisioner.errors import ConfigError
+from provisioner.injection import CONF_DIR, slot_conf, squid_conf
+from provisioner.plan import EGRESS_CAPS, LABEL_SLOT_IMAGE, home_id, slot_spec
+from provisioner.spec import EGRESS_NETWORK
+
+IMAGE = "prov-env:egress1"
+
+
+class SlotEngine:
+    """Docker's view of some slot containers: found by name, removable."""
+
+    def __init__(self, paths: ProvPaths) -> None:
+        self.paths = paths
+        self.running: dict[str, str] = {}  # container name -> image label
+        self.removed: list[str] = []
+
+    def find(self, name: str) -> ContainerInfo | None:
+        if name not in self.running:
+            return None
+        labels = {LABEL_SLOT_IMAGE: self.running[name]}
+        return ContainerInfo(name + "-id", name, "running", labels, "", (), None, "")
+
+    def remove(self, name: str) -> None:
+        self.removed.append(name)
+        self.running.pop(name, None)
+
+    def summaries(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "State": "running",
+                "Labels": {
+                    "prov.role": "slot",
+                    "prov.home": home_id(self.paths),
+                    "prov.slot": name.removeprefix("prov-slot-"),
+                    LABEL_SLOT_IMAGE: image,
+                },
+            }
+            for name, image in self.running.items()
+        ]
+
+
+def _ready_slot(engine: SlotEngine, paths: ProvPaths, slot_id: str, image: str = IMAGE) -> None:
+    slots.slots_dir(paths).mkdir(parents=True, exist_ok=True)
+    slots.conf_dir(paths, slot_id).mkdir()
+    (slots.slots_dir(paths) / f"{slot_id}.ready").touch()
+    engine.running[f"prov-slot-{slot_id}"] = image
+
+
+def test_an_unclaimed_slot_allows_nothing_and_listens_on_loopback_only() -> None:
+    conf = slot_conf().splitlines()
+    assert [ln for ln in conf if ln.startswith("http_port")] == ["http_port 127.0.0.1:3128"]
+    assert [ln for ln in conf if ln.startswith("http_access")] == ["http_access deny all"]
+    assert not [ln for ln in conf if ln.startswith(("acl", "ssl_bump", "request_header"))]
+    # The same settings as an environment's proxy (no cache, a line a request).
+    env = squid_conf("10.0.0.3", "10.0.0.2", ("example.com",), ())
+    assert conf[3:] == env.splitlines()[-len(conf[3:]) :]
+
+
+def test_a_slot_is_a_proxy_on_the_outside_network_only(tmp_path: Path) -> None:
+    paths = ProvPaths(tmp_path)
+    spec = slot_spec("ab12cd34", IMAGE, tmp_path / "slots" / "ab12cd34", paths)
+    assert spec.network == EGRESS_NETWORK and spec.extra_network is None and not spec.address
+    assert spec.port == 0  # it relays nothing
+    assert spec.labels["prov.role"] == "slot" and spec.labels["prov.home"] == home_id(paths)
+    assert "prov.name" not in spec.labels  # it is no environment's until claimed
+    (mount,) = spec.mounts
+    assert mount.target == CONF_DIR and mount.read_only
+    assert spec.read_only and spec.log_limit
+    assert spec.security.cap_add == EGRESS_CAPS and spec.security.no_new_privileges
+
+
+def test_a_claim_is_one_callers_alone(tmp_path: Path) -> None:
+    paths = ProvPaths(tmp_path)
+    engine = SlotEngine(paths)
+    for slot_id in ("aaaa0001", "aaaa0002"):
+        _ready_slot(engine, paths, slot_id)
+    first = slots.claim(engine, paths, IMAGE)  # type: ignore[arg-type]
+    second = slots.claim(engine, paths, IMAGE)  # type: ignore[arg-type]
+    assert first is not None and second is not None
+    assert first.slot_id != second.slot_id
+    assert slots.claim(engine, paths, IMAGE) is None  # type: ignore[arg-type]
+    assert slots.ready_count(paths) == 0
+    assert (slots.slots_dir(paths) / f"{first.slot_id}.claimed").exists()
+
+
+def test_a_broken_or_outdated_slot_is_removed_not_handed_out(tmp_path: Path) -> None:
+    paths = ProvPaths(tmp_path)
+    engine = SlotEngine(paths)
+    _ready_slot(engine, paths, "bbbb0001", image="prov-env:older")
+    _ready_slot(engine, paths, "bbbb0002")
+    del engine.running["prov-slot-bbbb0002"]  # its container is gone
+    assert slots.claim(engine, paths, IMAGE) is None  # type: ignore[arg-type]
+    assert engine.removed == ["prov-slot-bbbb0001", "prov-slot-bbbb0002"]
+    assert not list(slots.slots_dir(paths).iterdir())
+
+
+def test_sweep_leaves_claimed_slots_and_removes_stale_and_orphaned_ones(tmp_path: Path) -> None:
+    paths = ProvPaths(tmp_path)
+    engine = SlotEngine(paths)
+    _ready_slot(engine, paths, "cccc0001")
+    _ready_slot(engine, paths, "cccc0002", image="prov-env:older")
+    _ready_slot(engine, paths, "cccc0003")
+    (slots.slots_dir(paths) / "cccc0003.ready").rename(slots.slots_dir(paths) / "cccc0003.claimed")
+    slots.conf_dir(paths, "dddd0001").mkdir()  # a slot whose container went with its env
+    (slots.slots_dir(paths) / "dddd0001.claimed").touch()
+    assert slots.sweep(engine, paths, IMAGE) == ["cccc0001"]  # type: ignore[arg-type]
+    assert engine.removed == ["prov-slot-cccc0002"]
+    left = sorted(p.name for p in slots.slots_dir(paths).iterdir())
+    assert left == ["cccc0001", "cccc0001.ready", "cccc0003", "cccc0003.claimed"]
+
+
+def test_how_many_are_kept(tmp_path: Path) -> None:
+    paths = ProvPaths(tmp_path)
+    assert slots.wanted(paths, {}) == (slots.DEFAULT_WANTED, "the default")
+    slots.set_wanted(paths, 0)
+    assert slots.wanted(paths, {}) == (0, "`prov up --prepare`")
+    assert slots.wanted(paths, {"PROV_SLOTS": "5"}) == (5, "PROV_SLOTS")
+    for bad in ("-1", "two", "99"):
+        with pytest.raises(ConfigError):
+            slots.wanted(paths, {"PROV_SLOTS": bad})
+
+
+def test_the_connect_and_stats_bodies() -> None:
+    assert connect_body("c1") == {"Container": "c1"}
+    assert connect_body("c1", "10.0.0.3") == {
+        "Container": "c1",
+        "EndpointConfig": {"IPAMConfig": {"IPv4Address": "10.0.0.3"}},
+    }
+    v1 = {"memory_stats": {"usage": 12_000_000, "stats": {"total_inactive_file": 2_000_000}}}
+    v2 = {"memory_stats": {"usage": 9_000_000, "stats": {"inactive_file": 500_000}}}
+    assert memory_used(v1) == 10_000_000 and memory_used(v2) == 8_500_000
+    assert memory_used({"memory_stats": {}}) is None
