@@ -28,6 +28,7 @@ from provisioner.plan import (
     LABEL_HOST_KEY,
     LABEL_LIMITS,
     LABEL_NAME,
+    LABEL_NETWORK,
     LABEL_PORT,
     LABEL_PROJECT,
     LABEL_PROTECT,
@@ -427,7 +428,7 @@ def start(
     """Start (or restart) the container and wait until SSH works; seconds to ready."""
     paths = paths or ProvPaths.from_env()
     # Imported here: ls, status and the others do not need the readiness code.
-    from provisioner.ready import await_ssh, wait_published
+    from provisioner import ready
 
     record = state.require(paths, name)
     engine = engine_of(name, paths)
@@ -467,7 +468,7 @@ def start(
         Path(record.identity_file),
     )
     alias = sshconf.alias_for(name)
-    seconds = await_ssh(
+    seconds = ready.await_ssh(
         engine,
         paths.ssh_config,
         target,
@@ -477,18 +478,38 @@ def start(
         reporter,
         banner=engine.site.ports_here,
     )
-    if record.port:  # and through its published port, which its gate may relay
-        wait_published(
-            connect_host(record.bind),
-            record.port,
-            timeout,
-            lambda: engine.logs_tail(proxy.id if proxy is not None else info.id),
-            banner=engine.site.banner,
-        )
+    # The rest of ready, as `up` has it: a proxy started now listens, the
+    # project takes a file, a published port (its gate may relay it) answers.
+    ready.beyond_login(
+        engine,
+        paths.ssh_config,
+        alias,
+        record.project_dir,
+        timeout,
+        _proxy_address(info) if proxy is not None and not proxy.running else None,
+        (record.bind, record.port) if record.port else None,
+        proxy.id if proxy is not None else info.id,
+    )
     config = info.labels.get(LABEL_DEVCONTAINER, "")
     if config and (restart or not info.running):
         _devcontainer_start(engine, paths, name, info, Path(config), record, reporter)
     return seconds
+
+
+def _proxy_address(info: ContainerInfo) -> str | None:
+    """Where the environment's egress proxy listens (None: it runs no proxy):
+    its fixed address on the environment's network."""
+    import ipaddress
+
+    from provisioner import netplan
+
+    if not info.labels.get(LABEL_EGRESS, "").startswith("allowlist"):
+        return None
+    _net, _, subnet = info.labels.get(LABEL_NETWORK, "").partition(" ")
+    try:
+        return netplan.addresses(ipaddress.IPv4Network(subnet)).proxy
+    except ValueError:
+        return None  # made before prov labelled it: not waited for
 
 
 def _devcontainer_start(

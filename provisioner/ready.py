@@ -22,7 +22,7 @@ from provisioner import openssh
 from provisioner.engine import Engine
 from provisioner.engine.site import Site
 from provisioner.errors import NotReady
-from provisioner.plan import SshTarget
+from provisioner.plan import SshTarget, connect_host
 from provisioner.progress import Reporter
 
 # How often to try sshd's port while waiting for its banner (a loopback connect).
@@ -369,3 +369,41 @@ def require_writable_project(ssh_config: Path, alias: str, project: str) -> None
         "USER: DIR` on the host), make it writable for its owner, or point --project at a "
         "dir you own.",
     )
+
+
+def beyond_login(
+    engine: Engine,
+    ssh_config: Path,
+    alias: str,
+    project: str,
+    timeout: float,
+    new_proxy: str | None,
+    published: tuple[str, int] | None,
+    logs_of: str,
+) -> None:
+    """Ready is more than a login (for `up` and `prov start` alike): a proxy
+    started now listens at `new_proxy` (the agent's first request goes out),
+    the agent can write its project, and a published port reaches sshd the
+    way the guide's `ssh -p PORT agent@localhost` connects. `logs_of`: the
+    container whose log tail explains a failure (the gate's, if any)."""
+    from provisioner.injection import PROXY_PORT
+
+    if new_proxy:
+        wait_listening(
+            new_proxy,
+            PROXY_PORT,
+            timeout,
+            "The egress proxy",
+            lambda: engine.logs_tail(logs_of),
+            connect=engine.site.reach,
+        )
+    require_writable_project(ssh_config, alias, project)
+    if published is not None:
+        bind, port = published
+        wait_published(
+            connect_host(bind),
+            port,
+            timeout,
+            lambda: engine.logs_tail(logs_of),
+            banner=engine.site.banner,
+        )

@@ -45,7 +45,6 @@ from provisioner.engine.hostview import HostView
 from provisioner.errors import ConflictError, ProvError
 from provisioner.fsutil import ensure_private_dir, file_lock, require_own_home
 from provisioner.image import BuiltImage, ImageRequest
-from provisioner.injection import PROXY_PORT
 from provisioner.ledger import Made, abandon
 from provisioner.ownership import is_ours
 from provisioner.plan import (
@@ -629,31 +628,19 @@ def _ready_beyond_ssh(
     container_id: str,
     proxy_started: bool,
 ) -> None:
-    """Ready is more than a login: a new proxy listens (the agent's first
-    request goes out), the agent can write its project, and a published port
-    reaches sshd the way the guide's `ssh -p PORT agent@localhost` connects."""
-    request = prepared.request
-    alias = sshconf.alias_for(request.name)
+    """See ready.beyond_login."""
     gate = plan.egress.container if plan.egress is not None else None
-    if proxy_started and plan.egress is not None and gate is not None and plan.egress.proxying:
-        ready.wait_listening(
-            gate.address,
-            PROXY_PORT,
-            request.timeout,
-            "The egress proxy",
-            lambda: engine.logs_tail(gate.name),
-            connect=engine.site.reach,
-        )
-    ready.require_writable_project(paths.ssh_config, alias, str(prepared.project.path))
-    if plan.published is not None:
-        bind, published = plan.published
-        ready.wait_published(
-            connect_host(bind),
-            published,
-            request.timeout,
-            lambda: engine.logs_tail(gate.name if gate is not None else container_id),
-            banner=engine.site.banner,
-        )
+    proxying = plan.egress is not None and plan.egress.proxying
+    ready.beyond_login(
+        engine,
+        paths.ssh_config,
+        sshconf.alias_for(prepared.request.name),
+        str(prepared.project.path),
+        prepared.request.timeout,
+        gate.address if gate is not None and proxying and proxy_started else None,
+        plan.published,
+        gate.name if gate is not None else container_id,
+    )
 
 
 def _record(

@@ -181,6 +181,30 @@ def test_unwritable_project_is_refused_not_ready(
     assert f"Host prov-{name}\n" not in (prov.prov_home / "ssh_config").read_text()
 
 
+def test_start_is_ready_only_when_up_would_be(prov: Prov) -> None:
+    """`prov start` holds to what `up` calls ready: a project that became
+    unwritable while stopped fails it with the cause (not 'ready'); once
+    writable again it starts, and its proxy lets the first request out."""
+    name = prov.name("start-ro")
+    project = prov.project(name)
+    prov.up(name)
+    prov.run("stop", name, "--yes", check=True)
+    project.chmod(0o555)
+    try:
+        refused = prov.run("start", name)
+    finally:
+        project.chmod(0o755)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert "cannot write its project" in refused.stderr, refused.stderr
+    prov.run("stop", name, "--yes", check=True)
+    prov.run("start", name, check=True)
+    # Straight after start: the proxy answers (a refusal is its answer).
+    code = prov.ssh(
+        f"prov-{name}", "curl -sS -m 5 -o /dev/null -w '%{http_code}' http://denied.invalid/"
+    ).stdout.strip()
+    assert code == "403", code
+
+
 COLLIDE = textwrap.dedent(
     """
     import sys
