@@ -7,9 +7,10 @@
 - `prov --help` wall time;
 - an ssh round trip through the alias, with and without connection reuse.
 
-- no-op `prov up` of a running, unchanged environment; `prov ls` with 10
-  environments; `prov up e1 ... e10` against one environment's up; prov's
-  peak RSS during `up`.
+- no-op `prov up` of a running, unchanged environment; `prov ls` over 35
+  environments; `prov up e1 ... e10` (with the 2 slots an `up` leaves, and
+  after `prov up --prepare 10`) against one environment's up and ten manual
+  sequences in parallel; prov's peak RSS during `up`; the idle slots' memory.
 
 - with --agents: `prov up` with Claude Code, Codex and Gemini CLI in the image,
   first as found (with --cold: the agent layer built afresh, under a context no
@@ -17,7 +18,10 @@
 
 Targets: warm up within 0.9x the manual sequence, ten at once within 0.6x ten
 manual sequences run in parallel (and under 3x one), --help under 0.3 s,
-no-op up and ls under 0.5 s, peak RSS under 100 MB.
+no-op up and ls under 0.15 s, an idle slot under 10 MB, peak RSS under 100 MB.
+Each figure is taken once prov's background slot filler is done, and printed
+beside its floor (the same container work with no prov code running) in a
+table at the end.
 - with --remote (or --only-remote): environments on two remote engines made
   in network namespaces (warm up, round trip through the jump alias against
   the local one, `prov ls` over both engines, an rsync with nothing to move).
@@ -30,9 +34,10 @@ one, ls over two engines under 0.5 s.
   with a new connection per request and with one connection reused.
 
 Target: injection adds under 10 ms per request.
-- with --devcontainer (or --only-devcontainer): a project with a
-  devcontainer.json brought up by the devcontainers CLI (`devcontainer up`
-  and a first `devcontainer exec`) and by `prov up`, side by side.
+- when the devcontainers CLI is installed (unless --no-devcontainer; or only
+  this, --only-devcontainer): a project with a devcontainer.json brought up
+  by the devcontainers CLI (`devcontainer up` and a first `devcontainer exec`)
+  and by `prov up`, side by side.
 
 Target: prov up no slower than the devcontainers CLI.
 Everything else runs against the local engine with loopback ports; all
@@ -238,16 +243,13 @@ def docker_floor_warm(
     client: docker.DockerClient, up: dict[str, object], config: Path, runs: int
 ) -> list[float]:
     """What a warm `up` costs Docker and sshd alone, with no prov code running:
-    the environment's two containers (made by prov, then stopped) started
-    together through the Engine API, until a login through the alias (no
-    connection reuse) runs `true`. Creating them is left out (~10 ms)."""
+    the environment's container (made by prov, then stopped; its proxy is a
+    slot, running already) started through the Engine API, until a login
+    through the alias (no connection reuse) runs `true`. Creating it is left
+    out (~10 ms)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    env_id = str(up["container"])
-    ids = [
-        env_id,
-        *(str(c.id) for c in client.containers.list(filters={"name": f"{env_id}-egress"})),
-    ]
+    ids = [str(up["container"])]  # its proxy, a slot, runs already
     login = ["ssh", "-F", str(config), "-o", "ControlPath=none", "-o", "BatchMode=yes"]
     times = []
     for _ in range(runs):
@@ -263,31 +265,34 @@ def docker_floor_warm(
 
 
 def docker_floor_ten(client: docker.DockerClient, image: str, count: int = 10) -> float:
-    """What ten new environments cost Docker alone: for each, in parallel, an
-    internal network, two containers on it (one also on a second network, as
-    the egress proxy is) and both started; no sshd, no prov code."""
+    """What ten new environments whose proxies are slots cost Docker alone:
+    for each, in parallel, an internal network, a container on it, started,
+    and a running container (the slot) connected to it; no sshd, no prov code."""
     from concurrent.futures import ThreadPoolExecutor
 
     api = client.api
     tag = f"provbenchfloor{os.getpid()}"
     side = api.create_network(f"{tag}-out", driver="bridge")["Id"]
 
+    def container(role: str, i: int, network: str) -> str:
+        return str(
+            api.create_container(
+                image,
+                entrypoint=["/bin/sleep", "600"],
+                name=f"{tag}-{role}{i}",
+                labels={"prov-bench": tag},
+                host_config=api.create_host_config(network_mode=network),
+            )["Id"]
+        )
+
+    slots_made = [container("slot", i, side) for i in range(count)]
+    for cid in slots_made:
+        api.start(cid)
+
     def one(i: int) -> None:
         net = api.create_network(f"{tag}-n{i}", driver="bridge", internal=True)["Id"]
-        made = []
-        for role in ("env", "proxy"):
-            made.append(
-                api.create_container(
-                    image,
-                    entrypoint=["/bin/sleep", "600"],
-                    name=f"{tag}-{role}{i}",
-                    labels={"prov-bench": tag},
-                    host_config=api.create_host_config(network_mode=net),
-                )["Id"]
-            )
-        api.connect_container_to_network(made[1], side)
-        for cid in made:
-            api.start(cid)
+        api.connect_container_to_network(slots_made[i], net)
+        api.start(container("env", i, net))
 
     try:
         start = time.perf_counter()
@@ -513,6 +518,17 @@ def local_trip(tmp: Path, up: dict[str, str]) -> list[str]:
     ]
 
 
+def print_summary(rows: list[tuple[str, str, str, str]]) -> None:
+    """The targets side by side, from this one run."""
+    if not rows:
+        return
+    head = ("figure", "measured", "target", "floor (no prov code)")
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(4)]
+    print()
+    for row in [head, *rows]:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+
+
 def print_nothing(_line: str) -> None:
     pass
 
@@ -650,14 +666,14 @@ def bench_injection(
 
 def bench_devcontainer(
     prov: list[str], client: docker.DockerClient, env: dict[str, str], tmp: Path, runs: int
-) -> None:
+) -> tuple[float, float] | None:
     """A project with a devcontainer.json (an image, a variable), brought up by
     `devcontainer up` plus a first `devcontainer exec` against `prov up` to
     ready, in interleaved rounds, each from no container (image present)."""
     cli = shutil.which("devcontainer") or str(Path(sys.executable).parent / "devcontainer")
     if not Path(cli).is_file():
         print("devcontainer CLI not found (scripts/setup.sh installs it): skipped")
-        return
+        return None
     project = tmp / "dcbench"
     (project / ".devcontainer").mkdir(parents=True)
     base = client.images.list(name="prov-base")
@@ -681,9 +697,11 @@ def bench_devcontainer(
         remove_dc()
         prov_times, dc_times = [], []
         for _ in range(runs):
+            settle(Path(env["PROV_HOME"]))
             prov_times.append(
                 timed(lambda: run([*prov, "up", name, "--project", str(project)], env=env))
             )
+            settle(Path(env["PROV_HOME"]))
             run([*prov, "down", name], env=env)
             dc_times.append(timed(lambda: (run(up), run(first_exec))))
             remove_dc()
@@ -691,6 +709,7 @@ def bench_devcontainer(
         print(f"prov up to ready on the same devcontainer.json: {fmt(prov_times)}")
         ratio = statistics.median(prov_times) / statistics.median(dc_times)
         print(f"ratio prov / devcontainer CLI: {ratio:.2f}x   target <= 1.0x")
+        return statistics.median(prov_times), statistics.median(dc_times)
     finally:
         remove_dc()
         subprocess.run([*prov, "rm", "--yes", name], env=env, capture_output=True, check=False)
@@ -723,9 +742,9 @@ def main() -> None:
         help="also time what injecting a secret adds to a request (against a plain tunnel)",
     )
     parser.add_argument(
-        "--devcontainer",
+        "--no-devcontainer",
         action="store_true",
-        help="also time prov up against devcontainer up + exec on one devcontainer.json",
+        help="skip prov up against devcontainer up + exec (timed when that CLI is installed)",
     )
     parser.add_argument(
         "--only-devcontainer", action="store_true", help="time only the devcontainer figures"
@@ -755,6 +774,7 @@ def main() -> None:
     (tmp / "home").mkdir()
     name = f"bench{os.getpid()}"
     figures: dict[str, object] = {"machine": machine()}
+    summary: list[tuple[str, str, str, str]] = []  # figure, measured, target, floor
     try:
         print(f"machine: {figures['machine']}")
         # Warm-up: builds or reuses the image and creates the keys.
@@ -803,74 +823,142 @@ def main() -> None:
             manual_times.append(manual_sequence(key, project))
         ratio = statistics.median(up_times) / statistics.median(manual_times)
         open_ratio = statistics.median(open_times) / statistics.median(manual_times)
-        print(f"warm prov up to ready (default: allowlist, with its proxy): {fmt(up_times)}")
+        print(f"warm prov up to ready (default: allowlist, its proxy a slot): {fmt(up_times)}")
         print(f"warm prov up to ready, --egress open (no proxy): {fmt(open_times)}")
-        proxy_cost = statistics.median(up_times) - statistics.median(open_times)
-        print(f"egress proxy's start cost (allowlist - open, medians): {proxy_cost:.2f} s")
         print(f"guide's manual sequence: {fmt(manual_times)}")
         print(f"ratio prov/manual: {ratio:.2f}x (open: {open_ratio:.2f}x)   target <= 0.9x")
         floor_up = json.loads(
             run([*prov, "up", name, "--project", str(project), "--json"], env=env)
         )
+        settle(tmp / "ph")
         floor = docker_floor_warm(client, floor_up, tmp / "ph" / "ssh_config", args.runs)
+        floor_ratio = statistics.median(floor) / statistics.median(manual_times)
         print(
-            "Docker and sshd alone (prov's two containers started together, until a "
-            f"login through the alias): {fmt(floor)}; that floor / manual: "
-            f"{statistics.median(floor) / statistics.median(manual_times):.2f}x"
+            "Docker and sshd alone (the environment's container started, until a "
+            f"login through the alias): {fmt(floor)}; that floor / manual: {floor_ratio:.2f}x"
+        )
+        summary.append(
+            ("warm up / manual sequence", f"{ratio:.2f}x", "<= 0.9x", f"{floor_ratio:.2f}x")
         )
         run([*prov, "down", name], env=env)
 
         noop = json.loads(run([*prov, "up", name, "--project", str(project), "--json"], env=env))
+        settle(tmp / "ph")
         noop_times = [
             timed(lambda: run([*prov, "up", name, "--project", str(project), "--json"], env=env))
             for _ in range(args.runs)
         ]
-        print(f"no-op prov up (running, unchanged): {fmt(noop_times)}   target < 0.5 s")
+        print(f"no-op prov up (running, unchanged): {fmt(noop_times)}   target <= 0.15 s")
+        help_floor = statistics.median(help_times)
+        summary.append(
+            (
+                "no-op up",
+                f"{statistics.median(noop_times):.3f} s",
+                "<= 0.15 s",
+                f"{help_floor:.3f} s (prov --help)",
+            )
+        )
 
         run([*prov, "down", name], env=env)
+        settle(tmp / "ph")
         rss = peak_rss_mib([*prov, "up", name, "--project", str(project)], env)
         print(f"peak RSS of prov up: {rss:.0f} MiB   target < 100 MB")
+        settle(tmp / "ph")
 
-        # One new environment against ten new ones in one `prov up`, in
-        # interleaved rounds (fresh names each time: keys are made in both).
+        # Ten new environments in one `prov up`: with the slots an `up` leaves
+        # (2 unless set), and after `prov up --prepare 10`; against one new one
+        # and ten manual sequences in parallel. Interleaved rounds, fresh names
+        # each time (keys are made in both).
         many_env = {**env, "NTM_PROJECTS_BASE": str(tmp)}
-        ones, tens, made = [], [], []
+        ones, tens, tens_ready, made = [], [], [], []
         for round_ in range(3):
             single = f"{name}s{round_}"
-            group = [f"{name}r{round_}m{i}" for i in range(10)]
-            for new in (single, *group):
+            groups = [[f"{name}r{round_}{kind}{i}" for i in range(10)] for kind in "dp"]
+            for new in (single, *groups[0], *groups[1]):
                 (tmp / new).mkdir()
             settle(tmp / "ph")
             ones.append(timed(lambda s=single: run([*prov, "up", s], env=many_env)))
             settle(tmp / "ph")
-            tens.append(timed(lambda g=group: run([*prov, "up", *g], env=many_env)))
+            tens.append(timed(lambda g=groups[0]: run([*prov, "up", *g], env=many_env)))
             settle(tmp / "ph")
-            made += [single, *group]
+            run([*prov, "up", "--prepare", "10"], env=many_env)
+            tens_ready.append(timed(lambda g=groups[1]: run([*prov, "up", *g], env=many_env)))
+            settle(tmp / "ph")
+            run([*prov, "up", "--prepare", "2"], env=many_env)
+            made += [single, *groups[0], *groups[1]]
             if round_ < 2:
                 for gone in made:
-                    run([*prov, "down", gone], env=many_env)
+                    run([*prov, "rm", "--yes", gone], env=many_env)
                 made = []
-        one, ten = statistics.median(ones), statistics.median(tens)
+        one, ten, ten_ready = (statistics.median(x) for x in (ones, tens, tens_ready))
+        settle(tmp / "ph")
         manual_tens = [manual_parallel(key, project) for _ in range(args.runs)]
         manual_ten = statistics.median(manual_tens)
         print(f"prov up of 1 new environment: {fmt(ones)}")
-        print(f"prov up of 10 new environments at once: {fmt(tens)}")
+        print(f"prov up of 10 new environments at once (2 slots ready): {fmt(tens)}")
+        print(f"prov up of 10 new environments at once (10 slots ready): {fmt(tens_ready)}")
         print(f"ten manual sequences in parallel: {fmt(manual_tens)}")
         print(f"ratio 10 at once / 1: {ten / one:.2f}x   target < 3x")
         floors = [docker_floor_ten(client, prov_image) for _ in range(args.runs)]
+        ten_floor = statistics.median(floors) / manual_ten
         print(
-            "Docker alone, the container work of 10 new environments (10 networks, "
-            f"20 containers, started; no sshd): {fmt(floors)}; that floor / ten manual: "
-            f"{statistics.median(floors) / manual_ten:.2f}x"
+            "Docker alone, the container work of 10 new environments whose proxies "
+            f"are slots (10 networks, 10 containers, started; no sshd): {fmt(floors)}; "
+            f"that floor / ten manual: {ten_floor:.2f}x"
         )
         print(
-            f"ratio 10 at once / ten manual in parallel: {ten / manual_ten:.2f}x   target <= 0.6x"
+            f"ratio 10 at once / ten manual in parallel: {ten / manual_ten:.2f}x "
+            f"(10 slots ready: {ten_ready / manual_ten:.2f}x)   target <= 0.6x"
         )
+        summary.append(
+            (
+                "10 at once / 10 manual (2 slots)",
+                f"{ten / manual_ten:.2f}x",
+                "<= 0.6x",
+                f"{ten_floor:.2f}x",
+            )
+        )
+        summary.append(
+            (
+                "10 at once / 10 manual (--prepare 10)",
+                f"{ten_ready / manual_ten:.2f}x",
+                "<= 0.6x",
+                f"{ten_floor:.2f}x",
+            )
+        )
+        # prov ls over at least 35 environments (the last round's, and more).
+        listed = len(json.loads(run([*prov, "ls", "--json"], env=many_env)))
+        extra = [f"{name}l{i}" for i in range(max(0, 35 - listed))]
+        for new in extra:
+            (tmp / new).mkdir()
+        if extra:
+            run([*prov, "up", *extra], env=many_env, check=True)
+            made += extra
+        settle(tmp / "ph")
         listed = len(json.loads(run([*prov, "ls", "--json"], env=many_env)))
         ls_times = [timed(lambda: run([*prov, "ls"], env=many_env)) for _ in range(args.runs)]
-        print(f"prov ls with {listed} environments: {fmt(ls_times)}   target < 0.5 s")
+        print(f"prov ls with {listed} environments: {fmt(ls_times)}   target <= 0.15 s")
+        summary.append(
+            (
+                f"ls over {listed} environments",
+                f"{statistics.median(ls_times):.3f} s",
+                "<= 0.15 s",
+                f"{help_floor:.3f} s (prov --help)",
+            )
+        )
+        slot_report = json.loads(run([*prov, "slots", "--json"], env=many_env))
+        memory = [int(m) for m in slot_report["memory"]]
+        if memory:
+            print(
+                f"idle slots: {len(memory)}, memory each (docker stats): "
+                + ", ".join(f"{m / 1e6:.1f} MB" for m in memory)
+                + "   target <= 10 MB"
+            )
+            summary.append(
+                ("idle slot's memory", f"{max(memory) / 1e6:.1f} MB (max)", "<= 10 MB", "-")
+            )
         for gone in made:
-            run([*prov, "down", gone], env=many_env)
+            run([*prov, "rm", "--yes", gone], env=many_env)
 
         config = tmp / "ph" / "ssh_config"
         alias = noop["ssh_alias"]
@@ -886,8 +974,13 @@ def main() -> None:
         if args.remote:
             bench_remote(prov, tmp, args.runs, [*base, alias, "true"])
         run([*prov, "down", name], env=env)
-        if args.devcontainer:
-            bench_devcontainer(prov, client, env, tmp, args.runs)
+        if not args.no_devcontainer:  # whenever the devcontainers CLI is installed
+            dc = bench_devcontainer(prov, client, env, tmp, args.runs)
+            if dc is not None:
+                summary.append(
+                    ("up / devcontainer up + exec", f"{dc[0] / dc[1]:.2f}x", "<= 1.0x", "-")
+                )
+        print_summary(summary)
         if args.secrets:
             bench_injection(prov, client, env, tmp, args.runs)
         if args.agents:
@@ -910,6 +1003,8 @@ def main() -> None:
             subprocess.run(
                 [*prov, "rm", "--yes", env_name], env=env, capture_output=True, check=False
             )
+        # The slots it kept (the number was set, so the last rm leaves them).
+        subprocess.run([*prov, "up", "--prepare", "0"], env=env, capture_output=True, check=False)
         subprocess.run(
             ["ssh", "-F", str(tmp / "ph" / "ssh_config"), "-O", "exit", f"prov-{name}"],
             capture_output=True,
