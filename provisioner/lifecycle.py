@@ -477,6 +477,7 @@ def start(
         timeout,
         reporter,
         banner=engine.site.ports_here,
+        project=record.project_dir,
     )
     # The rest of ready, as `up` has it: a proxy started now listens, the
     # project takes a file, a published port (its gate may relay it) answers.
@@ -484,7 +485,7 @@ def start(
         engine,
         paths.ssh_config,
         alias,
-        record.project_dir,
+        None,  # the login checked the project
         timeout,
         _proxy_address(info) if proxy is not None and not proxy.running else None,
         (record.bind, record.port) if record.port else None,

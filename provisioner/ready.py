@@ -180,18 +180,24 @@ def wait_alias_login(
     on_wait: Callable[[str], None],
     logs: Callable[[], str],
     site: Site | None = None,
+    project: str | None = None,
 ) -> None:
     """Block until the system ssh logs in through `alias` (pinned host key, key
     login) and `true` exits 0; `site`: where the engine is (the alias may jump
-    through its host, whose log says why a jump failed)."""
+    through its host, whose log says why a jump failed). With `project`, the
+    login's command is the check that the agent may write it (one login, not
+    two): NotReady at once if it may not."""
+    command = _writable_command(project) if project is not None else "true"
 
     def attempt() -> None:
         since = site.jump_mark() if site is not None else 0
         code, output = openssh.system_ssh(
-            config, alias, "true", timeout=max(2.0, min(15.0, deadline.left()))
+            config, alias, command, timeout=max(2.0, min(15.0, deadline.left()))
         )
         if code == 0:
             return
+        if code == UNWRITABLE and project is not None:
+            raise _unwritable(project, code, output)
         text = " ".join(output.split())[-300:]
         said = site.jump_said(since) if site is not None and code == 255 else ""
         if said:  # the jump's own reason (ssh hides a ProxyCommand's stderr)
@@ -220,11 +226,15 @@ def container_problem(engine: Engine, container_id: str) -> str | None:
     return f"Container status is {info.status!r}{code}."
 
 
-def recheck_ssh(ssh_config: Path, alias: str) -> float:
+def recheck_ssh(ssh_config: Path, alias: str, project: str | None = None) -> float:
     """A running, unchanged environment: one login through the alias proves it
-    (pinned host key, key login, a command), over the warm connection if any."""
+    (pinned host key, key login, a command), over the warm connection if any;
+    with `project`, that command checks the agent may write it."""
     started = time.monotonic()
-    code, output = openssh.system_ssh(ssh_config, alias, "true")
+    command = _writable_command(project) if project is not None else "true"
+    code, output = openssh.system_ssh(ssh_config, alias, command)
+    if code == UNWRITABLE and project is not None:
+        raise _unwritable(project, code, output)
     if code != 0:
         raise NotReady(
             f"The running environment does not answer through {alias}",
@@ -245,11 +255,13 @@ def await_ssh(
     reporter: Reporter,
     poll: float = BANNER_POLL,
     banner: bool = True,
+    project: str | None = None,
 ) -> float:
     """Wait until sshd answers (polling its port every `poll` seconds at most)
-    and the system ssh logs in through the alias and runs `true`; return the
-    seconds it took. `banner=False`: the port is not this machine's to poll
-    (a remote engine), so only the login through the alias is tried."""
+    and the system ssh logs in through the alias and runs `true` (with
+    `project`: the check that the agent may write it); return the seconds it
+    took. `banner=False`: the port is not this machine's to poll (a remote
+    engine), so only the login through the alias is tried."""
     reporter.step("waiting for SSH")
     deadline = Deadline.after(timeout)
     started = time.monotonic()
@@ -262,7 +274,9 @@ def await_ssh(
 
     if banner:
         wait_banner(target, probe, deadline, reporter.detail, logs, poll)
-    wait_alias_login(ssh_config, alias, probe, deadline, reporter.detail, logs, engine.site)
+    wait_alias_login(
+        ssh_config, alias, probe, deadline, reporter.detail, logs, engine.site, project
+    )
     return time.monotonic() - started
 
 
@@ -344,23 +358,22 @@ def wait_published(
         delay = min(delay * 2, 0.1)
 
 
-def require_writable_project(ssh_config: Path, alias: str, project: str) -> None:
-    """Ready means the agent can work: as the agent, through the alias (its
-    warm master), the project dir must take a new file. NotReady otherwise,
-    with what the agent sees there."""
+UNWRITABLE = 86  # what the writable check exits with, when the agent may not write
+
+
+def _writable_command(project: str) -> str:
     import shlex
 
     quoted = shlex.quote(project)
     # access(2) as the agent: mode bits, ACLs and a read-only mount all count.
-    code, output = openssh.system_ssh(
-        ssh_config,
-        alias,
+    return (
         f"test -d {quoted} -a -w {quoted} -a -x {quoted} || "
-        f"{{ id; stat -c '%A %u:%g %n' {quoted}; exit 86; }}",
+        f"{{ id; stat -c '%A %u:%g %n' {quoted}; exit {UNWRITABLE}; }}"
     )
-    if code == 0:
-        return
-    raise NotReady(
+
+
+def _unwritable(project: str, code: int, output: str) -> NotReady:
+    return NotReady(
         f"The agent cannot write its project {project}",
         "Logged in as the agent, it is not a directory the agent may write: "
         + (" ".join(output.split())[-400:] or f"exit {code}")
@@ -371,11 +384,20 @@ def require_writable_project(ssh_config: Path, alias: str, project: str) -> None
     )
 
 
+def require_writable_project(ssh_config: Path, alias: str, project: str) -> None:
+    """Ready means the agent can work: as the agent, through the alias (its
+    warm master), the project dir must take a new file. NotReady otherwise,
+    with what the agent sees there."""
+    code, output = openssh.system_ssh(ssh_config, alias, _writable_command(project))
+    if code != 0:
+        raise _unwritable(project, code, output)
+
+
 def beyond_login(
     engine: Engine,
     ssh_config: Path,
     alias: str,
-    project: str,
+    project: str | None,
     timeout: float,
     new_proxy: str | None,
     published: tuple[str, int] | None,
@@ -383,9 +405,10 @@ def beyond_login(
 ) -> None:
     """Ready is more than a login (for `up` and `prov start` alike): a proxy
     started now listens at `new_proxy` (the agent's first request goes out),
-    the agent can write its project, and a published port reaches sshd the
-    way the guide's `ssh -p PORT agent@localhost` connects. `logs_of`: the
-    container whose log tail explains a failure (the gate's, if any)."""
+    the agent can write its `project` (None: the login checked it already),
+    and a published port reaches sshd the way the guide's `ssh -p PORT
+    agent@localhost` connects. `logs_of`: the container whose log tail
+    explains a failure (the gate's, if any)."""
     from provisioner.injection import PROXY_PORT
 
     if new_proxy:
@@ -397,7 +420,8 @@ def beyond_login(
             lambda: engine.logs_tail(logs_of),
             connect=engine.site.reach,
         )
-    require_writable_project(ssh_config, alias, project)
+    if project is not None:
+        require_writable_project(ssh_config, alias, project)
     if published is not None:
         bind, port = published
         wait_published(

@@ -557,16 +557,15 @@ def _finish(engine: Engine, placed: _Placed, paths: ProvPaths, poll: float) -> U
     alias = sshconf.alias_for(request.name)
     proxy_start: _Background | None = None
     try:
-        claimed = bool(placed.made.slot)  # started already: reading its configuration
         proxy_start = _launch(
             engine,
             plan,
             action,
             container_id,
             reporter,
-            None if claimed else placed.made.proxy_id or prepared.existing_proxy,
+            _proxy_job(engine, placed, paths),
         )
-        new_proxy = proxy_start is not None or claimed  # ready once it listens
+        new_proxy = proxy_start is not None  # ready once it listens
         target = SshTarget(plan.ssh.hostname, plan.ssh.port, AGENT_USER, host_pair.public, identity)
         if placed.reauthorize:
             if action == "unchanged":
@@ -584,8 +583,10 @@ def _finish(engine: Engine, placed: _Placed, paths: ProvPaths, poll: float) -> U
             engine, plan, container_id, reporter
         ):
             openssh.stop_multiplexing(paths.ssh_config, alias)
+        # The login's command is the check that the agent may write its project.
+        project = str(prepared.project.path)
         if action == "unchanged":
-            seconds = ready.recheck_ssh(paths.ssh_config, alias)
+            seconds = ready.recheck_ssh(paths.ssh_config, alias, project)
         else:
             seconds = ready.await_ssh(
                 engine,
@@ -597,6 +598,7 @@ def _finish(engine: Engine, placed: _Placed, paths: ProvPaths, poll: float) -> U
                 reporter,
                 poll,
                 banner=engine.site.ports_here,
+                project=project,
             )
         if proxy_start is not None:
             proxy_start.join()
@@ -635,7 +637,7 @@ def _ready_beyond_ssh(
         engine,
         paths.ssh_config,
         sshconf.alias_for(prepared.request.name),
-        str(prepared.project.path),
+        None,  # the login checked the project
         prepared.request.timeout,
         gate.address if gate is not None and proxying and proxy_started else None,
         plan.published,
@@ -916,9 +918,7 @@ def _make_proxy(engine: Engine, made: Made, plan: Plan, paths: ProvPaths) -> Non
     if slot is None:
         made.proxy_id = engine.create(gate)
         return
-    made.proxy_id, made.slot = slot.container_id, slot.slot_id
-    files = {f.name: f.content for f in egress.files}
-    slots.hand_over(engine, slot, files, gate.network, gate.address, gate.name)
+    made.proxy_id, made.slot = slot.container_id, slot.slot_id  # handed over by _launch
 
 
 def _fill_new(
@@ -1056,13 +1056,28 @@ class _Background:
         self._thread.join()
 
 
+def _proxy_job(engine: Engine, placed: _Placed, paths: ProvPaths) -> Callable[[], None] | None:
+    """What makes the environment's proxy ready, done beside its own start: a
+    claimed slot handed over (its network, name, configuration, SIGHUP), a
+    proxy this run created started; None when it runs already."""
+    made, egress = placed.made, placed.plan.egress
+    if egress is None or made.proxy_id is None:
+        return None
+    proxy_id, gate = made.proxy_id, egress.container
+    if not made.slot:
+        return lambda: engine.start(proxy_id)
+    slot = slots.Slot(made.slot, proxy_id, slots.conf_dir(paths, made.slot))
+    files = {f.name: f.content for f in egress.files}
+    return lambda: slots.hand_over(engine, slot, files, gate.network, gate.address, gate.name)
+
+
 def _launch(
     engine: Engine,
     plan: Plan,
     action: str,
     container_id: str,
     reporter: Reporter,
-    proxy: str | ContainerInfo | None = None,
+    proxy_job: Callable[[], None] | None = None,
 ) -> _Background | None:
     """Start a new or stopped container and its egress proxy. A proxy this run
     created starts in the background, at the same time as its environment
@@ -1072,9 +1087,7 @@ def _launch(
     saying the environment is ready. A new container gets its session
     environment (if any) right after starting, while its entrypoint sets up
     the user; a stopped one has it already."""
-    background = None
-    if plan.egress is not None and isinstance(proxy, str):  # created by this run
-        background = _Background(lambda: engine.start(proxy))
+    background = _Background(proxy_job) if proxy_job is not None else None
     try:
         _start_env(engine, plan, action, container_id, reporter)
     except BaseException:
