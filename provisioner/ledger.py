@@ -32,7 +32,7 @@ class Made:
     action: str | None = None  # set once _converge has decided
     container_id: str | None = None  # the environment's container, new or existing
     proxy_id: str | None = None  # a proxy this run created (or a slot it claimed)
-    slot: str = ""  # the ID of the slot proxy_id is (claimed, started already)
+    slot: str = ""  # a slot claimed (proxy_id is its proxy, started already; its network)
     network_created: bool = False
 
 
@@ -43,13 +43,13 @@ def abandon(engine: Engine, made: Made, paths: ProvPaths) -> None:
     came up."""
     prepared = made.prepared
     name = prepared.name
-    if made.proxy_id is not None:
+    if made.proxy_id is not None and not made.slot:
         engine.remove(made.proxy_id)
-        if made.slot:
-            slots.forget(paths, made.slot)
     container = created_here(engine, container_name(name), made.action, made.container_id)
     if container is not None:
         engine.remove(container)
+    if made.slot:  # a claimed slot, with its network (after the containers on it)
+        slots.discard(engine, paths, made.slot, container=made.proxy_id or "")
     if made.network_created:  # after its containers: Docker refuses it while in use
         engine.remove_network(network_name(name))
     if container is not None and prepared.record is None:

@@ -565,13 +565,21 @@ class DownResult:
     placeholders: tuple[str, ...] = ()  # the protection's, removed from the project
 
 
-def _remove_proxy(engine: Engine, proxy: ContainerInfo, paths: ProvPaths) -> None:
-    """An environment's proxy, and the files of the slot it was made as."""
+def _remove_gate(
+    engine: Engine, paths: ProvPaths, proxy: ContainerInfo | None, info: ContainerInfo | None
+) -> None:
+    """The environment's proxy; and, once its own container is gone (`info`:
+    what it was), a slot's network it was made on, with the slot's files."""
     from provisioner import slots
 
-    engine.remove(proxy.id)
-    if proxy.labels.get(LABEL_SLOT):
-        slots.forget(paths, proxy.labels[LABEL_SLOT])
+    slot = proxy.labels.get(LABEL_SLOT, "") if proxy is not None else ""
+    if proxy is not None:
+        engine.remove(proxy.id)
+    if slot:
+        slots.discard(engine, paths, slot, container=proxy.id if proxy else "")
+    network = (info.labels.get(LABEL_NETWORK, "") if info is not None else "").split(" ")[0]
+    if network.startswith("prov-slot-"):  # its proxy made again, not a slot any more
+        engine.remove_network(network)
 
 
 def down(name: str, paths: ProvPaths | None = None) -> DownResult:
@@ -579,9 +587,8 @@ def down(name: str, paths: ProvPaths | None = None) -> DownResult:
     engine = engine_of(name, paths)
     info = own_container(engine, name, paths)
     proxy = own_container(engine, name, paths, "egress")
-    if proxy is not None:
-        _remove_proxy(engine, proxy, paths)
     if info is None:
+        _remove_gate(engine, paths, proxy, None)
         if state.load(paths, name) is None:
             raise NotFound(
                 f"No environment named {name!r}",
@@ -590,7 +597,10 @@ def down(name: str, paths: ProvPaths | None = None) -> DownResult:
             )
         return DownResult(name, removed=False)
     stop_master(paths.ssh_config, sshconf.alias_for(name))
+    if proxy is not None:  # first: the agent's way out goes before the agent
+        engine.remove(proxy.id)
     engine.remove(info.id)
+    _remove_gate(engine, paths, proxy, info)
     return DownResult(name, removed=True, placeholders=_unplace(name, paths))
 
 
@@ -642,8 +652,7 @@ def rm(name: str, paths: ProvPaths | None = None) -> Removal:
     stop_master(paths.ssh_config, alias)
     if info is not None:
         engine.remove(info.id)
-    if proxy is not None:
-        _remove_proxy(engine, proxy, paths)
+    _remove_gate(engine, paths, proxy, info)
     _unplace(name, paths)
     net = engine.network(network_name(name))
     if net is not None and is_ours(net.get("Labels") or {}, paths):

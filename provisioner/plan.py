@@ -252,10 +252,17 @@ def home_id(paths: ProvPaths) -> str:
 
 
 def build_network(
-    name: str, subnet: str, gateway: str, containment: Containment, paths: ProvPaths
+    name: str,
+    subnet: str,
+    gateway: str,
+    containment: Containment,
+    paths: ProvPaths,
+    network: str = "",
 ) -> NetworkSpec:
+    """The environment's network (`network`: its name, when not prov-NAME-net:
+    a slot's)."""
     return NetworkSpec(
-        name=network_name(name),
+        name=network or network_name(name),
         subnet=subnet,
         gateway=gateway,
         internal=containment.internal,
@@ -433,23 +440,42 @@ def _gate(i: PlanInputs, identity: str, egress_label: str) -> EgressPlan | None:
     return EgressPlan(proxy, i.allow, proxying, conf, i.secrets if i.egress_ca else ())
 
 
-def slot_spec(slot_id: str, egress_image: str, conf_dir: Path, paths: ProvPaths) -> ContainerSpec:
-    """A slot's proxy (pure): the egress proxy made before its environment, on
-    prov's outside network only, allowing nothing (its configuration is
-    injection.slot_conf) until an `up` claims it: connects it to the
-    environment's network, writes that environment's configuration into
-    `conf_dir` and sends SIGHUP. Its role label stays "slot"; it relays no
+def slot_network(slot_id: str, subnet: str, gateway: str, paths: ProvPaths) -> NetworkSpec:
+    """A slot's network (pure): internal, as an environment's in the default
+    containment; the environment that claims the slot is made on it."""
+    return NetworkSpec(
+        name=slot_network_name(slot_id),
+        subnet=subnet,
+        gateway=gateway,
+        internal=True,
+        labels={
+            LABEL_MANAGED: "true",
+            LABEL_HOME: home_id(paths),
+            LABEL_ROLE: "slot",
+            LABEL_SLOT: slot_id,
+        },
+    )
+
+
+def slot_spec(
+    slot_id: str, egress_image: str, conf_dir: Path, network: NetworkSpec, address: str
+) -> ContainerSpec:
+    """A slot's proxy (pure): the egress proxy made before its environment,
+    at the proxy's `address` on the slot's `network` and on prov's outside
+    network, allowing nothing and listening on its own loopback only (its
+    configuration is injection.slot_conf) until an `up` claims it: makes the
+    environment on that network, writes its configuration into `conf_dir`,
+    renames it and sends SIGHUP. Its role label stays "slot"; it relays no
     port (an environment whose gate publishes one gets a proxy of its own)."""
     return ContainerSpec(
         name=slot_container_name(slot_id),
         image=egress_image,
         hostname="prov-egress",
         labels={
-            LABEL_MANAGED: "true",
-            LABEL_HOME: home_id(paths),
+            **{k: v for k, v in network.labels.items() if k != LABEL_ROLE},
             LABEL_ROLE: "slot",
-            LABEL_SLOT: slot_id,
             LABEL_SLOT_IMAGE: egress_image,
+            LABEL_NETWORK: f"{network.name} {network.subnet}",
         },
         environment={"PROV_LISTEN": "127.0.0.1", "PROV_PROXY": "1", "PROV_SLOT": "1"},
         bind="127.0.0.1",
@@ -459,8 +485,9 @@ def slot_spec(slot_id: str, egress_image: str, conf_dir: Path, paths: ProvPaths)
         key_files=(),
         files=(),
         security=Security(cap_add=EGRESS_CAPS, no_new_privileges=True, pids_limit=256),
-        network=EGRESS_NETWORK,
-        address="",
+        network=network.name,
+        address=address,
+        extra_network=EGRESS_NETWORK,
         tmpfs=("/run", "/tmp"),
         read_only=True,
         log_limit=True,
@@ -469,6 +496,10 @@ def slot_spec(slot_id: str, egress_image: str, conf_dir: Path, paths: ProvPaths)
 
 def slot_container_name(slot_id: str) -> str:
     return f"prov-slot-{slot_id}"
+
+
+def slot_network_name(slot_id: str) -> str:
+    return f"prov-slot-{slot_id}-net"
 
 
 def _env_environment(

@@ -50,6 +50,7 @@ from provisioner.ownership import is_ours
 from provisioner.plan import (
     AUTHORIZED_KEYS_FILE,
     AUTHORIZED_KEYS_PATH,
+    LABEL_NETWORK,
     LABEL_PORT,
     LABEL_PROTECT,
     SESSION_ENV_PATH,
@@ -466,8 +467,11 @@ def _place_one(
     # A subnet another network took between the listing and the creation
     # (another PROV_HOME's `up`, the user's `docker network create`) is
     # chosen again, avoiding every subnet Docker holds by then.
+    slot = _claim_slot(engine, prepared, paths)
+    if slot is not None:
+        made.proxy_id, made.slot = slot.container_id, slot.slot_id  # handed over by _launch
     for attempt in range(SUBNET_TRIES):
-        existing_network = engine.network(network_name(request.name))
+        existing_network = engine.network(_network_name(prepared, slot))
         network, addrs = _network_for(existing_network, request, paths, used)
         used.append(addrs.subnet)
         plan = _plan(engine, prepared, paths, port, network, addrs)
@@ -493,6 +497,36 @@ def _place_one(
         container_id=made.container_id,
         reauthorize=decision.reauthorize,
     )
+
+
+def _claim_slot(engine: Engine, prepared: prepare.Prepared, paths: ProvPaths) -> slots.Slot | None:
+    """A ready slot for a new environment in the default containment (its
+    network and its started proxy: see slots), else None: it makes its own."""
+    request = prepared.request
+    if (
+        prepared.existing is not None  # an environment keeps its network
+        or request.containment.egress != "allowlist"
+        or request.publishes  # its gate relays a port, fixed when a container is made
+        or not prepared.egress_image
+        or not slots.usable(engine)
+    ):
+        return None
+    slot = slots.claim(engine, paths, prepared.egress_image)
+    if slot is not None:
+        # One this environment had before (`down` keeps a network it made).
+        old = engine.network(network_name(request.name))
+        if old is not None and is_ours(old.get("Labels") or {}, paths):
+            engine.remove_network(network_name(request.name))
+    return slot
+
+
+def _network_name(prepared: prepare.Prepared, slot: slots.Slot | None) -> str:
+    """The environment's network: a claimed slot's, the one its container is
+    on (a slot's, for one made on a slot), else prov-NAME-net."""
+    if slot is not None:
+        return slot.network
+    labelled = prepared.existing.labels.get(LABEL_NETWORK, "") if prepared.existing else ""
+    return labelled.split(" ", 1)[0] or network_name(prepared.request.name)
 
 
 def _plan(
@@ -784,7 +818,10 @@ def _network_for(
     if subnet is None:
         subnet = netplan.choose_subnet(used, netplan.pool())
     addrs = netplan.addresses(subnet)
-    spec = build_network(request.name, str(subnet), addrs.gateway, request.containment, paths)
+    name = str(existing.get("Name", "")) if existing is not None else ""
+    spec = build_network(
+        request.name, str(subnet), addrs.gateway, request.containment, paths, network=name
+    )
     return spec, addrs
 
 
@@ -911,14 +948,8 @@ def _make_proxy(engine: Engine, made: Made, plan: Plan, paths: ProvPaths) -> Non
     slots), or, if none fits, a new one created (started by _launch)."""
     egress = plan.egress
     assert egress is not None  # noqa: S101 - called only for one
-    gate = egress.container
-    slot = None
-    if egress.proxying and not gate.port and slots.usable(engine):
-        slot = slots.claim(engine, paths, gate.image)
-    if slot is None:
-        made.proxy_id = engine.create(gate)
-        return
-    made.proxy_id, made.slot = slot.container_id, slot.slot_id  # handed over by _launch
+    if not made.slot:  # claimed with its network (_claim_slot)
+        made.proxy_id = engine.create(egress.container)
 
 
 def _fill_new(
@@ -1066,9 +1097,9 @@ def _proxy_job(engine: Engine, placed: _Placed, paths: ProvPaths) -> Callable[[]
     proxy_id, gate = made.proxy_id, egress.container
     if not made.slot:
         return lambda: engine.start(proxy_id)
-    slot = slots.Slot(made.slot, proxy_id, slots.conf_dir(paths, made.slot))
+    slot = slots.Slot(made.slot, proxy_id, slots.conf_dir(paths, made.slot), gate.network, "")
     files = {f.name: f.content for f in egress.files}
-    return lambda: slots.hand_over(engine, slot, files, gate.network, gate.address, gate.name)
+    return lambda: slots.hand_over(engine, slot, files, gate.name)
 
 
 def _launch(

@@ -47,14 +47,17 @@ from provisioner.fsutil import atomic_write, ensure_private_dir
 from provisioner.injection import slot_conf, write_conf_dir
 from provisioner.plan import (
     LABEL_HOME,
+    LABEL_NETWORK,
     LABEL_ROLE,
     LABEL_SLOT,
     LABEL_SLOT_IMAGE,
     home_id,
     slot_container_name,
+    slot_network,
+    slot_network_name,
     slot_spec,
 )
-from provisioner.spec import EGRESS_NETWORK, LABEL_MANAGED
+from provisioner.spec import EGRESS_NETWORK, LABEL_MANAGED, NetworkSpec
 
 DEFAULT_WANTED = 2
 MAX_WANTED = 32
@@ -68,6 +71,8 @@ class Slot:
     slot_id: str
     container_id: str
     conf_dir: Path
+    network: str  # the slot's network, the environment's from its claim on
+    subnet: str
 
 
 @dataclass(frozen=True)
@@ -162,10 +167,12 @@ def claim(engine: Engine, paths: ProvPaths, image: str) -> Slot | None:
             if not _take(paths, slot_id):
                 continue  # another `up` (or the filler's sweep) took it first
             info = engine.find(slot_container_name(slot_id))
-            if info is None or not info.running or info.labels.get(LABEL_SLOT_IMAGE) != image:
+            network, _, subnet = (info.labels.get(LABEL_NETWORK, "") if info else "").partition(" ")
+            fits = info is not None and info.running and info.labels.get(LABEL_SLOT_IMAGE) == image
+            if info is None or not fits or not subnet:
                 discard(engine, paths, slot_id)
                 continue
-            return Slot(slot_id, info.id, conf_dir(paths, slot_id))
+            return Slot(slot_id, info.id, conf_dir(paths, slot_id), network, subnet)
     return None
 
 
@@ -178,29 +185,23 @@ def _take(paths: ProvPaths, slot_id: str) -> bool:
     return True
 
 
-def hand_over(
-    engine: Engine,
-    slot: Slot,
-    files: dict[str, bytes],
-    network: str,
-    address: str,
-    name: str,
-) -> None:
+def hand_over(engine: Engine, slot: Slot, files: dict[str, bytes], name: str) -> None:
     """Make a claimed slot an environment's proxy: its configuration, its
-    address on the environment's network, its name; SIGHUP has squid read the
-    configuration (it listens on `address` once done: the caller waits)."""
+    name; SIGHUP has squid read the configuration (it listens at the proxy's
+    address on the network once done: the caller waits for that)."""
     write_conf_dir(slot.conf_dir, files)
     # A copy of an earlier configuration (a longer file list) must not stay.
     for stale in {p.name for p in slot.conf_dir.iterdir()} - set(files):
         (slot.conf_dir / stale).unlink()
-    engine.connect_network(network, slot.container_id, address)
     engine.rename(slot.container_id, name)
     engine.signal(slot.container_id, "HUP")
 
 
-def discard(engine: Engine, paths: ProvPaths, slot_id: str) -> None:
-    """A slot and its files, gone (its container, if any, too)."""
-    engine.remove(slot_container_name(slot_id))
+def discard(engine: Engine, paths: ProvPaths, slot_id: str, container: str = "") -> None:
+    """A slot gone: its container (`container`: its ID, if renamed since),
+    its network (after every container on it) and its files."""
+    engine.remove(container or slot_container_name(slot_id))
+    engine.remove_network(slot_network_name(slot_id))
     forget(paths, slot_id)
 
 
@@ -263,13 +264,40 @@ def _make(engine: Engine, paths: ProvPaths, image: str) -> None:
     try:
         write_conf_dir(directory, {"squid.conf": slot_conf().encode()})
         engine.create_plain_network(EGRESS_NETWORK, {LABEL_MANAGED: "true"})
-        container_id = engine.create(slot_spec(slot_id, image, directory, paths))
+        network, proxy = _network(engine, paths, slot_id)
+        container_id = engine.create(slot_spec(slot_id, image, directory, network, proxy))
         engine.start(container_id)
         _await_listening(engine, container_id)
         _marker(paths, slot_id, "making").rename(_marker(paths, slot_id, "ready"))
     except BaseException:
         discard(engine, paths, slot_id)
         raise
+
+
+def _network(engine: Engine, paths: ProvPaths, slot_id: str) -> tuple[NetworkSpec, str]:
+    """The slot's network, on a /28 no network or route here overlaps (chosen
+    again if an `up` took it meanwhile); and the proxy's address on it."""
+    import ipaddress
+
+    from provisioner import netplan
+    from provisioner.engine.api import SubnetTaken
+
+    for attempt in range(3):
+        used = [
+            ipaddress.IPv4Network(text, strict=False)
+            for text in engine.network_subnets()
+            if "." in text
+        ]
+        subnet = netplan.choose_subnet([*used, *engine.host_view().routes], netplan.pool())
+        addrs = netplan.addresses(subnet)
+        spec = slot_network(slot_id, str(subnet), addrs.gateway, paths)
+        try:
+            engine.create_network(spec)
+            return spec, addrs.proxy
+        except SubnetTaken:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _await_listening(engine: Engine, container_id: str) -> None:

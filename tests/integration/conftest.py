@@ -57,13 +57,30 @@ def _no_slots_left(
 
 
 def remove_slots(docker_client: docker.DockerClient, under: str) -> None:
-    """Slot containers of PROV_HOMEs under `under` (by their mounted dir)."""
+    """Slots of PROV_HOMEs under `under` (by their mounted dir): the proxies,
+    then the environments made on their networks, then the networks."""
+    ids = []
     for container in docker_client.containers.list(
         all=True, filters={"label": ["prov.managed=true", "prov.role=slot"]}
     ):
         if any(str(m.get("Source", "")).startswith(under) for m in container.attrs["Mounts"]):
+            ids.append(container.labels["prov.slot"])
             with contextlib.suppress(docker.errors.NotFound):
                 container.remove(force=True)
+    for slot_id in ids:
+        for network in docker_client.networks.list(names=[f"prov-slot-{slot_id}-net"]):
+            network.reload()
+            for attached in network.containers:
+                with contextlib.suppress(docker.errors.NotFound):
+                    attached.remove(force=True)
+            with contextlib.suppress(docker.errors.NotFound):
+                network.remove()
+
+
+def env_network(docker_client: docker.DockerClient, alias: str) -> str:
+    """The network an environment's container is on (prov-NAME-net, or the
+    network of the slot it was made on)."""
+    return str(docker_client.containers.get(alias).labels["prov.network"].split(" ")[0])
 
 
 @dataclass

@@ -30,6 +30,7 @@ from tests.integration.conftest import (
     SITE,
     HttpsSite,
     Prov,
+    env_network,
     free_port,
     start_outside_server,
 )
@@ -220,7 +221,9 @@ def test_no_route_out_and_no_host_services(
     with socket.create_connection((NS_PEER, test_host), timeout=3) as sock:
         assert sock.recv(16) == b"outside\n"  # control: it is there
     assert _tcp_from(prov, boxed, NS_PEER, test_host).stdout.strip() == ""
-    gateway = docker_client.networks.get(f"{boxed}-net").attrs["IPAM"]["Config"][0]["Gateway"]
+    gateway = docker_client.networks.get(env_network(docker_client, boxed)).attrs["IPAM"]["Config"][
+        0
+    ]["Gateway"]
     with socket.create_connection((gateway, listener), timeout=3) as sock:
         assert sock.recv(16) == b"host-service\n"  # control
     for host in (gateway, "172.17.0.1", NS_HOST):
@@ -427,7 +430,8 @@ def test_a_stopped_proxy_is_made_again_on_up(
 def _gate_addresses(docker_client: docker.DockerClient, alias: str) -> tuple[str, str]:
     """The gate's address on the environment's network, and on the outside one."""
     networks = docker_client.containers.get(f"{alias}-egress").attrs["NetworkSettings"]["Networks"]
-    return networks[f"{alias}-net"]["IPAddress"], networks[EGRESS_NET]["IPAddress"]
+    own = networks[env_network(docker_client, alias)]
+    return own["IPAddress"], networks[EGRESS_NET]["IPAddress"]
 
 
 def test_the_published_ports_path_gives_the_agent_nothing(
@@ -452,7 +456,9 @@ def test_the_published_ports_path_gives_the_agent_nothing(
     for host, at in (("127.0.0.1", port), (outer, 2222)):  # controls, from this machine
         with socket.create_connection((host, at), timeout=3) as sock:
             assert sock.recv(64).startswith(b"SSH-2.0-"), (host, at)
-    gateway = container.attrs["NetworkSettings"]["Networks"][f"{boxed}-net"]["Gateway"]
+    gateway = container.attrs["NetworkSettings"]["Networks"][env_network(docker_client, boxed)][
+        "Gateway"
+    ]
     for host, at in (
         (inner, 2222),
         (inner, 22),
@@ -494,7 +500,9 @@ def test_port_with_no_egress_relays_ssh_and_nothing_else(
     assert guide.returncode == 0, guide.stderr
     assert guide.stdout.split() == ["agent"]  # no proxy variable: there is no proxy
     inner, outer = _gate_addresses(docker_client, alias)
-    gateway = docker_client.networks.get(f"{alias}-net").attrs["IPAM"]["Config"][0]["Gateway"]
+    gateway = docker_client.networks.get(env_network(docker_client, alias)).attrs["IPAM"]["Config"][
+        0
+    ]["Gateway"]
     for host, at in ((inner, 3128), (inner, 2222), (outer, 2222), (gateway, listener)):
         result = _tcp_from(prov, alias, host, at)
         assert result.stdout.strip() == "", (host, at, result.stdout)

@@ -25,6 +25,7 @@ from tests.integration.conftest import (
     SITE,
     HttpsSite,
     Prov,
+    env_network,
     remove_slots,
 )
 
@@ -98,7 +99,10 @@ def test_an_up_claims_a_slot_that_allows_only_its_own_names(
         assert proxy.labels["prov.role"] == "slot"
         claimed.append(f"prov-slot-{proxy.labels['prov.slot']}")
         networks = set(proxy.attrs["NetworkSettings"]["Networks"])
-        assert networks == {f"prov-{name}-net", EGRESS_NET}
+        own = env_network(docker_client, f"prov-{name}")
+        assert networks == {own, EGRESS_NET} and own == f"{claimed[-1]}-net"
+        env = docker_client.containers.get(f"prov-{name}")
+        assert set(env.attrs["NetworkSettings"]["Networks"]) == {own}  # only its slot's
     assert claimed[0] != claimed[1] and set(claimed) <= set(ready)
     assert _curl(home, one, f"https://{SITE}/hello.txt", ca[one]) == "200"
     assert _curl(home, one, f"https://{DENIED_SITE}/hello.txt", ca[one]) != "200"

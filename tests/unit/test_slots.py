@@ -14,7 +14,7 @@ from provisioner.engine import ContainerInfo
 from provisioner.engine.wire import connect_body, memory_used
 from provisioner.errors import ConfigError
 from provisioner.injection import CONF_DIR, slot_conf, squid_conf
-from provisioner.plan import EGRESS_CAPS, LABEL_SLOT_IMAGE, home_id, slot_spec
+from provisioner.plan import EGRESS_CAPS, LABEL_SLOT_IMAGE, home_id, slot_network, slot_spec
 from provisioner.spec import EGRESS_NETWORK
 
 IMAGE = "prov-env:egress1"
@@ -31,12 +31,15 @@ class SlotEngine:
     def find(self, name: str) -> ContainerInfo | None:
         if name not in self.running:
             return None
-        labels = {LABEL_SLOT_IMAGE: self.running[name]}
+        labels = {LABEL_SLOT_IMAGE: self.running[name], "prov.network": f"{name}-net 10.0.0.0/28"}
         return ContainerInfo(name + "-id", name, "running", labels, "", (), None, "")
 
     def remove(self, name: str) -> None:
         self.removed.append(name)
         self.running.pop(name, None)
+
+    def remove_network(self, name: str) -> None:
+        self.removed.append(name)
 
     def summaries(self) -> list[dict[str, Any]]:
         return [
@@ -70,10 +73,14 @@ def test_an_unclaimed_slot_allows_nothing_and_listens_on_loopback_only() -> None
     assert conf[3:] == env.splitlines()[-len(conf[3:]) :]
 
 
-def test_a_slot_is_a_proxy_on_the_outside_network_only(tmp_path: Path) -> None:
+def test_a_slot_is_a_proxy_on_an_internal_network_of_its_own(tmp_path: Path) -> None:
     paths = ProvPaths(tmp_path)
-    spec = slot_spec("ab12cd34", IMAGE, tmp_path / "slots" / "ab12cd34", paths)
-    assert spec.network == EGRESS_NETWORK and spec.extra_network is None and not spec.address
+    network = slot_network("ab12cd34", "10.213.0.16/28", "10.213.0.17", paths)
+    assert network.internal and network.name == "prov-slot-ab12cd34-net"
+    spec = slot_spec("ab12cd34", IMAGE, tmp_path / "slots" / "ab12cd34", network, "10.213.0.19")
+    assert spec.network == network.name and spec.address == "10.213.0.19"
+    assert spec.extra_network == EGRESS_NETWORK
+    assert spec.labels["prov.network"] == "prov-slot-ab12cd34-net 10.213.0.16/28"
     assert spec.port == 0  # it relays nothing
     assert spec.labels["prov.role"] == "slot" and spec.labels["prov.home"] == home_id(paths)
     assert "prov.name" not in spec.labels  # it is no environment's until claimed
@@ -104,7 +111,12 @@ def test_a_broken_or_outdated_slot_is_removed_not_handed_out(tmp_path: Path) -> 
     _ready_slot(engine, paths, "bbbb0002")
     del engine.running["prov-slot-bbbb0002"]  # its container is gone
     assert slots.claim(engine, paths, IMAGE) is None  # type: ignore[arg-type]
-    assert engine.removed == ["prov-slot-bbbb0001", "prov-slot-bbbb0002"]
+    assert engine.removed == [
+        "prov-slot-bbbb0001",
+        "prov-slot-bbbb0001-net",
+        "prov-slot-bbbb0002",
+        "prov-slot-bbbb0002-net",
+    ]
     assert not list(slots.slots_dir(paths).iterdir())
 
 
@@ -118,7 +130,7 @@ def test_sweep_leaves_claimed_slots_and_removes_stale_and_orphaned_ones(tmp_path
     slots.conf_dir(paths, "dddd0001").mkdir()  # a slot whose container went with its env
     (slots.slots_dir(paths) / "dddd0001.claimed").touch()
     assert slots.sweep(engine, paths, IMAGE) == ["cccc0001"]  # type: ignore[arg-type]
-    assert engine.removed == ["prov-slot-cccc0002"]
+    assert engine.removed == ["prov-slot-cccc0002", "prov-slot-cccc0002-net"]
     left = sorted(p.name for p in slots.slots_dir(paths).iterdir())
     assert left == ["cccc0001", "cccc0001.ready", "cccc0003", "cccc0003.claimed"]
 
