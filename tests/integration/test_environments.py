@@ -90,7 +90,12 @@ def test_session_env_reaches_ssh_and_panes_but_not_docker_inspect(
         if path.is_file() and SECRET.encode() in path.read_bytes()
     )
     env_dir = prov.prov_home / "envs" / name
-    assert holders == [env_dir / "egress" / "squid.conf", env_dir / "secrets.json"]
+    kept = [env_dir / "egress" / "squid.conf", env_dir / "secrets.json"]
+    slot = docker_client.containers.get(f"{alias}-egress").labels.get("prov.slot")
+    if slot:  # its proxy was a slot: the configuration it mounts is in the slot's dir
+        kept.append(prov.prov_home / "slots" / slot / "squid.conf")
+        assert (prov.prov_home / "slots").stat().st_mode & 0o777 == 0o700
+    assert holders == sorted(kept)
     assert env_dir.stat().st_mode & 0o777 == 0o700
     assert (env_dir / "secrets.json").stat().st_mode & 0o777 == 0o600
     for path in prov.prov_home.rglob("*"):

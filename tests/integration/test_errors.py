@@ -13,6 +13,8 @@ from pathlib import Path
 import docker
 import pytest
 
+from provisioner import slots
+from provisioner.config import ProvPaths
 from tests.integration.conftest import Prov, prov_containers
 
 SSHD_WRAPPER = """#!/bin/sh
@@ -302,6 +304,7 @@ def test_every_command_refuses_hostile_names_cleanly(
 ) -> None:
     """Every command that takes a name, given names that do not exist or cannot exist:
     non-zero, one paragraph, no traceback, nothing made in Docker, PROV_HOME or HOME."""
+    slots.wait_idle(ProvPaths(prov.prov_home))  # an earlier up's slots are made first
     containers_before = {c.id for c in docker_client.containers.list(all=True)}
     home_before, prov_before = _snapshot(prov.home), _snapshot(prov.prov_home)
     for command in COMMANDS:

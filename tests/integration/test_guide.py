@@ -243,12 +243,15 @@ def test_a_subnet_taken_between_choice_and_creation_is_chosen_again(
     script = tmp_path / "collide.py"
     script.write_text(COLLIDE)
     squatter = f"{prov.prefix}-squatter"
+    # A home with no slot: the environment makes its own network (a claimed
+    # slot's is made before, by the filler, which chooses again the same way).
+    alone = {**prov.env, "PROV_HOME": str(tmp_path / "ph"), "PROV_SLOTS": "0"}
     try:
         result = subprocess.run(
             [sys.executable, str(script), squatter, "up", name, "--json"],
             capture_output=True,
             text=True,
-            env=prov.env,
+            env=alone,
             timeout=300,
             check=False,
         )
@@ -258,6 +261,7 @@ def test_a_subnet_taken_between_choice_and_creation_is_chosen_again(
         assert taken != mine
         assert prov.ssh(f"prov-{name}", "true").returncode == 0
     finally:
+        prov.run("rm", "--yes", name, env={"PROV_HOME": alone["PROV_HOME"]})
         for network in docker_client.networks.list(names=[squatter]):
             network.remove()
 
