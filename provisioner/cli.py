@@ -401,9 +401,18 @@ def up(
         int, typer.Option(help="Most processes the environment may run at once.")
     ] = 4096,
     memory: Annotated[
-        str | None, typer.Option(help="Memory limit, e.g. 8g (default: none).")
+        str | None,
+        typer.Option(
+            help="Memory limit, e.g. 8g, or none (default: half the engine host's memory)."
+        ),
     ] = None,
-    cpus: Annotated[float | None, typer.Option(help="CPU limit, e.g. 2 (default: none).")] = None,
+    cpus: Annotated[
+        str | None,
+        typer.Option(
+            help="CPU limit, e.g. 2 or 0.5, or none (default: half the engine host's CPUs, "
+            "at least 1)."
+        ),
+    ] = None,
     allow_unsafe_mount: Annotated[
         bool,
         typer.Option(
@@ -583,7 +592,7 @@ def _containment(
     allow: list[str],
     pids_limit: int,
     memory: str | None,
-    cpus: float | None,
+    cpus: str | None,
     allow_unsafe_mount: bool,
     forward_agent: bool = False,
 ) -> Containment:
@@ -621,6 +630,8 @@ def _up_many(requests: list[UpRequest], as_json: bool) -> None:
         for outcome in outcomes:
             if not isinstance(outcome, ProvError):
                 err.line(f"{outcome.name} ready: ssh {outcome.ssh_alias}", "✓ ", "bold green")
+                if outcome.limits:
+                    err.line(f"limits: {outcome.limits}; disk: {outcome.disk}", "  ")
                 out.line(outcome.ntm_command)
         ready_count = len(outcomes) - len(failures)
         err.line(f"{ready_count} of {len(outcomes)} ready in {since_start():.1f} s")
@@ -651,6 +662,8 @@ def _up_one(request: UpRequest, as_json: bool, spawn: bool) -> None:
             "✓ ",
             "bold green",
         )
+        if result.limits:
+            err.line(f"limits: {result.limits}; disk: {result.disk}", "  ")
         if result.guide_command:
             where = f" on the engine host ({result.published_on})" if result.published_on else ""
             err.line(

@@ -331,25 +331,39 @@ def parse_domain(text: str) -> str:
     return domain
 
 
+NO_LIMIT = ("none", "unlimited")  # --memory none, --cpus none: 0, no limit
+
+
 def parse_memory(text: str) -> int:
-    """`4g`, `512m`, `1.5G`, or bytes -> bytes."""
+    """`4g`, `512m`, `1.5G`, or bytes -> bytes; `none` -> 0 (no limit)."""
+    if text.strip().lower() in NO_LIMIT:
+        return 0
     match = _SIZE_RE.match(text.strip().lower())
     size = int(float(match.group(1)) * _SIZE_UNITS[match.group(2)]) if match else 0
     if size < MIN_MEMORY:
         raise UsageError(
             f"Invalid --memory {text!r}",
-            "It takes a size of at least 64m, such as 512m or 4g.",
-            "e.g. --memory 8g.",
+            "It takes a size of at least 64m, such as 512m or 4g, or none (no limit).",
+            "e.g. --memory 8g (the default is half the engine host's memory).",
         )
     return size
 
 
-def parse_cpus(value: float) -> float:
+def parse_cpus(value: float | str) -> float:
+    """`2`, `0.5` -> CPUs; `none` -> 0 (no limit)."""
+    shown = value if isinstance(value, str) else f"{value:g}"
+    if isinstance(value, str):
+        if value.strip().lower() in NO_LIMIT:
+            return 0.0
+        try:
+            value = float(value)
+        except ValueError:
+            value = -1.0
     if not 0.01 <= value <= 1024:
         raise UsageError(
-            f"Invalid --cpus {value:g}",
-            "It takes the number of CPUs the environment may use, e.g. 2 or 0.5.",
-            "e.g. --cpus 2.",
+            f"Invalid --cpus {shown}",
+            "It takes the number of CPUs the environment may use, e.g. 2 or 0.5, or none.",
+            "e.g. --cpus 2 (the default is half the engine host's CPUs, at least 1).",
         )
     return value
 
@@ -360,6 +374,8 @@ class Containment:
 
     sudo: bool = False
     pids_limit: int = DEFAULT_PIDS_LIMIT
+    # None: the default, sized from the engine host at `up` (limits.resolve);
+    # 0: no limit, as asked with `none`.
     memory: int | None = None  # bytes
     cpus: float | None = None
     egress: EgressMode = DEFAULT_EGRESS
@@ -476,6 +492,12 @@ class ProvPaths:
     def ca_cache(self) -> Path:
         """CA files already read, as PEM, under the SHA-256 of their bytes."""
         return self.home / "cache" / "ca"
+
+    @property
+    def engine_sizes_cache(self) -> Path:
+        """Cache of what each engine host has (Docker's /info: memory, CPUs,
+        storage driver), which sizes the default limits: /info takes ~40 ms."""
+        return self.home / "cache" / "engine-sizes.json"
 
     @property
     def npm_registry_cache(self) -> Path:

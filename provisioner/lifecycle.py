@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from provisioner import keys, sshconf, state
+from provisioner import keys, limits, sshconf, state
 from provisioner.config import AGENT_USER, ProvPaths, user_known_hosts, validate_name
 from provisioner.engine import ContainerInfo, Engine, targets
 from provisioner.errors import DockerUnavailable, NotFound, ProvError, UsageError
@@ -62,7 +62,9 @@ class EnvStatus:
     host_key_fingerprint: str
     sudo: str = "-"
     egress: str = "-"
-    limits: str = "-"
+    limits: str = "-"  # memory, CPUs, processes, in words
+    memory: str = "-"  # in use, of the limit (a running environment; `status` only)
+    disk: str = "-"  # what bounds the agent's writes outside the project (`status` only)
     home: str = "this"  # "this" PROV_HOME, or "other" (shown by `ls --all`)
     home_volume: str = "-"  # where /home/agent lives, and what keeps it
     engine: str = "-"  # the Docker engine it is on, and how prov chose it
@@ -105,7 +107,7 @@ def _from_summary(item: dict[str, Any], paths: ProvPaths) -> EnvStatus:
             if labels.get(LABEL_PORT, "0") not in ("", "0")
             else "-"
         ),
-        limits=labels.get(LABEL_LIMITS, "-"),
+        limits=limits.label_words(labels[LABEL_LIMITS]) if LABEL_LIMITS in labels else "-",
         credentials=labels.get(LABEL_CREDENTIALS, "-"),
         protected=labels.get(LABEL_PROTECT, "") or "-",
         branch=labels.get(LABEL_BRANCH, "") or "-",
@@ -337,14 +339,32 @@ def engine_of(name: str, paths: ProvPaths) -> Engine:
 
 
 def status(name: str, paths: ProvPaths | None = None) -> EnvStatus:
+    paths = paths or ProvPaths.from_env()
     for env in list_envs(paths):
         if env.name == name:
-            return env
+            return _with_use(env, paths) if env.state == "running" else env
     raise NotFound(
         f"No environment named {name!r}",
         "prov has neither a container nor a record of it.",
         "list them with `prov ls`.",
     )
+
+
+def _with_use(env: EnvStatus, paths: ProvPaths) -> EnvStatus:
+    """A running environment's memory in use against its limit, and its disk bound."""
+    from provisioner import hostsize
+
+    engine = engine_of(env.name, paths)
+    info = own_container(engine, env.name, paths)
+    use = engine.memory_use(info.id) if info is not None else None
+    memory = env.memory
+    if use is not None:
+        used, limit = use
+        memory = f"{limits.size_text(used)} of {limits.size_text(limit)}"
+        if "memory: none" in env.limits:
+            memory += " (no limit: the engine host's memory)"
+    disk = limits.disk_bound(hostsize.host_size(engine, paths))
+    return replace(env, memory=memory, disk=disk)
 
 
 def own_container(

@@ -25,6 +25,7 @@ from provisioner.config import (
 from provisioner.host import CredentialMount
 from provisioner.injection import CA, CONF_DIR, PROXY_PORT, Secret, squid_conf
 from provisioner.keys import PublicKey
+from provisioner.limits import PROXY_MEMORY, PROXY_NANO_CPUS, describe
 from provisioner.protect import Guard, git_excludes
 from provisioner.spec import (
     LABEL_MANAGED,
@@ -197,6 +198,8 @@ class Plan:
     ntm_command: tuple[str, ...]
     ntm_env: dict[str, str]
     host_key: PublicKey
+    limits: str = ""  # in words: memory, CPUs, processes (limits.describe)
+    disk: str = ""  # what bounds the agent's writes outside the project, in words
 
     @property
     def published(self) -> tuple[str, int] | None:
@@ -261,22 +264,20 @@ def build_network(
 
 
 def _limits_label(containment: Containment) -> str:
-    parts = [f"pids={containment.pids_limit}"]
-    if containment.memory is not None:
-        parts.append(f"memory={containment.memory}")
-    if containment.cpus is not None:
-        parts.append(f"cpus={containment.cpus:g}")
-    return ",".join(parts)
+    """The limits as asked and sized (limits.resolve): `none` where lifted."""
+    cpus = f"{containment.cpus:g}" if containment.cpus else "none"
+    return f"pids={containment.pids_limit},memory={containment.memory or 'none'},cpus={cpus}"
 
 
 def env_security(containment: Containment) -> Security:
+    """`containment` as resolved (limits.resolve): 0 is no limit."""
     return Security(
         cap_add=ENV_CAPS + (SUDO_CAPS if containment.sudo else ()),
         # sudo is a setuid program: with no-new-privileges it cannot run at all.
         no_new_privileges=not containment.sudo,
         pids_limit=containment.pids_limit,
-        memory=containment.memory,
-        nano_cpus=int(containment.cpus * 1e9) if containment.cpus is not None else None,
+        memory=containment.memory or None,
+        nano_cpus=int(containment.cpus * 1e9) if containment.cpus else None,
         disable_ipv6=containment.internal,
     )
 
@@ -322,6 +323,7 @@ class PlanInputs:
     upstream_cas: bytes = field(default=b"", repr=False)
     forward_ports: tuple[int, ...] = ()
     devcontainer: str = ""
+    disk: str = ""  # limits.disk_bound for the engine host
 
 
 def _env_labels(
@@ -419,13 +421,18 @@ def _gate(i: PlanInputs, identity: str, egress_label: str) -> EgressPlan | None:
         keys_dir=i.paths.keys_dir(i.name),
         key_files=(),
         files=(),
-        security=Security(cap_add=EGRESS_CAPS, no_new_privileges=True, pids_limit=256),
+        security=Security(
+            cap_add=EGRESS_CAPS,
+            no_new_privileges=True,
+            pids_limit=256,
+            memory=PROXY_MEMORY,
+            nano_cpus=PROXY_NANO_CPUS,
+        ),
         network=i.network.name,
         address=i.egress_address,
         extra_network=i.egress_network,
         tmpfs=("/run", "/tmp"),
         read_only=True,
-        log_limit=True,
     )
     return EgressPlan(proxy, i.allow, proxying, conf, i.secrets if i.egress_ca else ())
 
@@ -559,4 +566,6 @@ def build_plan(i: PlanInputs) -> Plan:
         ntm_command=cmd,
         ntm_env=env,
         host_key=i.host_key_public,
+        limits=describe(i.containment),
+        disk=i.disk,
     )

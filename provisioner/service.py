@@ -19,7 +19,9 @@ from typing import Any, TypeVar
 
 from provisioner import (
     host,
+    hostsize,
     injection,
+    limits,
     netplan,
     openssh,
     ports,
@@ -95,6 +97,8 @@ class UpResult:
     published_port: int = 0
     published_on: str = ""
     image_seconds: float = 0.0  # of the run: building the image, when it was built
+    limits: str = ""  # memory, CPUs, processes, as sized for the engine host
+    disk: str = ""  # what bounds the agent's writes outside the project
 
     @property
     def guide_command(self) -> str:
@@ -490,6 +494,7 @@ def _plan(
     addrs: netplan.Addresses,
 ) -> Plan:
     request = prepared.request
+    size = hostsize.host_size(engine, paths)
     return build_plan(
         PlanInputs(
             name=request.name,
@@ -510,7 +515,8 @@ def _plan(
             paths=paths,
             network=network,
             env_address=addrs.env,
-            containment=request.containment,
+            containment=limits.resolve(request.containment, size),
+            disk=limits.disk_bound(size),
             egress_image=prepared.egress_image,
             egress_address=addrs.proxy,
             egress_network=EGRESS_NETWORK,
@@ -732,6 +738,8 @@ def _result(
         published_port=plan.published[1] if plan.published else 0,
         published_on=engine.site.host_name,
         image_seconds=prepared.image_seconds,
+        limits=plan.limits,
+        disk=plan.disk,
     )
 
 

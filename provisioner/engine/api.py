@@ -592,7 +592,10 @@ class Engine:
             "Cmd": ["true"],
             "Labels": labels,
             "NetworkDisabled": True,
-            "HostConfig": {"Mounts": [{"Type": "volume", "Source": name, "Target": "/fill"}]},
+            "HostConfig": {
+                "Mounts": [{"Type": "volume", "Source": name, "Target": "/fill"}],
+                "LogConfig": wire.LOG_LIMIT,
+            },
         }
         created = self._json(
             f"create a helper to fill volume {name}",
@@ -765,6 +768,21 @@ class Engine:
                 "the host is Linux and that its SSH user has a POSIX shell.",
             )
         return hostview.parse_remote(output)
+
+    def memory_use(self, container_id: str) -> tuple[int, int] | None:
+        """(bytes in use, limit) of a running container's memory, as `docker
+        stats` counts it (less the page cache it could drop), from one sample;
+        None when the engine does not say."""
+        try:
+            stats = self._json(
+                "read the container's memory use",
+                "GET",
+                f"/containers/{container_id}/stats",
+                params={"stream": "false", "one-shot": "true"},
+            )
+        except ProvError:
+            return None
+        return wire.memory_use(stats)
 
     def memory_available(self) -> int | None:
         """Bytes of memory the engine host could still give (MemAvailable), None

@@ -9,7 +9,12 @@ from typing import Any
 
 from provisioner.spec import ContainerSpec, NetworkSpec
 
-LOG_LIMIT = {"Type": "json-file", "Config": {"max-size": "1m", "max-file": "3"}}
+# Every container prov makes keeps at most this much of Docker's log of it on
+# the engine host's disk (3 files of 1 MB): sshd logs each connection, squid
+# each request, and the agent can make either as many as it likes.
+LOG_MAX_SIZE, LOG_MAX_FILES = "1m", "3"
+LOG_LIMIT = {"Type": "json-file", "Config": {"max-size": LOG_MAX_SIZE, "max-file": LOG_MAX_FILES}}
+LOG_CAP_BYTES = (1 << 20) * int(LOG_MAX_FILES)
 
 
 def container_body(spec: ContainerSpec) -> dict[str, Any]:
@@ -48,17 +53,13 @@ def container_body(spec: ContainerSpec) -> dict[str, Any]:
         "SecurityOpt": ["no-new-privileges:true"] if sec.no_new_privileges else [],
         "PidsLimit": sec.pids_limit,
         "ReadonlyRootfs": spec.read_only,
-        **(
-            {"LogConfig": {"Type": "json-file", "Config": {"max-size": "1m", "max-file": "3"}}}
-            if spec.log_limit
-            else {}
-        ),
+        "LogConfig": LOG_LIMIT,
         "Tmpfs": {path: "rw,nosuid,nodev,noexec,size=16m" for path in spec.tmpfs},
     }
-    if sec.memory is not None:
+    if sec.memory:  # None or 0: no limit
         host_config["Memory"] = sec.memory
         host_config["MemorySwap"] = sec.memory  # no swap beyond the limit
-    if sec.nano_cpus is not None:
+    if sec.nano_cpus:
         host_config["NanoCpus"] = sec.nano_cpus
     if sec.disable_ipv6:
         host_config["Sysctls"] = {
@@ -87,6 +88,20 @@ def container_body(spec: ContainerSpec) -> dict[str, Any]:
     if spec.port:
         body["ExposedPorts"] = {spec.container_port: {}}
     return body
+
+
+def memory_use(stats: object) -> tuple[int, int] | None:
+    """(bytes in use, limit) from a /containers/ID/stats answer, as `docker
+    stats` counts use: less the inactive page cache (cgroup v1's
+    total_inactive_file, v2's inactive_file), which the kernel drops before
+    it kills anything. None when the answer has no usage (a stopped container)."""
+    memory = stats.get("memory_stats") if isinstance(stats, dict) else None
+    if not isinstance(memory, dict) or not isinstance(memory.get("usage"), int):
+        return None
+    details = memory.get("stats") or {}
+    cache = details.get("total_inactive_file", details.get("inactive_file", 0))
+    used = memory["usage"] - (cache if isinstance(cache, int) and cache < memory["usage"] else 0)
+    return used, int(memory.get("limit") or 0)
 
 
 def bridge_name(network: str) -> str:
