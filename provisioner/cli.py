@@ -397,6 +397,14 @@ def up(
         list[str] | None,
         typer.Option("--allow", help="Domain the agent may reach in allowlist mode (repeatable)."),
     ] = None,
+    allow_net: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-net",
+            help="Address range (CIDR) the proxy may reach although it is private, loopback "
+            "or link-local, e.g. an internal mirror's (repeatable; refused by default).",
+        ),
+    ] = None,
     pids_limit: Annotated[
         int, typer.Option(help="Most processes the environment may run at once.")
     ] = 4096,
@@ -518,6 +526,7 @@ def up(
         cpus,
         allow_unsafe_mount,
         forward_agent,
+        allow_net or [],
     )
     requests = [
         _run(
@@ -595,6 +604,7 @@ def _containment(
     cpus: str | None,
     allow_unsafe_mount: bool,
     forward_agent: bool = False,
+    allow_nets: list[str] | None = None,
 ) -> Containment:
     from provisioner import config
 
@@ -605,6 +615,7 @@ def _containment(
         cpus=config.parse_cpus(cpus) if cpus is not None else None,
         egress=config.egress_mode(egress),
         allow=tuple(config.parse_domain(d) for d in allow),
+        allow_nets=tuple(config.parse_net(n) for n in allow_nets or ()),
         allow_unsafe_mount=allow_unsafe_mount,
         forward_agent=forward_agent,
     )
@@ -993,8 +1004,20 @@ def egress_(name: NameArg, as_json: JsonOpt = False) -> None:
         out.line(f"{name}: egress allowlist; allowed (with subdomains):")
         for domain in report.allowed:
             out.line(f"  {domain}")
+        if report.allowed_nets:
+            out.line(
+                "private addresses it may reach (--allow-net): " + ", ".join(report.allowed_nets)
+            )
+        out.line("requests let through lately, per host:")
+        for host_name, count in report.requests.items():
+            out.line(f"  {count:6}  {host_name}")
+        if not report.requests:
+            out.line("  none")
         out.line(f"recent refusals ({len(report.denials)}):")
         for line in report.denials[-50:]:
+            out.line(f"  {line}")
+        out.line(f"latest requests ({len(report.recent)}):")
+        for line in report.recent:
             out.line(f"  {line}")
         if report.secrets:
             out.line("secrets the proxy injects (a placeholder inside; requests served lately):")

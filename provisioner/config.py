@@ -334,6 +334,22 @@ def parse_domain(text: str) -> str:
 NO_LIMIT = ("none", "unlimited")  # --memory none, --cpus none: 0, no limit
 
 
+def parse_net(text: str) -> str:
+    """An address range the egress proxy may reach although it is private,
+    loopback or link-local (--allow-net 10.20.0.0/16, or one address)."""
+    import ipaddress
+
+    try:
+        net = ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        raise UsageError(
+            f"Invalid --allow-net {text!r}",
+            "It takes an address range (CIDR) such as 10.20.0.0/16, or one address.",
+            "e.g. --allow-net 192.168.50.0/24 for a mirror on your network.",
+        ) from None
+    return str(net)
+
+
 def parse_memory(text: str) -> int:
     """`4g`, `512m`, `1.5G`, or bytes -> bytes; `none` -> 0 (no limit)."""
     if text.strip().lower() in NO_LIMIT:
@@ -380,6 +396,9 @@ class Containment:
     cpus: float | None = None
     egress: EgressMode = DEFAULT_EGRESS
     allow: tuple[str, ...] = ()  # --allow domains, on top of the default list
+    # --allow-net ranges: private, loopback or link-local addresses the proxy
+    # may reach after all (refused by default, whatever name resolves to them).
+    allow_nets: tuple[str, ...] = ()
     allow_unsafe_mount: bool = False
     forward_agent: bool = False  # the user's ssh-agent reachable from inside
 
@@ -399,6 +418,8 @@ class Containment:
             )
         for domain in self.allow:
             parse_domain(domain)
+        for net in self.allow_nets:
+            parse_net(net)
 
     @property
     def internal(self) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -748,6 +748,9 @@ class EgressReport:
     allowed: tuple[str, ...]
     denials: tuple[str, ...]  # the proxy's refusals, oldest first
     secrets: tuple[SecretUse, ...] = ()  # what the proxy injects (never a value)
+    requests: dict[str, int] = field(default_factory=dict)  # host -> requests let through
+    recent: tuple[str, ...] = ()  # the latest requests, allowed and refused, oldest first
+    allowed_nets: tuple[str, ...] = ()  # private ranges it may reach (--allow-net)
 
     def public(self) -> dict[str, object]:
         return asdict(self)
@@ -769,9 +772,20 @@ def egress_report(name: str, tail: int = 2000, paths: ProvPaths | None = None) -
         secret_name, _, rest = item.partition("@")
         secret_host, _, header = rest.partition(":")
         secrets.append(SecretUse(secret_name, secret_host, header, log.opened.get(secret_host, 0)))
+    entries = [a for a in allowed.split(",") if a]
     return EgressReport(
-        name, mode, tuple(a for a in allowed.split(",") if a), log.denials, tuple(secrets)
+        name,
+        mode,
+        tuple(a for a in entries if "/" not in a),
+        log.denials,
+        tuple(secrets),
+        dict(sorted(log.allowed.items(), key=lambda item: (-item[1], item[0]))),
+        log.recent[-RECENT_LINES:],
+        tuple(a for a in entries if "/" in a),
     )
+
+
+RECENT_LINES = 50  # of the proxy's log, in `prov egress`
 
 
 @dataclass(frozen=True)

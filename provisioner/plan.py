@@ -23,7 +23,7 @@ from provisioner.config import (
     ProvPaths,
 )
 from provisioner.host import CredentialMount
-from provisioner.injection import CA, CONF_DIR, PROXY_PORT, Secret, squid_conf
+from provisioner.injection import CA, CONF_DIR, PRIVATE_NETS, PROXY_PORT, Secret, squid_conf
 from provisioner.keys import PublicKey
 from provisioner.limits import PROXY_MEMORY, PROXY_NANO_CPUS, describe
 from provisioner.protect import Guard, git_excludes
@@ -110,6 +110,9 @@ ENV_CAPS = (
 SUDO_CAPS = ("FSETID", "SETFCAP")
 # squid drops to its proxy user; the entrypoint gives it its certificate db.
 EGRESS_CAPS = ("SETUID", "SETGID", "CHOWN")
+# Held by the gate's entrypoint only, to set its own firewall; dropped from
+# the bounding set before squid or socat start.
+GATE_FIREWALL_CAPS = ("NET_ADMIN", "SETPCAP")
 # The environment's CA (injection), in its keys dir: the entrypoint adds it to
 # the system's trust (which Node, Python, curl and Rust's TLS read).
 EGRESS_CA_FILE = "egress-ca.pem"
@@ -324,6 +327,7 @@ class PlanInputs:
     forward_ports: tuple[int, ...] = ()
     devcontainer: str = ""
     disk: str = ""  # limits.disk_bound for the engine host
+    allow_nets: tuple[str, ...] = ()  # private ranges the proxy may reach (--allow-net)
 
 
 def _env_labels(
@@ -378,11 +382,17 @@ def _gate(i: PlanInputs, identity: str, egress_label: str) -> EgressPlan | None:
     gate_env = {
         "PROV_LISTEN": i.egress_address,
         "PROV_PROXY": "1" if proxying else "0",
+        # What the gate's own rules let it open besides 80/443 to public
+        # addresses (the entrypoint's firewall; squid refuses the rest too).
+        "PROV_ALLOW_NETS": " ".join(i.allow_nets),
+        "PROV_PRIVATE_NETS": " ".join(n for n in PRIVATE_NETS if ":" not in n),
     }
     conf: tuple[KeyFile, ...] = ()
     if proxying:
         injected = i.secrets if i.egress_ca is not None else ()
-        squid = squid_conf(i.egress_address, i.env_address, i.allow, injected, bool(i.upstream_cas))
+        squid = squid_conf(
+            i.egress_address, i.env_address, i.allow, injected, bool(i.upstream_cas), i.allow_nets
+        )
         conf = (KeyFile("squid.conf", 0o644, squid.encode()),)
         if injected and i.egress_ca is not None:
             conf += (
@@ -422,11 +432,12 @@ def _gate(i: PlanInputs, identity: str, egress_label: str) -> EgressPlan | None:
         key_files=(),
         files=(),
         security=Security(
-            cap_add=EGRESS_CAPS,
+            cap_add=EGRESS_CAPS + GATE_FIREWALL_CAPS,
             no_new_privileges=True,
             pids_limit=256,
             memory=PROXY_MEMORY,
             nano_cpus=PROXY_NANO_CPUS,
+            disable_ipv6=True,  # its firewall is IPv4's; no way round it
         ),
         network=i.network.name,
         address=i.egress_address,
@@ -511,7 +522,7 @@ def build_plan(i: PlanInputs) -> Plan:
     identity = home_id(i.paths)
     egress_label: str = i.containment.egress
     if i.containment.egress == "allowlist":
-        egress_label += ":" + ",".join(i.allow)
+        egress_label += ":" + ",".join((*i.allow, *i.allow_nets))
     labels = _env_labels(i, mounts, identity, egress_label)
     key_files = (
         KeyFile(HOST_KEY_FILE, 0o600, i.host_key_private),

@@ -521,6 +521,7 @@ def _plan(
             egress_address=addrs.proxy,
             egress_network=EGRESS_NETWORK,
             allow=prepared.allow,
+            allow_nets=prepared.allow_nets,
             extra_mounts=request.extras.mounts,
             session_env=prepared.session_env,
             gpus=request.extras.gpus,
