@@ -837,7 +837,8 @@ def ls(
         typer.Option("--all", help="Also list other PROV_HOMEs' environments (marked)."),
     ] = False,
 ) -> None:
-    """List environments: name, state, port, project, egress, sudo, agents, uptime."""
+    """List environments: name, state, port, project, egress, sudo, memory in use of
+    its limit, agents, uptime."""
     from provisioner import lifecycle
 
     envs = _run(lifecycle.list_envs, None, everyone)
@@ -859,13 +860,14 @@ def ls(
             e.project_dir,
             e.egress,
             e.sudo,
+            e.memory,
             e.agents,
             e.status,
         )
         for e in envs
     ]
     headers: tuple[str, ...] = (
-        "NAME", "STATE", "SSH", "PORT", "PROJECT", "EGRESS", "SUDO", "AGENTS", "STATUS",
+        "NAME", "STATE", "SSH", "PORT", "PROJECT", "EGRESS", "SUDO", "MEMORY", "AGENTS", "STATUS",
     )  # fmt: skip
     if any(e.branch != "-" for e in envs):  # branch mode: the clone's branch, commits ahead
         headers = (*headers[:5], "BRANCH", *headers[5:])

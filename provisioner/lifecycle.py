@@ -63,7 +63,7 @@ class EnvStatus:
     sudo: str = "-"
     egress: str = "-"
     limits: str = "-"  # memory, CPUs, processes, in words
-    memory: str = "-"  # in use, of the limit (a running environment; `status` only)
+    memory: str = "-"  # in use, of the limit (a running environment)
     disk: str = "-"  # what bounds the agent's writes outside the project (`status` only)
     home: str = "this"  # "this" PROV_HOME, or "other" (shown by `ls --all`)
     home_volume: str = "-"  # where /home/agent lives, and what keeps it
@@ -309,11 +309,15 @@ def _ask_engines(
     def ask(target: targets.EngineTarget) -> None:
         try:
             engine = Engine.connect(target)
-            answers[target.host] = [
-                replace(_from_summary(item, paths), engine=target.describe())
+            envs = [
+                (
+                    str(item.get("Id", "")),
+                    replace(_from_summary(item, paths), engine=target.describe()),
+                )
                 for item in engine.summaries()
                 if (item.get("Labels") or {}).get(LABEL_ROLE, "env") == "env"
             ]
+            answers[target.host] = _memory_in_use(engine, envs)
         except ProvError as exc:
             failures[target.host] = exc
             answers[target.host] = exc.what
@@ -350,21 +354,34 @@ def status(name: str, paths: ProvPaths | None = None) -> EnvStatus:
     )
 
 
-def _with_use(env: EnvStatus, paths: ProvPaths) -> EnvStatus:
-    """A running environment's memory in use against its limit, and its disk bound."""
-    from provisioner import hostsize
+def _memory_in_use(engine: Engine, envs: list[tuple[str, EnvStatus]]) -> list[EnvStatus]:
+    """The environments with the memory the running ones use against their limit
+    (a one-shot stats call each, ~20 ms, asked in parallel)."""
+    from concurrent.futures import ThreadPoolExecutor
 
-    engine = engine_of(env.name, paths)
-    info = own_container(engine, env.name, paths)
-    use = engine.memory_use(info.id) if info is not None else None
-    memory = env.memory
-    if use is not None:
+    def with_use(item: tuple[str, EnvStatus]) -> EnvStatus:
+        container_id, env = item
+        use = engine.memory_use(container_id) if env.state == "running" else None
+        if use is None:
+            return env
         used, limit = use
         memory = f"{limits.size_text(used)} of {limits.size_text(limit)}"
         if "memory: none" in env.limits:
             memory += " (no limit: the engine host's memory)"
-    disk = limits.disk_bound(hostsize.host_size(engine, paths))
-    return replace(env, memory=memory, disk=disk)
+        return replace(env, memory=memory)
+
+    if len(envs) <= 1:
+        return [with_use(item) for item in envs]
+    with ThreadPoolExecutor(max_workers=min(8, len(envs))) as pool:
+        return list(pool.map(with_use, envs))
+
+
+def _with_use(env: EnvStatus, paths: ProvPaths) -> EnvStatus:
+    """A running environment with what bounds its disk, in words."""
+    from provisioner import hostsize
+
+    disk = limits.disk_bound(hostsize.host_size(engine_of(env.name, paths), paths))
+    return replace(env, disk=disk)
 
 
 def own_container(

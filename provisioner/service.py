@@ -843,6 +843,8 @@ def _converge(
                 [(k.name, k.mode, k.content) for k in c.key_files],
                 c.volume_labels,
             )
+    for warning in decision.warnings:
+        reporter.warn(warning)
     if existing is not None and decision.action in ("unchanged", "started"):
         _keep(engine, made, plan, existing, decision, conf_changed)
         return decision
