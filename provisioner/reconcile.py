@@ -83,13 +83,15 @@ def unbounded_before(have: str, want: str) -> bool:
     return "memory=" not in have and have == want.split(",", 1)[0]
 
 
-def drift(info: ContainerInfo, plan: Plan) -> list[str]:
-    """How the running container differs from the plan, in words."""
+def drift(info: ContainerInfo, plan: Plan, keep_older_limits: bool = True) -> list[str]:
+    """How the running container differs from the plan, in words.
+    `keep_older_limits`: limits from before prov's defaults are no difference
+    (see unbounded_before); --recreate counts them, to apply the defaults."""
     want = plan.container.labels
     diffs = []
     for label, what in DRIFT_LABELS:
         have = info.labels.get(label, "")
-        if label == LABEL_LIMITS and unbounded_before(have, want[label]):
+        if keep_older_limits and label == LABEL_LIMITS and unbounded_before(have, want[label]):
             continue
         if have != want[label]:
             shown = (
@@ -123,7 +125,7 @@ def decide(existing: ContainerInfo | None, plan: Plan, stale: set[str], recreate
     the plan and --recreate was not given."""
     if existing is None:
         return Decision("created", keys_to_write=True)
-    diffs = drift(existing, plan)
+    diffs = drift(existing, plan, keep_older_limits=not recreate)
     if HOST_KEY_FILE in stale:
         diffs.append(HOST_KEY_DRIFT)
     if not diffs:

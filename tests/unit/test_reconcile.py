@@ -102,6 +102,8 @@ def test_an_environment_from_before_default_limits_is_kept_with_a_warning(
     old = _running(plan, **{LABEL_LIMITS: "pids=4096"})
     kept = reconcile.decide(old, plan, set(), False)
     assert kept.action == "unchanged" and "--recreate" in kept.warnings[0]
+    # And --recreate does apply them.
+    assert reconcile.decide(old, plan, set(), True).action == "recreated"
     assert reconcile.decide(_running(plan), plan, set(), False).warnings == ()
     for other in ("pids=64", "pids=4096,memory=1073741824,cpus=1"):
         with pytest.raises(ConflictError, match="differs"):
