@@ -63,6 +63,7 @@ class EnvStatus:
     sudo: str = "-"
     egress: str = "-"
     limits: str = "-"  # memory, CPUs, processes, in words
+    limits_bytes: int = 0  # the memory limit (0: none)
     memory: str = "-"  # in use, of the limit (a running environment)
     disk: str = "-"  # what bounds the agent's writes outside the project (`status` only)
     home: str = "this"  # "this" PROV_HOME, or "other" (shown by `ls --all`)
@@ -108,6 +109,7 @@ def _from_summary(item: dict[str, Any], paths: ProvPaths) -> EnvStatus:
             else "-"
         ),
         limits=limits.label_words(labels[LABEL_LIMITS]) if LABEL_LIMITS in labels else "-",
+        limits_bytes=limits.label_memory(labels.get(LABEL_LIMITS, "")),
         credentials=labels.get(LABEL_CREDENTIALS, "-"),
         protected=labels.get(LABEL_PROTECT, "") or "-",
         branch=labels.get(LABEL_BRANCH, "") or "-",
@@ -361,18 +363,15 @@ def _memory_in_use(engine: Engine, envs: list[tuple[str, EnvStatus]]) -> list[En
 
     def with_use(item: tuple[str, EnvStatus]) -> EnvStatus:
         container_id, env = item
-        use = engine.memory_use(container_id) if env.state == "running" else None
-        if use is None:
+        used = engine.memory_use(container_id) if env.state == "running" else None
+        if used is None:
             return env
-        used, limit = use
-        memory = f"{limits.size_text(used)} of {limits.size_text(limit)}"
-        if "memory: none" in env.limits:
-            memory += " (no limit: the engine host's memory)"
-        return replace(env, memory=memory)
+        return replace(env, memory=limits.use_text(used, env.limits_bytes))
 
-    if len(envs) <= 1:
+    if len(envs) <= 1 or engine.link is None:  # here: cgroup files, no waiting
         return [with_use(item) for item in envs]
-    with ThreadPoolExecutor(max_workers=min(8, len(envs))) as pool:
+    # Each stats call waits for Docker's collector (up to 1 s): all at once.
+    with ThreadPoolExecutor(max_workers=min(32, len(envs))) as pool:
         return list(pool.map(with_use, envs))
 
 

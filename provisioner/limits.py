@@ -119,3 +119,17 @@ def label_words(label: str) -> str:
         )
     except (ValueError, ProvError):
         return label or "-"
+
+
+def label_memory(label: str) -> int:
+    """The memory limit in a limits label, in bytes (0: none)."""
+    fields = dict(part.partition("=")[::2] for part in label.split(",") if "=" in part)
+    memory = fields.get("memory", "")
+    return int(memory) if memory.isdigit() else 0
+
+
+def use_text(used: int, limit: int) -> str:
+    """Memory in use against the limit, as `ls` and `status` show it."""
+    if not limit:
+        return f"{size_text(used)} (no limit)"
+    return f"{size_text(used)} of {size_text(limit)}"

@@ -104,6 +104,19 @@ def memory_use(stats: object) -> tuple[int, int] | None:
     return used, int(memory.get("limit") or 0)
 
 
+def cgroup_memory_use(usage: str, stat: str) -> int | None:
+    """Bytes in use from a memory cgroup's usage file (v1 memory.usage_in_bytes,
+    v2 memory.current) and its memory.stat, counted as memory_use counts it."""
+    try:
+        used = int(usage.strip())
+    except ValueError:
+        return None
+    fields = dict(line.split(" ", 1) for line in stat.splitlines() if " " in line)
+    cache = fields.get("total_inactive_file", fields.get("inactive_file", "0")).strip()
+    inactive = int(cache) if cache.isdigit() else 0
+    return used - inactive if inactive < used else used
+
+
 def bridge_name(network: str) -> str:
     """A Linux interface name (at most 15 bytes) that says whose bridge it is."""
     return "prov" + hashlib.sha256(network.encode()).hexdigest()[:11]

@@ -54,6 +54,14 @@ def test_host_size_from_docker_info() -> None:
     assert "overlay2 on extfs has no quota" in limits.disk_bound(HOST)
 
 
+def test_memory_in_use_against_the_labels_limit() -> None:
+    assert limits.label_memory("pids=4096,memory=536870912,cpus=1") == 512 << 20
+    assert limits.label_memory("pids=4096,memory=none,cpus=none") == 0
+    assert limits.label_memory("pids=4096") == 0
+    assert limits.use_text(100 << 20, 512 << 20) == "100 MiB of 512 MiB"
+    assert limits.use_text(3 << 30, 0) == "3.0 GiB (no limit)"
+
+
 def test_limits_in_words_from_the_label() -> None:
     assert limits.label_words("pids=4096,memory=12884901888,cpus=1") == (
         "memory 12.0 GiB, 1 CPU, 4096 processes"

@@ -12,7 +12,13 @@ import pytest
 from provisioner.engine.api import Engine
 from provisioner.engine.targets import EngineTarget
 from provisioner.engine.transport import Call
-from provisioner.engine.wire import bridge_name, container_body, memory_use, network_body
+from provisioner.engine.wire import (
+    bridge_name,
+    cgroup_memory_use,
+    container_body,
+    memory_use,
+    network_body,
+)
 from provisioner.errors import ProvError
 from provisioner.spec import ContainerSpec, KeyFile, Mount, NetworkSpec, Security
 
@@ -129,6 +135,10 @@ def test_memory_use_as_docker_stats_counts_it() -> None:
     assert memory_use(v2) == (250, 1000)
     assert memory_use({"memory_stats": {}}) is None  # a stopped container
     assert memory_use(None) is None
+    # The same count from the cgroup's own files (this machine's engine).
+    assert cgroup_memory_use("300\n", "cache 5\ntotal_inactive_file 100\n") == 200
+    assert cgroup_memory_use("300\n", "anon 9\ninactive_file 50\n") == 250
+    assert cgroup_memory_use("max\n", "") is None
 
 
 def test_a_network_body() -> None:
