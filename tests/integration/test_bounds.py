@@ -6,7 +6,9 @@ proxy reaching another. Every target is a container these tests make.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import secrets
 import shlex
 import socket
 import subprocess
@@ -17,6 +19,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import docker
+import docker.errors
+import docker.types
 import pytest
 
 from tests.integration.conftest import EGRESS_NET, Prov, free_port, start_outside_server
@@ -124,7 +128,7 @@ def test_a_memory_bomb_is_killed_inside_while_another_environment_answers(
     other = f"prov-{bounded}"
     assert prov.ssh(other, "true").returncode == 0  # the master is up before the bomb
     thread.start()
-    trips = []
+    trips: list[float] = []
     while thread.is_alive() and len(trips) < 200:
         started = time.monotonic()
         assert prov.ssh(other, "true").returncode == 0
@@ -200,6 +204,69 @@ def test_an_allowed_name_at_a_private_address_is_refused(
     subnet = docker_client.networks.get(EGRESS_NET).attrs["IPAM"]["Config"][0]["Subnet"]
     strict.up(name, "--allow", ALLOWED, "--allow-net", subnet, "--recreate")
     assert "SSH-2.0-OpenSSH" in _connect(strict, alias, f"{ALLOWED}:443")
+
+
+def test_an_allowed_name_at_a_link_local_address_is_refused(
+    strict: Prov, docker_client: docker.DockerClient, env_image: str
+) -> None:
+    """An allowed name that the tests' resolver (Docker's DNS, on a network these tests
+    make in 169.254.0.0/16, the metadata service's range) maps to a link-local address:
+    the proxy, though it could reach it (it is joined to that network), refuses it and
+    says why; from this machine the server answers (control)."""
+    name = strict.name("linklocal")
+    strict.project(name)
+    strict.up(name, "--allow", ALLOWED)
+    subnet = f"169.254.{100 + secrets.randbelow(100)}.0/24"
+    network = docker_client.networks.create(
+        f"{strict.prefix}-linklocal",
+        driver="bridge",
+        ipam=docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=subnet)]),
+        labels={"prov.test": "linklocal"},
+    )
+    api = docker_client.api
+    sshd = "mkdir -p /run/sshd && ssh-keygen -A >/dev/null && exec /usr/sbin/sshd -D -p 443"
+    server = None
+    proxy = docker_client.containers.get(f"prov-{name}-egress")
+    try:
+        created = api.create_container(
+            env_image,
+            ["sh", "-c", sshd],
+            entrypoint=[],
+            labels={"prov.test": "linklocal-server"},
+            host_config=api.create_host_config(network_mode=network.name),
+            networking_config=api.create_networking_config(
+                {network.name: api.create_endpoint_config(aliases=[f"ll.{ALLOWED}"])}
+            ),
+        )
+        server = docker_client.containers.get(created["Id"])
+        server.start()
+        server.reload()
+        address = server.attrs["NetworkSettings"]["Networks"][network.name]["IPAddress"]
+        assert address.startswith("169.254.")
+        network.connect(proxy)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection((address, 443), timeout=3) as sock:
+                    assert sock.recv(8) == b"SSH-2.0-"  # control: it is there
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        refused = _connect(strict, f"prov-{name}", f"ll.{ALLOWED}:443")
+        assert "403" in refused and "SSH-2.0" not in refused
+        report = json.loads(strict.run("egress", name, "--json", check=True).stdout)
+        assert any(
+            f"ll.{ALLOWED}" in line and "private, loopback or link-local" in line
+            for line in report["denials"]
+        ), report["denials"]
+    finally:
+        with contextlib.suppress(docker.errors.APIError):
+            network.disconnect(proxy, force=True)
+        if server is not None:
+            server.remove(force=True)
+        network.remove()
 
 
 def test_one_proxy_cannot_open_a_tcp_connection_to_another(
