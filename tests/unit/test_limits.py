@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from provisioner import limits
-from provisioner.config import Containment, parse_cpus, parse_memory
+from provisioner.config import Containment, parse_cpus, parse_memory, parse_net
 from provisioner.errors import UsageError
 
 HOST = limits.HostSize(memory=24 << 30, cpus=2, driver="overlay2", backing="extfs")
@@ -39,6 +39,16 @@ def test_parsing_memory_and_cpus() -> None:
     for text in ("0", "many", "2000"):
         with pytest.raises(UsageError, match=f"Invalid --cpus {text}"):
             parse_cpus(text)
+
+
+def test_parsing_allow_net() -> None:
+    """A range or one address, normalised; anything else is refused naming the option."""
+    assert parse_net("10.20.0.5/16") == "10.20.0.0/16"
+    assert parse_net(" 169.254.169.254 ") == "169.254.169.254/32"
+    assert parse_net("fd00::/8") == "fd00::/8"
+    for bad in ("example.com", "10.0.0.0/33", ""):
+        with pytest.raises(UsageError, match="--allow-net"):
+            parse_net(bad)
 
 
 def test_host_size_from_docker_info() -> None:
