@@ -398,13 +398,30 @@ def up(
         list[str] | None,
         typer.Option("--allow", help="Domain the agent may reach in allowlist mode (repeatable)."),
     ] = None,
+    allow_net: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-net",
+            help="Address range (CIDR) the proxy may reach although it is private, loopback "
+            "or link-local, e.g. an internal mirror's (repeatable; refused by default).",
+        ),
+    ] = None,
     pids_limit: Annotated[
         int, typer.Option(help="Most processes the environment may run at once.")
     ] = 4096,
     memory: Annotated[
-        str | None, typer.Option(help="Memory limit, e.g. 8g (default: none).")
+        str | None,
+        typer.Option(
+            help="Memory limit, e.g. 8g, or none (default: half the engine host's memory)."
+        ),
     ] = None,
-    cpus: Annotated[float | None, typer.Option(help="CPU limit, e.g. 2 (default: none).")] = None,
+    cpus: Annotated[
+        str | None,
+        typer.Option(
+            help="CPU limit, e.g. 2 or 0.5, or none (default: half the engine host's CPUs, "
+            "at least 1)."
+        ),
+    ] = None,
     allow_unsafe_mount: Annotated[
         bool,
         typer.Option(
@@ -532,6 +549,7 @@ def up(
         cpus,
         allow_unsafe_mount,
         forward_agent,
+        allow_net or [],
     )
     requests = [
         _run(
@@ -606,9 +624,10 @@ def _containment(
     allow: list[str],
     pids_limit: int,
     memory: str | None,
-    cpus: float | None,
+    cpus: str | None,
     allow_unsafe_mount: bool,
     forward_agent: bool = False,
+    allow_nets: list[str] | None = None,
 ) -> Containment:
     from provisioner import config
 
@@ -619,6 +638,7 @@ def _containment(
         cpus=config.parse_cpus(cpus) if cpus is not None else None,
         egress=config.egress_mode(egress),
         allow=tuple(config.parse_domain(d) for d in allow),
+        allow_nets=tuple(config.parse_net(n) for n in allow_nets or ()),
         allow_unsafe_mount=allow_unsafe_mount,
         forward_agent=forward_agent,
     )
@@ -644,6 +664,8 @@ def _up_many(requests: list[UpRequest], as_json: bool) -> None:
         for outcome in outcomes:
             if not isinstance(outcome, ProvError):
                 err.line(f"{outcome.name} ready: ssh {outcome.ssh_alias}", "✓ ", "bold green")
+                if outcome.limits:
+                    err.line(f"limits: {outcome.limits}; disk: {outcome.disk}", "  ")
                 out.line(outcome.ntm_command)
         ready_count = len(outcomes) - len(failures)
         err.line(f"{ready_count} of {len(outcomes)} ready in {since_start():.1f} s")
@@ -674,6 +696,8 @@ def _up_one(request: UpRequest, as_json: bool, spawn: bool) -> None:
             "✓ ",
             "bold green",
         )
+        if result.limits:
+            err.line(f"limits: {result.limits}; disk: {result.disk}", "  ")
         if result.guide_command:
             where = f" on the engine host ({result.published_on})" if result.published_on else ""
             err.line(
@@ -836,7 +860,8 @@ def ls(
         typer.Option("--all", help="Also list other PROV_HOMEs' environments (marked)."),
     ] = False,
 ) -> None:
-    """List environments: name, state, port, project, egress, sudo, agents, uptime."""
+    """List environments: name, state, port, project, egress, sudo, memory in use of
+    its limit, agents, uptime."""
     from provisioner import lifecycle
 
     envs = _run(lifecycle.list_envs, None, everyone)
@@ -858,13 +883,14 @@ def ls(
             e.project_dir,
             e.egress,
             e.sudo,
+            e.memory,
             e.agents,
             e.status,
         )
         for e in envs
     ]
     headers: tuple[str, ...] = (
-        "NAME", "STATE", "SSH", "PORT", "PROJECT", "EGRESS", "SUDO", "AGENTS", "STATUS",
+        "NAME", "STATE", "SSH", "PORT", "PROJECT", "EGRESS", "SUDO", "MEMORY", "AGENTS", "STATUS",
     )  # fmt: skip
     if any(e.branch != "-" for e in envs):  # branch mode: the clone's branch, commits ahead
         headers = (*headers[:5], "BRANCH", *headers[5:])
@@ -1050,8 +1076,20 @@ def egress_(name: NameArg, as_json: JsonOpt = False) -> None:
         out.line(f"{name}: egress allowlist; allowed (with subdomains):")
         for domain in report.allowed:
             out.line(f"  {domain}")
+        if report.allowed_nets:
+            out.line(
+                "private addresses it may reach (--allow-net): " + ", ".join(report.allowed_nets)
+            )
+        out.line("requests let through lately, per host:")
+        for host_name, count in report.requests.items():
+            out.line(f"  {count:6}  {host_name}")
+        if not report.requests:
+            out.line("  none")
         out.line(f"recent refusals ({len(report.denials)}):")
         for line in report.denials[-50:]:
+            out.line(f"  {line}")
+        out.line(f"latest requests ({len(report.recent)}):")
+        for line in report.recent:
             out.line(f"  {line}")
         if report.secrets:
             out.line("secrets the proxy injects (a placeholder inside; requests served lately):")

@@ -331,25 +331,55 @@ def parse_domain(text: str) -> str:
     return domain
 
 
+NO_LIMIT = ("none", "unlimited")  # --memory none, --cpus none: 0, no limit
+
+
+def parse_net(text: str) -> str:
+    """An address range the egress proxy may reach although it is private,
+    loopback or link-local (--allow-net 10.20.0.0/16, or one address)."""
+    import ipaddress
+
+    try:
+        net = ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        raise UsageError(
+            f"Invalid --allow-net {text!r}",
+            "It takes an address range (CIDR) such as 10.20.0.0/16, or one address.",
+            "e.g. --allow-net 192.168.50.0/24 for a mirror on your network.",
+        ) from None
+    return str(net)
+
+
 def parse_memory(text: str) -> int:
-    """`4g`, `512m`, `1.5G`, or bytes -> bytes."""
+    """`4g`, `512m`, `1.5G`, or bytes -> bytes; `none` -> 0 (no limit)."""
+    if text.strip().lower() in NO_LIMIT:
+        return 0
     match = _SIZE_RE.match(text.strip().lower())
     size = int(float(match.group(1)) * _SIZE_UNITS[match.group(2)]) if match else 0
     if size < MIN_MEMORY:
         raise UsageError(
             f"Invalid --memory {text!r}",
-            "It takes a size of at least 64m, such as 512m or 4g.",
-            "e.g. --memory 8g.",
+            "It takes a size of at least 64m, such as 512m or 4g, or none (no limit).",
+            "e.g. --memory 8g (the default is half the engine host's memory).",
         )
     return size
 
 
-def parse_cpus(value: float) -> float:
+def parse_cpus(value: float | str) -> float:
+    """`2`, `0.5` -> CPUs; `none` -> 0 (no limit)."""
+    shown = value if isinstance(value, str) else f"{value:g}"
+    if isinstance(value, str):
+        if value.strip().lower() in NO_LIMIT:
+            return 0.0
+        try:
+            value = float(value)
+        except ValueError:
+            value = -1.0
     if not 0.01 <= value <= 1024:
         raise UsageError(
-            f"Invalid --cpus {value:g}",
-            "It takes the number of CPUs the environment may use, e.g. 2 or 0.5.",
-            "e.g. --cpus 2.",
+            f"Invalid --cpus {shown}",
+            "It takes the number of CPUs the environment may use, e.g. 2 or 0.5, or none.",
+            "e.g. --cpus 2 (the default is half the engine host's CPUs, at least 1).",
         )
     return value
 
@@ -360,10 +390,15 @@ class Containment:
 
     sudo: bool = False
     pids_limit: int = DEFAULT_PIDS_LIMIT
+    # None: the default, sized from the engine host at `up` (limits.resolve);
+    # 0: no limit, as asked with `none`.
     memory: int | None = None  # bytes
     cpus: float | None = None
     egress: EgressMode = DEFAULT_EGRESS
     allow: tuple[str, ...] = ()  # --allow domains, on top of the default list
+    # --allow-net ranges: private, loopback or link-local addresses the proxy
+    # may reach after all (refused by default, whatever name resolves to them).
+    allow_nets: tuple[str, ...] = ()
     allow_unsafe_mount: bool = False
     forward_agent: bool = False  # the user's ssh-agent reachable from inside
 
@@ -383,6 +418,8 @@ class Containment:
             )
         for domain in self.allow:
             parse_domain(domain)
+        for net in self.allow_nets:
+            parse_net(net)
 
     @property
     def internal(self) -> bool:
@@ -476,6 +513,12 @@ class ProvPaths:
     def ca_cache(self) -> Path:
         """CA files already read, as PEM, under the SHA-256 of their bytes."""
         return self.home / "cache" / "ca"
+
+    @property
+    def engine_sizes_cache(self) -> Path:
+        """Cache of what each engine host has (Docker's /info: memory, CPUs,
+        storage driver), which sizes the default limits: /info takes ~40 ms."""
+        return self.home / "cache" / "engine-sizes.json"
 
     @property
     def npm_registry_cache(self) -> Path:

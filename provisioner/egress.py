@@ -20,11 +20,11 @@ import shutil
 import sys
 import threading
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from provisioner import baseimage, host
-from provisioner.config import parse_domain
+from provisioner.config import parse_domain, parse_net
 from provisioner.errors import ConfigError, UsageError
 from provisioner.fsutil import atomic_write
 
@@ -145,6 +145,18 @@ def _cached_defaults(cache: Path | None, npm_cache: Path | None) -> tuple[str, .
 
 
 def user_allowlist() -> tuple[str, ...]:
+    """The user file's domain names."""
+    return tuple(e for e in _user_entries() if "/" not in e)
+
+
+def user_allow_nets() -> tuple[str, ...]:
+    """The user file's address ranges (lines such as 10.20.0.0/16)."""
+    return tuple(e for e in _user_entries() if "/" in e)
+
+
+def _user_entries() -> tuple[str, ...]:
+    """The user file's lines: domain names, and address ranges (normalised, so
+    with a "/") for addresses the proxy otherwise refuses."""
     path = user_file()
     try:
         data = path.read_bytes()[: 1 << 20]
@@ -158,14 +170,25 @@ def user_allowlist() -> tuple[str, ...]:
         if not line:
             continue
         try:
-            domains.append(parse_domain(line))
+            domains.append(parse_net(line) if _looks_like_address(line) else parse_domain(line))
         except UsageError as exc:
             raise ConfigError(
-                f"{path} line {number} is not a domain name: {line!r}",
+                f"{path} line {number} is neither a domain name nor an address range: {line!r}",
                 exc.seen,
-                "write one domain name per line (subdomains are allowed with it).",
+                "write one domain name (subdomains are allowed with it) or one address "
+                "range such as 10.20.0.0/16 per line.",
             ) from None
     return tuple(domains)
+
+
+def _looks_like_address(text: str) -> bool:
+    return "/" in text or ":" in text or text.replace(".", "").isdigit()
+
+
+def allowed_nets(extra: tuple[str, ...]) -> tuple[str, ...]:
+    """The private, loopback or link-local ranges the proxy may reach after all
+    (--allow-net and the user file's ranges), sorted, without repeats."""
+    return tuple(sorted({*user_allow_nets(), *(parse_net(n) for n in extra)}))
 
 
 def allowlist(
@@ -179,38 +202,65 @@ def allowlist(
 
 # --- what the proxy logged -------------------------------------------------------
 # squid's access log as prov configures it (injection.squid_conf), a line per
-# request: "prov TIME CLIENT STATUS/CODE METHOD URL SERVER BYTES".
+# request: "prov TIME CLIENT STATUS/CODE METHOD URL SERVER BYTES REASON"
+# (REASON: why it was refused, "-" if prov's rules did not say; older proxies
+# wrote no REASON).
+REASONS = {
+    "private-address": "its address is private, loopback or link-local; "
+    "--allow-net RANGE allows it",
+    "port": "port {port} is not allowed",
+}
 
 
 @dataclass(frozen=True)
 class ProxyLog:
     denials: tuple[str, ...]  # the refusals, oldest first, in words
     opened: dict[str, int]  # host -> requests the proxy opened (a secret's host)
+    allowed: dict[str, int] = field(default_factory=dict)  # host -> requests let through
+    recent: tuple[str, ...] = ()  # every request, allowed or refused, oldest first
 
 
 def read_proxy_log(text: str) -> ProxyLog:
-    """The refusals and, per host, the requests seen inside TLS (pure)."""
+    """The refusals, the requests let through per host, every request in
+    words and, per host, the requests seen inside TLS (pure)."""
     denials: list[str] = []
+    recent: list[str] = []
     opened: dict[str, int] = {}
+    allowed: dict[str, int] = {}
     for line in text.splitlines():
         fields = line.split()
         if len(fields) < 6 or fields[0] != "prov":
             continue  # squid's own messages
         stamp, status, method, url = fields[1], fields[3], fields[4], fields[5]
+        reason = fields[8] if len(fields) > 8 else "-"
         try:
             when = datetime.datetime.fromtimestamp(float(stamp), datetime.UTC)
         except (ValueError, OverflowError):
             continue
+        port = _port_of(method, url)
+        host_name = _request_host(method, url)
         if status.startswith("TCP_DENIED"):
             text_ = f"{when:%Y-%m-%d %H:%M:%S} refused {method} {url}"
-            port = _port_of(method, url)
-            if port not in (None, 80, 443):
+            if reason in REASONS:
+                text_ += f" ({REASONS[reason].format(port=port)})"
+            elif port not in (None, 80, 443):
                 text_ += f" (port {port} is not allowed)"
             denials.append(text_)
-        elif method != "CONNECT" and url.startswith("https://"):
-            host_name = urllib.parse.urlsplit(url).hostname or ""
+            recent.append(text_)
+            continue
+        code = status.partition("/")[2]
+        recent.append(f"{when:%Y-%m-%d %H:%M:%S} allowed {method} {url} ({code})")
+        if host_name:
+            allowed[host_name] = allowed.get(host_name, 0) + 1
+        if method != "CONNECT" and url.startswith("https://"):
             opened[host_name] = opened.get(host_name, 0) + 1
-    return ProxyLog(tuple(denials), opened)
+    return ProxyLog(tuple(denials), opened, allowed, tuple(recent))
+
+
+def _request_host(method: str, url: str) -> str:
+    if method == "CONNECT":
+        return url.rpartition(":")[0].strip("[]").lower()
+    return (urllib.parse.urlsplit(url).hostname or "").lower()
 
 
 def _port_of(method: str, url: str) -> int | None:

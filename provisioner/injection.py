@@ -174,16 +174,43 @@ CONF_DIR = "/etc/prov-egress"  # mounted read-only into the proxy
 PROXY_PORT = 3128
 
 
+# Addresses the proxy never opens a connection to, whatever name resolves to
+# them (a record under an allowed domain that an attacker controls, or an
+# internal mirror): this host and its services, Docker's networks (its pools
+# are private ranges), other environments' proxies, the cloud metadata service
+# (169.254.169.254), the LAN. --allow-net lets a range through by name.
+PRIVATE_NETS = (
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",  # carrier-grade NAT; also Alibaba's metadata address
+    "127.0.0.0/8",
+    "169.254.0.0/16",  # link-local: the metadata service
+    "172.16.0.0/12",  # Docker's default pools
+    "192.0.0.0/24",
+    "192.168.0.0/16",
+    "198.18.0.0/15",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+    "::/128",
+    "::1/128",
+    "64:ff9b::/96",  # NAT64 likewise
+    "fc00::/7",  # unique local, AWS's IPv6 metadata address among them
+    "fe80::/10",
+)
+
+
 def squid_conf(
     listen: str,
     client: str,
     allow: tuple[str, ...],
     secrets: tuple[Secret, ...],
     upstream: bool = False,
+    allow_nets: tuple[str, ...] = (),
 ) -> str:
     """squid's whole configuration (pure). Holds the secrets' values: it lives
     in the env dir here (0700) and in the proxy only. `upstream`: CONF_DIR has
-    upstream-cas.pem, the CAs to trust for the real hosts (and only those)."""
+    upstream-cas.pem, the CAs to trust for the real hosts (and only those).
+    `allow_nets`: private ranges it may reach after all (--allow-net)."""
     hosts = " ".join(sorted({s.host for s in secrets}))
     lines = [
         "# Made by prov for one environment's egress proxy; not for editing.",
@@ -195,6 +222,12 @@ def squid_conf(
         # address is never looked up backwards into a name that would match.
         "acl allowed dstdomain -n "
         + (" ".join(f".{d}" for d in _outermost(allow)) or "prov.invalid"),
+        # Every address the name resolves to is checked (any private one refuses).
+        "acl private_dst dst " + " ".join(PRIVATE_NETS),
+        *([f"acl allowed_nets dst {' '.join(allow_nets)}"] if allow_nets else []),
+        # Matches always; names the reason in the log line (%{reason}note).
+        "acl said_private annotate_transaction reason=private-address",
+        "acl said_port annotate_transaction reason=port",
     ]
     if secrets:
         lines += [
@@ -236,10 +269,14 @@ def squid_conf(
     lines += [
         "http_access deny manager",  # its cache manager would show this file
         "http_access deny !client",
-        "http_access deny !Safe_ports",
-        "http_access deny CONNECT !SSL_ports",
-        *(["http_access allow client secret_dst"] if secrets else []),
-        "http_access allow client allowed",
+        # Plain HTTP and CONNECT alike: 80 and 443 only.
+        "http_access deny !Safe_ports said_port",
+        "http_access deny CONNECT !SSL_ports said_port",
+        # A name not allowed is refused before it is looked up: a lookup of
+        # any name the agent makes up would be a way out through DNS.
+        "http_access deny !allowed" + (" !secret_dst" if secrets else ""),
+        "http_access deny private_dst " + ("!allowed_nets " if allow_nets else "") + "said_private",
+        "http_access allow client",
         "http_access deny all",
         *_SETTINGS,
     ]
@@ -274,7 +311,7 @@ _SETTINGS = (
     "client_persistent_connections on",
     "server_persistent_connections on",
     # One line per request, allowed and refused (never a header).
-    "logformat prov prov %ts %>a %Ss/%>Hs %rm %ru %<A %<st",
+    "logformat prov prov %ts %>a %Ss/%>Hs %rm %ru %<A %<st %{reason}note",
     "access_log stdio:/dev/stdout prov",
     "cache_log stdio:/dev/stderr",
     "logfile_rotate 0",

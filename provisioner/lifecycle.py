@@ -6,11 +6,11 @@ from __future__ import annotations
 import contextlib
 import shutil
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from provisioner import keys, sshconf, state
+from provisioner import keys, limits, sshconf, state
 from provisioner.config import AGENT_USER, ProvPaths, user_known_hosts, validate_name
 from provisioner.engine import ContainerInfo, Engine, targets
 from provisioner.errors import DockerUnavailable, NotFound, ProvError, UsageError
@@ -65,7 +65,10 @@ class EnvStatus:
     host_key_fingerprint: str
     sudo: str = "-"
     egress: str = "-"
-    limits: str = "-"
+    limits: str = "-"  # memory, CPUs, processes, in words
+    limits_bytes: int = 0  # the memory limit (0: none)
+    memory: str = "-"  # in use, of the limit (a running environment)
+    disk: str = "-"  # what bounds the agent's writes outside the project (`status` only)
     home: str = "this"  # "this" PROV_HOME, or "other" (shown by `ls --all`)
     home_volume: str = "-"  # where /home/agent lives, and what keeps it
     engine: str = "-"  # the Docker engine it is on, and how prov chose it
@@ -108,7 +111,8 @@ def _from_summary(item: dict[str, Any], paths: ProvPaths) -> EnvStatus:
             if labels.get(LABEL_PORT, "0") not in ("", "0")
             else "-"
         ),
-        limits=labels.get(LABEL_LIMITS, "-"),
+        limits=limits.label_words(labels[LABEL_LIMITS]) if LABEL_LIMITS in labels else "-",
+        limits_bytes=limits.label_memory(labels.get(LABEL_LIMITS, "")),
         credentials=labels.get(LABEL_CREDENTIALS, "-"),
         protected=labels.get(LABEL_PROTECT, "") or "-",
         branch=labels.get(LABEL_BRANCH, "") or "-",
@@ -310,11 +314,15 @@ def _ask_engines(
     def ask(target: targets.EngineTarget) -> None:
         try:
             engine = Engine.connect(target)
-            answers[target.host] = [
-                replace(_from_summary(item, paths), engine=target.describe())
+            envs = [
+                (
+                    str(item.get("Id", "")),
+                    replace(_from_summary(item, paths), engine=target.describe()),
+                )
                 for item in engine.summaries()
                 if (item.get("Labels") or {}).get(LABEL_ROLE, "env") == "env"
             ]
+            answers[target.host] = _memory_in_use(engine, envs)
         except ProvError as exc:
             failures[target.host] = exc
             answers[target.host] = exc.what
@@ -340,14 +348,42 @@ def engine_of(name: str, paths: ProvPaths) -> Engine:
 
 
 def status(name: str, paths: ProvPaths | None = None) -> EnvStatus:
+    paths = paths or ProvPaths.from_env()
     for env in list_envs(paths):
         if env.name == name:
-            return env
+            return _with_use(env, paths) if env.state == "running" else env
     raise NotFound(
         f"No environment named {name!r}",
         "prov has neither a container nor a record of it.",
         "list them with `prov ls`.",
     )
+
+
+def _memory_in_use(engine: Engine, envs: list[tuple[str, EnvStatus]]) -> list[EnvStatus]:
+    """The environments with the memory the running ones use against their limit
+    (Engine.memory_use: cgroup files here, a stats call on a remote engine)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def with_use(item: tuple[str, EnvStatus]) -> EnvStatus:
+        container_id, env = item
+        used = engine.memory_use(container_id) if env.state == "running" else None
+        if used is None:
+            return env
+        return replace(env, memory=limits.use_text(used, env.limits_bytes))
+
+    if len(envs) <= 1 or engine.link is None:  # here: cgroup files, no waiting
+        return [with_use(item) for item in envs]
+    # Each stats call waits for Docker's collector (up to 1 s): all at once.
+    with ThreadPoolExecutor(max_workers=min(32, len(envs))) as pool:
+        return list(pool.map(with_use, envs))
+
+
+def _with_use(env: EnvStatus, paths: ProvPaths) -> EnvStatus:
+    """A running environment with what bounds its disk, in words."""
+    from provisioner import hostsize
+
+    disk = limits.disk_bound(hostsize.host_size(engine_of(env.name, paths), paths))
+    return replace(env, disk=disk)
 
 
 def own_container(
@@ -790,6 +826,9 @@ class EgressReport:
     allowed: tuple[str, ...]
     denials: tuple[str, ...]  # the proxy's refusals, oldest first
     secrets: tuple[SecretUse, ...] = ()  # what the proxy injects (never a value)
+    requests: dict[str, int] = field(default_factory=dict)  # host -> requests let through
+    recent: tuple[str, ...] = ()  # the latest requests, allowed and refused, oldest first
+    allowed_nets: tuple[str, ...] = ()  # private ranges it may reach (--allow-net)
 
     def public(self) -> dict[str, object]:
         return asdict(self)
@@ -811,9 +850,20 @@ def egress_report(name: str, tail: int = 2000, paths: ProvPaths | None = None) -
         secret_name, _, rest = item.partition("@")
         secret_host, _, header = rest.partition(":")
         secrets.append(SecretUse(secret_name, secret_host, header, log.opened.get(secret_host, 0)))
+    entries = [a for a in allowed.split(",") if a]
     return EgressReport(
-        name, mode, tuple(a for a in allowed.split(",") if a), log.denials, tuple(secrets)
+        name,
+        mode,
+        tuple(a for a in entries if "/" not in a),
+        log.denials,
+        tuple(secrets),
+        dict(sorted(log.allowed.items(), key=lambda item: (-item[1], item[0]))),
+        log.recent[-RECENT_LINES:],
+        tuple(a for a in entries if "/" in a),
     )
+
+
+RECENT_LINES = 50  # of the proxy's log, in `prov egress`
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,9 @@ from provisioner.config import (
     ProvPaths,
 )
 from provisioner.host import CredentialMount
-from provisioner.injection import CA, CONF_DIR, PROXY_PORT, Secret, squid_conf
+from provisioner.injection import CA, CONF_DIR, PRIVATE_NETS, PROXY_PORT, Secret, squid_conf
 from provisioner.keys import PublicKey
+from provisioner.limits import PROXY_MEMORY, PROXY_NANO_CPUS, describe
 from provisioner.protect import Guard, git_excludes
 from provisioner.spec import (
     EGRESS_NETWORK,
@@ -112,6 +113,9 @@ ENV_CAPS = (
 SUDO_CAPS = ("FSETID", "SETFCAP")
 # squid drops to its proxy user; the entrypoint gives it its certificate db.
 EGRESS_CAPS = ("SETUID", "SETGID", "CHOWN")
+# Held by the gate's entrypoint only, to set its own firewall; dropped from
+# the bounding set before squid or socat start.
+GATE_FIREWALL_CAPS = ("NET_ADMIN", "SETPCAP")
 # The environment's CA (injection), in its keys dir: the entrypoint adds it to
 # the system's trust (which Node, Python, curl and Rust's TLS read).
 EGRESS_CA_FILE = "egress-ca.pem"
@@ -200,6 +204,8 @@ class Plan:
     ntm_command: tuple[str, ...]
     ntm_env: dict[str, str]
     host_key: PublicKey
+    limits: str = ""  # in words: memory, CPUs, processes (limits.describe)
+    disk: str = ""  # what bounds the agent's writes outside the project, in words
 
     @property
     def published(self) -> tuple[str, int] | None:
@@ -271,22 +277,20 @@ def build_network(
 
 
 def _limits_label(containment: Containment) -> str:
-    parts = [f"pids={containment.pids_limit}"]
-    if containment.memory is not None:
-        parts.append(f"memory={containment.memory}")
-    if containment.cpus is not None:
-        parts.append(f"cpus={containment.cpus:g}")
-    return ",".join(parts)
+    """The limits as asked and sized (limits.resolve): `none` where lifted."""
+    cpus = f"{containment.cpus:g}" if containment.cpus else "none"
+    return f"pids={containment.pids_limit},memory={containment.memory or 'none'},cpus={cpus}"
 
 
 def env_security(containment: Containment) -> Security:
+    """`containment` as resolved (limits.resolve): 0 is no limit."""
     return Security(
         cap_add=ENV_CAPS + (SUDO_CAPS if containment.sudo else ()),
         # sudo is a setuid program: with no-new-privileges it cannot run at all.
         no_new_privileges=not containment.sudo,
         pids_limit=containment.pids_limit,
-        memory=containment.memory,
-        nano_cpus=int(containment.cpus * 1e9) if containment.cpus is not None else None,
+        memory=containment.memory or None,
+        nano_cpus=int(containment.cpus * 1e9) if containment.cpus else None,
         disable_ipv6=containment.internal,
     )
 
@@ -332,6 +336,8 @@ class PlanInputs:
     upstream_cas: bytes = field(default=b"", repr=False)
     forward_ports: tuple[int, ...] = ()
     devcontainer: str = ""
+    disk: str = ""  # limits.disk_bound for the engine host
+    allow_nets: tuple[str, ...] = ()  # private ranges the proxy may reach (--allow-net)
 
 
 def _env_labels(
@@ -374,6 +380,25 @@ def _env_labels(
     }
 
 
+PROXY_SECURITY = Security(
+    cap_add=EGRESS_CAPS + GATE_FIREWALL_CAPS,
+    no_new_privileges=True,
+    pids_limit=256,
+    memory=PROXY_MEMORY,
+    nano_cpus=PROXY_NANO_CPUS,
+    disable_ipv6=True,  # its firewall is IPv4's; no way round it
+)
+
+
+def _firewall_env(allow_nets: tuple[str, ...]) -> dict[str, str]:
+    """What the gate's own rules let it open besides 80/443 to public
+    addresses (its entrypoint's firewall; squid refuses the rest too)."""
+    return {
+        "PROV_ALLOW_NETS": " ".join(allow_nets),
+        "PROV_PRIVATE_NETS": " ".join(n for n in PRIVATE_NETS if ":" not in n),
+    }
+
+
 def _gate(i: PlanInputs, identity: str, egress_label: str) -> EgressPlan | None:
     """The environment's gate: its egress proxy (allowlist mode) and the relay
     of a published port (any internal mode); None when it needs neither."""
@@ -386,11 +411,14 @@ def _gate(i: PlanInputs, identity: str, egress_label: str) -> EgressPlan | None:
     gate_env = {
         "PROV_LISTEN": i.egress_address,
         "PROV_PROXY": "1" if proxying else "0",
+        **_firewall_env(i.allow_nets),
     }
     conf: tuple[KeyFile, ...] = ()
     if proxying:
         injected = i.secrets if i.egress_ca is not None else ()
-        squid = squid_conf(i.egress_address, i.env_address, i.allow, injected, bool(i.upstream_cas))
+        squid = squid_conf(
+            i.egress_address, i.env_address, i.allow, injected, bool(i.upstream_cas), i.allow_nets
+        )
         conf = (KeyFile("squid.conf", 0o644, squid.encode()),)
         if injected and i.egress_ca is not None:
             conf += (
@@ -429,13 +457,12 @@ def _gate(i: PlanInputs, identity: str, egress_label: str) -> EgressPlan | None:
         keys_dir=i.paths.keys_dir(i.name),
         key_files=(),
         files=(),
-        security=Security(cap_add=EGRESS_CAPS, no_new_privileges=True, pids_limit=256),
+        security=PROXY_SECURITY,
         network=i.network.name,
         address=i.egress_address,
         extra_network=i.egress_network,
         tmpfs=("/run", "/tmp"),
         read_only=True,
-        log_limit=True,
     )
     return EgressPlan(proxy, i.allow, proxying, conf, i.secrets if i.egress_ca else ())
 
@@ -477,20 +504,26 @@ def slot_spec(
             LABEL_SLOT_IMAGE: egress_image,
             LABEL_NETWORK: f"{network.name} {network.subnet}",
         },
-        environment={"PROV_LISTEN": "127.0.0.1", "PROV_PROXY": "1", "PROV_SLOT": "1"},
+        # No allowed range: an environment with --allow-net gets a gate of its
+        # own (the firewall is set at the container's start).
+        environment={
+            "PROV_LISTEN": "127.0.0.1",
+            "PROV_PROXY": "1",
+            "PROV_SLOT": "1",
+            **_firewall_env(()),
+        },
         bind="127.0.0.1",
         port=0,
         mounts=(Mount(conf_dir, CONF_DIR, read_only=True),),
         keys_dir=conf_dir,
         key_files=(),
         files=(),
-        security=Security(cap_add=EGRESS_CAPS, no_new_privileges=True, pids_limit=256),
+        security=PROXY_SECURITY,
         network=network.name,
         address=address,
         extra_network=EGRESS_NETWORK,
         tmpfs=("/run", "/tmp"),
         read_only=True,
-        log_limit=True,
     )
 
 
@@ -576,7 +609,7 @@ def build_plan(i: PlanInputs) -> Plan:
     identity = home_id(i.paths)
     egress_label: str = i.containment.egress
     if i.containment.egress == "allowlist":
-        egress_label += ":" + ",".join(i.allow)
+        egress_label += ":" + ",".join((*i.allow, *i.allow_nets))
     labels = _env_labels(i, mounts, identity, egress_label)
     key_files = (
         KeyFile(HOST_KEY_FILE, 0o600, i.host_key_private),
@@ -631,4 +664,6 @@ def build_plan(i: PlanInputs) -> Plan:
         ntm_command=cmd,
         ntm_env=env,
         host_key=i.host_key_public,
+        limits=describe(i.containment),
+        disk=i.disk,
     )

@@ -78,6 +78,8 @@ class Prepared:
     image_seconds: float = 0.0  # time spent building (or copying) the image, when it was
     # Project paths the host executes from, covered read-only inside (protect).
     guards: tuple[protect.Guard, ...] = ()
+    # Private, loopback or link-local ranges its proxy may reach (--allow-net).
+    allow_nets: tuple[str, ...] = ()
     # Settings files offered as copies, put into a new container before it starts.
     settings: tuple[host.CredentialMount, ...] = ()
     # Branch mode: the clone's branch and the commit it starts at (None: mount mode).
@@ -222,6 +224,7 @@ def _prepare_steps(
         existing_proxy=existing_proxy,
         egress_image=images_made.egress_image,
         allow=images_made.allow,
+        allow_nets=images_made.allow_nets,
         fresh=fresh,
         sync=sync,
         credentials=credentials,
@@ -425,6 +428,7 @@ class _Images:
     egress_image: str
     allow: tuple[str, ...]
     seconds: float
+    allow_nets: tuple[str, ...] = ()
 
 
 def _images(
@@ -450,8 +454,10 @@ def _images(
     containment = request.containment
     egress_image, egress_built = "", False
     allow: tuple[str, ...] = ()
+    nets: tuple[str, ...] = ()
     if containment.egress == "allowlist":
         allow = egress.allowlist(containment.allow, paths.egress_defaults, paths.npm_registry_cache)
+        nets = egress.allowed_nets(containment.allow_nets)
     if containment.egress == "allowlist" or (containment.internal and request.publishes):
         # the gate: the egress proxy, and the relay of a published port
         with images_lock:
@@ -464,7 +470,7 @@ def _images(
         reporter.detail(f"reusing image {built.tag}")
     if built.agent_versions:
         reporter.note("agents: " + ", ".join(f"{a} {v}" for a, v in built.agent_versions.items()))
-    return _Images(built, egress_image, allow, seconds)
+    return _Images(built, egress_image, allow, seconds, nets)
 
 
 def _logins(

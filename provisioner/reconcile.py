@@ -66,14 +66,33 @@ class Decision:
     drift: tuple[str, ...] = ()  # why it is recreated
     reauthorize: bool = False  # the keys dir's authorized key must be written again
     keys_to_write: bool = False  # write the keys dir (new container, or repair)
+    warnings: tuple[str, ...] = ()  # kept as it is, but not what a new one would be
 
 
-def drift(info: ContainerInfo, plan: Plan) -> list[str]:
-    """How the running container differs from the plan, in words."""
+OLDER_LIMITS = (
+    "made before prov bounded memory and CPU by default, it has no such limit "
+    "(asked: {want}); `prov up {name} --recreate` applies them (the home and the work "
+    "are kept)"
+)
+
+
+def unbounded_before(have: str, want: str) -> bool:
+    """A limits label from before prov sized memory and CPU (only `pids=N`),
+    with the same pids limit as asked: kept, with a warning, not drift (an
+    `up` of an existing environment must keep working)."""
+    return "memory=" not in have and have == want.split(",", 1)[0]
+
+
+def drift(info: ContainerInfo, plan: Plan, keep_older_limits: bool = True) -> list[str]:
+    """How the running container differs from the plan, in words.
+    `keep_older_limits`: limits from before prov's defaults are no difference
+    (see unbounded_before); --recreate counts them, to apply the defaults."""
     want = plan.container.labels
     diffs = []
     for label, what in DRIFT_LABELS:
         have = info.labels.get(label, "")
+        if keep_older_limits and label == LABEL_LIMITS and unbounded_before(have, want[label]):
+            continue
         if have != want[label]:
             shown = (
                 (have[:12], want[label][:12]) if label == LABEL_IMAGE_HASH else (have, want[label])
@@ -106,12 +125,19 @@ def decide(existing: ContainerInfo | None, plan: Plan, stale: set[str], recreate
     the plan and --recreate was not given."""
     if existing is None:
         return Decision("created", keys_to_write=True)
-    diffs = drift(existing, plan)
+    diffs = drift(existing, plan, keep_older_limits=not recreate)
     if HOST_KEY_FILE in stale:
         diffs.append(HOST_KEY_DRIFT)
     if not diffs:
         action: Action = "unchanged" if existing.running else "started"
-        return Decision(action, reauthorize=bool(stale), keys_to_write=bool(stale))
+        warnings: tuple[str, ...] = ()
+        if unbounded_before(
+            existing.labels.get(LABEL_LIMITS, ""), plan.container.labels[LABEL_LIMITS]
+        ):
+            warnings = (OLDER_LIMITS.format(want=plan.limits, name=plan.env_name),)
+        return Decision(
+            action, reauthorize=bool(stale), keys_to_write=bool(stale), warnings=warnings
+        )
     if not recreate:
         raise ConflictError(
             f"Environment {plan.env_name!r} exists but differs from what was asked",

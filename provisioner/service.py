@@ -19,7 +19,9 @@ from typing import Any, TypeVar
 
 from provisioner import (
     host,
+    hostsize,
     injection,
+    limits,
     netplan,
     openssh,
     ports,
@@ -97,6 +99,8 @@ class UpResult:
     published_port: int = 0
     published_on: str = ""
     image_seconds: float = 0.0  # of the run: building the image, when it was built
+    limits: str = ""  # memory, CPUs, processes, as sized for the engine host
+    disk: str = ""  # what bounds the agent's writes outside the project
 
     @property
     def guide_command(self) -> str:
@@ -507,6 +511,7 @@ def _claim_slot(engine: Engine, prepared: prepare.Prepared, paths: ProvPaths) ->
         prepared.existing is not None  # an environment keeps its network
         or request.containment.egress != "allowlist"
         or request.publishes  # its gate relays a port, fixed when a container is made
+        or request.containment.allow_nets  # its gate's firewall, set when it starts
         or not prepared.egress_image
         or not slots.usable(engine)
     ):
@@ -538,6 +543,7 @@ def _plan(
     addrs: netplan.Addresses,
 ) -> Plan:
     request = prepared.request
+    size = hostsize.host_size(engine, paths)
     return build_plan(
         PlanInputs(
             name=request.name,
@@ -558,11 +564,13 @@ def _plan(
             paths=paths,
             network=network,
             env_address=addrs.env,
-            containment=request.containment,
+            containment=limits.resolve(request.containment, size),
+            disk=limits.disk_bound(size),
             egress_image=prepared.egress_image,
             egress_address=addrs.proxy,
             egress_network=EGRESS_NETWORK,
             allow=prepared.allow,
+            allow_nets=prepared.allow_nets,
             extra_mounts=request.extras.mounts,
             session_env=prepared.session_env,
             gpus=request.extras.gpus,
@@ -771,6 +779,8 @@ def _result(
         published_port=plan.published[1] if plan.published else 0,
         published_on=engine.site.host_name,
         image_seconds=prepared.image_seconds,
+        limits=plan.limits,
+        disk=plan.disk,
     )
 
 
@@ -875,6 +885,8 @@ def _converge(
                 [(k.name, k.mode, k.content) for k in c.key_files],
                 c.volume_labels,
             )
+    for warning in decision.warnings:
+        reporter.warn(warning)
     if existing is not None and decision.action in ("unchanged", "started"):
         _keep(engine, made, plan, paths, existing, decision, conf_changed)
         return decision

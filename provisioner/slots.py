@@ -378,7 +378,10 @@ def report(engine: Engine, paths: ProvPaths) -> SlotsReport:
     ready = sorted(slot_id for slot_id in containers if _marker(paths, slot_id, "ready").exists())
     claimed = sum(1 for s in containers if _marker(paths, s, "claimed").exists())
     memory = tuple(
-        used for s in ready if (used := engine.memory_used(slot_container_name(s))) is not None
+        used
+        for s in ready
+        if (info := engine.find(slot_container_name(s))) is not None
+        and (used := engine.memory_use(info.id)) is not None
     )
     return SlotsReport(
         count, source, tuple(slot_container_name(s) for s in ready), claimed, memory, True

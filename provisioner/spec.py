@@ -101,5 +101,4 @@ class ContainerSpec:
     volume_labels: dict[str, str] = field(default_factory=dict)
     # Named volumes mounted read-only: a remote environment's keys.
     ro_volumes: tuple[tuple[str, str], ...] = ()
-    log_limit: bool = False  # keep Docker's log of it small (the proxy logs each request)
     container_port: str = SSHD_PORT  # what `port` is published to inside

@@ -16,12 +16,58 @@
 #   PROV_SLOT        1: a slot made before its environment; its configuration
 #                    allows nothing until prov writes the environment's and
 #                    sends SIGHUP, which may turn on secret injection then
+#   PROV_PRIVATE_NETS  IPv4 ranges the gate never opens a connection to
+#   PROV_ALLOW_NETS  of those, the ranges the user allowed (--allow-net)
 set -eu
 die() {
 	printf 'prov-egress: %s\n' "$*" >&2
 	exit 1
 }
 [ -n "${PROV_LISTEN:-}" ] || die "PROV_LISTEN is not set"
+
+# The gate's own firewall, so that a compromised squid or socat (or a name
+# that resolves somewhere it should not) cannot reach another proxy, this
+# host's services, the metadata address or the LAN: new connections may go
+# to loopback (Docker's DNS at 127.0.0.11), DNS servers (Docker's resolver
+# forwards from this namespace), the environment's sshd (the relay), and TCP
+# 80/443 of public addresses and of the allowed ranges. prov gives the gate
+# NET_ADMIN and SETPCAP for this step only: the script then runs again
+# without either in its bounding set, so nothing below can change the rules.
+if [ -z "${PROV_FIREWALLED:-}" ]; then
+	relay_rule="# no relay"
+	if [ -n "${PROV_RELAY_TO:-}" ]; then
+		relay_rule="-A OUTPUT -d ${PROV_RELAY_TO%:*}/32 -p tcp --dport ${PROV_RELAY_TO##*:} -j ACCEPT"
+	fi
+	allowed="" refused=""
+	for net in ${PROV_ALLOW_NETS:-}; do
+		case $net in *:*) continue ;; esac
+		allowed="$allowed
+-A OUTPUT -d $net -p tcp -m multiport --dports 80,443 -j ACCEPT"
+	done
+	for net in ${PROV_PRIVATE_NETS:-}; do
+		refused="$refused
+-A OUTPUT -d $net -p tcp -j REJECT --reject-with tcp-reset
+-A OUTPUT -d $net -j REJECT"
+	done
+	iptables-restore <<RULES || die "cannot set up the gate's firewall (iptables-restore)"
+*filter
+:OUTPUT ACCEPT [0:0]
+-A OUTPUT -o lo -j ACCEPT
+-A OUTPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
+-A OUTPUT -p udp --dport 53 -j ACCEPT
+-A OUTPUT -p tcp --dport 53 -j ACCEPT
+$relay_rule$allowed$refused
+-A OUTPUT -p tcp -m multiport --dports 80,443 -j ACCEPT
+-A OUTPUT -p tcp -j REJECT --reject-with tcp-reset
+-A OUTPUT -j REJECT
+COMMIT
+RULES
+	export PROV_FIREWALLED=1
+	bounding=$(awk '/^CapBnd:/ { print $2 }' /proc/self/status)
+	if [ $((0x$bounding & 0x100)) -ne 0 ]; then
+		exec setpriv --bounding-set -net_admin,-setpcap -- /bin/sh "$0" "$@"
+	fi
+fi
 CONF=/etc/prov-egress/squid.conf
 
 relay() {

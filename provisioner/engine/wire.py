@@ -9,7 +9,12 @@ from typing import Any
 
 from provisioner.spec import ContainerSpec, NetworkSpec
 
-LOG_LIMIT = {"Type": "json-file", "Config": {"max-size": "1m", "max-file": "3"}}
+# Every container prov makes keeps at most this much of Docker's log of it on
+# the engine host's disk (3 files of 1 MB): sshd logs each connection, squid
+# each request, and the agent can make either as many as it likes.
+LOG_MAX_SIZE, LOG_MAX_FILES = "1m", "3"
+LOG_LIMIT = {"Type": "json-file", "Config": {"max-size": LOG_MAX_SIZE, "max-file": LOG_MAX_FILES}}
+LOG_CAP_BYTES = (1 << 20) * int(LOG_MAX_FILES)
 
 
 def container_body(spec: ContainerSpec) -> dict[str, Any]:
@@ -48,17 +53,13 @@ def container_body(spec: ContainerSpec) -> dict[str, Any]:
         "SecurityOpt": ["no-new-privileges:true"] if sec.no_new_privileges else [],
         "PidsLimit": sec.pids_limit,
         "ReadonlyRootfs": spec.read_only,
-        **(
-            {"LogConfig": {"Type": "json-file", "Config": {"max-size": "1m", "max-file": "3"}}}
-            if spec.log_limit
-            else {}
-        ),
+        "LogConfig": LOG_LIMIT,
         "Tmpfs": {path: "rw,nosuid,nodev,noexec,size=16m" for path in spec.tmpfs},
     }
-    if sec.memory is not None:
+    if sec.memory:  # None or 0: no limit
         host_config["Memory"] = sec.memory
         host_config["MemorySwap"] = sec.memory  # no swap beyond the limit
-    if sec.nano_cpus is not None:
+    if sec.nano_cpus:
         host_config["NanoCpus"] = sec.nano_cpus
     if sec.disable_ipv6:
         host_config["Sysctls"] = {
@@ -89,6 +90,33 @@ def container_body(spec: ContainerSpec) -> dict[str, Any]:
     return body
 
 
+def memory_use(stats: object) -> tuple[int, int] | None:
+    """(bytes in use, limit) from a /containers/ID/stats answer, as `docker
+    stats` counts use: less the inactive page cache (cgroup v1's
+    total_inactive_file, v2's inactive_file), which the kernel drops before
+    it kills anything. None when the answer has no usage (a stopped container)."""
+    memory = stats.get("memory_stats") if isinstance(stats, dict) else None
+    if not isinstance(memory, dict) or not isinstance(memory.get("usage"), int):
+        return None
+    details = memory.get("stats") or {}
+    cache = details.get("total_inactive_file", details.get("inactive_file", 0))
+    used = memory["usage"] - (cache if isinstance(cache, int) and cache < memory["usage"] else 0)
+    return used, int(memory.get("limit") or 0)
+
+
+def cgroup_memory_use(usage: str, stat: str) -> int | None:
+    """Bytes in use from a memory cgroup's usage file (v1 memory.usage_in_bytes,
+    v2 memory.current) and its memory.stat, counted as memory_use counts it."""
+    try:
+        used = int(usage.strip())
+    except ValueError:
+        return None
+    fields = dict(line.split(" ", 1) for line in stat.splitlines() if " " in line)
+    cache = fields.get("total_inactive_file", fields.get("inactive_file", "0")).strip()
+    inactive = int(cache) if cache.isdigit() else 0
+    return used - inactive if inactive < used else used
+
+
 def bridge_name(network: str) -> str:
     """A Linux interface name (at most 15 bytes) that says whose bridge it is."""
     return "prov" + hashlib.sha256(network.encode()).hexdigest()[:11]
@@ -109,23 +137,3 @@ def network_body(spec: NetworkSpec) -> dict[str, Any]:
         },
         "Options": {"com.docker.network.bridge.name": bridge_name(spec.name)},
     }
-
-
-def connect_body(container_id: str, address: str = "") -> dict[str, Any]:
-    """POST /networks/{id}/connect's body: the container, at a fixed address if given."""
-    body: dict[str, Any] = {"Container": container_id}
-    if address:
-        body["EndpointConfig"] = {"IPAMConfig": {"IPv4Address": address}}
-    return body
-
-
-def memory_used(stats: dict[str, Any]) -> int | None:
-    """A stats answer's memory in use, as `docker stats` shows it: usage less
-    the cache (cgroup v1) or the inactive file pages (cgroup v2)."""
-    memory = stats.get("memory_stats") or {}
-    usage = memory.get("usage")
-    if not isinstance(usage, int):
-        return None
-    detail = memory.get("stats") or {}
-    cache = detail.get("total_inactive_file", detail.get("inactive_file", 0))
-    return max(usage - int(cache or 0), 0)

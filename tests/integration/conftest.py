@@ -202,6 +202,12 @@ def prov(
         os.chown(path, PROJECT_UID, PROJECT_GID)
     projects = root / "projects"
     projects.mkdir()
+    # The tests' 'outside' servers live on prov's egress network, whose addresses
+    # are private: the proxy refuses them unless the user allows their range,
+    # as this user does (the tests of that refusal use a home without it).
+    allow_file = home / ".config" / "prov" / "egress-allow"
+    allow_file.parent.mkdir(parents=True)
+    allow_file.write_text(f"# the tests' outside servers\n{egress_subnet(docker_client)}\n")
     env = {
         **os.environ,
         "HOME": str(home),
@@ -284,6 +290,21 @@ ALLOWED_DOMAIN, DENIED_DOMAIN = f"allowed.{TEST_DOMAIN}", f"denied.{TEST_DOMAIN}
 SITE, DENIED_SITE = f"www.{ALLOWED_DOMAIN}", f"www.{DENIED_DOMAIN}"
 
 
+def ensure_egress_network(client: docker.DockerClient) -> None:
+    if not client.networks.list(names=[EGRESS_NET]):  # prov may have made it already
+        with contextlib.suppress(docker.errors.APIError):  # or another run, just now
+            client.networks.create(
+                EGRESS_NET, driver="bridge", labels={"prov.managed": "true"}, check_duplicate=True
+            )
+
+
+def egress_subnet(client: docker.DockerClient) -> str:
+    """prov's egress network's subnet (made if missing), where the test servers are."""
+    ensure_egress_network(client)
+    network = client.networks.get(EGRESS_NET)
+    return str(network.attrs["IPAM"]["Config"][0]["Subnet"])
+
+
 def start_outside_server(
     client: docker.DockerClient,
     image: str,
@@ -294,10 +315,7 @@ def start_outside_server(
 ) -> docker.models.containers.Container:
     """A started 'outside' server on prov's egress network, known there by
     `aliases` (the proxy resolves names with Docker's DNS on that network)."""
-    if not client.networks.list(names=[EGRESS_NET]):  # prov may have made it already
-        client.networks.create(
-            EGRESS_NET, driver="bridge", labels={"prov.managed": "true"}, check_duplicate=True
-        )
+    ensure_egress_network(client)
     api = client.api
     created = api.create_container(
         image,

@@ -100,16 +100,19 @@ def test_proxy_conf_opens_tls_only_for_a_secrets_host_and_only_over_https() -> N
     assert "acl secret_0 dstdomain -n api.anthropic.com" in conf
     assert "http_access deny !https !CONNECT secret_dst" in conf
     assert conf.index("http_access deny !https !CONNECT secret_dst") < conf.index(
-        "http_access allow client secret_dst"
+        "http_access allow client"
     )
+    # A secret's host is let through like an allowed name (and checked the same way).
+    assert "http_access deny !allowed !secret_dst" in conf
     # Its manager (which shows the configuration) and error-page data are off.
     assert "http_access deny manager" in conf and "cachemgr_passwd disable all" in conf
     assert "email_err_data off" in conf
-    assert conf.index("http_access deny manager") < conf.index("http_access allow client allowed")
+    assert conf.index("http_access deny manager") < conf.index("http_access allow client")
     assert "tls_outgoing_options cafile=/etc/prov-egress/upstream-cas.pem default-ca=off" in conf
     assert "tls_outgoing_options" not in _conf(key, upstream=False)
-    # The log format holds no header.
+    # The log format holds no header (the one %{...} is the refusal's reason note).
     log = next(line for line in conf if line.startswith("logformat"))
+    log = log.replace("%{reason}note", "")
     assert "%>h" not in log and "%<h" not in log and "%{" not in log
 
 
@@ -128,6 +131,36 @@ def test_allowlist_in_the_conf_has_no_domain_under_another() -> None:
         "10.1.0.3", "10.1.0.2", ("codeload.github.com", "github.com", "a.b.example.org"), ()
     )
     assert "acl allowed dstdomain -n .a.b.example.org .github.com\n" in conf
+
+
+def test_the_proxy_refuses_other_ports_and_private_addresses_before_allowing() -> None:
+    """80/443 for plain HTTP and CONNECT alike; a name not allowed is refused before any
+    lookup; an allowed name that resolves to a private, loopback, link-local or metadata
+    address is refused unless --allow-net names its range."""
+    conf = injection.squid_conf("10.1.0.3", "10.1.0.2", ("example.com",), ()).splitlines()
+    rules = [line for line in conf if line.startswith("http_access")]
+    assert rules == [
+        "http_access deny manager",
+        "http_access deny !client",
+        "http_access deny !Safe_ports said_port",
+        "http_access deny CONNECT !SSL_ports said_port",
+        "http_access deny !allowed",
+        "http_access deny private_dst said_private",
+        "http_access allow client",
+        "http_access deny all",
+    ]
+    assert "acl Safe_ports port 80 443" in conf
+    private = next(line for line in conf if line.startswith("acl private_dst dst "))
+    for net in ("127.0.0.0/8", "169.254.0.0/16", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"):
+        assert f" {net}" in private
+    # squid keeps IPv4 addresses as IPv4-mapped IPv6: that range would refuse every one.
+    assert "::ffff:0:0/96" not in private
+    opened = injection.squid_conf(
+        "10.1.0.3", "10.1.0.2", ("example.com",), (), allow_nets=("10.20.0.0/16",)
+    ).splitlines()
+    assert "acl allowed_nets dst 10.20.0.0/16" in opened
+    assert "http_access deny private_dst !allowed_nets said_private" in opened
+    assert any(line.endswith("%<st %{reason}note") for line in opened)
 
 
 def test_the_ca_is_a_ca_and_its_key_is_not_shown() -> None:
@@ -214,7 +247,51 @@ def test_proxy_log_counts_opened_requests_and_words_refusals() -> None:
     )
     read = read_proxy_log(log)
     assert read.opened == {"api.anthropic.com": 2}
+    assert read.allowed == {"api.anthropic.com": 3}
+    assert read.recent[0] == "2025-12-02 18:26:40 allowed CONNECT api.anthropic.com:443 (200)"
+    assert len(read.recent) == 5 and read.recent[-1].startswith("2025-12-02 18:26:42 refused")
     assert read.denials == (
         "2025-12-02 18:26:41 refused CONNECT evil.example:443",
         "2025-12-02 18:26:42 refused CONNECT github.com:22 (port 22 is not allowed)",
     )
+
+
+def test_proxy_log_words_why_it_refused() -> None:
+    """The reason squid's rules noted (new proxies) is shown in words."""
+    log = "\n".join(
+        [
+            "prov 1764700001.000 10.1.0.2 TCP_DENIED/403 GET http://a.example.com:2375/ - 0 port",
+            "prov 1764700002.000 10.1.0.2 TCP_DENIED/403 CONNECT a.example.com:443 - 0 "
+            "private-address",
+            "prov 1764700003.000 10.1.0.2 TCP_MISS/200 GET http://a.example.com/x 1.2.3.4 5 -",
+        ]
+    )
+    read = read_proxy_log(log)
+    assert read.denials == (
+        "2025-12-02 18:26:41 refused GET http://a.example.com:2375/ (port 2375 is not allowed)",
+        "2025-12-02 18:26:42 refused CONNECT a.example.com:443 (its address is private, "
+        "loopback or link-local; --allow-net RANGE allows it)",
+    )
+    assert read.allowed == {"a.example.com": 1}
+
+
+def test_allow_nets_from_the_option_and_the_user_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--allow-net and the user file's ranges (beside its domain names) are the proxy's
+    exceptions; anything else on a line is refused with the line's number."""
+    from provisioner import egress
+    from provisioner.errors import ConfigError
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    (tmp_path / "prov").mkdir()
+    (tmp_path / "prov" / "egress-allow").write_text("example.org\n10.20.0.5/16\n192.168.1.7\n")
+    assert egress.user_allowlist() == ("example.org",)
+    assert egress.allowed_nets(("172.18.0.0/16",)) == (
+        "10.20.0.0/16",
+        "172.18.0.0/16",
+        "192.168.1.7/32",
+    )
+    (tmp_path / "prov" / "egress-allow").write_text("example.org\n10.20.0.0/33\n")
+    with pytest.raises(ConfigError, match="line 2"):
+        egress.allowed_nets(())

@@ -128,7 +128,7 @@ def test_least_privilege_by_default() -> None:
     assert "SYS_ADMIN" not in sec.cap_add and "NET_RAW" not in sec.cap_add
     assert "FSETID" not in sec.cap_add
     assert plan.container.labels["prov.sudo"] == "no"
-    assert plan.container.labels["prov.limits"] == "pids=4096"
+    assert plan.container.labels["prov.limits"] == "pids=4096,memory=none,cpus=none"
 
 
 def test_sudo_lifts_no_new_privileges_and_is_recorded() -> None:

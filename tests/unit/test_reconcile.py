@@ -12,7 +12,14 @@ from provisioner import ports, ready, reconcile
 from provisioner.config import DEFAULT_FIRST_PORT
 from provisioner.engine import ContainerInfo
 from provisioner.errors import ConflictError, NotReady
-from provisioner.plan import AUTHORIZED_KEYS_FILE, HOST_KEY_FILE, LABEL_SUDO, Plan, SshTarget
+from provisioner.plan import (
+    AUTHORIZED_KEYS_FILE,
+    HOST_KEY_FILE,
+    LABEL_LIMITS,
+    LABEL_SUDO,
+    Plan,
+    SshTarget,
+)
 from tests.unit.test_plan import _plan
 
 # --- ports -------------------------------------------------------------------
@@ -83,6 +90,24 @@ def test_drift_is_refused_without_recreate_and_named(tmp_path: Path) -> None:
     assert "--recreate" in caught.value.hint
     decision = reconcile.decide(changed, plan, set(), recreate=True)
     assert decision.action == "recreated" and decision.drift == ("sudo: running 'yes', asked 'no'",)
+
+
+def test_an_environment_from_before_default_limits_is_kept_with_a_warning(
+    tmp_path: Path,
+) -> None:
+    """A container labelled only `pids=N` (no memory or CPU limit, made by an older prov)
+    still comes up as it is, with a warning naming --recreate; another pids limit, or a
+    container with other limits, is drift as before."""
+    plan = _a_plan(tmp_path)
+    old = _running(plan, **{LABEL_LIMITS: "pids=4096"})
+    kept = reconcile.decide(old, plan, set(), False)
+    assert kept.action == "unchanged" and "--recreate" in kept.warnings[0]
+    # And --recreate does apply them.
+    assert reconcile.decide(old, plan, set(), True).action == "recreated"
+    assert reconcile.decide(_running(plan), plan, set(), False).warnings == ()
+    for other in ("pids=64", "pids=4096,memory=1073741824,cpus=1"):
+        with pytest.raises(ConflictError, match="differs"):
+            reconcile.decide(_running(plan, **{LABEL_LIMITS: other}), plan, set(), False)
 
 
 def test_lost_authorized_key_is_repaired_host_key_is_drift(tmp_path: Path) -> None:

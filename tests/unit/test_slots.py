@@ -11,10 +11,9 @@ import pytest
 from provisioner import slots
 from provisioner.config import ProvPaths
 from provisioner.engine import ContainerInfo
-from provisioner.engine.wire import connect_body, memory_used
 from provisioner.errors import ConfigError
 from provisioner.injection import CONF_DIR, slot_conf, squid_conf
-from provisioner.plan import EGRESS_CAPS, LABEL_SLOT_IMAGE, home_id, slot_network, slot_spec
+from provisioner.plan import LABEL_SLOT_IMAGE, PROXY_SECURITY, home_id, slot_network, slot_spec
 from provisioner.spec import EGRESS_NETWORK
 
 IMAGE = "prov-env:egress1"
@@ -86,8 +85,10 @@ def test_a_slot_is_a_proxy_on_an_internal_network_of_its_own(tmp_path: Path) -> 
     assert "prov.name" not in spec.labels  # it is no environment's until claimed
     (mount,) = spec.mounts
     assert mount.target == CONF_DIR and mount.read_only
-    assert spec.read_only and spec.log_limit
-    assert spec.security.cap_add == EGRESS_CAPS and spec.security.no_new_privileges
+    assert spec.read_only
+    # The same bounds and firewall as an environment's own gate.
+    assert spec.security == PROXY_SECURITY and spec.security.no_new_privileges
+    assert spec.environment["PROV_ALLOW_NETS"] == "" and spec.environment["PROV_PRIVATE_NETS"]
 
 
 def test_a_claim_is_one_callers_alone(tmp_path: Path) -> None:
@@ -144,15 +145,3 @@ def test_how_many_are_kept(tmp_path: Path) -> None:
     for bad in ("-1", "two", "99"):
         with pytest.raises(ConfigError):
             slots.wanted(paths, {"PROV_SLOTS": bad})
-
-
-def test_the_connect_and_stats_bodies() -> None:
-    assert connect_body("c1") == {"Container": "c1"}
-    assert connect_body("c1", "10.0.0.3") == {
-        "Container": "c1",
-        "EndpointConfig": {"IPAMConfig": {"IPv4Address": "10.0.0.3"}},
-    }
-    v1 = {"memory_stats": {"usage": 12_000_000, "stats": {"total_inactive_file": 2_000_000}}}
-    v2 = {"memory_stats": {"usage": 9_000_000, "stats": {"inactive_file": 500_000}}}
-    assert memory_used(v1) == 10_000_000 and memory_used(v2) == 8_500_000
-    assert memory_used({"memory_stats": {}}) is None

@@ -50,6 +50,15 @@ class RecordingEngine:
     def host_view(self) -> HostView:
         return HostView(routes=())
 
+    def info(self) -> dict[str, Any]:
+        self._say("info", "")
+        return {
+            "NCPU": 4,
+            "MemTotal": 8 << 30,
+            "Driver": "overlay2",
+            "DriverStatus": [["Backing Filesystem", "extfs"]],
+        }
+
     def reserved_ports(self) -> set[int]:
         return set()
 
@@ -118,11 +127,11 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[RecordingEng
     return engine, ProvPaths(tmp_path / "ph")
 
 
-def _request(tmp_path: Path) -> UpRequest:
-    project = tmp_path / "demo"
+def _request(tmp_path: Path, name: str = "demo") -> UpRequest:
+    project = tmp_path / name
     project.mkdir(exist_ok=True)
     return UpRequest(
-        name="demo",
+        name=name,
         project_dir=project,
         write_user_ssh_config=False,
         extras=Extras(agents=(), credentials="none"),
@@ -157,8 +166,25 @@ def test_a_new_environment_is_made_in_order(
     spec = engine.containers["prov-demo"]
     assert spec.network == "prov-demo-net" and spec.port == 0  # nothing published
     assert engine.networks["prov-demo-net"].internal  # egress none: no route out
+    # Bounded by default, sized from the engine host (/info: 4 CPUs, 8 GiB).
+    assert spec.security.memory == 4 << 30 and spec.security.nano_cpus == 2 * 10**9
+    assert spec.labels["prov.limits"] == "pids=4096,memory=4294967296,cpus=2"
+    assert result.limits == "memory 4.0 GiB, 2 CPUs, 4096 processes"
+    assert "not bounded" in result.disk and "overlay2 on extfs" in result.disk
     record = state.load(paths, "demo")
     assert record is not None and record.project_dir == str(tmp_path / "demo")
+
+
+def test_the_engine_hosts_size_is_asked_once_and_kept(
+    world: tuple[RecordingEngine, ProvPaths], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/info (~40 ms) is asked on the first `up` only; later ones read the cache."""
+    engine, paths = world
+    monkeypatch.setattr(ready, "await_ssh", lambda *a, **k: 0.05)
+    service.up_many([(_request(tmp_path), Quiet())], paths)
+    service.up_many([(_request(tmp_path, name="other"), Quiet())], paths)
+    assert [c for c in engine.calls if c[0] == "info"] == [("info", "")]
+    assert engine.containers["prov-other"].security.memory == 4 << 30
 
 
 def test_a_failure_undoes_exactly_what_this_run_made(

@@ -12,7 +12,13 @@ import pytest
 from provisioner.engine.api import Engine
 from provisioner.engine.targets import EngineTarget
 from provisioner.engine.transport import Call
-from provisioner.engine.wire import bridge_name, container_body, network_body
+from provisioner.engine.wire import (
+    bridge_name,
+    cgroup_memory_use,
+    container_body,
+    memory_use,
+    network_body,
+)
 from provisioner.errors import ProvError
 from provisioner.spec import ContainerSpec, KeyFile, Mount, NetworkSpec, Security
 
@@ -71,8 +77,10 @@ def test_an_environment_body_drops_every_capability_but_its_own() -> None:
         "EndpointsConfig": {"prov-demo-net": {"IPAMConfig": {"IPv4Address": "10.9.0.2"}}}
     }
     # Nothing published, no limits asked, no GPUs: none of those keys.
-    for key in ("PortBindings", "Memory", "NanoCpus", "DeviceRequests", "LogConfig", "Sysctls"):
+    for key in ("PortBindings", "Memory", "NanoCpus", "DeviceRequests", "Sysctls"):
         assert key not in host
+    # Docker's log of it is capped all the same (sshd logs every connection).
+    assert host["LogConfig"] == {"Type": "json-file", "Config": {"max-size": "1m", "max-file": "3"}}
     assert "ExposedPorts" not in body
     # The keys dir's files are mounted, never in the body.
     assert "ssh-ed25519" not in json.dumps(body)
@@ -85,7 +93,6 @@ def test_a_gate_body_publishes_on_its_bind_read_only_with_a_capped_log() -> None
         container_port="2222/tcp",
         read_only=True,
         tmpfs=("/run", "/tmp"),
-        log_limit=True,
         ro_volumes=(("prov-demo-egress", "/etc/prov-egress"),),
         security=Security(
             cap_add=(), no_new_privileges=True, pids_limit=256, memory=64 << 20, nano_cpus=10**9
@@ -111,6 +118,27 @@ def test_a_gate_body_publishes_on_its_bind_read_only_with_a_capped_log() -> None
         "Target": "/etc/prov-egress",
         "ReadOnly": True,
     }
+
+
+def test_a_lifted_limit_sends_no_limit() -> None:
+    """`--memory none --cpus none` (0 in the spec) ask Docker for no limit at all."""
+    sec = Security(cap_add=(), no_new_privileges=True, pids_limit=64, memory=0, nano_cpus=0)
+    host = container_body(_env_spec(security=sec))["HostConfig"]
+    assert "Memory" not in host and "MemorySwap" not in host and "NanoCpus" not in host
+
+
+def test_memory_use_as_docker_stats_counts_it() -> None:
+    """In use = usage less the inactive page cache (cgroup v1 and v2 names); the limit as sent."""
+    v1 = {"memory_stats": {"usage": 300, "limit": 1000, "stats": {"total_inactive_file": 100}}}
+    v2 = {"memory_stats": {"usage": 300, "limit": 1000, "stats": {"inactive_file": 50}}}
+    assert memory_use(v1) == (200, 1000)
+    assert memory_use(v2) == (250, 1000)
+    assert memory_use({"memory_stats": {}}) is None  # a stopped container
+    assert memory_use(None) is None
+    # The same count from the cgroup's own files (this machine's engine).
+    assert cgroup_memory_use("300\n", "cache 5\ntotal_inactive_file 100\n") == 200
+    assert cgroup_memory_use("300\n", "anon 9\ninactive_file 50\n") == 250
+    assert cgroup_memory_use("max\n", "") is None
 
 
 def test_a_network_body() -> None:

@@ -1,0 +1,305 @@
+"""Bounds on what one environment can take from the host, and on where its
+proxy goes, tried the way a hostile agent would (issue 23): memory, CPU, the
+log, plain HTTP to other ports, allowed names at private addresses, and one
+proxy reaching another. Every target is a container these tests make.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+import shlex
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import docker
+import docker.errors
+import docker.types
+import pytest
+
+from tests.integration.conftest import EGRESS_NET, Prov, free_port, start_outside_server
+
+ALLOWED, DENIED = "allowed.prov-test", "denied.prov-test"
+
+
+def _proxy_request(prov: Prov, alias: str, request: str) -> str:
+    """One raw request to the environment's proxy (from $HTTP_PROXY), as the agent;
+    what came back (status line, headers, and anything a tunnel returned)."""
+    script = (
+        'p=${HTTP_PROXY#http://}; exec 3<>"/dev/tcp/${p%:*}/${p##*:}" && '
+        f"printf {shlex.quote(request)} >&3 && timeout 4 cat <&3"
+    )
+    return prov.ssh(alias, f"bash -c {shlex.quote(script)}", timeout=30).stdout
+
+
+def _connect(prov: Prov, alias: str, target: str) -> str:
+    return _proxy_request(prov, alias, f"CONNECT {target} HTTP/1.1\\r\\nHost: {target}\\r\\n\\r\\n")
+
+
+@pytest.fixture(scope="module")
+def outside(docker_client: docker.DockerClient, env_image: str) -> Iterator[str]:
+    """An 'outside' server on prov's egress network, known there as ALLOWED and
+    DENIED: sshd on port 443 (its banner proves a tunnel reached it) and an HTTP
+    server on 2375 (Docker's API port, which the proxy must not forward to)."""
+    script = (
+        "mkdir -p /run/sshd && ssh-keygen -A >/dev/null && /usr/sbin/sshd -p 443 && "
+        "exec python3 -m http.server 2375"
+    )
+    container = start_outside_server(
+        docker_client, env_image, ["sh", "-c", script], [ALLOWED, DENIED], "bounds-server"
+    )
+    try:
+        container.reload()
+        yield str(container.attrs["NetworkSettings"]["Networks"][EGRESS_NET]["IPAddress"])
+    finally:
+        container.remove(force=True)
+
+
+@pytest.fixture(scope="module")
+def strict(prov: Prov, tmp_path_factory: pytest.TempPathFactory) -> Prov:
+    """The same user without the allowance of the test servers' private range
+    (conftest's egress-allow file): what everyone gets."""
+    config = tmp_path_factory.mktemp("no-allow-config")
+    return replace(prov, env={**prov.env, "XDG_CONFIG_HOME": str(config)})
+
+
+@pytest.fixture(scope="module")
+def bounded(prov: Prov, outside: str) -> str:
+    """A default environment, its proxy allowed ALLOWED (and the test servers' range)."""
+    name = prov.name("bounded")
+    prov.project(name)
+    prov.up(name, "--allow", ALLOWED)
+    return name
+
+
+def _engine_info(docker_client: docker.DockerClient) -> dict[str, object]:
+    return dict(docker_client.info())
+
+
+def test_default_limits_are_sized_from_the_engine_host(
+    prov: Prov, bounded: str, docker_client: docker.DockerClient
+) -> None:
+    """With no option: half the host's memory, half its CPUs (at least one), a capped log,
+    for the environment and (smaller) its proxy; `up` and `status` say so, and what is
+    not bounded (the disk, on this engine) in words."""
+    info = _engine_info(docker_client)
+    memory = int(info["MemTotal"]) // 2 >> 20 << 20  # type: ignore[call-overload]
+    cpus = max(1, int(info["NCPU"]) // 2)  # type: ignore[call-overload]
+    env = docker_client.containers.get(f"prov-{bounded}").attrs["HostConfig"]
+    assert env["Memory"] == env["MemorySwap"] == memory
+    assert env["NanoCpus"] == cpus * 10**9
+    proxy = docker_client.containers.get(f"prov-{bounded}-egress").attrs["HostConfig"]
+    assert proxy["Memory"] == 256 << 20 and proxy["NanoCpus"] == 10**9
+    for host_config in (env, proxy):
+        assert host_config["LogConfig"] == {
+            "Type": "json-file",
+            "Config": {"max-size": "1m", "max-file": "3"},
+        }
+    shown = prov.run("up", bounded, "--allow", ALLOWED, check=True).stderr
+    assert f"limits: memory {memory / (1 << 30):.1f} GiB, {cpus} CPU" in shown
+    assert "disk: not bounded" in shown
+    status = json.loads(prov.run("status", bounded, "--json", check=True).stdout)
+    assert status["limits"].startswith(f"memory {memory / (1 << 30):.1f} GiB")
+    assert status["memory"].endswith(f"of {memory / (1 << 30):.1f} GiB")
+    assert status["disk"].startswith("not bounded")
+
+
+def test_a_memory_bomb_is_killed_inside_while_another_environment_answers(
+    prov: Prov, bounded: str
+) -> None:
+    """An agent allocating without end in a 256 MiB environment is killed there by the
+    kernel; meanwhile an ssh round trip to another environment takes under 1 s, and
+    afterwards the bombed environment answers again."""
+    name = prov.name("bomb")
+    prov.project(name)
+    prov.up(name, "--memory", "256m", "--egress", "none")
+    # 16 MiB at a time, each page written (b"x" * n fills it; calloc'd zeros would not count).
+    bomb = "python3 -c 'b = []\nwhile True: b.append(b\"x\" * (16 << 20))'; echo exit=$?"
+    result: dict[str, subprocess.CompletedProcess[str]] = {}
+    thread = threading.Thread(
+        target=lambda: result.setdefault("bomb", prov.ssh(f"prov-{name}", bomb, timeout=120))
+    )
+    other = f"prov-{bounded}"
+    assert prov.ssh(other, "true").returncode == 0  # the master is up before the bomb
+    thread.start()
+    trips: list[float] = []
+    while thread.is_alive() and len(trips) < 200:
+        started = time.monotonic()
+        assert prov.ssh(other, "true").returncode == 0
+        trips.append(time.monotonic() - started)
+    thread.join(120)
+    out = result["bomb"].stdout
+    assert "exit=137" in out, (out, result["bomb"].stderr)  # SIGKILL, from the OOM killer
+    assert len(trips) >= 3 and max(trips) < 1.0, trips
+    assert prov.ssh(f"prov-{name}", "true").returncode == 0
+
+
+def test_a_login_flood_leaves_the_log_within_its_cap(
+    prov: Prov, bounded: str, docker_client: docker.DockerClient
+) -> None:
+    """300 refused logins the agent makes to its own sshd are in Docker's log of the
+    environment, and that log on the engine host's disk stays within its cap."""
+    alias = f"prov-{bounded}"
+    flood = (
+        "for i in $(seq 300); do ssh -o BatchMode=yes -o StrictHostKeyChecking=no "
+        "-o UserKnownHostsFile=/dev/null -o ConnectTimeout=5 -o PreferredAuthentications=none "
+        "nobody@127.0.0.1 true 2>/dev/null & [ $((i % 10)) = 0 ] && wait; done; wait"
+    )
+    prov.ssh(alias, f"bash -c {shlex.quote(flood)}", timeout=300)
+    container = docker_client.containers.get(alias)
+    assert container.logs().decode(errors="replace").count("User nobody from") >= 100
+    log_path = Path(container.attrs["LogPath"])
+    on_disk = sum(p.stat().st_size for p in log_path.parent.glob(log_path.name + "*"))
+    assert container.attrs["HostConfig"]["LogConfig"]["Config"] == {
+        "max-size": "1m",
+        "max-file": "3",
+    }
+    assert 0 < on_disk <= 3 << 20, on_disk
+
+
+def test_plain_http_to_an_allowed_name_on_another_port_is_refused_and_logged(
+    prov: Prov, bounded: str
+) -> None:
+    """GET http://ALLOWED:2375/ through the proxy (Docker's API port) is refused, as
+    CONNECT to it is; the refusal, and the allowed requests, show in `prov egress`."""
+    alias = f"prov-{bounded}"
+    plain = _proxy_request(
+        prov, alias, f"GET http://{ALLOWED}:2375/ HTTP/1.1\\r\\nHost: {ALLOWED}:2375\\r\\n\\r\\n"
+    )
+    assert plain.startswith("HTTP/1.1 403") and "Directory listing" not in plain
+    assert "SSH-2.0-OpenSSH" in _connect(prov, alias, f"{ALLOWED}:443")  # control
+    report = json.loads(prov.run("egress", bounded, "--json", check=True).stdout)
+    assert any(
+        f"GET http://{ALLOWED}:2375/" in line and "port 2375 is not allowed" in line
+        for line in report["denials"]
+    ), report["denials"]
+    assert report["requests"].get(ALLOWED, 0) >= 1
+    assert any(f"allowed CONNECT {ALLOWED}:443" in line for line in report["recent"])
+
+
+def test_an_allowed_name_at_a_private_address_is_refused(
+    strict: Prov, outside: str, docker_client: docker.DockerClient
+) -> None:
+    """ALLOWED is allowed, but the tests' resolver (Docker's DNS on prov's egress network)
+    maps it to a private address: the proxy refuses it and says why; the same server
+    answers this machine (control), and --allow-net of its range lets it through."""
+    name = strict.name("private")
+    strict.project(name)
+    strict.up(name, "--allow", ALLOWED)
+    alias = f"prov-{name}"
+    with socket.create_connection((outside, 443), timeout=3) as sock:
+        assert sock.recv(8) == b"SSH-2.0-"  # control: it is there
+    refused = _connect(strict, alias, f"{ALLOWED}:443")
+    assert "403" in refused and "SSH-2.0" not in refused
+    report = json.loads(strict.run("egress", name, "--json", check=True).stdout)
+    assert any(
+        ALLOWED in line and "private, loopback or link-local" in line for line in report["denials"]
+    ), report["denials"]
+    subnet = docker_client.networks.get(EGRESS_NET).attrs["IPAM"]["Config"][0]["Subnet"]
+    strict.up(name, "--allow", ALLOWED, "--allow-net", subnet, "--recreate")
+    assert "SSH-2.0-OpenSSH" in _connect(strict, alias, f"{ALLOWED}:443")
+
+
+def test_an_allowed_name_at_a_link_local_address_is_refused(
+    strict: Prov, docker_client: docker.DockerClient, env_image: str
+) -> None:
+    """An allowed name that the tests' resolver (Docker's DNS, on a network these tests
+    make in 169.254.0.0/16, the metadata service's range) maps to a link-local address:
+    the proxy, though it could reach it (it is joined to that network), refuses it and
+    says why; from this machine the server answers (control)."""
+    name = strict.name("linklocal")
+    strict.project(name)
+    strict.up(name, "--allow", ALLOWED)
+    subnet = f"169.254.{100 + secrets.randbelow(100)}.0/24"
+    network = docker_client.networks.create(
+        f"{strict.prefix}-linklocal",
+        driver="bridge",
+        ipam=docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=subnet)]),
+        labels={"prov.test": "linklocal"},
+    )
+    api = docker_client.api
+    sshd = "mkdir -p /run/sshd && ssh-keygen -A >/dev/null && exec /usr/sbin/sshd -D -p 443"
+    server = None
+    proxy = docker_client.containers.get(f"prov-{name}-egress")
+    try:
+        created = api.create_container(
+            env_image,
+            ["sh", "-c", sshd],
+            entrypoint=[],
+            labels={"prov.test": "linklocal-server"},
+            host_config=api.create_host_config(network_mode=network.name),
+            networking_config=api.create_networking_config(
+                {network.name: api.create_endpoint_config(aliases=[f"ll.{ALLOWED}"])}
+            ),
+        )
+        server = docker_client.containers.get(created["Id"])
+        server.start()
+        server.reload()
+        address = server.attrs["NetworkSettings"]["Networks"][network.name]["IPAddress"]
+        assert address.startswith("169.254.")
+        network.connect(proxy)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection((address, 443), timeout=3) as sock:
+                    assert sock.recv(8) == b"SSH-2.0-"  # control: it is there
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        refused = _connect(strict, f"prov-{name}", f"ll.{ALLOWED}:443")
+        assert "403" in refused and "SSH-2.0" not in refused
+        report = json.loads(strict.run("egress", name, "--json", check=True).stdout)
+        assert any(
+            f"ll.{ALLOWED}" in line and "private, loopback or link-local" in line
+            for line in report["denials"]
+        ), report["denials"]
+    finally:
+        with contextlib.suppress(docker.errors.APIError):
+            network.disconnect(proxy, force=True)
+        if server is not None:
+            server.remove(force=True)
+        network.remove()
+
+
+def test_one_proxy_cannot_open_a_tcp_connection_to_another(
+    strict: Prov, docker_client: docker.DockerClient
+) -> None:
+    """From inside one proxy (as its squid user, as a compromised squid would be), a TCP
+    connection to another proxy's outside address fails, on the relayed SSH port and on
+    443; from this machine both answer (controls)."""
+    names = [strict.name("gate-a"), strict.name("gate-b")]
+    for name in names:
+        strict.project(name)
+        strict.up(name, "--port", str(free_port()))
+    proxy_a, proxy_b = (docker_client.containers.get(f"prov-{n}-egress") for n in names)
+    target = proxy_b.attrs["NetworkSettings"]["Networks"][EGRESS_NET]["IPAddress"]
+    # A listener on 443 in B, as a compromised B could open (and A must not reach).
+    proxy_b.exec_run(
+        ["socat", f"TCP-LISTEN:443,bind={target},fork,reuseaddr", "SYSTEM:echo here"],
+        user="proxy",
+        detach=True,
+    )
+    for port, expect in ((2222, b"SSH-2.0-"), (443, b"here")):
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                with socket.create_connection((target, port), timeout=3) as sock:
+                    assert sock.recv(16).startswith(expect), port  # control
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        attempt = proxy_a.exec_run(
+            ["bash", "-c", f"exec 3<>/dev/tcp/{target}/{port} && timeout 3 head -c 16 <&3"],
+            user="proxy",
+        )
+        assert attempt.exit_code != 0 and expect not in attempt.output, (port, attempt.output)
