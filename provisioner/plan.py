@@ -78,6 +78,7 @@ LABEL_SSH = "prov.ssh"  # where the alias connects: HOST:PORT
 LABEL_ROLE = "prov.role"  # "env", "egress" (the environment's proxy) or "slot"
 LABEL_SLOT = "prov.slot"  # a proxy made as a slot, before its environment: the slot's ID
 LABEL_SLOT_IMAGE = "prov.slot.image"  # the egress image a slot was made of, as asked
+LABEL_SLOT_NETS = "prov.slot.nets"  # the private ranges a slot's firewall lets it reach
 LABEL_PROTECT = "prov.protect"  # project paths covered read-only (".git" pinned writable)
 LABEL_CREDENTIALS = "prov.credentials"  # tokens / copy / mount / none
 LABEL_SECRETS = "prov.secrets"  # NAME@HOST:HEADER of what the proxy injects
@@ -485,7 +486,12 @@ def slot_network(slot_id: str, subnet: str, gateway: str, paths: ProvPaths) -> N
 
 
 def slot_spec(
-    slot_id: str, egress_image: str, conf_dir: Path, network: NetworkSpec, address: str
+    slot_id: str,
+    egress_image: str,
+    conf_dir: Path,
+    network: NetworkSpec,
+    address: str,
+    allow_nets: tuple[str, ...] = (),
 ) -> ContainerSpec:
     """A slot's proxy (pure): the egress proxy made before its environment,
     at the proxy's `address` on the slot's `network` and on prov's outside
@@ -502,15 +508,17 @@ def slot_spec(
             **{k: v for k, v in network.labels.items() if k != LABEL_ROLE},
             LABEL_ROLE: "slot",
             LABEL_SLOT_IMAGE: egress_image,
+            LABEL_SLOT_NETS: " ".join(allow_nets),
             LABEL_NETWORK: f"{network.name} {network.subnet}",
         },
-        # No allowed range: an environment with --allow-net gets a gate of its
-        # own (the firewall is set at the container's start).
+        # The ranges the user's egress-allow file allows: an environment that
+        # asks for others (--allow-net) gets a gate of its own, as the
+        # firewall is set when the container starts.
         environment={
             "PROV_LISTEN": "127.0.0.1",
             "PROV_PROXY": "1",
             "PROV_SLOT": "1",
-            **_firewall_env(()),
+            **_firewall_env(allow_nets),
         },
         bind="127.0.0.1",
         port=0,

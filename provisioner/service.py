@@ -511,12 +511,12 @@ def _claim_slot(engine: Engine, prepared: prepare.Prepared, paths: ProvPaths) ->
         prepared.existing is not None  # an environment keeps its network
         or request.containment.egress != "allowlist"
         or request.publishes  # its gate relays a port, fixed when a container is made
-        or request.containment.allow_nets  # its gate's firewall, set when it starts
         or not prepared.egress_image
         or not slots.usable(engine)
     ):
         return None
-    slot = slots.claim(engine, paths, prepared.egress_image)
+    # A slot's firewall allows what the user's file did when it was made.
+    slot = slots.claim(engine, paths, prepared.egress_image, prepared.allow_nets)
     if slot is not None:
         # One this environment had before (`down` keeps a network it made).
         old = engine.network(network_name(request.name))

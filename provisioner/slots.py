@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from provisioner import egress
 from provisioner.config import ProvPaths
 from provisioner.engine import Engine
 from provisioner.engine.targets import EngineTarget
@@ -158,12 +159,18 @@ def ready_count(paths: ProvPaths) -> int:
 # --- claiming ----------------------------------------------------------------
 
 
-def claim(engine: Engine, paths: ProvPaths, image: str) -> Slot | None:
-    """A ready slot of `image`, now this caller's alone; None if there is none.
-    One found broken (gone, stopped, another image) is removed on the way."""
+def claim(
+    engine: Engine, paths: ProvPaths, image: str, allow_nets: tuple[str, ...] = ()
+) -> Slot | None:
+    """A ready slot of `image` whose firewall allows exactly `allow_nets`, now
+    this caller's alone; None if there is none. One found broken (gone,
+    stopped, another image) is removed on the way; one made for other
+    ranges is left for another `up`."""
     with contextlib.suppress(OSError):
         for marker in sorted(slots_dir(paths).glob("*.ready")):
             slot_id = marker.name.removesuffix(".ready")
+            if _nets(paths, slot_id) != " ".join(allow_nets):
+                continue
             if not _take(paths, slot_id):
                 continue  # another `up` (or the filler's sweep) took it first
             info = engine.find(slot_container_name(slot_id))
@@ -174,6 +181,14 @@ def claim(engine: Engine, paths: ProvPaths, image: str) -> Slot | None:
                 continue
             return Slot(slot_id, info.id, conf_dir(paths, slot_id), network, subnet)
     return None
+
+
+def _nets(paths: ProvPaths, slot_id: str) -> str:
+    """The ranges a ready slot's firewall allows, as its `nets` file says."""
+    try:
+        return (conf_dir(paths, slot_id) / "nets").read_text().strip()
+    except OSError:
+        return ""
 
 
 def _take(paths: ProvPaths, slot_id: str) -> bool:
@@ -262,10 +277,14 @@ def _make(engine: Engine, paths: ProvPaths, image: str) -> None:
     ensure_private_dir(slots_dir(paths))
     _marker(paths, slot_id, "making").touch(mode=0o600)
     try:
-        write_conf_dir(directory, {"squid.conf": slot_conf().encode()})
+        nets = egress.allowed_nets(())  # the user's egress-allow file's ranges
+        write_conf_dir(
+            directory, {"squid.conf": slot_conf().encode(), "nets": " ".join(nets).encode()}
+        )
         engine.create_plain_network(EGRESS_NETWORK, {LABEL_MANAGED: "true"})
         network, proxy = _network(engine, paths, slot_id)
-        container_id = engine.create(slot_spec(slot_id, image, directory, network, proxy))
+        spec = slot_spec(slot_id, image, directory, network, proxy, nets)
+        container_id = engine.create(spec)
         engine.start(container_id)
         _await_listening(engine, container_id)
         _marker(paths, slot_id, "making").rename(_marker(paths, slot_id, "ready"))
