@@ -174,6 +174,25 @@ def file_lock(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def held_lock(path: Path, wait: bool = False) -> Iterator[bool]:
+    """The exclusive lock on `path` for the block: whether this process holds
+    it (without `wait`, False at once when another one does)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
 def read_user_bytes(path: Path, what: str, limit: int = 1 << 20) -> bytes:
     """A small file the user pointed prov at (--env-file, --key, --ca-cert): a
     regular file of at most `limit` bytes. Anything else is a ConfigError naming

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import fcntl
 import json
 import os
 import subprocess
@@ -36,6 +35,7 @@ from pathlib import Path
 
 from provisioner.agents import AGENTS, Login
 from provisioner.config import AGENT_HOME, ProvPaths
+from provisioner.fsutil import held_lock
 
 INTERVAL = 2.0
 LOG_LIMIT = 1 << 20
@@ -223,19 +223,8 @@ def _has_logins(paths: ProvPaths) -> bool:
 def _held(paths: ProvPaths) -> Iterator[bool]:
     """The keeper's lock, if no other keeper holds it (True) or not (False)."""
     paths.home.mkdir(parents=True, exist_ok=True)
-    fd = os.open(paths.home / "keeper.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
+    with held_lock(paths.home / "keeper.lock") as mine:
+        yield mine
 
 
 def running(paths: ProvPaths) -> bool:

@@ -44,7 +44,7 @@ from provisioner.config import ProvPaths
 from provisioner.engine import Engine
 from provisioner.engine.targets import EngineTarget
 from provisioner.errors import ConfigError, NotReady, ProvError, UsageError
-from provisioner.fsutil import atomic_write, ensure_private_dir
+from provisioner.fsutil import atomic_write, ensure_private_dir, held_lock
 from provisioner.injection import slot_conf, write_conf_dir
 from provisioner.plan import (
     LABEL_HOME,
@@ -234,19 +234,8 @@ def forget(paths: ProvPaths, slot_id: str) -> None:
 def _fill_lock(paths: ProvPaths, wait: bool) -> Iterator[bool]:
     """One filler per PROV_HOME; yields whether this one holds the lock."""
     ensure_private_dir(slots_dir(paths))
-    fd = os.open(slots_dir(paths) / ".fill.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
+    with held_lock(slots_dir(paths) / ".fill.lock", wait) as mine:
+        yield mine
 
 
 def fill(engine: Engine, paths: ProvPaths, image: str, count: int, wait: bool = True) -> int:
