@@ -17,7 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import PROJECT_GID, PROJECT_UID, SITE, HttpsSite, Prov
+from tests.integration.conftest import (
+    ALLOWED_DOMAIN,
+    PROJECT_GID,
+    PROJECT_UID,
+    SITE,
+    HttpsSite,
+    Prov,
+)
 from tests.integration.tlssite import jwt
 
 pytestmark = pytest.mark.slow
@@ -79,7 +86,7 @@ def envs(lp: Prov, https_site: HttpsSite) -> tuple[str, str]:
     for label in ("login-a", "login-b"):
         name = lp.name(label)
         lp.project(name)
-        result = lp.run("up", name, "--allow", "allowed.prov-test", timeout=1800)
+        result = lp.run("up", name, "--allow", ALLOWED_DOMAIN, timeout=1800)
         assert result.returncode == 0, result.stderr[-3000:]
         assert "logins shared" in result.stderr
         made.append(f"prov-{name}")

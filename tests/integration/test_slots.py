@@ -36,7 +36,8 @@ def home(
 ) -> Iterator[Prov]:
     """prov with a PROV_HOME of this module's own (its slots are counted here)."""
     ph = tmp_path_factory.mktemp("slots") / "ph"
-    own = replace(prov, prov_home=ph, env={**prov.env, "PROV_HOME": str(ph)})
+    env = {k: v for k, v in prov.env.items() if k != "PROV_SLOTS"}  # slots as users get them
+    own = replace(prov, prov_home=ph, env={**env, "PROV_HOME": str(ph)})
     yield own
     for listed in json.loads(own.run("ls", "--json").stdout or "[]"):
         own.run("rm", "--yes", str(listed["name"]))
@@ -228,7 +229,8 @@ def test_nothing_of_a_slot_stays_that_nothing_will_use(
     """down takes the environment's slot; the last rm takes the ready ones
     (the default number); gc --yes and --prepare 0 remove ready ones too."""
     ph = tmp_path / "ph"
-    own = replace(prov, prov_home=ph, env={**prov.env, "PROV_HOME": str(ph)})
+    env = {k: v for k, v in prov.env.items() if k != "PROV_SLOTS"}  # the default number
+    own = replace(prov, prov_home=ph, env={**env, "PROV_HOME": str(ph)})
     try:
         name = own.name("slot-solo")
         own.project(name)
