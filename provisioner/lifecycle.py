@@ -519,9 +519,6 @@ def start(
     # project takes a file, a published port (its gate may relay it) answers.
     ready.beyond_login(
         engine,
-        paths.ssh_config,
-        alias,
-        None,  # the login checked the project
         timeout,
         _proxy_address(info) if proxy is not None and not proxy.running else None,
         (record.bind, record.port) if record.port else None,

@@ -384,29 +384,17 @@ def _unwritable(project: str, code: int, output: str) -> NotReady:
     )
 
 
-def require_writable_project(ssh_config: Path, alias: str, project: str) -> None:
-    """Ready means the agent can work: as the agent, through the alias (its
-    warm master), the project dir must take a new file. NotReady otherwise,
-    with what the agent sees there."""
-    code, output = openssh.system_ssh(ssh_config, alias, _writable_command(project))
-    if code != 0:
-        raise _unwritable(project, code, output)
-
-
 def beyond_login(
     engine: Engine,
-    ssh_config: Path,
-    alias: str,
-    project: str | None,
     timeout: float,
     new_proxy: str | None,
     published: tuple[str, int] | None,
     logs_of: str,
 ) -> None:
-    """Ready is more than a login (for `up` and `prov start` alike): a proxy
-    started now listens at `new_proxy` (the agent's first request goes out),
-    the agent can write its `project` (None: the login checked it already),
-    and a published port reaches sshd the way the guide's `ssh -p PORT
+    """Ready is more than a login (for `up` and `prov start` alike; the login
+    itself checked that the agent may write its project): a proxy started now
+    listens at `new_proxy` (the agent's first request goes out), and a
+    published port reaches sshd the way the guide's `ssh -p PORT
     agent@localhost` connects. `logs_of`: the container whose log tail
     explains a failure (the gate's, if any)."""
     from provisioner.injection import PROXY_PORT
@@ -420,8 +408,6 @@ def beyond_login(
             lambda: engine.logs_tail(logs_of),
             connect=engine.site.reach,
         )
-    if project is not None:
-        require_writable_project(ssh_config, alias, project)
     if published is not None:
         bind, port = published
         wait_published(

@@ -645,7 +645,7 @@ def _finish(engine: Engine, placed: _Placed, paths: ProvPaths, poll: float) -> U
         if proxy_start is not None:
             proxy_start.join()
             proxy_start = None
-        _ready_beyond_ssh(engine, plan, paths, prepared, container_id, proxy_started=new_proxy)
+        _ready_beyond_ssh(engine, plan, prepared, container_id, proxy_started=new_proxy)
         if prepared.sync == "rsync":
             reporter.step("pushing the project (rsync)")
             sync.push(paths.ssh_config, alias, prepared.project.path)
@@ -667,7 +667,6 @@ def _finish(engine: Engine, placed: _Placed, paths: ProvPaths, poll: float) -> U
 def _ready_beyond_ssh(
     engine: Engine,
     plan: Plan,
-    paths: ProvPaths,
     prepared: prepare.Prepared,
     container_id: str,
     proxy_started: bool,
@@ -677,9 +676,6 @@ def _ready_beyond_ssh(
     proxying = plan.egress is not None and plan.egress.proxying
     ready.beyond_login(
         engine,
-        paths.ssh_config,
-        sshconf.alias_for(prepared.request.name),
-        None,  # the login checked the project
         prepared.request.timeout,
         gate.address if gate is not None and proxying and proxy_started else None,
         plan.published,

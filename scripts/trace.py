@@ -71,7 +71,7 @@ def main() -> None:
         "system_ssh",
         lambda _config, alias, command="", *a, **k: f"ssh {alias} {command[:50]!r}",
     )
-    for name in ("wait_banner", "wait_alias_login", "wait_listening", "require_writable_project"):
+    for name in ("wait_banner", "wait_alias_login", "wait_listening"):
         _wrap(ready, name, lambda *a, _n=name, **k: f"ready.{_n}")
     from provisioner import cli
 

@@ -123,7 +123,6 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[RecordingEng
     monkeypatch.setattr(service.Engine, "connect", classmethod(lambda cls, target=None: engine))
     monkeypatch.setattr(service.targets, "for_env", lambda name, paths: engine.target)
     monkeypatch.setattr(service.targets, "require_supported", lambda target, what: None)
-    monkeypatch.setattr(ready, "require_writable_project", lambda config, alias, project: None)
     return engine, ProvPaths(tmp_path / "ph")
 
 
