@@ -10,6 +10,7 @@ machine. The pool is 10.213.0.0/16 unless PROV_SUBNET_POOL says otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 from collections.abc import Iterable
@@ -52,6 +53,15 @@ def pool() -> ipaddress.IPv4Network:
             f"use a /{SUBNET_PREFIX} or larger, e.g. {DEFAULT_POOL}.",
         )
     return net
+
+
+def parse_subnets(texts: Iterable[str]) -> list[ipaddress.IPv4Network]:
+    """The IPv4 networks among Docker's subnet strings (IPv6 ones and junk left out)."""
+    nets = []
+    for text in texts:
+        with contextlib.suppress(ValueError):
+            nets.append(ipaddress.IPv4Network(text, strict=False))
+    return nets
 
 
 def choose_subnet(

@@ -78,7 +78,6 @@ LABEL_SSH = "prov.ssh"  # where the alias connects: HOST:PORT
 LABEL_ROLE = "prov.role"  # "env", "egress" (the environment's proxy) or "slot"
 LABEL_SLOT = "prov.slot"  # a proxy made as a slot, before its environment: the slot's ID
 LABEL_SLOT_IMAGE = "prov.slot.image"  # the egress image a slot was made of, as asked
-LABEL_SLOT_NETS = "prov.slot.nets"  # the private ranges a slot's firewall lets it reach
 LABEL_PROTECT = "prov.protect"  # project paths covered read-only (".git" pinned writable)
 LABEL_CREDENTIALS = "prov.credentials"  # tokens / copy / mount / none
 LABEL_SECRETS = "prov.secrets"  # NAME@HOST:HEADER of what the proxy injects
@@ -508,7 +507,6 @@ def slot_spec(
             **{k: v for k, v in network.labels.items() if k != LABEL_ROLE},
             LABEL_ROLE: "slot",
             LABEL_SLOT_IMAGE: egress_image,
-            LABEL_SLOT_NETS: " ".join(allow_nets),
             LABEL_NETWORK: f"{network.name} {network.subnet}",
         },
         # The ranges the user's egress-allow file allows: an environment that

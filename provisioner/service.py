@@ -429,7 +429,7 @@ def _place(
     with file_lock(paths.lock):
         view = engine.host_view()
         reserved = (engine.reserved_ports() | avoid) if publishing else set()
-        used = [*_subnets(engine.network_subnets()), *view.routes]
+        used = [*netplan.parse_subnets(engine.network_subnets()), *view.routes]
         for prepared in prepared_ones:
             made = Made(prepared)
             ledger.append(made)
@@ -485,7 +485,7 @@ def _place_one(
         except SubnetTaken:
             if attempt == SUBNET_TRIES - 1:
                 raise
-            used.extend(_subnets(engine.network_subnets()))
+            used.extend(netplan.parse_subnets(engine.network_subnets()))
     assert made.container_id is not None  # noqa: S101 - _converge sets it or raises
     # The alias is written here, under the lock _place holds anyway, so that no
     # environment's start waits for the others' placing.
@@ -793,14 +793,6 @@ def _port_pins(published: tuple[str, int] | None) -> tuple[tuple[str, ...], int]
 SUBNET_TRIES = 3
 
 
-def _subnets(texts: list[str]) -> list[ipaddress.IPv4Network]:
-    nets = []
-    for text in texts:
-        with contextlib.suppress(ValueError):
-            nets.append(ipaddress.IPv4Network(text, strict=False))
-    return nets
-
-
 def _network_for(
     existing: dict[str, Any] | None,
     request: UpRequest,
@@ -819,7 +811,7 @@ def _network_for(
                 "or choose another name.",
             )
         configs = (existing.get("IPAM") or {}).get("Config") or []
-        subnets = _subnets([str(c.get("Subnet", "")) for c in configs])
+        subnets = netplan.parse_subnets([str(c.get("Subnet", "")) for c in configs])
         subnet = subnets[0] if subnets else None
     if subnet is None:
         subnet = netplan.choose_subnet(used, netplan.pool())

@@ -285,17 +285,11 @@ def _make(engine: Engine, paths: ProvPaths, image: str) -> None:
 def _network(engine: Engine, paths: ProvPaths, slot_id: str) -> tuple[NetworkSpec, str]:
     """The slot's network, on a /28 no network or route here overlaps (chosen
     again if an `up` took it meanwhile); and the proxy's address on it."""
-    import ipaddress
-
     from provisioner import netplan
     from provisioner.engine.api import SubnetTaken
 
     for attempt in range(3):
-        used = [
-            ipaddress.IPv4Network(text, strict=False)
-            for text in engine.network_subnets()
-            if "." in text
-        ]
+        used = netplan.parse_subnets(engine.network_subnets())
         subnet = netplan.choose_subnet([*used, *engine.host_view().routes], netplan.pool())
         addrs = netplan.addresses(subnet)
         spec = slot_network(slot_id, str(subnet), addrs.gateway, paths)
