@@ -104,12 +104,15 @@ def _read(path: Path) -> dict[str, object] | None:
 
 def _write_in_place(path: Path, data: dict[str, object]) -> None:
     """Rewrite the file on its own inode (mode and owner kept): a mount of it
-    inside an environment sees the new content."""
-    body = (json.dumps(data, indent=2) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
+    inside an environment sees the new content. It is never empty or cut short
+    on the way: the new JSON is padded with trailing blanks (which JSON allows)
+    to the old length and written in one call, so a CLI that reads the file
+    meanwhile finds the old login or the new one, never a logged-out nothing."""
+    body = json.dumps(data, indent=2).encode()
+    fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
     try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, body, 0)
+        old = os.fstat(fd).st_size
+        os.pwrite(fd, body + b" " * max(0, old - len(body) - 1) + b"\n", 0)
         os.fsync(fd)
     finally:
         os.close(fd)

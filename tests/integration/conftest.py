@@ -205,9 +205,7 @@ def prov(
     # The tests' 'outside' servers live on prov's egress network, whose addresses
     # are private: the proxy refuses them unless the user allows their range,
     # as this user does (the tests of that refusal use a home without it).
-    allow_file = home / ".config" / "prov" / "egress-allow"
-    allow_file.parent.mkdir(parents=True)
-    allow_file.write_text(f"# the tests' outside servers\n{egress_subnet(docker_client)}\n")
+    allow_test_servers(home, docker_client)
     env = {
         **os.environ,
         "HOME": str(home),
@@ -306,6 +304,16 @@ def egress_subnet(client: docker.DockerClient) -> str:
     ensure_egress_network(client)
     network = client.networks.get(EGRESS_NET)
     return str(network.attrs["IPAM"]["Config"][0]["Subnet"])
+
+
+def allow_test_servers(home: Path, client: docker.DockerClient) -> None:
+    """Give `home` the user's egress-allow file with the range of prov's egress
+    network, where the tests' outside servers are: their addresses are private,
+    and the proxy refuses private addresses a user has not allowed by range. Every
+    test home whose environments reach those servers needs it."""
+    allow_file = home / ".config" / "prov" / "egress-allow"
+    allow_file.parent.mkdir(parents=True, exist_ok=True)
+    allow_file.write_text(f"# the tests' outside servers\n{egress_subnet(client)}\n")
 
 
 def start_outside_server(

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import docker
 import pytest
 
 from tests.integration.conftest import (
@@ -24,6 +25,7 @@ from tests.integration.conftest import (
     SITE,
     HttpsSite,
     Prov,
+    allow_test_servers,
 )
 from tests.integration.tlssite import jwt
 
@@ -32,7 +34,9 @@ AGENTS = {"PROV_AGENTS": "claude,codex,gemini"}
 
 
 @pytest.fixture(scope="module")
-def lp(prov: Prov, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prov]:
+def lp(
+    prov: Prov, tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient
+) -> Iterator[Prov]:
     """A home logged in to all three agents, as `claude /login`, `codex login`
     and `gemini` leave it; Codex's access token has expired (it refreshes)."""
     home = tmp_path_factory.mktemp("logins-home")
@@ -70,6 +74,7 @@ def lp(prov: Prov, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prov]:
         path.write_text(json.dumps(data))
     for path in [*home.rglob("*")]:
         os.lchown(path, PROJECT_UID, PROJECT_GID)
+    allow_test_servers(home, docker_client)  # the stub APIs are on a private range
     ph = home.parent / "logins-ph"
     yield replace(
         prov,

@@ -23,6 +23,7 @@ from tests.integration.conftest import (
     SITE,
     HttpsSite,
     Prov,
+    allow_test_servers,
     files_holding,
 )
 
@@ -38,7 +39,10 @@ GEMINI_SETTINGS = '{"security": {"auth": {"selectedType": "gemini-api-key"}}}'
 
 @pytest.fixture(scope="module")
 def keyed(
-    prov: Prov, https_site: HttpsSite, tmp_path_factory: pytest.TempPathFactory
+    prov: Prov,
+    https_site: HttpsSite,
+    tmp_path_factory: pytest.TempPathFactory,
+    docker_client: docker.DockerClient,
 ) -> Iterator[tuple[Prov, str]]:
     """A user with no agent logins, only API keys; the site's names as the API
     hosts (Codex's on a name of its own), the site trusted by this machine."""
@@ -47,6 +51,7 @@ def keyed(
     bundle.write_bytes(
         Path("/etc/ssl/certs/ca-certificates.crt").read_bytes() + https_site.ca.read_bytes()
     )
+    allow_test_servers(home, docker_client)  # the stub APIs are on a private range
     ph = home.parent / "keys-ph"
     user = replace(
         prov,

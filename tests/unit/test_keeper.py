@@ -99,3 +99,23 @@ def test_settings_for_a_directory_mounted_login_go_into_that_directory(tmp_path:
     target = keeper.dir_mounted("/home/agent/.codex/config.toml", mounts)
     assert target == keeper.logins_dir(paths, "one") / ".codex" / "config.toml"
     assert keeper.dir_mounted("/home/agent/.claude/settings.json", mounts) is None
+
+
+def test_a_carried_login_is_never_empty_or_cut_short_on_the_way(tmp_path: Path) -> None:
+    """A shorter token written over a longer one: the file keeps its inode and
+    its length (blanks after the JSON), so no moment of the write leaves it
+    empty; what it holds is the new login."""
+    paths, home = _setup(tmp_path)
+    long_token = {"claudeAiOauth": {"accessToken": "a" * 400, "expiresAt": 1}}
+    user = _write(home / ".claude/.credentials.json", long_token)
+    before = user.stat()
+    keeper.prepare_env(paths, "one", home, 1000, 1000)
+    _write(
+        keeper.env_file(paths, "one", CLAUDE),
+        {"claudeAiOauth": {"accessToken": "b", "expiresAt": 9}},
+    )
+    assert keeper.sync_once(paths, home)
+    after = user.stat()
+    assert (after.st_ino, after.st_size) == (before.st_ino, before.st_size)
+    assert json.loads(user.read_text())["claudeAiOauth"] == {"accessToken": "b", "expiresAt": 9}
+    assert user.read_bytes().endswith(b"\n")
