@@ -213,9 +213,8 @@ def prov(
         "NTM_PROJECTS_BASE": str(projects),
         # Agent CLIs take minutes to install; only tests marked slow ask for them.
         "PROV_AGENTS": "none",
-        # No background slot filler: most tests drive an environment's own
-        # gate; test_slots.py turns slots on and tries them as the agent.
-        "PROV_SLOTS": "0",
+        # Slots as every user has them (the default number): new environments
+        # in the default containment claim one, the others make their own gate.
         # NTM's config is this test home's, never the user's.
         "NTM_CONFIG": str(home / ".config" / "ntm" / "config.toml"),
     }
