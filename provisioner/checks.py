@@ -10,7 +10,7 @@ from pathlib import Path
 
 from provisioner import keys, sshconf, state
 from provisioner.config import AGENT_USER, ProvPaths
-from provisioner.engine import Engine
+from provisioner.engine import Engine, targets
 from provisioner.openssh import system_ssh
 from provisioner.ownership import require_ours
 from provisioner.plan import SshTarget, connect_host, container_name, proxy_name
@@ -49,22 +49,26 @@ class Report:
         }
 
 
-def chosen(name: str | None, paths: ProvPaths | None = None) -> tuple[list[str], list[str]]:
+def chosen(
+    name: str | None, paths: ProvPaths | None = None, asked: targets.Asked = targets.NOTHING
+) -> tuple[list[str], list[str]]:
     """The environments to test (`name`, or every one of this PROV_HOME with a
     container) and the ones left out for having none."""
     if name is not None:
         return [name], []
     from provisioner.lifecycle import list_envs
 
-    listed = list_envs(paths)
+    listed = list_envs(paths, asked=asked)
     return (
         [e.name for e in listed if e.container != "-"],
         [e.name for e in listed if e.container == "-"],
     )
 
 
-def report(name: str, paths: ProvPaths | None = None) -> Report:
-    return Report(name, tuple(ssh_test(name, paths)))
+def report(
+    name: str, paths: ProvPaths | None = None, asked: targets.Asked = targets.NOTHING
+) -> Report:
+    return Report(name, tuple(ssh_test(name, paths, asked)))
 
 
 def summary(reports: list[Report]) -> str:
@@ -85,7 +89,9 @@ def _pinned(known_hosts: Path, alias: str) -> str | None:
     return None
 
 
-def ssh_test(name: str, paths: ProvPaths | None = None) -> list[Check]:
+def ssh_test(
+    name: str, paths: ProvPaths | None = None, asked: targets.Asked = targets.NOTHING
+) -> list[Check]:
     paths = paths or ProvPaths.from_env()
     record = state.load(paths, name)
     alias = sshconf.alias_for(name)
@@ -122,7 +128,7 @@ def ssh_test(name: str, paths: ProvPaths | None = None) -> list[Check]:
         ]
     from provisioner.lifecycle import engine_of
 
-    engine = engine_of(name, paths)
+    engine = engine_of(name, paths, asked)
     site = engine.site
     info = engine.find(container_name(name))
     if info is not None:

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from provisioner import checks
     from provisioner import slots as slots_mod
     from provisioner.config import Containment, Extras, UpRequest
+    from provisioner.engine import targets
     from provisioner.injection import Secret
 
 app = typer.Typer(
@@ -210,16 +211,23 @@ def _main(
     _engine_flags(docker_host, engine)
 
 
+_flags: dict[str, str | None] = {"docker_host": None, "engine": None}  # as parsed
+
+
 def _engine_flags(docker_host: str | None, engine: str | None) -> None:
-    """--docker-host and --engine, given before the command or to `up`."""
-    if docker_host is None and engine is None:
-        return  # resolving the engine's choice imports nothing until it is needed
+    """--docker-host and --engine, given before the command or to `up` (which
+    outranks the one before)."""
+    if docker_host is not None:
+        _flags["docker_host"] = docker_host
+    if engine is not None:
+        _flags["engine"] = engine
+
+
+def _asked() -> targets.Asked:
+    """The engine this command was asked for, the value passed down."""
     from provisioner.engine import targets
 
-    if engine is not None:
-        targets.set_named(engine)
-    if docker_host is not None:
-        targets.set_flag(docker_host)
+    return targets.Asked.of(_flags["docker_host"], _flags["engine"])
 
 
 @app.command()
@@ -649,7 +657,7 @@ def _up_many(requests: list[UpRequest], as_json: bool) -> None:
     from provisioner import service
 
     items = [(r, ConsoleReporter(quiet=as_json, prefix=f"[{r.name}] ")) for r in requests]
-    outcomes = _run(service.up_many, items)
+    outcomes = _run(service.up_many, items, None, _asked())
     failures = [(r, o) for r, o in zip(requests, outcomes, strict=True) if isinstance(o, ProvError)]
     if as_json:
         _print_json(
@@ -679,7 +687,7 @@ def _up_one(request: UpRequest, as_json: bool, spawn: bool) -> None:
     from provisioner import service
 
     with ConsoleReporter(quiet=as_json) as reporter:
-        result = _run(service.up, request, reporter)
+        result = _run(service.up, request, reporter, None, _asked())
     if as_json:
         _print_json(result.public())
     else:
@@ -722,7 +730,7 @@ def down(
     from provisioner import lifecycle
 
     _confirm_ending_sessions(_name(name), "down", yes)
-    result = _run(lifecycle.down, name)
+    result = _run(lifecycle.down, name, asked=_asked())
     if result.removed:
         err.line(f"removed container prov-{name} (keys and alias kept)", "✓ ", "bold green")
         if result.placeholders:
@@ -747,7 +755,7 @@ def sync(
     never overwritten, and nothing is deleted without --delete."""
     from provisioner import lifecycle
 
-    summary = _run(lifecycle.sync_project, _name(name), back, delete)
+    summary = _run(lifecycle.sync_project, _name(name), back, delete, asked=_asked())
     direction = f"from prov-{name}" if back else f"to prov-{name}"
     err.line(f"synced {direction}: {summary}", "✓ ", "bold green")
 
@@ -764,7 +772,7 @@ def ssh_test(
     with no name every one with a container (a block each and a summary)."""
     from provisioner import checks
 
-    names, skipped = _run(checks.chosen, _name(name) if name is not None else None)
+    names, skipped = _run(checks.chosen, _name(name) if name is not None else None, asked=_asked())
     if skipped and not as_json:
         err.line("no container, not tested: " + ", ".join(skipped))
     if not names:
@@ -787,7 +795,7 @@ def ssh_test(
 def _ssh_test_one(name: str, as_json: bool, heading: bool) -> checks.Report:
     from provisioner import checks
 
-    result = _run(checks.report, name)
+    result = _run(checks.report, name, asked=_asked())
     if not as_json:
         if heading:
             out.line(name, "== ", "bold")
@@ -829,7 +837,7 @@ def _confirm_ending_sessions(name: str, verb: str, yes: bool) -> None:
     from provisioner import lifecycle
     from provisioner.errors import UsageError
 
-    sessions = _run(lifecycle.live_sessions, name)
+    sessions = _run(lifecycle.live_sessions, name, asked=_asked())
     if not sessions or yes:
         return
     listed = ", ".join(f"{s.name} ({s.windows} window{'s' * (s.windows != 1)})" for s in sessions)
@@ -864,7 +872,7 @@ def ls(
     its limit, agents, uptime."""
     from provisioner import lifecycle
 
-    envs = _run(lifecycle.list_envs, None, everyone)
+    envs = _run(lifecycle.list_envs, None, everyone, asked=_asked())
     if as_json:
         _print_json([env.public() for env in envs])
         return
@@ -916,7 +924,7 @@ def status(name: NameArg, as_json: JsonOpt = False) -> None:
     """Show one environment in detail."""
     from provisioner import lifecycle
 
-    env = _run(lifecycle.status, _name(name))
+    env = _run(lifecycle.status, _name(name), asked=_asked())
     if as_json:
         _print_json(env.public())
         return
@@ -929,7 +937,12 @@ def _prepare_slots(count: int, base_image: str, as_json: bool) -> None:
     from provisioner.config import ProvPaths
 
     report = _run(
-        slots.prepare, count, base_image, lambda text: err.line(text, "• "), ProvPaths.from_env()
+        slots.prepare,
+        count,
+        base_image,
+        lambda text: err.line(text, "• "),
+        ProvPaths.from_env(),
+        _asked(),
     )
     if as_json:
         _print_json(report.public())
@@ -957,9 +970,10 @@ def slots_(as_json: JsonOpt = False) -> None:
     their environments, allowing nothing until one is claimed."""
     from provisioner import slots
     from provisioner.config import ProvPaths
-    from provisioner.engine import Engine
+    from provisioner.engine import Engine, targets
 
-    report = _run(lambda: slots.report(Engine.connect(), ProvPaths.from_env()))
+    engine = _run(lambda: Engine.connect(targets.resolve(_asked())))
+    report = _run(slots.report, engine, ProvPaths.from_env())
     if as_json:
         _print_json(report.public())
     else:
@@ -981,7 +995,7 @@ def gc(
     minutes)."""
     from provisioner import lifecycle
 
-    report = _run(lifecycle.gc, yes, tuple(images or ()))
+    report = _run(lifecycle.gc, yes, tuple(images or ()), asked=_asked())
     for image in report.removable:
         verb = "removed" if report.removed else "would remove"
         out.line(f"{verb} {image.shown}  ({_size(image.frees)})")
@@ -1064,7 +1078,7 @@ def egress_(name: NameArg, as_json: JsonOpt = False) -> None:
     and the secrets it injects (names and hosts, never values)."""
     from provisioner import lifecycle
 
-    report = _run(lifecycle.egress_report, _name(name))
+    report = _run(lifecycle.egress_report, _name(name), asked=_asked())
     if as_json:
         _print_json(report.public())
         return
@@ -1104,7 +1118,7 @@ def stop(name: NameArg, yes: YesOpt = False) -> None:
     from provisioner import lifecycle
 
     _confirm_ending_sessions(_name(name), "stop", yes)
-    if _run(lifecycle.stop, name):
+    if _run(lifecycle.stop, name, asked=_asked()):
         err.line(f"stopped prov-{name}", "✓ ", "bold green")
     else:
         err.line(f"{container_name(name)} was not running")
@@ -1114,7 +1128,7 @@ def _start(name: str, timeout: float, restart: bool) -> None:
     from provisioner import lifecycle
 
     with ConsoleReporter() as reporter:
-        _run(lifecycle.start, _name(name), reporter, timeout, restart)
+        _run(lifecycle.start, _name(name), reporter, timeout, restart, asked=_asked())
     err.line(f"{name} ready in {since_start():.1f} s: ssh prov-{name}", "✓ ", "bold green")
 
 
@@ -1144,7 +1158,7 @@ def logs(
     """Show the container's log (sshd and the entrypoint)."""
     from provisioner import lifecycle
 
-    stream = _run(lifecycle.logs, _name(name), follow, tail)
+    stream = _run(lifecycle.logs, _name(name), follow, tail, asked=_asked())
     try:
         for chunk in stream:
             sys.stdout.buffer.write(chunk)
@@ -1201,7 +1215,7 @@ def rm(
                     f"run `prov rm {name} --yes`.",
                 )
             )
-        sessions = _run(lifecycle.live_sessions, name)
+        sessions = _run(lifecycle.live_sessions, name, asked=_asked())
         if sessions:
             listed = ", ".join(s.name for s in sessions)
             err.line(
@@ -1211,7 +1225,7 @@ def rm(
             )
         if not typer.confirm(f"Remove {name} with its keys and ssh alias?", default=False):
             raise typer.Exit(1)
-    removal = _run(lifecycle.rm, name)
+    removal = _run(lifecycle.rm, name, asked=_asked())
     what = "container, keys and alias" if removal.container_removed else "keys and alias"
     err.line(f"removed {name}: {what}", "✓ ", "bold green")
     if removal.access_revoked:
@@ -1248,7 +1262,7 @@ def doctor(as_json: JsonOpt = False) -> None:
     """Check this machine for prov: engine, ssh, tmux, ntm, ssh Include, file modes, credentials."""
     from provisioner import doctor as doc
 
-    findings = doc.diagnose()
+    findings = doc.diagnose(asked=_asked())
     if as_json:
         _print_json([{"name": f.name, "level": f.level, "detail": f.detail} for f in findings])
     else:
@@ -1282,7 +1296,7 @@ def exec_(ctx: typer.Context, name: NameArg) -> None:
 
     paths = ProvPaths.from_env()
     record = _run(require, paths, _name(name))
-    engine = _run(lifecycle.engine_of, name, paths)
+    engine = _run(lifecycle.engine_of, name, paths, _asked())
     _run(lifecycle.own_container, engine, name, paths)
     command = list(ctx.args) or ["bash", "-l"]
     tty = sys.stdin.isatty()
@@ -1341,7 +1355,7 @@ def route(ctx: typer.Context) -> None:
     logical = os.environ.get("PWD", "")
     if logical and Path(logical).resolve() == Path(cwd).resolve():
         cwd = logical
-    container = _run(routing.container_for, cwd)
+    container = _run(routing.container_for, cwd, _asked())
     if container is None:
         _exec(command)
     _exec(exec_argv(container, cwd, command, sys.stdin.isatty()))

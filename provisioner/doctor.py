@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from provisioner import host, sshconf
 from provisioner.config import ProvPaths, user_ssh_config
+from provisioner.engine import targets
 from provisioner.engine.site import over_ssh
 from provisioner.errors import ProvError
 
@@ -31,11 +32,11 @@ def _version(cmd: list[str]) -> str | None:
     return text[0] if text else ""
 
 
-def _docker() -> Finding:
-    from provisioner.engine import Engine, targets
+def _docker(asked: targets.Asked) -> Finding:
+    from provisioner.engine import Engine
 
     try:
-        target = targets.resolve()
+        target = targets.resolve(asked)
         targets.require_supported(target, "prov up")
         version = Engine.connect(target).engine_version()
     except ProvError as exc:
@@ -175,12 +176,14 @@ def _keeper(paths: ProvPaths) -> Finding:
     )
 
 
-def diagnose(paths: ProvPaths | None = None) -> list[Finding]:
+def diagnose(
+    paths: ProvPaths | None = None, asked: targets.Asked = targets.NOTHING
+) -> list[Finding]:
     paths = paths or ProvPaths.from_env()
     creds = host.find_credentials()
     cas = host.extra_ca_files()
     return [
-        _docker(),
+        _docker(asked),
         _check(
             "ssh client", _version(["ssh", "-V"]), FAIL, "`ssh` not found: install openssh-client."
         ),

@@ -177,7 +177,10 @@ def engine_heading(envs: list[EnvStatus]) -> str:
 
 
 def list_envs(
-    paths: ProvPaths | None = None, everyone: bool = False, timeout: float = 10.0
+    paths: ProvPaths | None = None,
+    everyone: bool = False,
+    timeout: float = 10.0,
+    asked: targets.Asked = targets.NOTHING,
 ) -> list[EnvStatus]:
     """Every environment this PROV_HOME knows, on every engine it knows of (the
     default one, the ones environments were made on, the named ones), asked
@@ -198,12 +201,12 @@ def list_envs(
                     records[env_dir.name] = state.load(paths, env_dir.name)
                 except ProvError as exc:
                     records[env_dir.name] = exc
-    asked = _engines_to_list(records, paths)
-    answers = _ask_engines(asked, paths, timeout)
+    engines = _engines_to_list(records, asked)
+    answers = _ask_engines(engines, paths, timeout)
     found: dict[str, EnvStatus] = {}
     others: list[EnvStatus] = []
     unreachable: dict[str, str] = {}
-    for target in asked:
+    for target in engines:
         answer = answers[target.host]
         if isinstance(answer, str):
             unreachable[target.host] = answer
@@ -213,7 +216,7 @@ def list_envs(
                 found[env.name] = env
             elif env.home != "this":
                 others.append(env)
-    hosts = {target.host for target in asked}
+    hosts = {target.host for target in engines}
     for name, record in records.items():
         if name in found:
             continue
@@ -231,7 +234,7 @@ def list_envs(
                 engine=record.engine,
             )
         else:
-            found[name] = replace(_removed(record), engine=record.engine or asked[0].describe())
+            found[name] = replace(_removed(record), engine=record.engine or engines[0].describe())
     listed = list(found.values()) + (others if everyone else [])
     listed += [
         _unlisted("-", "unreachable", f"engine {host}: {why}")
@@ -282,12 +285,12 @@ def _with_ahead(
 
 
 def _engines_to_list(
-    records: dict[str, state.EnvRecord | ProvError | None], paths: ProvPaths
+    records: dict[str, state.EnvRecord | ProvError | None], asked: targets.Asked
 ) -> list[targets.EngineTarget]:
     """The default engine first, then those environments were made on, then
     the named ones; each once."""
-    found = [targets.resolve()]
-    if targets.explicit():  # the user named one engine: that one only
+    found = [targets.resolve(asked)]
+    if targets.explicit(asked):  # the user named one engine: that one only
         return found
     for record in records.values():
         if isinstance(record, state.EnvRecord) and record.engine:
@@ -342,16 +345,18 @@ def _ask_engines(
     return answers
 
 
-def engine_of(name: str, paths: ProvPaths) -> Engine:
+def engine_of(name: str, paths: ProvPaths, asked: targets.Asked = targets.NOTHING) -> Engine:
     """The engine environment NAME lives on (see targets.for_env)."""
-    return Engine.connect(targets.for_env(name, paths))
+    return Engine.connect(targets.for_env(name, paths, asked))
 
 
-def status(name: str, paths: ProvPaths | None = None) -> EnvStatus:
+def status(
+    name: str, paths: ProvPaths | None = None, asked: targets.Asked = targets.NOTHING
+) -> EnvStatus:
     paths = paths or ProvPaths.from_env()
-    for env in list_envs(paths):
+    for env in list_envs(paths, asked=asked):
         if env.name == name:
-            return _with_use(env, paths) if env.state == "running" else env
+            return _with_use(env, paths, asked) if env.state == "running" else env
     raise NotFound(
         f"No environment named {name!r}",
         "prov has neither a container nor a record of it.",
@@ -378,11 +383,11 @@ def _memory_in_use(engine: Engine, envs: list[tuple[str, EnvStatus]]) -> list[En
         return list(pool.map(with_use, envs))
 
 
-def _with_use(env: EnvStatus, paths: ProvPaths) -> EnvStatus:
+def _with_use(env: EnvStatus, paths: ProvPaths, asked: targets.Asked) -> EnvStatus:
     """A running environment with what bounds its disk, in words."""
     from provisioner import hostsize
 
-    disk = limits.disk_bound(hostsize.host_size(engine_of(env.name, paths), paths))
+    disk = limits.disk_bound(hostsize.host_size(engine_of(env.name, paths, asked), paths))
     return replace(env, disk=disk)
 
 
@@ -414,13 +419,15 @@ class Session:
     windows: int
 
 
-def live_sessions(name: str, paths: ProvPaths | None = None) -> list[Session]:
+def live_sessions(
+    name: str, paths: ProvPaths | None = None, asked: targets.Asked = targets.NOTHING
+) -> list[Session]:
     """The agent's tmux sessions in a running environment (each usually an NTM
     project with its agents), asked over the alias as NTM would; [] when the
     container is not running or cannot be asked."""
     paths = paths or ProvPaths.from_env()
     try:
-        info = own_container(engine_of(name, paths), name, paths)
+        info = own_container(engine_of(name, paths, asked), name, paths)
     except DockerUnavailable:
         return []  # the command itself then says what is wrong with its engine
     if info is None or not info.running:
@@ -440,10 +447,10 @@ def live_sessions(name: str, paths: ProvPaths | None = None) -> list[Session]:
     return sessions
 
 
-def stop(name: str, paths: ProvPaths | None = None) -> bool:
+def stop(name: str, paths: ProvPaths | None = None, asked: targets.Asked = targets.NOTHING) -> bool:
     """Stop the container (then its egress proxy); False when it was not running."""
     paths = paths or ProvPaths.from_env()
-    engine = engine_of(name, paths)
+    engine = engine_of(name, paths, asked)
     info = _container(engine, name, paths)
     stop_master(paths.ssh_config, sshconf.alias_for(name))
     proxy = own_container(engine, name, paths, "egress")
@@ -460,6 +467,7 @@ def start(
     timeout: float,
     restart: bool = False,
     paths: ProvPaths | None = None,
+    asked: targets.Asked = targets.NOTHING,
 ) -> float:
     """Start (or restart) the container and wait until SSH works; seconds to ready."""
     paths = paths or ProvPaths.from_env()
@@ -467,7 +475,7 @@ def start(
     from provisioner import ready
 
     record = state.require(paths, name)
-    engine = engine_of(name, paths)
+    engine = engine_of(name, paths, asked)
     info = _container(engine, name, paths)
     proxy = own_container(engine, name, paths, "egress")
     stop_master(paths.ssh_config, sshconf.alias_for(name))
@@ -584,9 +592,11 @@ def _devcontainer_start(
     )
 
 
-def logs(name: str, follow: bool, tail: int | None) -> Iterator[bytes]:
+def logs(
+    name: str, follow: bool, tail: int | None, asked: targets.Asked = targets.NOTHING
+) -> Iterator[bytes]:
     paths = ProvPaths.from_env()
-    engine = engine_of(name, paths)
+    engine = engine_of(name, paths, asked)
     info = _container(engine, name, paths)
     return engine.logs(info.id, follow, tail)
 
@@ -615,9 +625,11 @@ def _remove_gate(
         engine.remove_network(network)
 
 
-def down(name: str, paths: ProvPaths | None = None) -> DownResult:
+def down(
+    name: str, paths: ProvPaths | None = None, asked: targets.Asked = targets.NOTHING
+) -> DownResult:
     paths = paths or ProvPaths.from_env()
-    engine = engine_of(name, paths)
+    engine = engine_of(name, paths, asked)
     info = own_container(engine, name, paths)
     proxy = own_container(engine, name, paths, "egress")
     if info is None:
@@ -660,13 +672,15 @@ class Removal:
     slots_removed: int = 0  # ready slots removed with the last environment
 
 
-def rm(name: str, paths: ProvPaths | None = None) -> Removal:
+def rm(
+    name: str, paths: ProvPaths | None = None, asked: targets.Asked = targets.NOTHING
+) -> Removal:
     """Remove everything prov made for `name`: container, proxy, network, the
     home volume (on a remote engine also its keys and project volumes), keys,
     alias, pin."""
     paths = paths or ProvPaths.from_env()
     try:
-        engine = engine_of(name, paths)
+        engine = engine_of(name, paths, asked)
     except DockerUnavailable as exc:
         raise DockerUnavailable(
             exc.what,
@@ -831,13 +845,18 @@ class EgressReport:
         return asdict(self)
 
 
-def egress_report(name: str, tail: int = 2000, paths: ProvPaths | None = None) -> EgressReport:
+def egress_report(
+    name: str,
+    tail: int = 2000,
+    paths: ProvPaths | None = None,
+    asked: targets.Asked = targets.NOTHING,
+) -> EgressReport:
     """What the environment may reach, what its proxy refused lately, and the
     secrets it injects with how many requests each served."""
     from provisioner.egress import read_proxy_log
 
     paths = paths or ProvPaths.from_env()
-    engine = engine_of(name, paths)
+    engine = engine_of(name, paths, asked)
     info = _container(engine, name, paths)
     mode, _, allowed = info.labels.get(LABEL_EGRESS, "open").partition(":")
     proxy = own_container(engine, name, paths, "egress")
@@ -891,7 +910,9 @@ class GcReport:
         return sum(image.frees for image in self.removable)
 
 
-def gc(apply: bool = False, only: tuple[str, ...] = ()) -> GcReport:
+def gc(
+    apply: bool = False, only: tuple[str, ...] = (), asked: targets.Asked = targets.NOTHING
+) -> GcReport:
     """prov's images (prov-env:*) that no container on this engine uses, of any
     PROV_HOME, and that are not a layer below an image in use; removed only with
     `apply`; `only`: just these tags or IDs. The base images (prov-base,
@@ -899,7 +920,7 @@ def gc(apply: bool = False, only: tuple[str, ...] = ()) -> GcReport:
     from provisioner import slots
     from provisioner.image import IMAGE_LABEL, IMAGE_REPO
 
-    engine = Engine.connect()
+    engine = Engine.connect(targets.resolve(asked))
     # This home's ready slots first: they keep their image in use. The next
     # `up` makes them again (of the image it uses then).
     paths = ProvPaths.from_env()
@@ -985,7 +1006,7 @@ def engine_reports(
     from provisioner.engine import targets
 
     paths = paths or ProvPaths.from_env()
-    asked = [] if named_only else [("(default)", targets.resolve(use_flags=False))]
+    asked = [] if named_only else [("(default)", targets.resolve())]
     asked += [
         (name, targets.EngineTarget(host, f"engine {name!r}"))
         for name, host in sorted(targets.named().items())
@@ -1024,7 +1045,13 @@ def engine_reports(
     ]
 
 
-def sync_project(name: str, back: bool, delete: bool, paths: ProvPaths | None = None) -> str:
+def sync_project(
+    name: str,
+    back: bool,
+    delete: bool,
+    paths: ProvPaths | None = None,
+    asked: targets.Asked = targets.NOTHING,
+) -> str:
     """rsync the project of a remote environment one way; a summary line."""
     from provisioner import sync
 
@@ -1041,7 +1068,7 @@ def sync_project(name: str, back: bool, delete: bool, paths: ProvPaths | None = 
             f"Its environment works on {where}; there is nothing to move.",
             "`prov sync` is for environments made on a remote engine with --sync rsync.",
         )
-    info = _container(engine_of(name, paths), name, paths)
+    info = _container(engine_of(name, paths, asked), name, paths)
     if not info.running:
         raise NotFound(
             f"{name} is not running",

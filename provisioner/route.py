@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import PurePosixPath
 
 from provisioner.config import ProvPaths
-from provisioner.engine import Engine
+from provisioner.engine import Engine, targets
 from provisioner.plan import LABEL_HOME, LABEL_PROJECT, LABEL_ROLE, home_id
 
 
@@ -30,12 +30,12 @@ def choose(cwd: str, projects: dict[str, str]) -> str | None:
     return best[1] if best else None
 
 
-def container_for(cwd: str) -> str | None:
+def container_for(cwd: str, asked: targets.Asked = targets.NOTHING) -> str | None:
     """The running prov container for `cwd`, if any."""
     own = home_id(ProvPaths.from_env())
     projects = {
         str(item["Names"][0]).lstrip("/"): item["Labels"][LABEL_PROJECT]
-        for item in Engine.connect().summaries()
+        for item in Engine.connect(targets.resolve(asked)).summaries()
         if item.get("State") == "running"
         and (item.get("Labels") or {}).get(LABEL_PROJECT)
         and item["Labels"].get(LABEL_HOME) == own

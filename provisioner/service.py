@@ -185,15 +185,22 @@ class LostPort:
 _Outcome = UpOutcome | LostPort  # within one run of up_many
 
 
-def up(request: UpRequest, reporter: Reporter, paths: ProvPaths | None = None) -> UpResult:
-    outcome = up_many([(request, reporter)], paths)[0]
+def up(
+    request: UpRequest,
+    reporter: Reporter,
+    paths: ProvPaths | None = None,
+    asked: targets.Asked = targets.NOTHING,
+) -> UpResult:
+    outcome = up_many([(request, reporter)], paths, asked)[0]
     if isinstance(outcome, ProvError):
         raise outcome
     return outcome
 
 
 def up_many(
-    items: Sequence[tuple[UpRequest, Reporter]], paths: ProvPaths | None = None
+    items: Sequence[tuple[UpRequest, Reporter]],
+    paths: ProvPaths | None = None,
+    asked: targets.Asked = targets.NOTHING,
 ) -> list[UpOutcome]:
     """Bring environments up together; one outcome per item, in order.
 
@@ -214,7 +221,7 @@ def up_many(
     groups: dict[str, tuple[targets.EngineTarget, list[int]]] = {}
     placing: list[int] = []  # --engine auto, for environments not made yet
     for index, (request, _reporter) in enumerate(items):
-        if targets.auto_requested():
+        if asked.auto:
             # An existing environment stays on the engine it was made on.
             try:
                 record = state.load(paths, request.name)
@@ -223,7 +230,7 @@ def up_many(
             if record is None or not record.engine:
                 placing.append(index)
                 continue
-        target = targets.for_env(request.name, paths)
+        target = targets.for_env(request.name, paths, asked)
         groups.setdefault(target.host, (target, []))[1].append(index)
     if placing:
         chosen = _auto_place([items[i] for i in placing], paths)

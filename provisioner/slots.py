@@ -41,7 +41,7 @@ from typing import Any
 
 from provisioner import egress
 from provisioner.config import ProvPaths
-from provisioner.engine import Engine
+from provisioner.engine import Engine, targets
 from provisioner.engine.targets import EngineTarget
 from provisioner.errors import ConfigError, NotReady, ProvError, UsageError
 from provisioner.fsutil import atomic_write, ensure_private_dir, held_lock
@@ -463,14 +463,17 @@ if __name__ == "__main__":
 
 
 def prepare(
-    count: int, base_image: str, note: Callable[[str], None], paths: ProvPaths
+    count: int,
+    base_image: str,
+    note: Callable[[str], None],
+    paths: ProvPaths,
+    asked: targets.Asked = targets.NOTHING,
 ) -> SlotsReport:
     """`prov up --prepare N`: keep N slots from now on, made now (0: none, and
     the ready ones removed)."""
-    from provisioner.engine import targets
     from provisioner.image import ensure_egress_image
 
-    engine = Engine.connect(targets.resolve())
+    engine = Engine.connect(targets.resolve(asked))
     if not usable(engine):
         raise UsageError(
             "Slots need an engine on this machine",

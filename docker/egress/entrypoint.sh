@@ -30,7 +30,9 @@ die() {
 # host's services, the metadata address or the LAN: new connections may go
 # to loopback (Docker's DNS at 127.0.0.11), DNS servers (Docker's resolver
 # forwards from this namespace), the environment's sshd (the relay), and TCP
-# 80/443 of public addresses and of the allowed ranges. prov gives the gate
+# 80/443 of public addresses and of the allowed ranges; new connections may
+# come in to the proxy's port (from the environment) and the relay's (from
+# the host) only. prov gives the gate
 # NET_ADMIN and SETPCAP for this step only: the script then runs again
 # without either in its bounding set, so nothing below can change the rules.
 if [ -z "${PROV_FIREWALLED:-}" ]; then
@@ -49,9 +51,34 @@ if [ -z "${PROV_FIREWALLED:-}" ]; then
 -A OUTPUT -d $net -p tcp -j REJECT --reject-with tcp-reset
 -A OUTPUT -d $net -j REJECT"
 	done
+	# Inbound, what the gate serves and to whom: the proxy's port on the
+	# environment's network, the relay to this engine's host (its published
+	# port arrives from the outside network's gateway, by docker-proxy or NAT)
+	# and nothing to anyone else, so another proxy or container on the outside
+	# network, whatever its own rules, cannot open a connection to this one.
+	gateway=""
+	while read -r _ dest gw _; do
+		if [ "$dest" = 00000000 ] && [ "$gw" != 00000000 ] && [ -z "$gateway" ]; then
+			# little-endian hex: 0102A8C0 is 192.168.2.1
+			d=${gw%??????} c=${gw#??} c=${c%????} b=${gw#????} b=${b%??} a=${gw#??????}
+			gateway=$((0x$a)).$((0x$b)).$((0x$c)).$((0x$d))
+		fi
+	done </proc/net/route
+	serve_rule="-A INPUT -d $PROV_LISTEN/32 -p tcp --dport 3128 -j ACCEPT"
+	if [ -n "${PROV_RELAY_PORT:-}" ]; then
+		[ -n "$gateway" ] || die "no default route: cannot tell the host's address for the relay"
+		serve_rule="$serve_rule
+-A INPUT -s $gateway/32 -p tcp --dport $PROV_RELAY_PORT -j ACCEPT"
+	fi
 	iptables-restore <<RULES || die "cannot set up the gate's firewall (iptables-restore)"
 *filter
+:INPUT ACCEPT [0:0]
 :OUTPUT ACCEPT [0:0]
+-A INPUT -i lo -j ACCEPT
+-A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
+$serve_rule
+-A INPUT -p tcp -j REJECT --reject-with tcp-reset
+-A INPUT -j DROP
 -A OUTPUT -o lo -j ACCEPT
 -A OUTPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
 -A OUTPUT -p udp --dport 53 -j ACCEPT

@@ -29,9 +29,6 @@ DEFAULT_HOST = f"unix://{DEFAULT_SOCKET}"
 DEFAULT_SOURCE = "the local socket"  # how prov says it found the default engine
 LOCAL_TCP_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 
-_flag: str | None = None  # --docker-host, set once by the CLI
-_named_flag: str | None = None  # --engine NAME, set once by the CLI
-
 
 @dataclass(frozen=True)
 class EngineTarget:
@@ -58,23 +55,28 @@ class EngineTarget:
         return f"{self.host} ({self.source})"
 
 
-def set_flag(value: str | None) -> None:
-    """The CLI's --docker-host, which outranks everything else."""
-    global _flag
-    _flag = value.strip() if value else None
-
-
 AUTO = "auto"  # --engine auto: prov up chooses among the named engines
 
 
-def auto_requested() -> bool:
-    return _named_flag == AUTO
+@dataclass(frozen=True)
+class Asked:
+    """The engine the user named for this command, as the CLI parsed it:
+    --docker-host ADDRESS or --engine NAME (`auto`: `up` chooses), or neither.
+    Passed down as a value; nothing below the CLI keeps a choice of its own."""
+
+    docker_host: str | None = None
+    engine: str | None = None
+
+    @classmethod
+    def of(cls, docker_host: str | None, engine: str | None) -> Asked:
+        return cls((docker_host or "").strip() or None, (engine or "").strip() or None)
+
+    @property
+    def auto(self) -> bool:
+        return self.engine == AUTO
 
 
-def set_named(name: str | None) -> None:
-    """The CLI's --engine NAME (an engine added with `prov engine add`)."""
-    global _named_flag
-    _named_flag = name.strip() if name else None
+NOTHING = Asked()  # no flag: the environment and Docker's contexts decide
 
 
 # --- named engines (`prov engine add/ls/rm`) ---------------------------------
@@ -168,16 +170,14 @@ def docker_config_dir(environ: Mapping[str, str] | None = None) -> Path:
 
 
 def resolve(
+    asked: Asked = NOTHING,
     environ: Mapping[str, str] | None = None,
-    flag: str | None = None,
     config_dir: Path | None = None,
-    use_flags: bool = True,
 ) -> EngineTarget:
-    """The engine to use; `use_flags=False` ignores --docker-host and --engine
-    (the engine prov would use without them)."""
+    """The engine to use: the one `asked` names, else the environment's and
+    Docker's choice (`resolve()` alone: the engine prov would use unasked)."""
     env = os.environ if environ is None else environ
-    flag = flag if flag is not None else (_flag if use_flags else None)
-    named_flag = _named_flag if use_flags else None
+    flag, named_flag = asked.docker_host, asked.engine
     if flag and named_flag:
         raise UsageError(
             "--engine and --docker-host both name an engine",
@@ -213,19 +213,23 @@ def resolve(
     return EngineTarget(DEFAULT_HOST, DEFAULT_SOURCE)
 
 
-def explicit(environ: Mapping[str, str] | None = None) -> bool:
+def explicit(asked: Asked, environ: Mapping[str, str] | None = None) -> bool:
     """Whether the user named an engine for this command (flag or DOCKER_HOST /
     DOCKER_CONTEXT), rather than leaving prov to its default."""
     env = os.environ if environ is None else environ
-    return bool(_flag or _named_flag or env.get("DOCKER_HOST") or env.get("DOCKER_CONTEXT"))
+    return bool(
+        asked.docker_host or asked.engine or env.get("DOCKER_HOST") or env.get("DOCKER_CONTEXT")
+    )
 
 
-def for_env(name: str, paths: ProvPaths, environ: Mapping[str, str] | None = None) -> EngineTarget:
+def for_env(
+    name: str, paths: ProvPaths, asked: Asked = NOTHING, environ: Mapping[str, str] | None = None
+) -> EngineTarget:
     """The engine of environment NAME: the one named for this command if any,
     else the one its record says it was made on, else the default."""
     from provisioner import state
 
-    if not explicit(environ) or auto_requested():  # auto: an existing one stays put
+    if not explicit(asked, environ) or asked.auto:  # auto: an existing one stays put
         from provisioner.errors import ProvError
 
         try:
@@ -234,7 +238,7 @@ def for_env(name: str, paths: ProvPaths, environ: Mapping[str, str] | None = Non
             record = None  # the command itself says what is wrong with it
         if record is not None and record.engine:
             return EngineTarget(record.engine, f"where {name!r} was made")
-    return resolve(environ)
+    return resolve(asked, environ)
 
 
 def _checked(host: str, source: str) -> str:

@@ -270,36 +270,49 @@ def test_an_allowed_name_at_a_link_local_address_is_refused(
 
 
 def test_one_proxy_cannot_open_a_tcp_connection_to_another(
-    strict: Prov, docker_client: docker.DockerClient
+    prov: Prov, docker_client: docker.DockerClient, env_image: str
 ) -> None:
-    """From inside one proxy (as its squid user, as a compromised squid would be), a TCP
-    connection to another proxy's outside address fails, on the relayed SSH port and on
-    443; from this machine both answer (controls)."""
-    names = [strict.name("gate-a"), strict.name("gate-b")]
+    """Another proxy's outside address, from inside one proxy (as its squid user, as a
+    compromised squid would be) and from a container on the outside network that has
+    no firewall of its own: neither opens a TCP connection to it, on the relayed SSH
+    port or on 443 (a listener a compromised proxy could open), even for a user who
+    allowed the outside network's range. Controls: this machine reaches the relay,
+    and the listener answers inside its own proxy."""
+    names = [prov.name("gate-a"), prov.name("gate-b")]
     for name in names:
-        strict.project(name)
-        strict.up(name, "--port", str(free_port()))
+        prov.project(name)
+        prov.up(name, "--port", str(free_port()))
     proxy_a, proxy_b = (docker_client.containers.get(f"prov-{n}-egress") for n in names)
     target = proxy_b.attrs["NetworkSettings"]["Networks"][EGRESS_NET]["IPAddress"]
-    # A listener on 443 in B, as a compromised B could open (and A must not reach).
     proxy_b.exec_run(
         ["socat", f"TCP-LISTEN:443,bind={target},fork,reuseaddr", "SYSTEM:echo here"],
         user="proxy",
         detach=True,
     )
-    for port, expect in ((2222, b"SSH-2.0-"), (443, b"here")):
-        deadline = time.monotonic() + 5
-        while True:
-            try:
-                with socket.create_connection((target, port), timeout=3) as sock:
-                    assert sock.recv(16).startswith(expect), port  # control
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-        attempt = proxy_a.exec_run(
-            ["bash", "-c", f"exec 3<>/dev/tcp/{target}/{port} && timeout 3 head -c 16 <&3"],
-            user="proxy",
-        )
-        assert attempt.exit_code != 0 and expect not in attempt.output, (port, attempt.output)
+    deadline = time.monotonic() + 10
+    while b"here" not in proxy_b.exec_run(["socat", "-u", f"TCP:{target}:443", "-"]).output:
+        assert time.monotonic() < deadline, "the listener in B never answered B"
+        time.sleep(0.1)
+    with socket.create_connection((target, 2222), timeout=3) as sock:
+        assert sock.recv(16).startswith(b"SSH-2.0-")  # control: the relay, from the host
+    probe = "; ".join(
+        f"(exec 3<>/dev/tcp/{target}/{port} && timeout 3 head -c 16 <&3) 2>&1; echo ' exit' $?"
+        for port in (2222, 443)
+    )
+    attempt = proxy_a.exec_run(["bash", "-c", probe], user="proxy").output.decode(errors="replace")
+    peer = docker_client.containers.run(
+        env_image,
+        ["-c", probe],
+        entrypoint=["bash"],
+        network=EGRESS_NET,
+        labels={"prov.test": "peer"},
+        detach=True,
+    )
+    try:
+        peer.wait(timeout=30)
+        from_peer = peer.logs().decode(errors="replace")
+    finally:
+        peer.remove(force=True)
+    for seen in (attempt, from_peer):
+        assert seen.count(" exit 0") == 0 and "SSH-2.0" not in seen and "here" not in seen, seen
+        assert seen.count(" exit ") == 2, seen

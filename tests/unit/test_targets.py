@@ -30,7 +30,7 @@ def test_resolution_order(tmp_path: Path) -> None:
     env = {"DOCKER_CONFIG": str(config)}
 
     def resolve(flag: str | None = None, **more: str) -> targets.EngineTarget:
-        return targets.resolve({**env, **more}, flag=flag or "")
+        return targets.resolve(targets.Asked.of(flag, None), {**env, **more})
 
     assert resolve().host == "unix:///run/other.sock"  # the current context
     assert "docker context use" in resolve().source
@@ -49,12 +49,12 @@ def test_bad_settings_are_named(tmp_path: Path) -> None:
     config.mkdir()
     env = {"DOCKER_CONFIG": str(config)}
     with pytest.raises(ConfigError, match="'gone' does not exist"):
-        targets.resolve({**env, "DOCKER_CONTEXT": "gone"}, flag="")
+        targets.resolve(targets.NOTHING, {**env, "DOCKER_CONTEXT": "gone"})
     with pytest.raises(UsageError, match="not an engine address"):
-        targets.resolve({**env, "DOCKER_HOST": "myhost"}, flag="")
+        targets.resolve(targets.NOTHING, {**env, "DOCKER_HOST": "myhost"})
     (config / "config.json").write_text("{not json")
     with pytest.raises(ConfigError, match="Docker config"):
-        targets.resolve(env, flag="")
+        targets.resolve(targets.NOTHING, env)
 
 
 def test_local_ssh_or_refused() -> None:
@@ -93,15 +93,17 @@ def test_named_engines_are_kept_in_a_file_edited_in_place(
     with pytest.raises(UsageError, match="Invalid engine name"):
         targets.add_named("Bad.Name", "ssh://x")
     env = {"XDG_CONFIG_HOME": str(tmp_path), "DOCKER_HOST": "tcp://127.0.0.1:2375"}
-    monkeypatch.setattr(targets, "_named_flag", "builder")
-    chosen = targets.resolve(env, flag="")
+    builder = targets.Asked(engine="builder")
+    chosen = targets.resolve(builder, env)
     assert (chosen.host, chosen.source) == ("ssh://me@builder", "engine 'builder'")
-    assert targets.resolve(env, use_flags=False).source == "DOCKER_HOST"
+    assert targets.resolve(targets.NOTHING, env).source == "DOCKER_HOST"
+    assert targets.explicit(builder, {}) and not targets.explicit(targets.NOTHING, {})
     with pytest.raises(UsageError, match="both name an engine"):
-        targets.resolve(env, flag="unix:///x.sock")
-    monkeypatch.setattr(targets, "_named_flag", "nope")
+        targets.resolve(targets.Asked("unix:///x.sock", "builder"), env)
     with pytest.raises(UsageError, match="No engine named 'nope'"):
-        targets.resolve(env, flag="")
+        targets.resolve(targets.Asked(engine="nope"), env)
+    with pytest.raises(UsageError, match="--engine auto chooses"):
+        targets.resolve(targets.Asked.of(None, " auto "), env)
     targets.remove_named("builder")
     assert path.read_text().startswith("# my engines\n")
     assert targets.named() == {"local2": "unix:///run/other.sock"}
