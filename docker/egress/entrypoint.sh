@@ -56,17 +56,19 @@ if [ -z "${PROV_FIREWALLED:-}" ]; then
 	# port arrives from the outside network's gateway, by docker-proxy or NAT)
 	# and nothing to anyone else, so another proxy or container on the outside
 	# network, whatever its own rules, cannot open a connection to this one.
-	gateway=""
-	while read -r _ dest gw _; do
+	gateway="" outside_if=""
+	while read -r iface dest gw _; do
 		if [ "$dest" = 00000000 ] && [ "$gw" != 00000000 ] && [ -z "$gateway" ]; then
 			# little-endian hex: 0102A8C0 is 192.168.2.1
 			d=${gw%??????} c=${gw#??} c=${c%????} b=${gw#????} b=${b%??} a=${gw#??????}
-			gateway=$((0x$a)).$((0x$b)).$((0x$c)).$((0x$d))
+			gateway=$((0x$a)).$((0x$b)).$((0x$c)).$((0x$d)) outside_if=$iface
 		fi
 	done </proc/net/route
-	serve_rule="-A INPUT -d $PROV_LISTEN/32 -p tcp --dport 3128 -j ACCEPT"
+	[ -n "$outside_if" ] || die "no default route: cannot tell the outside network's interface"
+	# The proxy's port on any address but the outside one (a slot's squid
+	# moves from loopback to its environment's address at the hand-over).
+	serve_rule="-A INPUT ! -i $outside_if -p tcp --dport 3128 -j ACCEPT"
 	if [ -n "${PROV_RELAY_PORT:-}" ]; then
-		[ -n "$gateway" ] || die "no default route: cannot tell the host's address for the relay"
 		serve_rule="$serve_rule
 -A INPUT -s $gateway/32 -p tcp --dport $PROV_RELAY_PORT -j ACCEPT"
 	fi
