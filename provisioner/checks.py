@@ -10,7 +10,7 @@ from pathlib import Path
 
 from provisioner import keys, sshconf, state
 from provisioner.config import AGENT_USER, ProvPaths
-from provisioner.engine import Engine, targets
+from provisioner.engine import ContainerInfo, Engine, targets
 from provisioner.openssh import system_ssh
 from provisioner.ownership import require_ours
 from provisioner.plan import SshTarget, connect_host, container_name, proxy_name
@@ -89,27 +89,32 @@ def _pinned(known_hosts: Path, alias: str) -> str | None:
     return None
 
 
+Step = Callable[[], tuple[bool, str]]
+
+
+class _Steps:
+    """The checks so far. Each step builds on the one before: after a failure,
+    the rest say "skipped" rather than pile up consequences of the same fault."""
+
+    def __init__(self) -> None:
+        self.results: list[Check] = []
+
+    def add(self, check_name: str, fn: Step) -> None:
+        if self.results and self.results[-1].ok is not True:
+            self.results.append(Check(check_name, None, "skipped: an earlier step failed"))
+            return
+        try:
+            ok, detail = fn()
+        except Exception as exc:  # each step reports its own failure; the run goes on
+            ok, detail = False, f"{type(exc).__name__}: {exc}"
+        self.results.append(Check(check_name, ok, detail))
+
+
 def ssh_test(
     name: str, paths: ProvPaths | None = None, asked: targets.Asked = targets.NOTHING
 ) -> list[Check]:
     paths = paths or ProvPaths.from_env()
     record = state.load(paths, name)
-    alias = sshconf.alias_for(name)
-    results: list[Check] = []
-
-    def add(check_name: str, fn: Callable[[], tuple[bool, str]]) -> bool:
-        # Each step builds on the one before: after a failure, say "skipped"
-        # rather than pile up consequences of the same fault.
-        if results and results[-1].ok is not True:
-            results.append(Check(check_name, None, "skipped: an earlier step failed"))
-            return False
-        try:
-            ok, detail = fn()
-        except Exception as exc:  # each step reports its own failure; the run goes on
-            ok, detail = False, f"{type(exc).__name__}: {exc}"
-        results.append(Check(check_name, ok, detail))
-        return ok
-
     if record is None:
         return [
             Check(
@@ -129,28 +134,76 @@ def ssh_test(
     from provisioner.lifecycle import engine_of
 
     engine = engine_of(name, paths, asked)
-    site = engine.site
     info = engine.find(container_name(name))
     if info is not None:
         require_ours(info, paths)
-    hostname = record.ssh_host or connect_host(record.bind)
-    ssh_port = record.ssh_port or record.port
+    probe = _Probe(paths, record, host_pub, engine, info)
+    steps = _Steps()
+    steps.add("container running", probe.running)
+    steps.add("address or port as recorded", probe.published)
+    reach = engine.site.reach
+    if reach is None:
+        steps.add("SSH banner", probe.banner)
+        steps.add("host key matches the pin", probe.pin)
+        steps.add("key login", probe.login)
+    else:
+        # Its port is the engine host's: the system ssh goes there through the
+        # alias, and insists on the pinned key (StrictHostKeyChecking yes).
+        steps.add(f"engine host {engine.site.display()} reaches sshd", probe.engine_reaches)
+        steps.add(
+            "pinned host key and key login through the engine host",
+            probe.via_alias("id -un", lambda c, o: c == 0 and o.strip().endswith(AGENT_USER)),
+        )
+    for check_name, step in probe.through_alias():
+        steps.add(check_name, step)
+    if probe.relayed:
+        steps.add(
+            f"published port {record.bind}:{record.port} reaches sshd",
+            lambda: _relay(engine, paths, record),
+        )
+    return steps.results
 
-    def running() -> tuple[bool, str]:
-        if info is None:
+
+def _exits_0(code: int, _out: str) -> bool:
+    return code == 0
+
+
+class _Probe:
+    """The steps of one environment's ssh-test, each answering (ok, detail)."""
+
+    def __init__(
+        self,
+        paths: ProvPaths,
+        record: state.EnvRecord,
+        host_pub: keys.PublicKey,
+        engine: Engine,
+        info: ContainerInfo | None,
+    ) -> None:
+        self.paths, self.record, self.host_pub, self.info = paths, record, host_pub, info
+        self.site = engine.site
+        self.alias = sshconf.alias_for(record.name)
+        self.hostname = record.ssh_host or connect_host(record.bind)
+        self.ssh_port = record.ssh_port or record.port
+        self.target = SshTarget(
+            self.hostname, self.ssh_port, AGENT_USER, host_pub, Path(record.identity_file)
+        )
+        # A published port on an internal network is the gate's, relayed to sshd.
+        self.relayed = bool(record.port) and (record.ssh_host, record.ssh_port) != (
+            connect_host(record.bind),
+            record.port,
+        )
+
+    def running(self) -> tuple[bool, str]:
+        if self.info is None:
+            name = self.record.name
             return False, f"no container {container_name(name)}; run `prov up {name}`"
-        return info.running, f"{info.name} is {info.status}"
+        return self.info.running, f"{self.info.name} is {self.info.status}"
 
-    # A published port on an internal network is the gate's, relayed to sshd.
-    relayed = bool(record.port) and (record.ssh_host, record.ssh_port) != (
-        connect_host(record.bind),
-        record.port,
-    )
-
-    def published() -> tuple[bool, str]:
+    def published(self) -> tuple[bool, str]:
+        info, record = self.info, self.record
         assert info is not None  # noqa: S101 - only reached after `running` passed
-        if record.port == 0 or relayed:  # an internal network: the alias goes to its address
-            return hostname in info.addresses, f"want {hostname}, have " + (
+        if record.port == 0 or self.relayed:  # an internal network: the alias goes to its address
+            return self.hostname in info.addresses, f"want {self.hostname}, have " + (
                 ", ".join(info.addresses) or "none"
             )
         want = (record.bind, record.port)
@@ -158,106 +211,86 @@ def ssh_test(
             ", ".join(f"{h}:{p}" for h, p in info.published) or "none"
         )
 
-    def banner() -> tuple[bool, str]:
+    def banner(self) -> tuple[bool, str]:
         try:
-            line = read_banner(hostname, ssh_port)
+            line = read_banner(self.hostname, self.ssh_port)
         except Transient as exc:
             return False, str(exc)
         return line.startswith("SSH-2.0-"), line
 
-    target = SshTarget(hostname, ssh_port, AGENT_USER, host_pub, Path(record.identity_file))
-
-    def pin() -> tuple[bool, str]:
-        pinned = _pinned(paths.known_hosts, alias)
-        if pinned != host_pub.fingerprint:
-            return False, f"known_hosts pins {pinned}, prov's host key is {host_pub.fingerprint}"
+    def pin(self) -> tuple[bool, str]:
+        pinned = _pinned(self.paths.known_hosts, self.alias)
+        fingerprint = self.host_pub.fingerprint
+        if pinned != fingerprint:
+            return False, f"known_hosts pins {pinned}, prov's host key is {fingerprint}"
         try:
-            run_command(target, "true")
+            run_command(self.target, "true")
         except Fatal as exc:
             if "host key" in str(exc):
                 return False, str(exc)
         except Transient as exc:
             return False, str(exc)
-        return True, f"server presents the pinned {host_pub.fingerprint}"
+        return True, f"server presents the pinned {fingerprint}"
 
-    def login() -> tuple[bool, str]:
+    def login(self) -> tuple[bool, str]:
         try:
-            code, out = run_command(target, "id -un")
+            code, out = run_command(self.target, "id -un")
         except (Fatal, Transient) as exc:
             return False, str(exc)
         return code == 0 and out.strip() == AGENT_USER, f"logged in as {out.strip()}"
 
-    def via_alias(
-        command: str, expect: Callable[[int, str], bool]
-    ) -> Callable[[], tuple[bool, str]]:
+    def engine_reaches(self) -> tuple[bool, str]:
+        assert self.site.reach is not None  # noqa: S101 - asked for a remote engine only
+        why = self.site.reach(self.hostname, self.ssh_port)
+        return why is None, why or f"{self.hostname}:{self.ssh_port} accepts"
+
+    def via_alias(self, command: str, expect: Callable[[int, str], bool]) -> Step:
         def run() -> tuple[bool, str]:
-            since = site.jump_mark()
-            code, out = system_ssh(paths.ssh_config, alias, command)
+            since = self.site.jump_mark()
+            code, out = system_ssh(self.paths.ssh_config, self.alias, command)
             detail = f"exit {code}: {out.strip()[-300:]}" if out.strip() else f"exit {code}"
             if code == 255:
-                jump = site.jump_said(since)
+                jump = self.site.jump_said(since)
                 if jump:
                     detail += f"; the jump through the engine host said: {jump}"
             return expect(code, out), detail
 
         return run
 
-    project = shlex.quote(record.project_dir)
-    session = f"prov-test-{secrets.token_hex(3)}"
-    tmux = (
-        f"/bin/sh -c {shlex.quote(f'tmux new-session -d -s {session} -c {project}')}"
-        f" && tmux list-panes -t {session} -F '#{{pane_current_path}}'"
-        f"; rc=$?; tmux kill-session -t {session} 2>/dev/null; exit $rc"
-    )
-
-    add("container running", running)
-    add("address or port as recorded", published)
-    reach = site.reach
-    if reach is None:
-        add("SSH banner", banner)
-        add("host key matches the pin", pin)
-        add("key login", login)
-    else:
-        # Its port is the engine host's: the system ssh goes there through the
-        # alias, and insists on the pinned key (StrictHostKeyChecking yes).
-        add(
-            f"engine host {site.display()} reaches sshd",
-            lambda: (lambda why: (why is None, why or f"{hostname}:{ssh_port} accepts"))(
-                reach(hostname, ssh_port)
+    def through_alias(self) -> list[tuple[str, Step]]:
+        """What NTM does through the alias: a command, the tools, the project, tmux."""
+        project_dir = self.record.project_dir
+        project = shlex.quote(project_dir)
+        session = f"prov-test-{secrets.token_hex(3)}"
+        tmux = (
+            f"/bin/sh -c {shlex.quote(f'tmux new-session -d -s {session} -c {project}')}"
+            f" && tmux list-panes -t {session} -F '#{{pane_current_path}}'"
+            f"; rc=$?; tmux kill-session -t {session} 2>/dev/null; exit $rc"
+        )
+        return [
+            ("command runs through the alias", self.via_alias("true", _exits_0)),
+            (
+                "tmux and git on PATH (non-interactive and login shell)",
+                self.via_alias(
+                    "/bin/sh -c 'command -v tmux && command -v git' && "
+                    "bash -lc 'command -v tmux && command -v git'",
+                    _exits_0,
+                ),
             ),
-        )
-        add(
-            "pinned host key and key login through the engine host",
-            via_alias("id -un", lambda c, o: c == 0 and o.strip().endswith(AGENT_USER)),
-        )
-    add("command runs through the alias", via_alias("true", lambda c, _o: c == 0))
-    add(
-        "tmux and git on PATH (non-interactive and login shell)",
-        via_alias(
-            "/bin/sh -c 'command -v tmux && command -v git' && "
-            "bash -lc 'command -v tmux && command -v git'",
-            lambda c, _o: c == 0,
-        ),
-    )
-    add(
-        "project dir at the same path, writable by agent",
-        via_alias(
-            f"test -d {project} || {{ echo 'missing in the container'; exit 1; }}; "
-            f'test -w {project} || {{ echo "not writable by $(id -un) (uid $(id -u)); '
-            f'owner is $(stat -c %u:%g {project})"; exit 1; }}; echo {project}',
-            lambda c, _o: c == 0,
-        ),
-    )
-    add(
-        "tmux session created the way NTM does",
-        via_alias(tmux, lambda c, o: c == 0 and record.project_dir in o),
-    )
-    if relayed:
-        add(
-            f"published port {record.bind}:{record.port} reaches sshd",
-            lambda: _relay(engine, paths, record),
-        )
-    return results
+            (
+                "project dir at the same path, writable by agent",
+                self.via_alias(
+                    f"test -d {project} || {{ echo 'missing in the container'; exit 1; }}; "
+                    f'test -w {project} || {{ echo "not writable by $(id -un) (uid $(id -u)); '
+                    f'owner is $(stat -c %u:%g {project})"; exit 1; }}; echo {project}',
+                    _exits_0,
+                ),
+            ),
+            (
+                "tmux session created the way NTM does",
+                self.via_alias(tmux, lambda c, o: c == 0 and project_dir in o),
+            ),
+        ]
 
 
 def _relay(engine: Engine, paths: ProvPaths, record: state.EnvRecord) -> tuple[bool, str]:

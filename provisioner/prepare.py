@@ -175,23 +175,12 @@ def _prepare_steps(
         request = _apply_devcontainer(request, found_dc, project.path, reporter)
     if site.mounts_local_paths:
         _check_mounts(request, project.path, paths, reporter)
-    creds = (
-        host.find_credentials(whole=credentials in ("mount", "copy"))
-        if credentials != "none"
-        else host.Credentials((), ())
-    )
+    creds = _find_credentials(credentials)
     _report_credentials(creds, credentials, engine, request, project, reporter)
     secrets = _secrets_for(request, paths, reporter)
     public, identity, key_source, host_pair, egress_ca = _keys(request, paths, bool(secrets))
     _grant_project(project, paths, request.name, granted, reporter)
-    if branch is None:
-        guards = _guard_project(engine, request, project, paths, reporter, placed)
-    else:
-        guards = ()
-        reporter.note(
-            f"branch mode: the agent works in a clone of its own on {branch} (from "
-            f"{base[:12]}); this machine's tree is not mounted, its .git only read-only"
-        )
+    guards = _guards(engine, request, project, paths, reporter, placed, branch, base)
     reporter.step("image")
     image_request = _image_request(request, project.path, paths, found_dc)
     images_made = _images(
@@ -239,6 +228,34 @@ def _prepare_steps(
         upstream_cas=_upstream_cas(image_request, paths) if secrets else b"",
         devcontainer=applied_dc,
     )
+
+
+def _find_credentials(credentials: str) -> host.Credentials:
+    """The agents' logins and settings on this machine, as the mode needs them."""
+    if credentials == "none":
+        return host.Credentials((), ())
+    return host.find_credentials(whole=credentials in ("mount", "copy"))
+
+
+def _guards(
+    engine: Engine,
+    request: UpRequest,
+    project: host.ProjectDir,
+    paths: ProvPaths,
+    reporter: Reporter,
+    placed: list[Path],
+    branch: str | None,
+    base: str,
+) -> tuple[protect.Guard, ...]:
+    """What keeps the agent's writes from running here: the project's guards,
+    or, in branch mode, none (its tree is a clone of its own)."""
+    if branch is None:
+        return _guard_project(engine, request, project, paths, reporter, placed)
+    reporter.note(
+        f"branch mode: the agent works in a clone of its own on {branch} (from "
+        f"{base[:12]}); this machine's tree is not mounted, its .git only read-only"
+    )
+    return ()
 
 
 def _upstream_cas(image_request: ImageRequest, paths: ProvPaths) -> bytes:
