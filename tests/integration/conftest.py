@@ -67,7 +67,11 @@ def remove_slots(docker_client: docker.DockerClient, under: str) -> None:
             ids.append(container.labels["prov.slot"])
             with contextlib.suppress(docker.errors.NotFound):
                 container.remove(force=True)
-    for slot_id in ids:
+    # A claimed slot whose proxy was made again (not a slot any more) is known
+    # by its files only: its network goes too.
+    for marker in Path(under).glob("**/slots/*"):
+        ids.append(marker.name.split(".")[0])
+    for slot_id in dict.fromkeys(ids):
         for network in docker_client.networks.list(names=[f"prov-slot-{slot_id}-net"]):
             network.reload()
             for attached in network.containers:
