@@ -180,7 +180,7 @@ def _prepare_steps(
     secrets = _secrets_for(request, paths, reporter)
     public, identity, key_source, host_pair, egress_ca = _keys(request, paths, bool(secrets))
     _grant_project(project, paths, request.name, granted, reporter)
-    guards = _guards(engine, request, project, paths, reporter, placed, branch, base)
+    guards = _guard_project(engine, request, project, paths, reporter, placed, branch, base)
     reporter.step("image")
     image_request = _image_request(request, project.path, paths, found_dc)
     images_made = _images(
@@ -235,27 +235,6 @@ def _find_credentials(credentials: str) -> host.Credentials:
     if credentials == "none":
         return host.Credentials((), ())
     return host.find_credentials(whole=credentials in ("mount", "copy"))
-
-
-def _guards(
-    engine: Engine,
-    request: UpRequest,
-    project: host.ProjectDir,
-    paths: ProvPaths,
-    reporter: Reporter,
-    placed: list[Path],
-    branch: str | None,
-    base: str,
-) -> tuple[protect.Guard, ...]:
-    """What keeps the agent's writes from running here: the project's guards,
-    or, in branch mode, none (its tree is a clone of its own)."""
-    if branch is None:
-        return _guard_project(engine, request, project, paths, reporter, placed)
-    reporter.note(
-        f"branch mode: the agent works in a clone of its own on {branch} (from "
-        f"{base[:12]}); this machine's tree is not mounted, its .git only read-only"
-    )
-    return ()
 
 
 def _upstream_cas(image_request: ImageRequest, paths: ProvPaths) -> bytes:
@@ -549,10 +528,19 @@ def _guard_project(
     paths: ProvPaths,
     reporter: Reporter,
     placed: list[Path],
+    branch: str | None,
+    base: str,
 ) -> tuple[protect.Guard, ...]:
     """The project paths the host executes from, to cover read-only inside; the
     ones missing get placeholders on the host (said, and removed with the
-    environment). Only where the environment mounts this machine's project."""
+    environment). Only where the environment mounts this machine's project,
+    and not in branch mode (the agent's tree is a clone of its own)."""
+    if branch is not None:
+        reporter.note(
+            f"branch mode: the agent works in a clone of its own on {branch} (from "
+            f"{base[:12]}); this machine's tree is not mounted, its .git only read-only"
+        )
+        return ()
     if not engine.site.mounts_local_paths:
         if request.extras.sync == "none":
             reporter.warn(
