@@ -211,7 +211,6 @@ def squid_conf(
     in the env dir here (0700) and in the proxy only. `upstream`: CONF_DIR has
     upstream-cas.pem, the CAs to trust for the real hosts (and only those).
     `allow_nets`: private ranges it may reach after all (--allow-net)."""
-    hosts = " ".join(sorted({s.host for s in secrets}))
     lines = [
         "# Made by prov for one environment's egress proxy; not for editing.",
         f"acl client src {client}/32",
@@ -230,40 +229,7 @@ def squid_conf(
         "acl said_port annotate_transaction reason=port",
     ]
     if secrets:
-        lines += [
-            f"http_port {listen}:{PROXY_PORT} ssl-bump tls-cert={CONF_DIR}/ca.pem "
-            f"tls-key={CONF_DIR}/ca.key generate-host-certificates=on "
-            "dynamic_cert_mem_cache_size=1MB",
-            "sslcrtd_program /usr/lib/squid/security_file_certgen -s /run/prov-egress/ssl_db "
-            "-M 1MB",
-            "sslcrtd_children 1 startup=1 idle=1",
-            # The real host's certificate is checked against this machine's
-            # trust store (upstream-cas.pem: its bundle and the CAs prov adds to
-            # images), or the proxy's own system store if none was found.
-            *(
-                [f"tls_outgoing_options cafile={CONF_DIR}/upstream-cas.pem default-ca=off"]
-                if upstream
-                else []
-            ),
-            "acl step1 at_step SslBump1",
-            f"acl secret_sni ssl::server_name {hosts}",
-            f"acl secret_dst dstdomain -n {hosts}",
-            "acl https proto HTTPS",
-            "ssl_bump peek step1",
-            # Opened only when both the CONNECT and the TLS name are the
-            # secret's host; everything else is a plain tunnel.
-            "ssl_bump bump secret_dst secret_sni",
-            "ssl_bump splice all",
-            # A secret never goes over plain HTTP.
-            "http_access deny !https !CONNECT secret_dst",
-        ]
-        for index, secret in enumerate(secrets):
-            acl = f"secret_{index}"
-            lines += [
-                f"acl {acl} dstdomain -n {secret.host}",
-                f"request_header_access {secret.header} deny {acl}",
-                f'request_header_add {secret.header} "{secret.sent}" {acl} https',
-            ]
+        lines += _injecting(listen, secrets, upstream)
     else:
         lines.append(f"http_port {listen}:{PROXY_PORT}")
     lines += [
@@ -281,6 +247,47 @@ def squid_conf(
         *_SETTINGS,
     ]
     return "\n".join(lines) + "\n"
+
+
+def _injecting(listen: str, secrets: tuple[Secret, ...], upstream: bool) -> list[str]:
+    """The part of squid's configuration that ends TLS for the secrets' hosts
+    (only those, and only when both the CONNECT and the TLS name are one) and
+    puts each real value into its header."""
+    hosts = " ".join(sorted({s.host for s in secrets}))
+    lines = [
+        f"http_port {listen}:{PROXY_PORT} ssl-bump tls-cert={CONF_DIR}/ca.pem "
+        f"tls-key={CONF_DIR}/ca.key generate-host-certificates=on "
+        "dynamic_cert_mem_cache_size=1MB",
+        "sslcrtd_program /usr/lib/squid/security_file_certgen -s /run/prov-egress/ssl_db -M 1MB",
+        "sslcrtd_children 1 startup=1 idle=1",
+        # The real host's certificate is checked against this machine's
+        # trust store (upstream-cas.pem: its bundle and the CAs prov adds to
+        # images), or the proxy's own system store if none was found.
+        *(
+            [f"tls_outgoing_options cafile={CONF_DIR}/upstream-cas.pem default-ca=off"]
+            if upstream
+            else []
+        ),
+        "acl step1 at_step SslBump1",
+        f"acl secret_sni ssl::server_name {hosts}",
+        f"acl secret_dst dstdomain -n {hosts}",
+        "acl https proto HTTPS",
+        "ssl_bump peek step1",
+        # Opened only when both the CONNECT and the TLS name are the
+        # secret's host; everything else is a plain tunnel.
+        "ssl_bump bump secret_dst secret_sni",
+        "ssl_bump splice all",
+        # A secret never goes over plain HTTP.
+        "http_access deny !https !CONNECT secret_dst",
+    ]
+    for index, secret in enumerate(secrets):
+        acl = f"secret_{index}"
+        lines += [
+            f"acl {acl} dstdomain -n {secret.host}",
+            f"request_header_access {secret.header} deny {acl}",
+            f'request_header_add {secret.header} "{secret.sent}" {acl} https',
+        ]
+    return lines
 
 
 def slot_conf() -> str:
