@@ -1410,8 +1410,38 @@ def ntm_config(
         err.line(f"updated [agents] in {path}{saved}", "✓ ", "bold green")
 
 
+_VALUED = ("--docker-host", "--engine")  # the options before the command that take a value
+
+
+def _only_the_command_asked(argv: list[str]) -> None:
+    """Typer builds a click command for every registered command on each run
+    (about 40 ms for this app's); when argv names one, only that one is
+    registered. Anything else (no command, a misspelt one, `--help`) keeps
+    them all, so click's own listing and errors stay as they are."""
+    import typer.main
+
+    words = iter(argv)
+    for word in words:
+        if word in _VALUED:
+            next(words, None)
+        elif not word.startswith("-"):
+            break
+    else:
+        return
+    commands = [
+        c
+        for c in app.registered_commands
+        if (c.name or typer.main.get_command_name(c.callback.__name__ if c.callback else ""))
+        == word
+    ]
+    groups = [g for g in app.registered_groups if g.name == word]
+    if commands or groups:
+        app.registered_commands, app.registered_groups = commands, groups
+
+
 def main() -> None:
     try:
+        _only_the_command_asked(sys.argv[1:])
         app()
     except KeyboardInterrupt:
         err.line("", "interrupted", "bold red")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pytest import MonkeyPatch
 from typer.testing import CliRunner
 
 from provisioner.cli import app
@@ -30,3 +31,29 @@ def test_bad_port_is_usage_error() -> None:
     result = runner.invoke(app, ["up", "ok", "--port", "0"])
     assert result.exit_code == 2
     assert "Invalid port 0" in result.output
+
+
+def test_only_the_command_asked_is_built_and_it_still_parses(monkeypatch: MonkeyPatch) -> None:
+    """main() registers only the command argv names (after the options before it,
+    values included), so typer builds one; with none, a misspelt one or a group,
+    the listing and the group stay whole, and the one left parses as before."""
+    from provisioner import cli
+
+    def kept(argv: list[str]) -> tuple[list[str], list[str]]:
+        monkeypatch.setattr(app, "registered_commands", list(full_commands))
+        monkeypatch.setattr(app, "registered_groups", list(full_groups))
+        cli._only_the_command_asked(argv)
+        names = [
+            c.name or (c.callback.__name__ if c.callback else "") for c in app.registered_commands
+        ]
+        return names, [str(g.name) for g in app.registered_groups]
+
+    full_commands, full_groups = list(app.registered_commands), list(app.registered_groups)
+    assert kept(["--engine", "ssh-test", "up", "x"]) == (["up"], [])
+    assert kept(["-v", "--docker-host", "unix:///x", "ssh-test"]) == (["ssh-test"], [])
+    assert kept(["engine", "ls"]) == ([], ["engine"])
+    for whole in (["--help"], ["nope"], []):
+        assert len(kept(whole)[0]) == len(full_commands)
+    kept(["up", "no.dots"])
+    result = runner.invoke(app, ["up", "no.dots"])
+    assert result.exit_code == 2 and "Invalid environment name" in result.output
