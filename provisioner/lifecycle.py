@@ -384,10 +384,17 @@ def _memory_in_use(engine: Engine, envs: list[tuple[str, EnvStatus]]) -> list[En
 
 
 def _with_use(env: EnvStatus, paths: ProvPaths, asked: targets.Asked) -> EnvStatus:
-    """A running environment with what bounds its disk, in words."""
+    """A running environment with what bounds its disk, in words, and what the
+    agent's writes outside the project hold now (its home volume, the
+    container's own layer)."""
     from provisioner import hostsize
 
-    disk = limits.disk_bound(hostsize.host_size(engine_of(env.name, paths, asked), paths))
+    engine = engine_of(env.name, paths, asked)
+    disk = limits.disk_bound(hostsize.host_size(engine, paths))
+    info = own_container(engine, env.name, paths)
+    if info is not None:
+        layer, home = engine.disk_use(info.id, home_volume_name(env.name))
+        disk += "; " + limits.disk_use_text(home, layer)
     return replace(env, disk=disk)
 
 

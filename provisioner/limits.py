@@ -128,6 +128,15 @@ def label_memory(label: str) -> int:
     return int(memory) if memory.isdigit() else 0
 
 
+def disk_use_text(home: int | None, layer: int | None) -> str:
+    """What the agent's writes outside the project hold, in words."""
+    said = [
+        f"{what} {size_text(n) if n is not None else 'unknown'}"
+        for what, n in (("home volume", home), ("container layer", layer))
+    ]
+    return "in use: " + ", ".join(said)
+
+
 def use_text(used: int, limit: int) -> str:
     """Memory in use against the limit, as `ls` and `status` show it."""
     if not limit:

@@ -806,6 +806,22 @@ class Engine:
         use = wire.memory_use(stats)
         return use[0] if use is not None else None
 
+    def disk_use(self, container_id: str, volume: str) -> tuple[int | None, int | None]:
+        """Bytes the container's own layer and the volume hold (see wire.disk_use);
+        None for a figure the engine does not give. Docker measures the volumes
+        of every container for it (`docker system df -v`): for `status`, not `ls`."""
+        try:
+            container = self._json(
+                "measure the container's layer",
+                "GET",
+                f"/containers/{container_id}/json",
+                params={"size": "1"},
+            )
+            df = self._json("measure the volumes", "GET", "/system/df")
+        except ProvError:
+            return None, None
+        return wire.disk_use(container, df, volume)
+
     def memory_available(self) -> int | None:
         """Bytes of memory the engine host could still give (MemAvailable), None
         if it cannot be read."""

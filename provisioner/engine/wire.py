@@ -104,6 +104,19 @@ def memory_use(stats: object) -> tuple[int, int] | None:
     return used, int(memory.get("limit") or 0)
 
 
+def disk_use(container: object, df: object, volume: str) -> tuple[int | None, int | None]:
+    """(bytes the container's own layer holds, bytes volume `volume` holds) from
+    /containers/ID/json?size=1 and /system/df; None where the answer has no
+    figure (Docker reports -1 for a size it did not compute)."""
+    layer = container.get("SizeRw") if isinstance(container, dict) else None
+    held = None
+    for entry in (df.get("Volumes") or []) if isinstance(df, dict) else []:
+        if isinstance(entry, dict) and entry.get("Name") == volume:
+            size = (entry.get("UsageData") or {}).get("Size")
+            held = size if isinstance(size, int) and size >= 0 else None
+    return (layer if isinstance(layer, int) and layer >= 0 else None), held
+
+
 def cgroup_memory_use(usage: str, stat: str) -> int | None:
     """Bytes in use from a memory cgroup's usage file (v1 memory.usage_in_bytes,
     v2 memory.current) and its memory.stat, counted as memory_use counts it."""

@@ -316,3 +316,25 @@ def test_one_proxy_cannot_open_a_tcp_connection_to_another(
     for seen in (attempt, from_peer):
         assert seen.count(" exit 0") == 0 and "SSH-2.0" not in seen and "here" not in seen, seen
         assert seen.count(" exit ") == 2, seen
+
+
+def test_status_shows_what_the_agents_writes_outside_the_project_hold(
+    prov: Prov, bounded: str
+) -> None:
+    """The agent writes 24 MiB into its home and 12 MiB into the container's own
+    layer (/var/tmp): `prov status` shows both against what bounds them."""
+    prov.ssh(
+        f"prov-{bounded}",
+        "head -c 25165824 /dev/urandom > ~/fill && head -c 12582912 /dev/urandom > /var/tmp/fill",
+        timeout=60,
+    )
+    try:
+        disk = json.loads(prov.run("status", bounded, "--json", check=True).stdout)["disk"]
+        used = dict(
+            (part.rsplit(" ", 2)[0], float(part.rsplit(" ", 2)[1]))
+            for part in disk.split("in use: ", 1)[1].split(", ")
+            if part.endswith(" MiB")
+        )
+        assert used["home volume"] >= 24 and used["container layer"] >= 12, disk
+    finally:
+        prov.ssh(f"prov-{bounded}", "rm -f ~/fill /var/tmp/fill", timeout=30)

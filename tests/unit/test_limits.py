@@ -84,3 +84,10 @@ def test_limits_in_words_from_the_label() -> None:
     assert limits.label_words("pids=4096,memory=536870912,cpus=0.5") == (
         "memory 512 MiB, 0.5 CPUs, 4096 processes"
     )
+
+
+def test_disk_use_in_words() -> None:
+    assert limits.disk_use_text(5 << 20, 3 << 30) == (
+        "in use: home volume 5 MiB, container layer 3.0 GiB"
+    )
+    assert limits.disk_use_text(None, 0) == "in use: home volume unknown, container layer 0 MiB"

@@ -16,6 +16,7 @@ from provisioner.engine.wire import (
     bridge_name,
     cgroup_memory_use,
     container_body,
+    disk_use,
     memory_use,
     network_body,
 )
@@ -194,3 +195,27 @@ def test_a_failed_join_removes_the_container_it_made() -> None:
         engine.create(spec)
     removal = transport.calls[2]
     assert (removal.method, removal.path) == ("DELETE", "/containers/c0ffee")
+
+
+def test_disk_use_asks_the_layer_size_and_the_volumes_and_reads_them() -> None:
+    """`status`'s disk use: the container inspected with size=1 (SizeRw), the
+    volumes from /system/df; a size Docker did not compute (-1) is unknown."""
+    df = {
+        "Volumes": [
+            {"Name": "prov-other-home", "UsageData": {"Size": 7}},
+            {"Name": "prov-demo-home", "UsageData": {"Size": 5 << 20}},
+        ]
+    }
+    transport = Recording([(200, {"SizeRw": 3 << 20}), (200, df)])
+    engine = Engine(transport, EngineTarget("unix:///var/run/docker.sock", "test"))
+    assert engine.disk_use("c0ffee", "prov-demo-home") == (3 << 20, 5 << 20)
+    inspect, system = transport.calls
+    assert (inspect.method, inspect.path, inspect.params) == (
+        "GET",
+        "/containers/c0ffee/json",
+        {"size": "1"},
+    )
+    assert (system.method, system.path) == ("GET", "/system/df")
+    unknown = {"Volumes": [{"Name": "prov-demo-home", "UsageData": {"Size": -1}}]}
+    assert disk_use({"SizeRw": -1}, unknown, "prov-demo-home") == (None, None)
+    assert disk_use({}, {}, "prov-demo-home") == (None, None)
