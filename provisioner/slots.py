@@ -331,7 +331,8 @@ def _mine(engine: Engine, paths: ProvPaths) -> dict[str, dict[str, Any]]:
 def sweep(engine: Engine, paths: ProvPaths, image: str | None) -> list[str]:
     """Remove what no one will use: unclaimed slots of another image (any
     image, when `image` is None) or not running, half-made ones (run with the
-    fill lock held, so no one is making them), and the files of slots whose
+    fill lock held, so no one is making them, even a filler killed half-way
+    that left a network and no container), and the files of slots whose
     container is gone. The ready slots left, by ID."""
     containers = _mine(engine, paths)
     ready = []
@@ -345,13 +346,15 @@ def sweep(engine: Engine, paths: ProvPaths, image: str | None) -> list[str]:
                 discard(engine, paths, slot_id)
         elif not _marker(paths, slot_id, "claimed").exists():
             discard(engine, paths, slot_id)  # half-made: no one is making it now
-    with contextlib.suppress(OSError):
-        for entry in slots_dir(paths).iterdir():
-            slot_id = entry.name.split(".", 1)[0]
-            if entry.name.startswith(".") or slot_id in ("wanted", "image", "fill"):
-                continue
-            if slot_id not in containers:
-                forget(paths, slot_id)
+    try:
+        named = {entry.name.split(".", 1)[0] for entry in slots_dir(paths).iterdir()}
+    except OSError:
+        named = set()
+    for slot_id in sorted(named - {"", "wanted", "image", "fill"} - set(containers)):
+        if _marker(paths, slot_id, "claimed").exists():
+            forget(paths, slot_id)  # its network is its environment's now
+        else:  # half-made by a filler that was killed: its network may be there
+            discard(engine, paths, slot_id)
     return ready
 
 

@@ -130,8 +130,14 @@ def test_sweep_leaves_claimed_slots_and_removes_stale_and_orphaned_ones(tmp_path
     (slots.slots_dir(paths) / "cccc0003.ready").rename(slots.slots_dir(paths) / "cccc0003.claimed")
     slots.conf_dir(paths, "dddd0001").mkdir()  # a slot whose container went with its env
     (slots.slots_dir(paths) / "dddd0001.claimed").touch()
+    (slots.slots_dir(paths) / "eeee0001.making").touch()  # its filler was killed half-way
     assert slots.sweep(engine, paths, IMAGE) == ["cccc0001"]  # type: ignore[arg-type]
-    assert engine.removed == ["prov-slot-cccc0002", "prov-slot-cccc0002-net"]
+    assert engine.removed == [
+        "prov-slot-cccc0002",
+        "prov-slot-cccc0002-net",
+        "prov-slot-eeee0001",
+        "prov-slot-eeee0001-net",
+    ]
     left = sorted(p.name for p in slots.slots_dir(paths).iterdir())
     assert left == ["cccc0001", "cccc0001.ready", "cccc0003", "cccc0003.claimed"]
 
