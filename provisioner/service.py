@@ -55,6 +55,7 @@ from provisioner.plan import (
     LABEL_NETWORK,
     LABEL_PORT,
     LABEL_PROTECT,
+    LABEL_SLOT,
     SESSION_ENV_PATH,
     NetworkSpec,
     Plan,
@@ -68,6 +69,7 @@ from provisioner.plan import (
     home_volume_name,
     keys_volume_name,
     network_name,
+    slot_network_name,
 )
 from provisioner.progress import Reporter
 from provisioner.spec import EGRESS_NETWORK
@@ -903,6 +905,11 @@ def _converge(
         engine.remove(existing.id)
     if proxy is not None:
         engine.remove(proxy.id)
+        # A slot this environment was made on, left behind by a new network (its
+        # container was removed behind prov's back): its network goes too.
+        old_slot = proxy.labels.get(LABEL_SLOT, "")
+        if old_slot and slot_network_name(old_slot) != plan.network.name:
+            slots.discard(engine, paths, old_slot, container=proxy.id)
     if network is not None and bool(network.get("Internal")) != plan.network.internal:
         engine.remove_network(plan.network.name)  # egress changed: open <-> internal
         network = None

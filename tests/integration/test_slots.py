@@ -223,6 +223,28 @@ def test_a_claimed_slot_that_fails_is_removed(
     assert ready not in _ready(home)
 
 
+def test_an_environment_removed_behind_provs_back_leaves_no_slot_network(
+    home: Prov, docker_client: docker.DockerClient
+) -> None:
+    """The environment's container removed with `docker rm -f`, then `up` again:
+    it comes up on a new slot, and the old slot's network and proxy are gone
+    (they were left for good before)."""
+    home.run("up", "--prepare", "2", check=True)
+    name = home.name("slot-behind")
+    home.project(name)
+    home.up(name)
+    alias = f"prov-{name}"
+    old = env_network(docker_client, alias)
+    assert old.startswith("prov-slot-")
+    docker_client.containers.get(alias).remove(force=True)
+    home.up(name)
+    new = env_network(docker_client, alias)
+    assert new != old and not docker_client.networks.list(names=[old]), (old, new)
+    assert home.ssh(alias, "true").returncode == 0
+    assert home.run("rm", name, "--yes").returncode == 0
+    assert not docker_client.networks.list(names=[new])
+
+
 def test_nothing_of_a_slot_stays_that_nothing_will_use(
     prov: Prov, docker_client: docker.DockerClient, tmp_path: Path
 ) -> None:
