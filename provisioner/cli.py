@@ -479,31 +479,20 @@ def up(
     _engine_flags(docker_host, engine)
     if prepare_slots is not None:
         _prepare_slots(prepare_slots, base_image, as_json and not names)
-    if not names:
-        if prepare_slots is not None:
-            return
+    if not names and prepare_slots is not None:
+        return
+    _check_names(
+        names or [],
+        {"--port": port, "--project": project, "--spawn": spawn or None, "--branch": branch},
+    )
+    if devcontainer is not None and no_devcontainer:
         _fail(
             UsageError(
-                "prov up needs an environment name",
-                "No NAME was given (and no --prepare N).",
-                "run `prov up NAME` (several names bring several up at once).",
+                "--devcontainer and --no-devcontainer ask for opposite things",
+                "",
+                "pass one of them.",
             )
         )
-    if len(names) > 1:
-        for flag, value in (
-            ("--port", port),
-            ("--project", project),
-            ("--spawn", spawn or None),
-            ("--branch", branch),
-        ):
-            if value is not None:
-                _fail(
-                    UsageError(
-                        f"{flag} applies to one environment, not {len(names)}",
-                        f"Asked to bring up {', '.join(names)}.",
-                        f"run `prov up NAME {flag} ...` for each one instead.",
-                    )
-                )
     extras = _run(
         _extras,
         agents,
@@ -519,34 +508,14 @@ def up(
         sync,
         protect_paths or [],
     )
-    if branch is not None or clone:
-        from dataclasses import replace
-
-        extras = replace(extras, branch=branch or "")  # "": prov/NAME, per environment
-    if devcontainer is not None or no_devcontainer:
-        from dataclasses import replace
-
-        if devcontainer is not None and no_devcontainer:
-            _fail(
-                UsageError(
-                    "--devcontainer and --no-devcontainer ask for opposite things",
-                    "",
-                    "pass one of them.",
-                )
-            )
-        extras = replace(
-            extras,
-            devcontainer=devcontainer.expanduser().absolute() if devcontainer else None,
-            no_devcontainer=no_devcontainer,
-        )
-    if secret or secret_file or drop_secret:
-        from dataclasses import replace
-
-        extras = replace(
-            extras,
-            secrets=_run(_secrets, secret or [], secret_file),
-            drop_secrets=tuple(drop_secret or ()),
-        )
+    extras = _run(
+        _extras_more,
+        extras,
+        branch=branch or "" if branch is not None or clone else None,
+        devcontainer=devcontainer,
+        no_devcontainer=no_devcontainer,
+        secrets=(secret or [], secret_file, drop_secret or []),
+    )
     containment = _run(
         _containment,
         sudo,
@@ -576,7 +545,7 @@ def up(
             extras=extras,
             containment=containment,
         )
-        for name in dict.fromkeys(names)  # `prov up x x` brings x up once
+        for name in dict.fromkeys(names or [])  # `prov up x x` brings x up once
     ]
     if len(requests) > 1:
         _up_many(requests, as_json)
@@ -613,6 +582,54 @@ def _extras(
         sync=config.sync_mode(sync),
         protect=tuple(protect_paths or ()),
     )
+
+
+def _check_names(names: list[str], single: dict[str, object]) -> None:
+    """A NAME is needed; flags about one environment take exactly one."""
+    from provisioner.errors import UsageError
+
+    if not names:
+        _fail(
+            UsageError(
+                "prov up needs an environment name",
+                "No NAME was given (and no --prepare N).",
+                "run `prov up NAME` (several names bring several up at once).",
+            )
+        )
+    if len(names) > 1:
+        for flag, value in single.items():
+            if value is not None:
+                _fail(
+                    UsageError(
+                        f"{flag} applies to one environment, not {len(names)}",
+                        f"Asked to bring up {', '.join(names)}.",
+                        f"run `prov up NAME {flag} ...` for each one instead.",
+                    )
+                )
+
+
+def _extras_more(
+    extras: Extras,
+    branch: str | None,
+    devcontainer: Path | None,
+    no_devcontainer: bool,
+    secrets: tuple[list[str], Path | None, list[str]],
+) -> Extras:
+    """Branch mode ("": prov/NAME, per environment), devcontainer.json and secrets."""
+    from dataclasses import replace
+
+    if branch is not None:
+        extras = replace(extras, branch=branch)
+    if devcontainer is not None or no_devcontainer:
+        extras = replace(
+            extras,
+            devcontainer=devcontainer.expanduser().absolute() if devcontainer else None,
+            no_devcontainer=no_devcontainer,
+        )
+    items, file, drop = secrets
+    if items or file or drop:
+        extras = replace(extras, secrets=_secrets(items, file), drop_secrets=tuple(drop))
+    return extras
 
 
 def _secrets(items: list[str], file: Path | None) -> tuple[Secret, ...]:

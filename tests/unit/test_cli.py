@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 from pytest import MonkeyPatch
 from typer.testing import CliRunner
 
@@ -31,6 +34,26 @@ def test_bad_port_is_usage_error() -> None:
     result = runner.invoke(app, ["up", "ok", "--port", "0"])
     assert result.exit_code == 2
     assert "Invalid port 0" in result.output
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["up"], "prov up needs an environment name"),
+        (["up", "a", "b", "--port", "2200"], "--port applies to one environment, not 2"),
+        (["up", "a", "b", "--branch", "x"], "--branch applies to one environment, not 2"),
+        (["up", "a", "--devcontainer", "x", "--no-devcontainer"], "opposite things"),
+    ],
+)
+def test_up_flags_that_cannot_go_together_are_refused_before_any_work(
+    argv: list[str], says: str, tmp_path: Path, monkeypatch: MonkeyPatch
+) -> None:
+    """What `up` cannot do as asked is a usage error (exit 2), and nothing is made."""
+    monkeypatch.setenv("PROV_HOME", str(tmp_path / "home"))
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: ") and says in result.output
+    assert not (tmp_path / "home").exists()
 
 
 def test_only_the_command_asked_is_built_and_it_still_parses(monkeypatch: MonkeyPatch) -> None:
