@@ -423,6 +423,13 @@ def up(
             help="Memory limit, e.g. 8g, or none (default: half the engine host's memory)."
         ),
     ] = None,
+    disk: Annotated[
+        str | None,
+        typer.Option(
+            help="Size of the agent's home, a file system of its own, e.g. 20g, or none "
+            "(default: a quarter of the engine host's free space, at most 64g).",
+        ),
+    ] = None,
     cpus: Annotated[
         str | None,
         typer.Option(
@@ -527,6 +534,7 @@ def up(
         allow_unsafe_mount,
         forward_agent,
         allow_net or [],
+        disk,
     )
     requests = [
         _run(
@@ -653,6 +661,7 @@ def _containment(
     allow_unsafe_mount: bool,
     forward_agent: bool = False,
     allow_nets: list[str] | None = None,
+    disk: str | None = None,
 ) -> Containment:
     from provisioner import config
 
@@ -661,6 +670,7 @@ def _containment(
         pids_limit=pids_limit,
         memory=config.parse_memory(memory) if memory is not None else None,
         cpus=config.parse_cpus(cpus) if cpus is not None else None,
+        disk=config.parse_disk(disk) if disk is not None else None,
         egress=config.egress_mode(egress),
         allow=tuple(config.parse_domain(d) for d in allow),
         allow_nets=tuple(config.parse_net(n) for n in allow_nets or ()),

@@ -302,6 +302,7 @@ _DOMAIN_RE = re.compile(
 )
 _SIZE_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)\s*([kmgt]?)i?b?$")
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+MIN_DISK = 256 << 20  # the smallest home file system --disk takes
 MIN_MEMORY = 64 << 20
 
 
@@ -365,6 +366,22 @@ def parse_memory(text: str) -> int:
     return size
 
 
+def parse_disk(text: str) -> int:
+    """`20g`, `512m` -> bytes of the home's file system; `none` -> 0 (a plain volume)."""
+    if text.strip().lower() in NO_LIMIT:
+        return 0
+    match = _SIZE_RE.match(text.strip().lower())
+    size = int(float(match.group(1)) * _SIZE_UNITS[match.group(2)]) if match else 0
+    if size < MIN_DISK:
+        raise UsageError(
+            f"Invalid --disk {text!r}",
+            "It takes a size of at least 256m, such as 20g, or none (no bound).",
+            "e.g. --disk 20g (the default is a quarter of the engine host's free space, "
+            "at most 64g).",
+        )
+    return size
+
+
 def parse_cpus(value: float | str) -> float:
     """`2`, `0.5` -> CPUs; `none` -> 0 (no limit)."""
     shown = value if isinstance(value, str) else f"{value:g}"
@@ -394,6 +411,7 @@ class Containment:
     # 0: no limit, as asked with `none`.
     memory: int | None = None  # bytes
     cpus: float | None = None
+    disk: int | None = None  # bytes of the home's own file system (homedisk)
     egress: EgressMode = DEFAULT_EGRESS
     allow: tuple[str, ...] = ()  # --allow domains, on top of the default list
     # --allow-net ranges: private, loopback or link-local addresses the proxy

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from provisioner import host, prepare, protect, slots, sshconf
+from provisioner import homedisk, host, prepare, protect, slots, sshconf
 from provisioner.config import ProvPaths
 from provisioner.engine import Engine
 from provisioner.fsutil import file_lock
@@ -52,10 +52,15 @@ def abandon(engine: Engine, made: Made, paths: ProvPaths) -> None:
         slots.discard(engine, paths, made.slot, container=made.proxy_id or "")
     if made.network_created:  # after its containers: Docker refuses it while in use
         engine.remove_network(network_name(name))
-    if container is not None and prepared.record is None:
+    if (container is not None and prepared.record is None) or (
+        prepared.home.made and prepared.existing is None
+    ):
         # The home volume came with the container of an environment that
-        # never came up: nothing of the agent's is in it yet.
+        # never came up (or this run made it, bounded): nothing of the
+        # agent's is in it yet.
         engine.remove_volume(home_volume_name(name))
+    if prepared.home.made and prepared.existing is None:
+        homedisk.release(engine, name)
     if prepared.record is None and engine.site.files_in_volumes:
         engine.remove_volume(keys_volume_name(name))
         engine.remove_volume(egress_volume_name(name))

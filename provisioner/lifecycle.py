@@ -10,8 +10,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from provisioner import keys, limits, sshconf, state
-from provisioner.config import AGENT_USER, ProvPaths, user_known_hosts, validate_name
+from provisioner import homedisk, keys, limits, sshconf, state
+from provisioner.config import AGENT_HOME, AGENT_USER, ProvPaths, user_known_hosts, validate_name
 from provisioner.engine import ContainerInfo, Engine, targets
 from provisioner.errors import DockerUnavailable, NotFound, ProvError, UsageError
 from provisioner.fsutil import file_lock
@@ -24,6 +24,7 @@ from provisioner.plan import (
     LABEL_CREDENTIALS,
     LABEL_DEVCONTAINER,
     LABEL_EGRESS,
+    LABEL_HOME,
     LABEL_HOME_VOLUME,
     LABEL_HOST_KEY,
     LABEL_LIMITS,
@@ -41,6 +42,7 @@ from provisioner.plan import (
     connect_host,
     container_name,
     egress_volume_name,
+    home_id,
     home_volume_name,
     keys_volume_name,
     network_name,
@@ -48,6 +50,7 @@ from provisioner.plan import (
     proxy_name,
 )
 from provisioner.progress import Reporter
+from provisioner.spec import LABEL_MANAGED
 
 
 @dataclass(frozen=True)
@@ -387,15 +390,17 @@ def _with_use(env: EnvStatus, paths: ProvPaths, asked: targets.Asked) -> EnvStat
     """A running environment with what bounds its disk, in words, and what the
     agent's writes outside the project hold now (its home volume, the
     container's own layer)."""
-    from provisioner import hostsize
+    from provisioner import homedisk
 
     engine = engine_of(env.name, paths, asked)
-    disk = limits.disk_bound(hostsize.host_size(engine, paths))
     info = own_container(engine, env.name, paths)
-    if info is not None:
-        layer, home = engine.disk_use(info.id, home_volume_name(env.name))
-        disk += "; " + limits.disk_use_text(home, layer)
-    return replace(env, disk=disk)
+    if info is None:
+        return env
+    bound = homedisk.bound_of(engine.volume(home_volume_name(env.name)))
+    layer, home = engine.disk_use(info.id, home_volume_name(env.name))
+    if bound:  # Docker does not measure a volume bound to another mount
+        home = engine.fs_used(info.id, AGENT_HOME)
+    return replace(env, disk=limits.disk_use_text(home, layer, bound))
 
 
 def own_container(
@@ -502,6 +507,9 @@ def start(
         reporter.step("restarting the container")
         engine.restart(info.id)
     elif not info.running:
+        # Its home's file system, if it has one, mounted again (gone after a
+        # reboot of the engine host): the entrypoint refuses to start without.
+        homedisk.ensure(engine, name, info.image_id, None, _volume_labels(name, paths))
         reporter.step("starting the container")
         engine.start(info.id)
     host_key = keys.read_public(paths.env_dir(name), keys.HOST_KEY_NAME)
@@ -720,12 +728,19 @@ def rm(
         volume = engine.volume(volume_name)
         if volume is not None and is_ours(volume.get("Labels") or {}, paths):
             engine.remove_volume(volume_name)  # the agent's home and work: gone for good
+    disk = engine.volume(homedisk.disk_volume_name(name))
+    if disk is not None and is_ours(disk.get("Labels") or {}, paths):
+        homedisk.release(engine, name, info.image_id if info is not None else "")
     revoked = _forget_here(name, paths)
     return Removal(
         container_removed=info is not None,
         access_revoked=revoked,
         slots_removed=_slots_after_last(engine, paths),
     )
+
+
+def _volume_labels(name: str, paths: ProvPaths) -> dict[str, str]:
+    return {LABEL_MANAGED: "true", LABEL_NAME: name, LABEL_HOME: home_id(paths)}
 
 
 def _slots_after_last(engine: Engine, paths: ProvPaths) -> int:

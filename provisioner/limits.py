@@ -29,12 +29,9 @@ PROXY_NANO_CPUS = 1_000_000_000
 # What a host whose /info says nothing is assumed to have.
 FALLBACK_MEMORY = 4 << 30
 FALLBACK_CPUS = 2
-# The engine's storage drivers on which prov can bound what the agent writes.
-# overlay2 on ext4 (the usual) has no quota; see disk_bound.
-DISK_NOT_BOUNDED = (
-    "not bounded: the agent's home volume and the container's own layer grow "
-    "on the engine host's disk ({driver} on {backing} has no quota)"
-)
+# What a home of a plain volume grows on (a home made before prov bounded
+# homes, --disk none, or an engine that refused the home's file system).
+HOME_NOT_BOUNDED = "home: not bounded ({why}), it grows on the engine host's disk"
 
 
 @dataclass(frozen=True)
@@ -80,9 +77,19 @@ def resolve(containment: Containment, host: HostSize) -> Containment:
     return replace(containment, memory=memory, cpus=cpus)
 
 
-def disk_bound(host: HostSize) -> str:
-    """What bounds the agent's writes outside the project, in words."""
-    return DISK_NOT_BOUNDED.format(driver=host.driver, backing=host.backing)
+def disk_text(home_bound: int, why: str, sudo: bool, scratch_each: int) -> str:
+    """What bounds the agent's writes outside the project, in words, as `up` says it."""
+    home = (
+        f"home: a file system of its own, {size_text(home_bound)}"
+        if home_bound
+        else HOME_NOT_BOUNDED.format(why=why or "a plain volume")
+    )
+    outside = (
+        "the rest: --sudo's root may write anywhere in the container's layer (not bounded)"
+        if sudo
+        else f"/tmp, /var/tmp: {size_text(scratch_each)} each, in memory"
+    )
+    return f"{home}; {outside}"
 
 
 def size_text(n: int) -> str:
@@ -128,11 +135,13 @@ def label_memory(label: str) -> int:
     return int(memory) if memory.isdigit() else 0
 
 
-def disk_use_text(home: int | None, layer: int | None) -> str:
-    """What the agent's writes outside the project hold, in words."""
+def disk_use_text(home: int | None, layer: int | None, home_bound: int = 0) -> str:
+    """What the agent's writes outside the project hold, in words (against the
+    home's own size, when it has one)."""
+    shown = size_text(home) if home is not None else "unknown"
     said = [
-        f"{what} {size_text(n) if n is not None else 'unknown'}"
-        for what, n in (("home volume", home), ("container layer", layer))
+        f"home {shown}" + (f" of {size_text(home_bound)}" if home_bound else " (not bounded)"),
+        f"container layer {size_text(layer) if layer is not None else 'unknown'}",
     ]
     return "in use: " + ", ".join(said)
 

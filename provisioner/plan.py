@@ -295,6 +295,27 @@ def env_security(containment: Containment) -> Security:
     )
 
 
+# Outside its home and the project the agent (not root) may write only to the
+# image's world-writable directories: each is memory of its own size, counted
+# in the environment's memory limit, so none of it reaches the host's disk.
+SCRATCH_DIRS = ("/tmp", "/var/tmp", "/run/lock")
+SCRATCH_SHARE = 4  # each may take a quarter of the memory limit
+SCRATCH_NO_LIMIT = 2 << 30  # each, when the environment has no memory limit
+RUN_LOCK_SIZE = 1 << 20
+
+
+def scratch_each(containment: Containment) -> int:
+    """Bytes each of /tmp and /var/tmp may hold (a resolved containment)."""
+    each = containment.memory // SCRATCH_SHARE if containment.memory else SCRATCH_NO_LIMIT
+    return each >> 20 << 20
+
+
+def scratch_dirs(containment: Containment) -> tuple[tuple[str, int], ...]:
+    """The agent's writable places outside its home, as sized tmpfs mounts."""
+    each = scratch_each(containment)
+    return tuple((d, RUN_LOCK_SIZE if d == "/run/lock" else each) for d in SCRATCH_DIRS)
+
+
 @dataclass(frozen=True, kw_only=True)
 class PlanInputs:
     """Everything the plan is made from: the request, as prepared, and the
@@ -336,7 +357,8 @@ class PlanInputs:
     upstream_cas: bytes = field(default=b"", repr=False)
     forward_ports: tuple[int, ...] = ()
     devcontainer: str = ""
-    disk: str = ""  # limits.disk_bound for the engine host
+    disk: str = ""  # limits.disk_text: what bounds the agent's writes outside the project
+    home_bound: int = 0  # bytes of the home's own file system (homedisk); 0: a plain volume
     allow_nets: tuple[str, ...] = ()  # private ranges the proxy may reach (--allow-net)
 
 
@@ -548,6 +570,8 @@ def _env_environment(
     the proxy's address (not secret; `prov exec` gets it with no login)."""
     environment = {
         "PROV_HOME_VOLUME": "1",  # /home/agent is prov's volume, not a host mount
+        # 1: that volume is its own file system: no sshd on anything else.
+        "PROV_HOME_BOUND": "1" if i.home_bound else "0",
         "PROV_FORWARD_AGENT": "1" if i.containment.forward_agent else "0",
         "PROV_UID": str(i.project_uid),
         "PROV_GID": str(i.project_gid),
@@ -652,6 +676,7 @@ def build_plan(i: PlanInputs) -> Plan:
         key_files=key_files,
         files=files,
         security=env_security(i.containment),
+        scratch=scratch_dirs(i.containment),
         network=i.network.name,
         address=i.env_address,
         gpus=i.gpus,

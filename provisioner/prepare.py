@@ -19,6 +19,7 @@ from pathlib import Path
 from provisioner import (
     branchmode,
     egress,
+    homedisk,
     host,
     injection,
     keys,
@@ -37,7 +38,7 @@ from provisioner.config import (
 )
 from provisioner.devcontainer import DevContainer
 from provisioner.engine import ContainerInfo, Engine
-from provisioner.errors import ConfigError, UsageError
+from provisioner.errors import ConfigError, ProvError, UsageError
 from provisioner.fsutil import file_lock
 from provisioner.image import (
     BuiltImage,
@@ -47,8 +48,16 @@ from provisioner.image import (
     ensure_image,
 )
 from provisioner.ownership import require_ours
-from provisioner.plan import container_name, proxy_name
+from provisioner.plan import (
+    LABEL_HOME,
+    LABEL_NAME,
+    container_name,
+    home_id,
+    home_volume_name,
+    proxy_name,
+)
 from provisioner.progress import Reporter
+from provisioner.spec import LABEL_MANAGED
 
 
 @dataclass(frozen=True)
@@ -92,6 +101,7 @@ class Prepared:
     upstream_cas: bytes = field(default=b"", repr=False)
     # The project's devcontainer.json as applied (its commands run after ready).
     devcontainer: DevContainer | None = None
+    home: homedisk.Home = field(default_factory=homedisk.Home)
 
     @property
     def name(self) -> str:
@@ -197,6 +207,7 @@ def _prepare_steps(
     )
     if session_env:
         reporter.note("environment passed to sessions: " + ", ".join(k for k, _ in session_env))
+    home = _home(engine, request, existing, built.tag, paths, reporter)
     return Prepared(
         request=request,
         reporter=reporter,
@@ -227,7 +238,41 @@ def _prepare_steps(
         egress_ca=egress_ca,
         upstream_cas=_upstream_cas(image_request, paths) if secrets else b"",
         devcontainer=applied_dc,
+        home=home,
     )
+
+
+def _home(
+    engine: Engine,
+    request: UpRequest,
+    existing: ContainerInfo | None,
+    image: str,
+    paths: ProvPaths,
+    reporter: Reporter,
+) -> homedisk.Home:
+    """The agent's home, bounded to a file system of its own (homedisk) and
+    mounted before its container starts. A running environment has it
+    mounted already. Where the engine cannot, the default says so and goes on
+    with a plain volume; a --disk the user asked for fails instead."""
+    name = request.name
+    asked = request.containment.disk
+    if existing is not None and existing.running:
+        return homedisk.Home(size=homedisk.bound_of(engine.volume(home_volume_name(name))))
+    if asked == 0 and engine.volume(home_volume_name(name)) is None:
+        return homedisk.Home(why="as asked (--disk none)")
+    labels = {LABEL_MANAGED: "true", LABEL_NAME: name, LABEL_HOME: home_id(paths)}
+    try:
+        return homedisk.ensure(engine, name, image, asked, labels)
+    except ProvError as exc:
+        if asked is not None:
+            raise type(exc)(
+                f"Cannot bound {name}'s home to --disk {asked >> 20}m: {exc.what}",
+                exc.seen,
+                "pass --disk none for a plain volume (not bounded), or use an engine "
+                "that lets containers use loop devices.",
+            ) from None
+        reporter.warn(f"the home is not bounded: {exc.what}. {exc.seen}")
+        return homedisk.Home(why=f"this engine refused its file system ({exc.what})")
 
 
 def _find_credentials(credentials: str) -> host.Credentials:

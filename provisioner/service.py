@@ -69,6 +69,7 @@ from provisioner.plan import (
     home_volume_name,
     keys_volume_name,
     network_name,
+    scratch_each,
     slot_network_name,
 )
 from provisioner.progress import Reporter
@@ -573,8 +574,14 @@ def _plan(
             paths=paths,
             network=network,
             env_address=addrs.env,
-            containment=limits.resolve(request.containment, size),
-            disk=limits.disk_bound(size),
+            containment=(resolved := limits.resolve(request.containment, size)),
+            disk=limits.disk_text(
+                prepared.home.size,
+                prepared.home.why,
+                resolved.sudo,
+                scratch_each(resolved),
+            ),
+            home_bound=prepared.home.size,
             egress_image=prepared.egress_image,
             egress_address=addrs.proxy,
             egress_network=EGRESS_NETWORK,
@@ -919,8 +926,8 @@ def _converge(
         engine.create_network(plan.network)
         made.network_created = True
     reporter.step("creating the container")
-    new_home = (
-        engine.site.files_in_volumes and engine.volume(home_volume_name(request.name)) is None
+    new_home = engine.site.files_in_volumes and (
+        prepared.home.made or engine.volume(home_volume_name(request.name)) is None
     )
     # A Ctrl-C during the request could leave Docker finishing a container we
     # never learn the ID of; hold it for the few ms the request takes.

@@ -93,7 +93,10 @@ class ContainerSpec:
     address: str  # on `network`
     gpus: int | None = None  # -1: all
     extra_network: str | None = None  # the proxy's way out
-    tmpfs: tuple[str, ...] = ()
+    tmpfs: tuple[str, ...] = ()  # small (16 MiB), nothing runs from them
+    # (path, bytes): in memory, sized, programs may run from them (the agent's
+    # /tmp, /var/tmp: writable places outside its home, bounded).
+    scratch: tuple[tuple[str, int], ...] = ()
     read_only: bool = False
     # Named volumes: (volume, target). The agent's home lives in one, so that
     # `down` then `up` keeps it (history, user-installed tools, caches).

@@ -118,6 +118,21 @@ parent_of() {
 	[ -n "$parent" ] || parent=/
 }
 
+# --- 0. the home's own file system --------------------------------------------
+# PROV_HOME_BOUND=1: the home volume is a bind of a loop-mounted file system of
+# a fixed size (prov's homedisk). After a reboot of the engine host that mount
+# is gone until `prov up`/`prov start` makes it again, and the volume is an
+# empty directory on the host's disk: refuse to run the agent on that.
+if [ "${PROV_HOME_BOUND:-0}" = 1 ]; then
+	home_source=$(awk -v home="$HOME_DIR" '$5 == home {
+			for (i = 7; i <= NF; i++) if ($i == "-") { print $(i + 2); exit }
+		}' /proc/self/mountinfo)
+	case $home_source in
+	/dev/loop*) ;;
+	*) die "the home's own file system is not mounted (found '${home_source:-nothing}' at $HOME_DIR): run \`prov start\` or \`prov up\` for this environment, not \`docker start\`" ;;
+	esac
+fi
+
 # --- 1. ids ------------------------------------------------------------------
 PROV_UID=${PROV_UID:-1000}
 PROV_GID=${PROV_GID:-1000}

@@ -610,6 +610,55 @@ class Engine:
         finally:
             self.remove(str(created["Id"]))
 
+    def create_volume(
+        self, name: str, labels: dict[str, str], options: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """Create volume `name` (the local driver; `options` its mount options),
+        or return the one of that name; Docker's view of it."""
+        body = {"Name": name, "Labels": labels, "DriverOpts": options or {}}
+        made = self._json(
+            f"create volume {name}", "POST", "/volumes/create", body=json.dumps(body).encode()
+        )
+        return dict(made or {})
+
+    def run_helper(self, body: dict[str, Any], action: str, timeout: float = 300.0) -> str:
+        """Create, start and await a short-lived container; its output (stdout
+        and stderr). It is removed whatever happens; a non-zero exit raises
+        ProvError with its last lines."""
+        created = self._json(
+            f"create a helper to {action}",
+            "POST",
+            "/containers/create",
+            body=json.dumps(body).encode(),
+        )
+        helper = str(created["Id"])
+        try:
+            self._call(f"start the helper to {action}", "POST", f"/containers/{helper}/start")
+            waited = self._json(
+                f"wait for the helper to {action}",
+                "POST",
+                f"/containers/{helper}/wait",
+                timeout=timeout,
+            )
+            raw = self._call(
+                f"read the helper's output ({action})",
+                "GET",
+                f"/containers/{helper}/logs",
+                params={"stdout": "1", "stderr": "1", "tail": "50"},
+            )
+            output = wire.demux(raw or b"")
+        finally:
+            self.remove(helper)
+        code = int((waited or {}).get("StatusCode", -1))
+        if code != 0:
+            raise ProvError(
+                f"Docker's helper could not {action}",
+                f"It exited {code}: " + (" ".join(output.split())[-400:] or "no output") + ".",
+                "see `prov doctor`; the engine may refuse SYS_ADMIN or loop devices to "
+                "containers (rootless Docker, some hosted engines).",
+            )
+        return output
+
     def create_plain_network(self, name: str, labels: dict[str, str]) -> None:
         """A user-defined bridge with Docker's own addressing (its embedded DNS
         resolves outside names as well as container names)."""
@@ -821,6 +870,18 @@ class Engine:
         except ProvError:
             return None, None
         return wire.disk_use(container, df, volume)
+
+    def fs_used(self, container_id: str, path: str) -> int | None:
+        """Bytes used on the file system at `path` in a running container (its
+        own `df`, as root); None if it cannot tell."""
+        try:
+            with _docker_errors("measure a file system in the container"):
+                api = self._docker().api
+                made = api.exec_create(container_id, ["df", "-P", "-k", path], user="0")
+                output = bytes(api.exec_start(made["Id"])).decode(errors="replace")
+        except ProvError:
+            return None
+        return wire.df_used(output)
 
     def memory_available(self) -> int | None:
         """Bytes of memory the engine host could still give (MemAvailable), None

@@ -54,7 +54,10 @@ def container_body(spec: ContainerSpec) -> dict[str, Any]:
         "PidsLimit": sec.pids_limit,
         "ReadonlyRootfs": spec.read_only,
         "LogConfig": LOG_LIMIT,
-        "Tmpfs": {path: "rw,nosuid,nodev,noexec,size=16m" for path in spec.tmpfs},
+        "Tmpfs": {
+            **{path: "rw,nosuid,nodev,noexec,size=16m" for path in spec.tmpfs},
+            **{path: f"rw,exec,nosuid,nodev,size={size}" for path, size in spec.scratch},
+        },
     }
     if sec.memory:  # None or 0: no limit
         host_config["Memory"] = sec.memory
@@ -117,6 +120,25 @@ def disk_use(container: object, df: object, volume: str) -> tuple[int | None, in
     return (layer if isinstance(layer, int) and layer >= 0 else None), held
 
 
+def demux(raw: bytes) -> str:
+    """A container's log as the API sends it without a TTY: frames of an 8-byte
+    header (stream, 3 zero bytes, big-endian length) and their bytes, stdout
+    and stderr interleaved as written."""
+    out, at = bytearray(), 0
+    while at + 8 <= len(raw):
+        length = int.from_bytes(raw[at + 4 : at + 8], "big")
+        out += raw[at + 8 : at + 8 + length]
+        at += 8 + length
+    return out.decode(errors="replace")
+
+
+def df_used(output: str) -> int | None:
+    """Bytes used from `df -P -k PATH`'s output (its second line, third field)."""
+    lines = output.strip().splitlines()
+    fields = lines[1].split() if len(lines) >= 2 else []
+    return int(fields[2]) * 1024 if len(fields) >= 6 and fields[2].isdigit() else None
+
+
 def cgroup_memory_use(usage: str, stat: str) -> int | None:
     """Bytes in use from a memory cgroup's usage file (v1 memory.usage_in_bytes,
     v2 memory.current) and its memory.stat, counted as memory_use counts it."""
@@ -149,4 +171,45 @@ def network_body(spec: NetworkSpec) -> dict[str, Any]:
             "Config": [{"Subnet": spec.subnet, "Gateway": spec.gateway}],
         },
         "Options": {"com.docker.network.bridge.name": bridge_name(spec.name)},
+    }
+
+
+def disk_helper_body(
+    image: str, disk_mountpoint: str, script: str, args: list[str], labels: dict[str, str]
+) -> dict[str, Any]:
+    """POST /containers/create's body for the helper that makes, mounts or
+    releases an environment's home file system (homedisk): root with
+    SYS_ADMIN (for mount) and the loop devices only, no network, the disk
+    volume's directory bound with shared propagation so that its mount is the
+    engine host's, not the helper's."""
+    return {
+        "Image": image,
+        "Entrypoint": ["sh", "-c", script, "prov-disk"],
+        "Cmd": args,
+        "User": "0",
+        "Labels": labels,
+        "HostConfig": {
+            "Mounts": [
+                {
+                    "Type": "bind",
+                    "Source": disk_mountpoint,
+                    "Target": "/disk",
+                    "BindOptions": {"Propagation": "rshared"},
+                }
+            ],
+            "CapDrop": ["ALL"],
+            "CapAdd": ["SYS_ADMIN", "MKNOD", "CHOWN", "FOWNER", "DAC_OVERRIDE"],
+            "Devices": [
+                {
+                    "PathOnHost": "/dev/loop-control",
+                    "PathInContainer": "/dev/loop-control",
+                    "CgroupPermissions": "rwm",
+                }
+            ],
+            "DeviceCgroupRules": ["b 7:* rwm"],
+            # Docker's default AppArmor profile refuses mount even with SYS_ADMIN.
+            "SecurityOpt": ["apparmor=unconfined", "no-new-privileges:true"],
+            "NetworkMode": "none",
+            "LogConfig": LOG_LIMIT,
+        },
     }

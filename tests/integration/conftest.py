@@ -237,14 +237,29 @@ def prov(
     for network in docker_client.networks.list(filters={"label": "prov.managed=true"}):
         if network.attrs.get("Labels", {}).get("prov.name", "").startswith(harness.prefix):
             network.remove()
-    for volume in docker_client.volumes.list(filters={"label": "prov.managed=true"}):
-        if (volume.attrs.get("Labels") or {}).get("prov.name", "").startswith(harness.prefix):
-            with contextlib.suppress(docker.errors.APIError):
-                volume.remove(force=True)
+    remove_volumes(docker_client, harness.prefix)
     # prov-egress stays: it is prov's shared network, and stopped environments
     # of the user's own may still refer to it.
     subprocess.run(["pkill", "-f", f"{root}/ph/cm/"], check=False)
     subprocess.run(["pkill", "-f", f"provisioner.keeper {root}"], check=False)
+
+
+def remove_volumes(docker_client: docker.DockerClient, prefix: str) -> None:
+    """The volumes of environments named `prefix`*: a home's own file system
+    (homedisk) unmounted from this machine first, after its home volume."""
+    ours = [
+        v
+        for v in docker_client.volumes.list(filters={"label": "prov.managed=true"})
+        if (v.attrs.get("Labels") or {}).get("prov.name", "").startswith(prefix)
+    ]
+    disks = [v for v in ours if v.name.endswith("-disk")]
+    for volume in [v for v in ours if v not in disks] + disks:
+        if volume in disks:
+            subprocess.run(
+                ["umount", f"{volume.attrs['Mountpoint']}/mnt"], check=False, capture_output=True
+            )
+        with contextlib.suppress(docker.errors.APIError):
+            volume.remove(force=True)
 
 
 def free_port() -> int:

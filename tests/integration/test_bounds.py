@@ -103,11 +103,15 @@ def test_default_limits_are_sized_from_the_engine_host(
         }
     shown = prov.run("up", bounded, "--allow", ALLOWED, check=True).stderr
     assert f"limits: memory {memory / (1 << 30):.1f} GiB, {cpus} CPU" in shown
-    assert "disk: not bounded" in shown
+    scratch = memory // 4 >> 20 << 20
+    assert "disk: home: a file system of its own, " in shown
+    assert f"/tmp, /var/tmp: {scratch / (1 << 30):.1f} GiB each, in memory" in shown
     status = json.loads(prov.run("status", bounded, "--json", check=True).stdout)
     assert status["limits"].startswith(f"memory {memory / (1 << 30):.1f} GiB")
     assert status["memory"].endswith(f"of {memory / (1 << 30):.1f} GiB")
-    assert status["disk"].startswith("not bounded")
+    assert status["disk"].startswith("in use: home ") and " GiB, container layer" in status["disk"]
+    tmpfs = docker_client.containers.get(f"prov-{bounded}").attrs["HostConfig"]["Tmpfs"]
+    assert tmpfs["/tmp"] == tmpfs["/var/tmp"] == f"rw,exec,nosuid,nodev,size={scratch}"
 
 
 def test_a_memory_bomb_is_killed_inside_while_another_environment_answers(
@@ -321,8 +325,9 @@ def test_one_proxy_cannot_open_a_tcp_connection_to_another(
 def test_status_shows_what_the_agents_writes_outside_the_project_hold(
     prov: Prov, bounded: str
 ) -> None:
-    """The agent writes 24 MiB into its home and 12 MiB into the container's own
-    layer (/var/tmp): `prov status` shows both against what bounds them."""
+    """The agent writes 24 MiB into its home and 12 MiB into /var/tmp: `prov status`
+    shows the home's use against its size, and the container's own layer still
+    empty (/var/tmp is memory, not the layer on the host's disk)."""
     prov.ssh(
         f"prov-{bounded}",
         "head -c 25165824 /dev/urandom > ~/fill && head -c 12582912 /dev/urandom > /var/tmp/fill",
@@ -330,11 +335,94 @@ def test_status_shows_what_the_agents_writes_outside_the_project_hold(
     )
     try:
         disk = json.loads(prov.run("status", bounded, "--json", check=True).stdout)["disk"]
-        used = dict(
-            (part.rsplit(" ", 2)[0], float(part.rsplit(" ", 2)[1]))
-            for part in disk.split("in use: ", 1)[1].split(", ")
-            if part.endswith(" MiB")
-        )
-        assert used["home volume"] >= 24 and used["container layer"] >= 12, disk
+        home, layer = disk.removeprefix("in use: ").split(", ")
+        amount, unit, _of, _size, size_unit = home.removeprefix("home ").split(" ")
+        assert unit == "MiB" and float(amount) >= 24 and size_unit == "GiB", disk
+        assert layer == "container layer 0 MiB", disk
     finally:
         prov.ssh(f"prov-{bounded}", "rm -f ~/fill /var/tmp/fill", timeout=30)
+
+
+def _free_bytes(path: str) -> int:
+    result = subprocess.run(["df", "-P", "-k", path], capture_output=True, text=True, check=True)
+    return int(result.stdout.splitlines()[1].split()[3]) * 1024
+
+
+def _loops_of(volume: str) -> list[str]:
+    """Loop devices backed by a file in `volume`, and mounts of it, as this machine sees them."""
+    found = subprocess.run(["losetup", "-a"], capture_output=True, text=True, check=True)
+    mounts = Path("/proc/self/mountinfo").read_text()
+    return [line for line in (*found.stdout.splitlines(), *mounts.splitlines()) if volume in line]
+
+
+def test_a_home_fill_stops_at_its_size_and_the_host_pays_no_more(
+    prov: Prov, docker_client: docker.DockerClient
+) -> None:
+    """As the agent: `dd` 1 GiB into a home of --disk 300m fails with ENOSPC; the
+    engine host's free space drops by no more than 300 MiB; /tmp's fill stops at
+    its own size too (--memory 512m: 128 MiB) and programs still run from it; the
+    container's layer takes nothing. `rm` leaves no loop device, mount or volume."""
+    name = prov.name("diskfill")
+    prov.project(name)
+    shown = prov.run("up", name, "--disk", "300m", "--memory", "512m", check=True).stderr
+    assert "home: a file system of its own, 300 MiB" in shown
+    assert "/tmp, /var/tmp: 128 MiB each, in memory" in shown
+    docker_root = str(docker_client.info()["DockerRootDir"])
+    assert _loops_of(f"prov-{name}-disk"), "the home is not a loop-mounted file system"
+    before = _free_bytes(docker_root)
+    home = prov.ssh(
+        f"prov-{name}", "dd if=/dev/zero of=~/fill bs=1M count=1024 conv=fsync", timeout=120
+    )
+    dropped = before - _free_bytes(docker_root)
+    assert home.returncode != 0 and "No space left on device" in home.stderr, home
+    assert dropped <= 300 << 20, f"host free space dropped by {dropped >> 20} MiB"
+    tmp = prov.ssh(
+        f"prov-{name}",
+        "dd if=/dev/zero of=/tmp/fill bs=1M count=512; rm -f /tmp/fill; "
+        "cp /bin/true /tmp/t && /tmp/t && echo ran-from-tmp",
+        timeout=120,
+    )
+    assert "No space left on device" in tmp.stderr and "ran-from-tmp" in tmp.stdout, tmp
+    for path in ("/etc/fill", "/usr/fill", "/var/fill", "/opt/fill", "/fill"):
+        denied = prov.ssh(f"prov-{name}", f"touch {path}")
+        assert denied.returncode != 0, f"the agent wrote {path} on the container's layer"
+    disk = json.loads(prov.run("status", name, "--json", check=True).stdout)["disk"]
+    assert disk.startswith("in use: home ") and "of 300 MiB" in disk, disk
+    assert disk.endswith("container layer 0 MiB"), disk
+    prov.run("rm", name, "--yes", check=True)
+    assert not _loops_of(f"prov-{name}-disk")
+    left = [v.name for v in docker_client.volumes.list() if v.name.startswith(f"prov-{name}-")]
+    assert not left, left
+
+
+def test_a_home_whose_file_system_is_gone_never_runs_the_agent_on_the_hosts_disk(
+    prov: Prov, docker_client: docker.DockerClient
+) -> None:
+    """After a reboot of the engine host the home's mount is gone (here: unmounted
+    by hand while stopped). `docker start` behind prov's back then refuses to run
+    sshd on the bare directory; `prov start` mounts it again, with what the agent
+    had written."""
+    name = prov.name("diskgone")
+    prov.project(name)
+    prov.up(name, "--disk", "256m")
+    prov.ssh(f"prov-{name}", "echo kept > ~/note", timeout=30)
+    prov.run("stop", name, check=True)
+    mountpoint = docker_client.volumes.get(f"prov-{name}-disk").attrs["Mountpoint"]
+    subprocess.run(["umount", f"{mountpoint}/mnt"], check=True)
+    container = docker_client.containers.get(f"prov-{name}")
+    container.start()
+    deadline = time.monotonic() + 20
+    logs = ""
+    while time.monotonic() < deadline and "not mounted" not in logs:
+        time.sleep(0.3)
+        logs = container.logs().decode(errors="replace")
+    container.stop(timeout=2)
+    assert "the home's own file system is not mounted" in logs, logs
+    # Docker makes the mount points of the credential mounts below the home
+    # (empty directories); nothing else may be there.
+    written = [p for p in Path(mountpoint, "mnt").rglob("*") if not p.is_dir()]
+    assert not written, f"written to the bare directory on the host's disk: {written}"
+    prov.run("start", name, check=True)
+    assert prov.ssh(f"prov-{name}", "cat ~/note", timeout=30).stdout.strip() == "kept"
+    prov.run("rm", name, "--yes", check=True)
+    assert not _loops_of(f"prov-{name}-disk")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from provisioner import egress, mountpolicy, netplan
-from provisioner.config import Containment, UpRequest, parse_domain, parse_memory
+from provisioner.config import Containment, UpRequest, parse_disk, parse_domain, parse_memory
 from provisioner.errors import ConfigError, ConflictError, UsageError
 from provisioner.fsutil import ensure_private_dir
 
@@ -149,6 +149,17 @@ def test_memory_sizes() -> None:
     for bad in ("lots", "1k", "-4g"):
         with pytest.raises(UsageError):
             parse_memory(bad)
+
+
+def test_disk_sizes() -> None:
+    """--disk takes a size of at least 256m, or none (a plain home volume)."""
+    assert parse_disk("20g") == 20 << 30
+    assert parse_disk("300M") == 300 << 20
+    assert parse_disk("none") == 0
+    for bad in ("lots", "100m", "-4g", ""):
+        with pytest.raises(UsageError) as caught:
+            parse_disk(bad)
+        assert caught.value.what == f"Invalid --disk {bad!r}"
 
 
 def test_containment_validates_its_values() -> None:

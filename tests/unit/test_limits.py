@@ -61,7 +61,6 @@ def test_host_size_from_docker_info() -> None:
     assert limits.HostSize.from_info(info) == limits.HostSize(25276071936, 2, "overlay2", "extfs")
     empty = limits.HostSize.from_info({})
     assert (empty.memory, empty.cpus) == (limits.FALLBACK_MEMORY, limits.FALLBACK_CPUS)
-    assert "overlay2 on extfs has no quota" in limits.disk_bound(HOST)
 
 
 def test_memory_in_use_against_the_labels_limit() -> None:
@@ -88,6 +87,21 @@ def test_limits_in_words_from_the_label() -> None:
 
 def test_disk_use_in_words() -> None:
     assert limits.disk_use_text(5 << 20, 3 << 30) == (
-        "in use: home volume 5 MiB, container layer 3.0 GiB"
+        "in use: home 5 MiB (not bounded), container layer 3.0 GiB"
     )
-    assert limits.disk_use_text(None, 0) == "in use: home volume unknown, container layer 0 MiB"
+    assert limits.disk_use_text(5 << 20, 0, 300 << 20) == (
+        "in use: home 5 MiB of 300 MiB, container layer 0 MiB"
+    )
+    assert (
+        limits.disk_use_text(None, 0) == "in use: home unknown (not bounded), container layer 0 MiB"
+    )
+
+
+def test_what_bounds_the_disk_in_words() -> None:
+    assert limits.disk_text(20 << 30, "", False, 1 << 30) == (
+        "home: a file system of its own, 20.0 GiB; /tmp, /var/tmp: 1.0 GiB each, in memory"
+    )
+    assert limits.disk_text(0, "as asked (--disk none)", True, 1 << 30) == (
+        "home: not bounded (as asked (--disk none)), it grows on the engine host's disk; "
+        "the rest: --sudo's root may write anywhere in the container's layer (not bounded)"
+    )

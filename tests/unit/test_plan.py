@@ -83,6 +83,7 @@ def test_published_on_loopback_with_owner_ids() -> None:
     assert (plan.container.bind, plan.container.port) == ("127.0.0.1", 2222)
     assert plan.container.environment == {
         "PROV_HOME_VOLUME": "1",
+        "PROV_HOME_BOUND": "0",
         "PROV_FORWARD_AGENT": "0",
         "PROV_UID": "1234",
         "PROV_GID": "2345",
@@ -328,3 +329,24 @@ def test_plan_inputs_keep_key_material_and_session_values_out_of_repr() -> None:
 
     hidden = {f.name for f in dataclasses.fields(PlanInputs) if not f.repr}
     assert {"host_key_private", "session_env", "upstream_cas"} <= hidden
+
+
+def test_a_bounded_home_is_checked_at_start_and_the_agents_scratch_is_sized_memory() -> None:
+    """A home of its own file system tells the entrypoint to check it is mounted; the
+    agent's writable places outside it (/tmp, /var/tmp, /run/lock) are tmpfs sized
+    from the memory limit, or 2 GiB each with none."""
+    plan, _, _ = _plan(
+        Path("/p/demo"), Path("/p"), containment=Containment(egress="open", memory=4 << 30),
+        home_bound=300 << 20,
+    )  # fmt: skip
+    assert plan.container.environment["PROV_HOME_BOUND"] == "1"
+    assert dict(plan.container.scratch) == {
+        "/tmp": 1 << 30,
+        "/var/tmp": 1 << 30,
+        "/run/lock": 1 << 20,
+    }
+    unlimited, _, _ = _plan(
+        Path("/p/demo"), Path("/p"), containment=Containment(egress="open", memory=0)
+    )
+    assert dict(unlimited.container.scratch)["/tmp"] == 2 << 30
+    assert unlimited.container.environment["PROV_HOME_BOUND"] == "0"

@@ -29,6 +29,8 @@ class RecordingEngine:
         self.calls: list[tuple[str, str]] = []
         self.containers: dict[str, ContainerSpec] = {}
         self.networks: dict[str, NetworkSpec] = {}
+        self.volumes: dict[str, dict[str, Any]] = {}
+        self.mounted: set[str] = set()  # disk volumes whose file system is mounted
 
     @property
     def site(self) -> Site:
@@ -78,8 +80,27 @@ class RecordingEngine:
         self.containers[spec.name] = spec
         return spec.name
 
-    def volume(self, name: str) -> None:
-        return None
+    def volume(self, name: str) -> dict[str, Any] | None:
+        return self.volumes.get(name)
+
+    def create_volume(
+        self, name: str, labels: dict[str, str], options: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        self._say("create_volume", name)
+        made = {"Name": name, "Labels": labels, "Options": options or {}}
+        self.volumes[name] = {**made, "Mountpoint": f"/var/lib/docker/volumes/{name}/_data"}
+        return self.volumes[name]
+
+    def run_helper(self, body: dict[str, Any], action: str, timeout: float = 300.0) -> str:
+        """The home's file system helper: mounts, or releases, its disk volume."""
+        disk = body["HostConfig"]["Mounts"][0]["Source"].split("/")[-2]
+        args = body["Cmd"]
+        self._say(f"helper {args[0]}", disk)
+        if args[0] == "release":
+            self.mounted.discard(disk)
+            return ""
+        self.mounted.add(disk)
+        return "size=" + ("1073741824" if args[1] == "auto" else args[1])
 
     # what finish asks
     def start(self, container_id: str) -> None:
@@ -102,7 +123,9 @@ class RecordingEngine:
         self.networks.pop(name, None)
 
     def remove_volume(self, name: str) -> None:
+        assert name not in self.mounted, "removed a disk volume whose file system is mounted"
         self._say("remove_volume", name)
+        self.volumes.pop(name, None)
 
 
 class Quiet:
@@ -156,12 +179,27 @@ def test_a_new_environment_is_made_in_order(
     [result] = service.up_many([(_request(tmp_path), Quiet())], paths)
     assert not isinstance(result, Exception), result
     assert result.action == "created" and waited == ["prov-demo"]
-    made = [c for c in engine.calls if c[0] in ("create_network", "create", "start")]
+    made = [
+        c
+        for c in engine.calls
+        if c[0] in ("create_volume", "helper mount", "create_network", "create", "start")
+    ]
     assert made == [
+        # The home's own file system, made and mounted before anything uses it.
+        ("create_volume", "prov-demo-disk"),
+        ("helper mount", "prov-demo-disk"),
+        ("create_volume", "prov-demo-home"),
         ("create_network", "prov-demo-net"),
         ("create", "prov-demo"),
         ("start", "prov-demo"),
     ]
+    home = engine.volumes["prov-demo-home"]
+    assert home["Options"] == {
+        "type": "none",
+        "o": "bind",
+        "device": "/var/lib/docker/volumes/prov-demo-disk/_data/mnt",
+    }
+    assert home["Labels"]["prov.disk"] == str(1 << 30)
     spec = engine.containers["prov-demo"]
     assert spec.network == "prov-demo-net" and spec.port == 0  # nothing published
     assert engine.networks["prov-demo-net"].internal  # egress none: no route out
@@ -169,7 +207,11 @@ def test_a_new_environment_is_made_in_order(
     assert spec.security.memory == 4 << 30 and spec.security.nano_cpus == 2 * 10**9
     assert spec.labels["prov.limits"] == "pids=4096,memory=4294967296,cpus=2"
     assert result.limits == "memory 4.0 GiB, 2 CPUs, 4096 processes"
-    assert "not bounded" in result.disk and "overlay2 on extfs" in result.disk
+    assert result.disk == (
+        "home: a file system of its own, 1.0 GiB; /tmp, /var/tmp: 1.0 GiB each, in memory"
+    )
+    assert spec.environment["PROV_HOME_BOUND"] == "1"
+    assert dict(spec.scratch) == {"/tmp": 1 << 30, "/var/tmp": 1 << 30, "/run/lock": 1 << 20}
     record = state.load(paths, "demo")
     assert record is not None and record.project_dir == str(tmp_path / "demo")
 
@@ -201,7 +243,15 @@ def test_a_failure_undoes_exactly_what_this_run_made(
     assert ("remove", "prov-demo") in undone
     assert ("remove_network", "prov-demo-net") in undone
     assert ("remove_volume", "prov-demo-home") in undone
-    assert engine.containers == {} and engine.networks == {}
+    # Its home's file system: unmounted, then its volume removed (the fake refuses
+    # the other order), after the home volume that binds it.
+    tail = [c for c in engine.calls if c[1] in ("prov-demo-home", "prov-demo-disk")][-3:]
+    assert tail == [
+        ("remove_volume", "prov-demo-home"),
+        ("helper release", "prov-demo-disk"),
+        ("remove_volume", "prov-demo-disk"),
+    ]
+    assert engine.containers == {} and engine.networks == {} and engine.volumes == {}
     # Nothing of it on this machine either: no keys, no record, no alias.
     assert not paths.env_dir("demo").exists()
     assert state.load(paths, "demo") is None
@@ -241,3 +291,73 @@ def test_a_port_taken_before_the_start_is_tried_once_more_elsewhere(
     assert len(tries) == 2 and tries[0] != tries[1] and 0 not in tries
     assert ("remove", "prov-demo") in engine.calls  # the first try was undone
     assert result.port == tries[1]
+
+
+class Warned(Quiet):
+    def __init__(self) -> None:
+        self.warnings: list[str] = []
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+
+
+def _refuse_helpers(engine: RecordingEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    from provisioner.errors import ProvError
+
+    def refused(body: dict[str, Any], action: str, timeout: float = 300.0) -> str:
+        engine._say("helper refused", action)
+        raise ProvError(f"Docker's helper could not {action}", "It exited 1: no loop device.")
+
+    monkeypatch.setattr(engine, "run_helper", refused)
+
+
+def test_an_engine_that_refuses_the_homes_file_system_gets_a_plain_home_and_says_so(
+    world: tuple[RecordingEngine, ProvPaths], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """By default, an engine without loop devices (rootless Docker) still gets a
+    working environment: a plain home volume, with `up` saying it is not bounded."""
+    engine, paths = world
+    _refuse_helpers(engine, monkeypatch)
+    monkeypatch.setattr(ready, "await_ssh", lambda *a, **k: 0.05)
+    reporter = Warned()
+    [result] = service.up_many([(_request(tmp_path), reporter)], paths)
+    assert not isinstance(result, Exception), result
+    assert "prov-demo-disk" not in engine.volumes and "prov-demo-home" not in engine.volumes
+    assert engine.containers["prov-demo"].environment["PROV_HOME_BOUND"] == "0"
+    assert result.disk.startswith("home: not bounded (this engine refused its file system")
+    assert any("the home is not bounded" in w and "no loop device" in w for w in reporter.warnings)
+
+
+def test_a_disk_size_asked_for_that_the_engine_refuses_fails_and_leaves_nothing(
+    world: tuple[RecordingEngine, ProvPaths], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--disk 2g the engine cannot give: a clear error, no container, no volume."""
+    from dataclasses import replace
+
+    from provisioner.errors import ProvError
+
+    engine, paths = world
+    _refuse_helpers(engine, monkeypatch)
+    request = _request(tmp_path)
+    request = replace(request, containment=replace(request.containment, disk=2 << 30))
+    [outcome] = service.up_many([(request, Quiet())], paths)
+    assert isinstance(outcome, ProvError)
+    assert outcome.what.startswith("Cannot bound demo's home to --disk 2048m")
+    assert "--disk none" in outcome.hint
+    assert engine.containers == {} and engine.volumes == {}
+    assert not paths.env_dir("demo").exists()
+
+
+def test_disk_none_gets_the_plain_home_volume_docker_makes(
+    world: tuple[RecordingEngine, ProvPaths], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dataclasses import replace
+
+    engine, paths = world
+    monkeypatch.setattr(ready, "await_ssh", lambda *a, **k: 0.05)
+    request = _request(tmp_path)
+    request = replace(request, containment=replace(request.containment, disk=0))
+    [result] = service.up_many([(request, Quiet())], paths)
+    assert not isinstance(result, Exception), result
+    assert not [c for c in engine.calls if c[0].startswith("helper")]
+    assert result.disk.startswith("home: not bounded (as asked (--disk none))")

@@ -16,6 +16,9 @@ from provisioner.engine.wire import (
     bridge_name,
     cgroup_memory_use,
     container_body,
+    demux,
+    df_used,
+    disk_helper_body,
     disk_use,
     memory_use,
     network_body,
@@ -166,7 +169,7 @@ class Recording:
     def request(self, call: Call) -> tuple[int, bytes]:
         self.calls.append(call)
         status, data = self.answers.pop(0)
-        return status, json.dumps(data).encode()
+        return status, data if isinstance(data, bytes) else json.dumps(data).encode()
 
 
 def test_create_posts_the_body_then_joins_the_extra_network() -> None:
@@ -219,3 +222,88 @@ def test_disk_use_asks_the_layer_size_and_the_volumes_and_reads_them() -> None:
     unknown = {"Volumes": [{"Name": "prov-demo-home", "UsageData": {"Size": -1}}]}
     assert disk_use({"SizeRw": -1}, unknown, "prov-demo-home") == (None, None)
     assert disk_use({}, {}, "prov-demo-home") == (None, None)
+
+
+def _frame(stream: int, data: bytes) -> bytes:
+    return bytes([stream, 0, 0, 0]) + len(data).to_bytes(4, "big") + data
+
+
+def test_the_disk_helper_may_mount_and_nothing_more() -> None:
+    """The home file system's helper: root with SYS_ADMIN and the loop devices,
+    no network, the disk volume's directory bound with shared propagation (so
+    its mount is the engine host's), a capped log."""
+    body = disk_helper_body(
+        "prov-env:abc", "/var/lib/docker/volumes/prov-d-disk/_data", "echo", ["mount", "auto"], {}
+    )
+    host = body["HostConfig"]
+    assert (body["Image"], body["User"], body["Cmd"]) == ("prov-env:abc", "0", ["mount", "auto"])
+    assert body["Entrypoint"] == ["sh", "-c", "echo", "prov-disk"]
+    assert host["Mounts"] == [
+        {
+            "Type": "bind",
+            "Source": "/var/lib/docker/volumes/prov-d-disk/_data",
+            "Target": "/disk",
+            "BindOptions": {"Propagation": "rshared"},
+        }
+    ]
+    assert host["CapDrop"] == ["ALL"]
+    assert set(host["CapAdd"]) == {"SYS_ADMIN", "MKNOD", "CHOWN", "FOWNER", "DAC_OVERRIDE"}
+    assert host["Devices"] == [
+        {
+            "PathOnHost": "/dev/loop-control",
+            "PathInContainer": "/dev/loop-control",
+            "CgroupPermissions": "rwm",
+        }
+    ]
+    assert host["DeviceCgroupRules"] == ["b 7:* rwm"]  # loop devices, nothing else
+    assert host["NetworkMode"] == "none" and "Privileged" not in host
+    assert "no-new-privileges:true" in host["SecurityOpt"]
+    assert host["LogConfig"]["Config"] == {"max-size": "1m", "max-file": "3"}
+
+
+def test_a_helper_is_created_started_awaited_read_and_removed() -> None:
+    transport = Recording(
+        [
+            (201, {"Id": "h1"}),
+            (204, b""),
+            (200, {"StatusCode": 0}),
+            (200, _frame(2, b"mke2fs noise\n") + _frame(1, b"size=1048576\n")),
+            (204, b""),
+        ]
+    )
+    engine = Engine(transport, EngineTarget("unix:///var/run/docker.sock", "test"))
+    body = {"Image": "x"}
+    assert engine.run_helper(body, "test") == "mke2fs noise\nsize=1048576\n"
+    assert [(c.method, c.path) for c in transport.calls] == [
+        ("POST", "/containers/create"),
+        ("POST", "/containers/h1/start"),
+        ("POST", "/containers/h1/wait"),
+        ("GET", "/containers/h1/logs"),
+        ("DELETE", "/containers/h1"),
+    ]
+    assert json.loads(transport.calls[0].body or b"") == body
+
+
+def test_a_helper_that_fails_says_what_it_printed_and_is_removed_anyway() -> None:
+    transport = Recording(
+        [
+            (201, {"Id": "h1"}),
+            (204, b""),
+            (200, {"StatusCode": 32}),
+            (200, _frame(2, b"mount: /disk/mnt: failed to setup loop device\n")),
+            (204, b""),
+        ]
+    )
+    engine = Engine(transport, EngineTarget("unix:///var/run/docker.sock", "test"))
+    with pytest.raises(ProvError) as caught:
+        engine.run_helper({"Image": "x"}, "mount the home")
+    assert caught.value.what == "Docker's helper could not mount the home"
+    assert "exited 32" in caught.value.seen and "failed to setup loop device" in caught.value.seen
+    assert (transport.calls[-1].method, transport.calls[-1].path) == ("DELETE", "/containers/h1")
+
+
+def test_log_frames_and_df_are_read() -> None:
+    assert demux(_frame(1, b"a") + _frame(2, b"b") + b"\x01\x00") == "ab"
+    df = "Filesystem 1024-blocks Used Available Capacity Mounted on\n/dev/loop0 20 7 13 35% /h\n"
+    assert df_used(df) == 7 * 1024
+    assert df_used("df: /h: No such file or directory\n") is None

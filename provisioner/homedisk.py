@@ -1,0 +1,208 @@
+"""The agent's home on a file system of a fixed size.
+
+Docker's overlay2 on ext4 (the usual engine host) has no quota: a plain home
+volume takes what the agent writes, up to the whole disk. So the home is a
+file system of its own: a sparse ext4 image in a volume prov makes
+(`prov-NAME-disk`), loop-mounted on the engine host by a short-lived helper
+container (SYS_ADMIN and the loop devices, nothing else; it runs prov's
+script below, never anything of the agent's), and handed to the environment
+as its home volume, a bind of that mount. The agent writes until ENOSPC at
+the size; the host's disk pays for what was written, never more than the
+size.
+
+The mount does not survive a reboot of the engine host: `up` and `start`
+mount it again before the container starts, and the entrypoint refuses to
+start sshd on a home that is not that file system (PROV_HOME_BOUND=1), so a
+`docker start` behind prov's back never runs the agent on the host's disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from provisioner.engine import wire
+from provisioner.errors import ProvError
+from provisioner.plan import home_volume_name
+
+if TYPE_CHECKING:
+    from provisioner.engine import Engine
+
+DISK_LABEL = "prov.disk"  # on the home volume: bytes of its file system
+IMAGE_LABEL = "prov.disk-image"  # on the disk volume: the image its helper runs
+IMAGE_FILE = "home.img"
+MOUNT_DIR = "mnt"
+HELPER_DIR = "/disk"  # where the helper sees the disk volume
+# One environment's home may take a quarter of the free space of the engine
+# host's Docker root at its creation, at most 64 GiB and at least 1 GiB.
+SHARE = 4
+MAX_DEFAULT = 64 << 30
+MIN_SIZE = 1 << 30
+AUTO = "auto"
+
+# The helper's script: $1 is "mount SIZE|auto" or "release". It needs only
+# util-linux, mount and e2fsprogs (prov's SSH layer has them), not the image's
+# home. It prints
+# `size=BYTES` once the file system is mounted. Every step is idempotent, so
+# a second `up` (or two racing) finds the image made and the mount there.
+SCRIPT = r"""
+set -eu
+img=/disk/home.img mnt=/disk/mnt
+if [ "$1" = release ]; then
+	if mountpoint -q "$mnt"; then umount "$mnt"; fi
+	exit 0
+fi
+size=$2
+mkdir -p "$mnt"
+if [ ! -e "$img" ]; then
+	if [ "$size" = auto ]; then
+		avail=$(df -P -k /disk | awk 'NR == 2 { print $4 }')
+		size=$((avail / SHARE_ * 1024))
+		if [ "$size" -gt MAX_ ]; then size=MAX_; fi
+		if [ "$size" -lt MIN_ ]; then size=MIN_; fi
+	fi
+	size=$((size / 1048576 * 1048576))
+	rm -f "$img.new"
+	truncate -s "$size" "$img.new"
+	chmod 600 "$img.new" # the agent's home, tokens included: root's alone
+	mkfs.ext4 -q -F -m 0 -E lazy_itable_init=1,lazy_journal_init=1 "$img.new" >&2
+	mv "$img.new" "$img"
+fi
+if ! mountpoint -q "$mnt"; then
+	# noinit_itable: the kernel does not zero the inode tables in the
+	# background (that would write ~1.5% of the size to the host's disk);
+	# discard: what the agent deletes is given back to the host's disk.
+	# The helper's /dev was filled at its start: a loop device the kernel
+	# adds now has no node here yet. Two helpers may pick the same one; the
+	# loser tries the next.
+	tries=0
+	until
+		dev=$(losetup -f)
+		[ -e "$dev" ] || mknod "$dev" b 7 "${dev#/dev/loop}"
+		mount -o "loop=$dev,nosuid,nodev,noinit_itable,discard" "$img" "$mnt" 2>/tmp/mount.err
+	do
+		tries=$((tries + 1))
+		if [ "$tries" -ge 20 ]; then cat /tmp/mount.err >&2; exit 1; fi
+	done
+fi
+# Left empty: Docker fills an empty volume from the image's /home/agent (its
+# owner and mode too) when the environment's container is created.
+# (mkfs's lost+found removed while empty: a fill interrupted before started).
+rmdir "$mnt/lost+found" 2>/dev/null || true
+echo "size=$(stat -c %s "$img")"
+"""
+
+
+def disk_volume_name(name: str) -> str:
+    return f"prov-{name}-disk"
+
+
+def script() -> str:
+    return (
+        SCRIPT.replace("SHARE_", str(SHARE))
+        .replace("MAX_", str(MAX_DEFAULT))
+        .replace("MIN_", str(MIN_SIZE))
+    )
+
+
+def mount_args(size: int | None) -> list[str]:
+    """The helper's arguments for a home of `size` bytes (None: sized by the helper)."""
+    return ["mount", AUTO if size is None else str(size)]
+
+
+def home_volume_options(disk_mountpoint: str) -> dict[str, str]:
+    """The home volume's driver options: a bind of the disk's mount."""
+    return {"type": "none", "o": "bind", "device": f"{disk_mountpoint}/{MOUNT_DIR}"}
+
+
+def parse_size(output: str) -> int | None:
+    """The `size=BYTES` line the helper printed last, if any."""
+    for line in reversed(output.splitlines()):
+        key, _, value = line.strip().partition("=")
+        if key == "size" and value.isdigit():
+            return int(value)
+    return None
+
+
+def bound_of(volume: dict[str, object] | None) -> int:
+    """The size a home volume is bounded to (0: a plain volume, unbounded)."""
+    if not volume:
+        return 0
+    labels = volume.get("Labels") or {}
+    value = labels.get(DISK_LABEL, "") if isinstance(labels, dict) else ""
+    return int(value) if isinstance(value, str) and value.isdigit() else 0
+
+
+@dataclass(frozen=True)
+class Home:
+    """The environment's home as `up` found or made it."""
+
+    size: int = 0  # bytes of its own file system; 0: not bounded
+    made: bool = False  # this run made the disk (a failure removes it again)
+    why: str = ""  # why it is not bounded, in words
+
+
+def ensure(engine: Engine, name: str, image: str, size: int | None, labels: dict[str, str]) -> Home:
+    """The environment's home file system, made (`size` bytes; None: sized by
+    the helper) or found, and mounted on the engine host; its home volume a
+    bind of it. A home volume made before prov bounded homes stays as it is.
+    A failure leaves nothing of this call behind."""
+    home = engine.volume(home_volume_name(name))
+    if home is not None:
+        bound = bound_of(home)
+        disk = engine.volume(disk_volume_name(name))
+        if not bound or disk is None:
+            return Home(why="its home volume was made before prov bounded homes")
+        _mount(engine, disk, image, bound, labels)
+        return Home(size=bound)
+    disk = engine.create_volume(disk_volume_name(name), {**labels, IMAGE_LABEL: image})
+    try:
+        got = _mount(engine, disk, image, size, labels)
+        engine.create_volume(
+            home_volume_name(name),
+            {**labels, DISK_LABEL: str(got)},
+            home_volume_options(str(disk["Mountpoint"])),
+        )
+    except BaseException:
+        # Undone as far as it goes: a helper that could not mount may not be
+        # able to unmount either (then there is nothing mounted to undo).
+        with contextlib.suppress(ProvError):
+            _unmount(engine, name, disk, image)
+        with contextlib.suppress(ProvError):
+            engine.remove_volume(disk_volume_name(name))
+        raise
+    return Home(size=got, made=True)
+
+
+def release(engine: Engine, name: str, image: str = "") -> None:
+    """Unmount the home file system (its home volume and every container using
+    it already gone) and remove its disk volume. Nothing to do for a plain home.
+    `image`: one to run the helper from (default: the one that made the disk)."""
+    disk = engine.volume(disk_volume_name(name))
+    if disk is None:
+        return
+    _unmount(engine, name, disk, image)
+    engine.remove_volume(disk_volume_name(name))
+
+
+def _unmount(engine: Engine, name: str, disk: dict[str, Any], image: str) -> None:
+    labels = disk.get("Labels") or {}
+    image = image or str(labels.get(IMAGE_LABEL, ""))
+    body = wire.disk_helper_body(image, str(disk["Mountpoint"]), script(), ["release"], labels)
+    engine.run_helper(body, f"unmount {name}'s home file system")
+
+
+def _mount(
+    engine: Engine, disk: dict[str, Any], image: str, size: int | None, labels: dict[str, str]
+) -> int:
+    body = wire.disk_helper_body(image, str(disk["Mountpoint"]), script(), mount_args(size), labels)
+    output = engine.run_helper(body, "make and mount the home's file system")
+    got = parse_size(output)
+    if got is None:
+        raise ProvError(
+            "Docker's helper did not say how big the home's file system is",
+            "Its output: " + (" ".join(output.split())[-300:] or "none") + ".",
+            "run `prov up` again; if it persists, pass --disk none and report it.",
+        )
+    return got
