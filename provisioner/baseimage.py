@@ -36,6 +36,7 @@ IMAGE_PACKAGES = (
     "python3-venv",
     "rsync",
     "netcat-openbsd",
+    "e2fsprogs",  # mkfs.ext4 for the home's own file system (not in trixie's minbase)
 )
 
 

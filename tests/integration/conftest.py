@@ -22,6 +22,8 @@ from pathlib import Path
 import docker
 import docker.errors
 import docker.models.containers
+import docker.models.volumes
+import docker.types
 import pytest
 
 PROJECT_UID = 1234
@@ -244,6 +246,31 @@ def prov(
     subprocess.run(["pkill", "-f", f"provisioner.keeper {root}"], check=False)
 
 
+def _unmount_disk(client: docker.DockerClient, volume: docker.models.volumes.Volume) -> None:
+    """prov's own release step (homedisk's script), run on that engine: its
+    mounts may be in a mount namespace of their own (a remote test host's)."""
+    from provisioner import homedisk
+
+    image = (volume.attrs.get("Labels") or {}).get(homedisk.IMAGE_LABEL, "")
+    with contextlib.suppress(docker.errors.APIError):
+        client.containers.run(
+            image,
+            ["release"],
+            entrypoint=["sh", "-c", homedisk.script(), "prov-disk"],
+            user="0",
+            remove=True,
+            network_mode="none",
+            cap_drop=["ALL"],
+            cap_add=["SYS_ADMIN"],
+            security_opt=["apparmor=unconfined"],
+            mounts=[
+                docker.types.Mount(
+                    "/disk", volume.attrs["Mountpoint"], type="bind", propagation="rshared"
+                )
+            ],
+        )
+
+
 def remove_volumes(docker_client: docker.DockerClient, prefix: str) -> None:
     """The volumes of environments named `prefix`*: a home's own file system
     (homedisk) unmounted from this machine first, after its home volume."""
@@ -255,9 +282,7 @@ def remove_volumes(docker_client: docker.DockerClient, prefix: str) -> None:
     disks = [v for v in ours if v.name.endswith("-disk")]
     for volume in [v for v in ours if v not in disks] + disks:
         if volume in disks:
-            subprocess.run(
-                ["umount", f"{volume.attrs['Mountpoint']}/mnt"], check=False, capture_output=True
-            )
+            _unmount_disk(docker_client, volume)
         with contextlib.suppress(docker.errors.APIError):
             volume.remove(force=True)
 

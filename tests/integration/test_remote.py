@@ -27,7 +27,7 @@ import docker
 import pytest
 
 from provisioner.engine.sshlink import link_dir
-from tests.integration.conftest import PROJECT_GID, PROJECT_UID, Prov
+from tests.integration.conftest import PROJECT_GID, PROJECT_UID, Prov, remove_volumes
 from tests.integration.remotehost import BASE_DIR, RemoteHost, cleanup_stale
 
 pytestmark = pytest.mark.remote
@@ -493,8 +493,7 @@ def test_every_engine_host_fault_is_one_clear_paragraph(remote: Remote) -> None:
     client = remote.engine(r2)
     for container in client.containers.list(all=True, filters={"label": f"prov.name={name}"}):
         container.remove(force=True)
-    for volume in client.volumes.list(filters={"label": f"prov.name={name}"}):
-        volume.remove(force=True)
+    remove_volumes(client, name)  # its home's file system unmounted first
     for network in client.networks.list(filters={"label": f"prov.name={name}"}):
         network.remove()
     assert remote.leftovers(r2, name) == []
