@@ -621,43 +621,16 @@ class Engine:
         )
         return dict(made or {})
 
-    def run_helper(self, body: dict[str, Any], action: str, timeout: float = 300.0) -> str:
-        """Create, start and await a short-lived container; its output (stdout
-        and stderr). It is removed whatever happens; a non-zero exit raises
-        ProvError with its last lines."""
+    def create_named(self, name: str, body: dict[str, Any]) -> str:
+        """Create (not start) container `name` from an API body; its ID."""
         created = self._json(
-            f"create a helper to {action}",
+            f"create container {name}",
             "POST",
             "/containers/create",
+            params={"name": name},
             body=json.dumps(body).encode(),
         )
-        helper = str(created["Id"])
-        try:
-            self._call(f"start the helper to {action}", "POST", f"/containers/{helper}/start")
-            waited = self._json(
-                f"wait for the helper to {action}",
-                "POST",
-                f"/containers/{helper}/wait",
-                timeout=timeout,
-            )
-            raw = self._call(
-                f"read the helper's output ({action})",
-                "GET",
-                f"/containers/{helper}/logs",
-                params={"stdout": "1", "stderr": "1", "tail": "50"},
-            )
-            output = wire.demux(raw or b"")
-        finally:
-            self.remove(helper)
-        code = int((waited or {}).get("StatusCode", -1))
-        if code != 0:
-            raise ProvError(
-                f"Docker's helper could not {action}",
-                f"It exited {code}: " + (" ".join(output.split())[-400:] or "no output") + ".",
-                "see `prov doctor`; the engine may refuse SYS_ADMIN or loop devices to "
-                "containers (rootless Docker, some hosted engines).",
-            )
-        return output
+        return str(created["Id"])
 
     def create_plain_network(self, name: str, labels: dict[str, str]) -> None:
         """A user-defined bridge with Docker's own addressing (its embedded DNS
@@ -871,17 +844,37 @@ class Engine:
             return None, None
         return wire.disk_use(container, df, volume)
 
+    def exec_run(self, container_id: str, argv: list[str], user: str = "0") -> tuple[int, str]:
+        """Run `argv` in a running container and wait for it: (exit code, its
+        stdout and stderr). Through the API itself, no docker-py (~80 ms to import)."""
+        made = self._json(
+            "run a command in the container",
+            "POST",
+            f"/containers/{container_id}/exec",
+            body=json.dumps(
+                {"Cmd": argv, "User": user, "AttachStdout": True, "AttachStderr": True}
+            ).encode(),
+        )
+        exec_id = str(made["Id"])
+        raw = self._call(
+            "run a command in the container",
+            "POST",
+            f"/exec/{exec_id}/start",
+            body=json.dumps({"Detach": False, "Tty": False}).encode(),
+            timeout=300.0,
+        )
+        state = self._json("read the command's exit", "GET", f"/exec/{exec_id}/json")
+        code = (state or {}).get("ExitCode")
+        return (int(code) if isinstance(code, int) else -1), wire.demux(raw or b"")
+
     def fs_used(self, container_id: str, path: str) -> int | None:
         """Bytes used on the file system at `path` in a running container (its
         own `df`, as root); None if it cannot tell."""
         try:
-            with _docker_errors("measure a file system in the container"):
-                api = self._docker().api
-                made = api.exec_create(container_id, ["df", "-P", "-k", path], user="0")
-                output = bytes(api.exec_start(made["Id"])).decode(errors="replace")
+            code, output = self.exec_run(container_id, ["df", "-P", "-k", path])
         except ProvError:
             return None
-        return wire.df_used(output)
+        return wire.df_used(output) if code == 0 else None
 
     def memory_available(self) -> int | None:
         """Bytes of memory the engine host could still give (MemAvailable), None

@@ -247,15 +247,16 @@ def prov(
 
 
 def _unmount_disk(client: docker.DockerClient, volume: docker.models.volumes.Volume) -> None:
-    """prov's own release step (homedisk's script), run on that engine: its
-    mounts may be in a mount namespace of their own (a remote test host's)."""
+    """prov's own release step (homedisk's script), run on that engine in a
+    container of its own: its mounts may be in a mount namespace of their own
+    (a remote test host's), and the test leaves prov's disk keeper alone."""
     from provisioner import homedisk
 
     image = (volume.attrs.get("Labels") or {}).get(homedisk.IMAGE_LABEL, "")
     with contextlib.suppress(docker.errors.APIError):
         client.containers.run(
             image,
-            ["release"],
+            ["release", "/disk"],
             entrypoint=["sh", "-c", homedisk.script(), "prov-disk"],
             user="0",
             remove=True,

@@ -18,8 +18,13 @@ def test_the_helpers_script_is_valid_sh_with_its_sizes_filled_in() -> None:
 
 
 def test_mount_arguments_and_the_home_volumes_options() -> None:
-    assert homedisk.mount_args(None) == ["mount", "auto"]
-    assert homedisk.mount_args(300 << 20) == ["mount", str(300 << 20)]
+    assert homedisk.mount_args("/volumes/v/_data", None) == ["mount", "/volumes/v/_data", "auto"]
+    assert homedisk.mount_args("/v", 300 << 20) == ["mount", "/v", str(300 << 20)]
+    # The keeper binds Docker's volumes directory; a disk volume is a directory in it.
+    assert homedisk.keeper_paths("/var/lib/docker/volumes/prov-x-disk/_data") == (
+        "/var/lib/docker/volumes",
+        "/volumes/prov-x-disk/_data",
+    )
     assert homedisk.home_volume_options("/var/lib/docker/volumes/prov-x-disk/_data") == {
         "type": "none",
         "o": "bind",

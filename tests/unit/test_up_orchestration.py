@@ -14,6 +14,7 @@ import pytest
 
 from provisioner import ready, service, state
 from provisioner.config import Containment, Extras, ProvPaths, UpRequest
+from provisioner.engine import ContainerInfo
 from provisioner.engine.hostview import HostView
 from provisioner.engine.site import Site
 from provisioner.engine.targets import DEFAULT_HOST, EngineTarget
@@ -31,6 +32,7 @@ class RecordingEngine:
         self.networks: dict[str, NetworkSpec] = {}
         self.volumes: dict[str, dict[str, Any]] = {}
         self.mounted: set[str] = set()  # disk volumes whose file system is mounted
+        self.keeper: dict[str, Any] | None = None  # the disk keeper's body, once made
 
     @property
     def site(self) -> Site:
@@ -40,8 +42,11 @@ class RecordingEngine:
         self.calls.append((what, subject))
 
     # what prepare and place ask
-    def find(self, name: str) -> None:
+    def find(self, name: str) -> Any:
         self._say("find", name)
+        if name == "prov-diskd" and self.keeper is not None:
+            return ContainerInfo("prov-diskd", name, "running", {}, "sha256:k", (), None, "")
+        return None
 
     def image_id(self, ref: str) -> str:
         return f"sha256:{abs(hash(ref)):x}"  # every image is present: nothing is built
@@ -91,16 +96,22 @@ class RecordingEngine:
         self.volumes[name] = {**made, "Mountpoint": f"/var/lib/docker/volumes/{name}/_data"}
         return self.volumes[name]
 
-    def run_helper(self, body: dict[str, Any], action: str, timeout: float = 300.0) -> str:
-        """The home's file system helper: mounts, or releases, its disk volume."""
-        disk = body["HostConfig"]["Mounts"][0]["Source"].split("/")[-2]
-        args = body["Cmd"]
-        self._say(f"helper {args[0]}", disk)
-        if args[0] == "release":
+    def create_named(self, name: str, body: dict[str, Any]) -> str:
+        self._say("create_named", name)
+        self.keeper = body
+        return name
+
+    def exec_run(self, container_id: str, argv: list[str], user: str = "0") -> tuple[int, str]:
+        """The disk keeper's script: mounts, or releases, a disk volume's directory."""
+        assert container_id == "prov-diskd" and user == "0"
+        action, directory, *size = argv[4:]
+        disk = directory.split("/")[-2]
+        self._say(f"keeper {action}", disk)
+        if action == "release":
             self.mounted.discard(disk)
-            return ""
+            return 0, ""
         self.mounted.add(disk)
-        return "size=" + ("1073741824" if args[1] == "auto" else args[1])
+        return 0, "size=" + ("1073741824" if size == ["auto"] else size[0])
 
     # what finish asks
     def start(self, container_id: str) -> None:
@@ -182,12 +193,14 @@ def test_a_new_environment_is_made_in_order(
     made = [
         c
         for c in engine.calls
-        if c[0] in ("create_volume", "helper mount", "create_network", "create", "start")
+        if c[0]
+        in ("create_volume", "create_named", "keeper mount", "create_network", "create", "start")
     ]
     assert made == [
         # The home's own file system, made and mounted before anything uses it.
         ("create_volume", "prov-demo-disk"),
-        ("helper mount", "prov-demo-disk"),
+        ("create_named", "prov-diskd"),  # the engine's disk keeper, made once
+        ("keeper mount", "prov-demo-disk"),
         ("create_volume", "prov-demo-home"),
         ("create_network", "prov-demo-net"),
         ("create", "prov-demo"),
@@ -248,7 +261,7 @@ def test_a_failure_undoes_exactly_what_this_run_made(
     tail = [c for c in engine.calls if c[1] in ("prov-demo-home", "prov-demo-disk")][-3:]
     assert tail == [
         ("remove_volume", "prov-demo-home"),
-        ("helper release", "prov-demo-disk"),
+        ("keeper release", "prov-demo-disk"),
         ("remove_volume", "prov-demo-disk"),
     ]
     assert engine.containers == {} and engine.networks == {} and engine.volumes == {}
@@ -302,13 +315,11 @@ class Warned(Quiet):
 
 
 def _refuse_helpers(engine: RecordingEngine, monkeypatch: pytest.MonkeyPatch) -> None:
-    from provisioner.errors import ProvError
+    def refused(container_id: str, argv: list[str], user: str = "0") -> tuple[int, str]:
+        engine._say("keeper refused", argv[4])
+        return 32, "mount: /volumes/x/mnt: failed to setup loop device: no loop device."
 
-    def refused(body: dict[str, Any], action: str, timeout: float = 300.0) -> str:
-        engine._say("helper refused", action)
-        raise ProvError(f"Docker's helper could not {action}", "It exited 1: no loop device.")
-
-    monkeypatch.setattr(engine, "run_helper", refused)
+    monkeypatch.setattr(engine, "exec_run", refused)
 
 
 def test_an_engine_that_refuses_the_homes_file_system_gets_a_plain_home_and_says_so(
@@ -325,7 +336,11 @@ def test_an_engine_that_refuses_the_homes_file_system_gets_a_plain_home_and_says
     assert "prov-demo-disk" not in engine.volumes and "prov-demo-home" not in engine.volumes
     assert engine.containers["prov-demo"].environment["PROV_HOME_BOUND"] == "0"
     assert result.disk.startswith("home: not bounded (this engine refused its file system")
-    assert any("the home is not bounded" in w and "no loop device" in w for w in reporter.warnings)
+    assert engine.keeper is not None and engine.keeper["HostConfig"]["NetworkMode"] == "none"
+    assert any(
+        "the home is not bounded" in w and "failed to setup loop device" in w
+        for w in reporter.warnings
+    )
 
 
 def test_a_disk_size_asked_for_that_the_engine_refuses_fails_and_leaves_nothing(
@@ -359,5 +374,5 @@ def test_disk_none_gets_the_plain_home_volume_docker_makes(
     request = replace(request, containment=replace(request.containment, disk=0))
     [result] = service.up_many([(request, Quiet())], paths)
     assert not isinstance(result, Exception), result
-    assert not [c for c in engine.calls if c[0].startswith("helper")]
+    assert not [c for c in engine.calls if c[0].startswith("keeper")]
     assert result.disk.startswith("home: not bounded (as asked (--disk none))")

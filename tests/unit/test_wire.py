@@ -18,8 +18,8 @@ from provisioner.engine.wire import (
     container_body,
     demux,
     df_used,
-    disk_helper_body,
     disk_use,
+    diskd_body,
     memory_use,
     network_body,
 )
@@ -228,21 +228,23 @@ def _frame(stream: int, data: bytes) -> bytes:
     return bytes([stream, 0, 0, 0]) + len(data).to_bytes(4, "big") + data
 
 
-def test_the_disk_helper_may_mount_and_nothing_more() -> None:
-    """The home file system's helper: root with SYS_ADMIN and the loop devices,
-    no network, the disk volume's directory bound with shared propagation (so
-    its mount is the engine host's), a capped log."""
-    body = disk_helper_body(
-        "prov-env:abc", "/var/lib/docker/volumes/prov-d-disk/_data", "echo", ["mount", "auto"], {}
-    )
+def test_the_disk_keeper_may_mount_and_nothing_more() -> None:
+    """The disk keeper: root with SYS_ADMIN and the loop devices, no network,
+    Docker's volumes directory bound with shared propagation (so its mounts are
+    the engine host's), a capped log, and a command that only waits."""
+    body = diskd_body("prov-env:abc", "/var/lib/docker/volumes", {"prov.role": "diskd"})
     host = body["HostConfig"]
-    assert (body["Image"], body["User"], body["Cmd"]) == ("prov-env:abc", "0", ["mount", "auto"])
-    assert body["Entrypoint"] == ["sh", "-c", "echo", "prov-disk"]
+    assert (body["Image"], body["User"], body["Labels"]) == (
+        "prov-env:abc",
+        "0",
+        {"prov.role": "diskd"},
+    )
+    assert "sleep 3600" in body["Entrypoint"][-1] and body["Cmd"] == []
     assert host["Mounts"] == [
         {
             "Type": "bind",
-            "Source": "/var/lib/docker/volumes/prov-d-disk/_data",
-            "Target": "/disk",
+            "Source": "/var/lib/docker/volumes",
+            "Target": "/volumes",
             "BindOptions": {"Propagation": "rshared"},
         }
     ]
@@ -261,45 +263,29 @@ def test_the_disk_helper_may_mount_and_nothing_more() -> None:
     assert host["LogConfig"]["Config"] == {"max-size": "1m", "max-file": "3"}
 
 
-def test_a_helper_is_created_started_awaited_read_and_removed() -> None:
+def test_exec_run_creates_starts_and_reads_the_exit() -> None:
+    """A command in a running container through the API: exec created with both
+    streams attached, started attached, its exit code read after."""
     transport = Recording(
         [
-            (201, {"Id": "h1"}),
-            (204, b""),
-            (200, {"StatusCode": 0}),
+            (201, {"Id": "e1"}),
             (200, _frame(2, b"mke2fs noise\n") + _frame(1, b"size=1048576\n")),
-            (204, b""),
+            (200, {"ExitCode": 0, "Running": False}),
         ]
     )
     engine = Engine(transport, EngineTarget("unix:///var/run/docker.sock", "test"))
-    body = {"Image": "x"}
-    assert engine.run_helper(body, "test") == "mke2fs noise\nsize=1048576\n"
-    assert [(c.method, c.path) for c in transport.calls] == [
-        ("POST", "/containers/create"),
-        ("POST", "/containers/h1/start"),
-        ("POST", "/containers/h1/wait"),
-        ("GET", "/containers/h1/logs"),
-        ("DELETE", "/containers/h1"),
-    ]
-    assert json.loads(transport.calls[0].body or b"") == body
-
-
-def test_a_helper_that_fails_says_what_it_printed_and_is_removed_anyway() -> None:
-    transport = Recording(
-        [
-            (201, {"Id": "h1"}),
-            (204, b""),
-            (200, {"StatusCode": 32}),
-            (200, _frame(2, b"mount: /disk/mnt: failed to setup loop device\n")),
-            (204, b""),
-        ]
-    )
-    engine = Engine(transport, EngineTarget("unix:///var/run/docker.sock", "test"))
-    with pytest.raises(ProvError) as caught:
-        engine.run_helper({"Image": "x"}, "mount the home")
-    assert caught.value.what == "Docker's helper could not mount the home"
-    assert "exited 32" in caught.value.seen and "failed to setup loop device" in caught.value.seen
-    assert (transport.calls[-1].method, transport.calls[-1].path) == ("DELETE", "/containers/h1")
+    assert engine.exec_run("c0ffee", ["sh", "-c", "x"]) == (0, "mke2fs noise\nsize=1048576\n")
+    create, start, inspect = transport.calls
+    assert (create.method, create.path) == ("POST", "/containers/c0ffee/exec")
+    assert json.loads(create.body or b"") == {
+        "Cmd": ["sh", "-c", "x"],
+        "User": "0",
+        "AttachStdout": True,
+        "AttachStderr": True,
+    }
+    assert (start.method, start.path) == ("POST", "/exec/e1/start")
+    assert json.loads(start.body or b"") == {"Detach": False, "Tty": False}
+    assert (inspect.method, inspect.path) == ("GET", "/exec/e1/json")
 
 
 def test_log_frames_and_df_are_read() -> None:
