@@ -351,12 +351,19 @@ def parse_net(text: str) -> str:
     return str(net)
 
 
+def _size(text: str) -> int | None:
+    """A size (`4g`, `512m`, `1.5G`, bytes) in bytes; None for `none`; 0 for nonsense."""
+    if text.strip().lower() in NO_LIMIT:
+        return None
+    match = _SIZE_RE.match(text.strip().lower())
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)]) if match else 0
+
+
 def parse_memory(text: str) -> int:
     """`4g`, `512m`, `1.5G`, or bytes -> bytes; `none` -> 0 (no limit)."""
-    if text.strip().lower() in NO_LIMIT:
+    size = _size(text)
+    if size is None:
         return 0
-    match = _SIZE_RE.match(text.strip().lower())
-    size = int(float(match.group(1)) * _SIZE_UNITS[match.group(2)]) if match else 0
     if size < MIN_MEMORY:
         raise UsageError(
             f"Invalid --memory {text!r}",
@@ -368,10 +375,9 @@ def parse_memory(text: str) -> int:
 
 def parse_disk(text: str) -> int:
     """`20g`, `512m` -> bytes of the home's file system; `none` -> 0 (a plain volume)."""
-    if text.strip().lower() in NO_LIMIT:
+    size = _size(text)
+    if size is None:
         return 0
-    match = _SIZE_RE.match(text.strip().lower())
-    size = int(float(match.group(1)) * _SIZE_UNITS[match.group(2)]) if match else 0
     if size < MIN_DISK:
         raise UsageError(
             f"Invalid --disk {text!r}",
