@@ -351,41 +351,38 @@ def parse_net(text: str) -> str:
     return str(net)
 
 
-def _size(text: str) -> int | None:
-    """A size (`4g`, `512m`, `1.5G`, bytes) in bytes; None for `none`; 0 for nonsense."""
+def _size(text: str, flag: str, minimum: int, takes: str, example: str) -> int:
+    """A size (`4g`, `512m`, `1.5G`, bytes) of at least `minimum` in bytes;
+    `none` -> 0. Anything else is a usage error naming `flag`."""
     if text.strip().lower() in NO_LIMIT:
-        return None
+        return 0
     match = _SIZE_RE.match(text.strip().lower())
-    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)]) if match else 0
+    size = int(float(match.group(1)) * _SIZE_UNITS[match.group(2)]) if match else 0
+    if size < minimum:
+        raise UsageError(f"Invalid {flag} {text!r}", takes, example)
+    return size
 
 
 def parse_memory(text: str) -> int:
     """`4g`, `512m`, `1.5G`, or bytes -> bytes; `none` -> 0 (no limit)."""
-    size = _size(text)
-    if size is None:
-        return 0
-    if size < MIN_MEMORY:
-        raise UsageError(
-            f"Invalid --memory {text!r}",
-            "It takes a size of at least 64m, such as 512m or 4g, or none (no limit).",
-            "e.g. --memory 8g (the default is half the engine host's memory).",
-        )
-    return size
+    return _size(
+        text,
+        "--memory",
+        MIN_MEMORY,
+        "It takes a size of at least 64m, such as 512m or 4g, or none (no limit).",
+        "e.g. --memory 8g (the default is half the engine host's memory).",
+    )
 
 
 def parse_disk(text: str) -> int:
     """`20g`, `512m` -> bytes of the home's file system; `none` -> 0 (a plain volume)."""
-    size = _size(text)
-    if size is None:
-        return 0
-    if size < MIN_DISK:
-        raise UsageError(
-            f"Invalid --disk {text!r}",
-            "It takes a size of at least 256m, such as 20g, or none (no bound).",
-            "e.g. --disk 20g (the default is a quarter of the engine host's free space, "
-            "at most 64g).",
-        )
-    return size
+    return _size(
+        text,
+        "--disk",
+        MIN_DISK,
+        "It takes a size of at least 256m, such as 20g, or none (no bound).",
+        "e.g. --disk 20g (the default is a quarter of the engine host's free space, at most 64g).",
+    )
 
 
 def parse_cpus(value: float | str) -> float:
