@@ -257,12 +257,14 @@ def _home(
     name = request.name
     asked = request.containment.disk
     if existing is not None and existing.running:
-        return homedisk.Home(size=homedisk.bound_of(engine.volume(home_volume_name(name))))
+        home = homedisk.Home(size=homedisk.bound_of(engine.volume(home_volume_name(name))))
+        _kept(home, asked, name, reporter)
+        return home
     if asked == 0 and engine.volume(home_volume_name(name)) is None:
         return homedisk.Home(why="as asked (--disk none)")
     labels = {LABEL_MANAGED: "true", LABEL_NAME: name, LABEL_HOME: home_id(paths)}
     try:
-        return homedisk.ensure(engine, name, image, asked, labels)
+        home = homedisk.ensure(engine, name, image, asked, labels)
     except ProvError as exc:
         if asked is not None:
             raise type(exc)(
@@ -273,6 +275,24 @@ def _home(
             ) from None
         reporter.warn(f"the home is not bounded: {exc.what}. {exc.seen}")
         return homedisk.Home(why=f"this engine refused its file system ({exc.what})")
+    _kept(home, asked, name, reporter)
+    return home
+
+
+def _kept(home: homedisk.Home, asked: int | None, name: str, reporter: Reporter) -> None:
+    """An existing home keeps what it was made with: a --disk asked now that
+    differs is said, not silently dropped."""
+    if not asked or home.made or home.size >> 20 == asked >> 20:
+        return
+    kept = (
+        f"the file system it was made with ({home.size >> 20}m)"
+        if home.size
+        else ("its plain volume (made before prov bounded homes)")
+    )
+    reporter.warn(
+        f"--disk {asked >> 20}m is not applied: {name}'s home keeps {kept}; "
+        f"`prov rm {name}` and `prov up` again make a new one (the home's files go with it)"
+    )
 
 
 def _find_credentials(credentials: str) -> host.Credentials:

@@ -424,5 +424,8 @@ def test_a_home_whose_file_system_is_gone_never_runs_the_agent_on_the_hosts_disk
     assert not written, f"written to the bare directory on the host's disk: {written}"
     prov.run("start", name, check=True)
     assert prov.ssh(f"prov-{name}", "cat ~/note", timeout=30).stdout.strip() == "kept"
+    # Its size stays what it was made with, and `up` says so for another --disk.
+    kept = prov.run("up", name, "--disk", "512m", check=True).stderr
+    assert "--disk 512m is not applied" in kept and "(256m)" in kept, kept
     prov.run("rm", name, "--yes", check=True)
     assert not _loops_of(f"prov-{name}-disk")
