@@ -896,7 +896,7 @@ def ls(
     ] = False,
 ) -> None:
     """List environments: name, state, port, project, egress, sudo, memory in use of
-    its limit, agents, uptime."""
+    its limit, home in use of its file system, agents, uptime."""
     from provisioner import lifecycle
 
     envs = _run(lifecycle.list_envs, None, everyone, asked=_asked())
@@ -919,13 +919,15 @@ def ls(
             e.egress,
             e.sudo,
             e.memory,
+            e.home_disk,
             e.agents,
             e.status,
         )
         for e in envs
     ]
     headers: tuple[str, ...] = (
-        "NAME", "STATE", "SSH", "PORT", "PROJECT", "EGRESS", "SUDO", "MEMORY", "AGENTS", "STATUS",
+        "NAME", "STATE", "SSH", "PORT", "PROJECT", "EGRESS", "SUDO", "MEMORY", "HOME",
+        "AGENTS", "STATUS",
     )  # fmt: skip
     if any(e.branch != "-" for e in envs):  # branch mode: the clone's branch, commits ahead
         headers = (*headers[:5], "BRANCH", *headers[5:])

@@ -72,6 +72,7 @@ class EnvStatus:
     limits_bytes: int = 0  # the memory limit (0: none)
     memory: str = "-"  # in use, of the limit (a running environment)
     disk: str = "-"  # what bounds the agent's writes outside the project (`status` only)
+    home_disk: str = "-"  # its home file system: in use, of its size ("-": not bounded)
     home: str = "this"  # "this" PROV_HOME, or "other" (shown by `ls --all`)
     home_volume: str = "-"  # where /home/agent lives, and what keeps it
     engine: str = "-"  # the Docker engine it is on, and how prov chose it
@@ -320,15 +321,20 @@ def _ask_engines(
     def ask(target: targets.EngineTarget) -> None:
         try:
             engine = Engine.connect(target)
+            summaries = [
+                item
+                for item in engine.summaries()
+                if (item.get("Labels") or {}).get(LABEL_ROLE, "env") == "env"
+            ]
             envs = [
                 (
                     str(item.get("Id", "")),
                     replace(_from_summary(item, paths), engine=target.describe()),
                 )
-                for item in engine.summaries()
-                if (item.get("Labels") or {}).get(LABEL_ROLE, "env") == "env"
+                for item in summaries
             ]
-            answers[target.host] = _memory_in_use(engine, envs)
+            homes = homedisk.homes_in_use(engine, summaries)
+            answers[target.host] = [_with_home(env, homes) for env in _memory_in_use(engine, envs)]
         except ProvError as exc:
             failures[target.host] = exc
             answers[target.host] = exc.what
@@ -346,6 +352,13 @@ def _ask_engines(
     for target in asked:
         answers.setdefault(target.host, f"no answer within {timeout:g} s")
     return answers
+
+
+def _with_home(env: EnvStatus, homes: dict[str, tuple[int, int]]) -> EnvStatus:
+    if env.name not in homes:
+        return env
+    used, size = homes[env.name]
+    return replace(env, home_disk=limits.use_text(used, size))
 
 
 def engine_of(name: str, paths: ProvPaths, asked: targets.Asked = targets.NOTHING) -> Engine:

@@ -23,6 +23,8 @@ import docker.errors
 import docker.types
 import pytest
 
+from provisioner import homedisk
+from provisioner.engine import Engine
 from tests.integration.conftest import EGRESS_NET, Prov, free_port, start_outside_server
 
 ALLOWED, DENIED = "allowed.prov-test", "denied.prov-test"
@@ -326,8 +328,9 @@ def test_status_shows_what_the_agents_writes_outside_the_project_hold(
     prov: Prov, bounded: str
 ) -> None:
     """The agent writes 24 MiB into its home and 12 MiB into /var/tmp: `prov status`
-    shows the home's use against its size, and the container's own layer still
-    empty (/var/tmp is memory, not the layer on the host's disk)."""
+    and `prov ls` show the home's use against its size, and `status` the
+    container's own layer still empty (/var/tmp is memory, not the layer on the
+    host's disk)."""
     prov.ssh(
         f"prov-{bounded}",
         "head -c 25165824 /dev/urandom > ~/fill && head -c 12582912 /dev/urandom > /var/tmp/fill",
@@ -339,6 +342,24 @@ def test_status_shows_what_the_agents_writes_outside_the_project_hold(
         amount, unit, _of, _size, size_unit = home.removeprefix("home ").split(" ")
         assert unit == "MiB" and float(amount) >= 24 and size_unit == "GiB", disk
         assert layer == "container layer 0 MiB", disk
+        # `ls` shows the same home use against the same size, in its HOME column.
+        listed = {e["name"]: e for e in json.loads(prov.run("ls", "--json", check=True).stdout)}
+        ls_amount, ls_unit, _, ls_size, ls_size_unit = listed[bounded]["home_disk"].split(" ")
+        assert ls_unit == "MiB" and float(ls_amount) >= 24, listed[bounded]
+        assert (ls_size, ls_size_unit) == (_size, size_unit), (listed[bounded], disk)
+        table = prov.run("ls", check=True).stdout.splitlines()
+        assert "HOME" in table[0].split()
+        assert any(line.startswith(bounded + " ") and f"of {_size} GiB" in line for line in table)
+        # The way a user who cannot read Docker's root is answered (the disk
+        # keeper's df) gives what this machine's own statvfs gave.
+        engine = Engine.connect()
+        keeper = engine.find(homedisk.DISKD)
+        assert keeper is not None and keeper.running
+        _, answer = engine.exec_run(keeper.id, ["sh", "-c", homedisk.HOMES_SCRIPT])
+        used, size = homedisk.parse_homes(answer)[bounded]
+        summaries = [s for s in engine.summaries() if s["Labels"].get("prov.name") == bounded]
+        here_used, here_size = homedisk.homes_in_use(engine, summaries)[bounded]
+        assert size == here_size and abs(used - here_used) < 1 << 20, (answer, here_used)
     finally:
         prov.ssh(f"prov-{bounded}", "rm -f ~/fill /var/tmp/fill", timeout=30)
 

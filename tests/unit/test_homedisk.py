@@ -45,3 +45,23 @@ def test_a_home_volume_says_its_bound_by_label() -> None:
     assert homedisk.bound_of({"Labels": None}) == 0
     assert homedisk.bound_of({"Labels": {homedisk.DISK_LABEL: "junk"}}) == 0
     assert homedisk.bound_of(None) == 0
+
+
+def test_ls_reads_each_mounted_homes_use_and_its_size_from_one_keeper_answer() -> None:
+    """`df` names the home's own mount point only where its file system is
+    mounted; an unmounted one reports the disk it sits on and is left out, as is
+    a home whose image `stat` did not see."""
+    output = (
+        "Filesystem 1024-blocks Used Available Capacity Mounted on\n"
+        "/dev/loop3 292944 24580 261196 9% /volumes/prov-web-1-disk/_data/mnt\n"
+        "/dev/sda1 60000000 30000000 30000000 50% /volumes\n"
+        "/dev/loop4 292944 100 292000 1% /volumes/prov-no-image-disk/_data/mnt\n"
+        "image /volumes/prov-web-1-disk/_data/home.img 314572800\n"
+        "image /volumes/prov-down-disk/_data/home.img 314572800\n"
+        "image /volumes/other/_data/home.img 1\n"
+    )
+    assert homedisk.parse_homes(output) == {"web-1": (24580 * 1024, 314572800)}
+    assert homedisk.parse_homes("") == {}
+    # The globs the keeper expands are the layout the unit above parses.
+    assert "/volumes/prov-*-disk/_data/mnt" in homedisk.HOMES_SCRIPT
+    assert "/volumes/prov-*-disk/_data/home.img" in homedisk.HOMES_SCRIPT
