@@ -212,6 +212,37 @@ def test_an_allowed_name_at_a_private_address_is_refused(
     assert "SSH-2.0-OpenSSH" in _connect(strict, alias, f"{ALLOWED}:443")
 
 
+def test_an_allowed_name_at_a_loopback_address_is_refused(
+    strict: Prov, outside: str, docker_client: docker.DockerClient
+) -> None:
+    """The tests' resolver here is the proxy's hosts file (Docker's DNS cannot
+    answer loopback): it maps lo.ALLOWED to 127.0.0.1 and out.ALLOWED to the
+    outside server. The proxy refuses lo.ALLOWED and says why, though the user
+    allowed the outside network's range; out.ALLOWED, looked up the same way,
+    goes through (control: the proxy did read the mapping)."""
+    name = strict.name("loopback")
+    strict.project(name)
+    subnet = docker_client.networks.get(EGRESS_NET).attrs["IPAM"]["Config"][0]["Subnet"]
+    strict.up(name, "--allow", ALLOWED, "--allow-net", subnet)
+    proxy = docker_client.containers.get(f"prov-{name}-egress")
+    hosts = Path(proxy.attrs["HostsPath"])
+    with hosts.open("a") as handle:
+        handle.write(f"127.0.0.1 lo.{ALLOWED}\n{outside} out.{ALLOWED}\n")
+    proxy.kill("SIGHUP")  # squid reads its hosts file again
+    alias = f"prov-{name}"
+    deadline = time.monotonic() + 20
+    while "SSH-2.0-OpenSSH" not in (reached := _connect(strict, alias, f"out.{ALLOWED}:443")):
+        assert time.monotonic() < deadline, reached
+        time.sleep(0.5)
+    refused = _connect(strict, alias, f"lo.{ALLOWED}:443")
+    assert "403" in refused and "SSH-2.0" not in refused, refused
+    report = json.loads(strict.run("egress", name, "--json", check=True).stdout)
+    assert any(
+        f"lo.{ALLOWED}" in line and "private, loopback or link-local" in line
+        for line in report["denials"]
+    ), report["denials"]
+
+
 def test_an_allowed_name_at_a_link_local_address_is_refused(
     strict: Prov, docker_client: docker.DockerClient, env_image: str
 ) -> None:
