@@ -253,6 +253,10 @@ def _unmount_disk(client: docker.DockerClient, volume: docker.models.volumes.Vol
     from provisioner import homedisk
 
     image = (volume.attrs.get("Labels") or {}).get(homedisk.IMAGE_LABEL, "")
+    try:
+        client.images.get(image)
+    except docker.errors.APIError:  # the test removed it (--from, a project layer): any of prov's
+        image = next(iter(t for i in client.images.list("prov-env") for t in i.tags), image)
     with contextlib.suppress(docker.errors.APIError):
         client.containers.run(
             image,
@@ -284,8 +288,19 @@ def remove_volumes(docker_client: docker.DockerClient, prefix: str) -> None:
     for volume in [v for v in ours if v not in disks] + disks:
         if volume in disks:
             _unmount_disk(docker_client, volume)
+            if _mounted(volume):  # removing it now would delete its image and keep the mount
+                continue
         with contextlib.suppress(docker.errors.APIError):
             volume.remove(force=True)
+
+
+def _mounted(volume: docker.models.volumes.Volume) -> bool:
+    """Whether a disk volume's file system is mounted, as this machine sees it
+    (a remote test host's mounts are not here: False)."""
+    point = f"{volume.attrs['Mountpoint']}/{'mnt'}"
+    return any(
+        line.split()[4] == point for line in Path("/proc/self/mountinfo").read_text().splitlines()
+    )
 
 
 def free_port() -> int:
