@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import hashlib
+import ipaddress
 import json
 import os
 import shutil
@@ -146,17 +147,27 @@ def _cached_defaults(cache: Path | None, npm_cache: Path | None) -> tuple[str, .
 
 def user_allowlist() -> tuple[str, ...]:
     """The user file's domain names."""
-    return tuple(e for e in _user_entries() if "/" not in e)
+    return tuple(e for e in _user_entries() if "/" not in e and " " not in e)
 
 
 def user_allow_nets() -> tuple[str, ...]:
     """The user file's address ranges (lines such as 10.20.0.0/16)."""
-    return tuple(e for e in _user_entries() if "/" in e)
+    return tuple(e for e in _user_entries() if "/" in e and " " not in e)
+
+
+def user_hosts() -> tuple[str, ...]:
+    """The user file's address lines ("10.20.0.5 mirror.corp.example", as in
+    /etc/hosts): where the proxy finds those names before it asks DNS, for
+    names no DNS it can ask knows (an internal mirror). They allow nothing:
+    each name must be allowed, and a private address's range named, as for
+    any other."""
+    return tuple(e for e in _user_entries() if " " in e)
 
 
 def _user_entries() -> tuple[str, ...]:
-    """The user file's lines: domain names, and address ranges (normalised, so
-    with a "/") for addresses the proxy otherwise refuses."""
+    """The user file's lines: domain names, address ranges (normalised, so
+    with a "/") for addresses the proxy otherwise refuses, and an address
+    with the names it has ("ADDRESS NAME...", normalised)."""
     path = user_file()
     try:
         data = path.read_bytes()[: 1 << 20]
@@ -170,15 +181,32 @@ def _user_entries() -> tuple[str, ...]:
         if not line:
             continue
         try:
-            domains.append(parse_net(line) if _looks_like_address(line) else parse_domain(line))
+            domains.append(_user_entry(line))
         except UsageError as exc:
             raise ConfigError(
-                f"{path} line {number} is neither a domain name nor an address range: {line!r}",
+                f"{path} line {number} is neither a domain name, an address range nor an "
+                f"address with its names: {line!r}",
                 exc.seen,
-                "write one domain name (subdomains are allowed with it) or one address "
-                "range such as 10.20.0.0/16 per line.",
+                "write one domain name (subdomains are allowed with it), one address "
+                "range such as 10.20.0.0/16, or an address and its names such as "
+                "10.20.0.5 mirror.corp.example per line.",
             ) from None
     return tuple(domains)
+
+
+def _user_entry(line: str) -> str:
+    address, *names = line.split()
+    if not names:
+        return parse_net(line) if _looks_like_address(line) else parse_domain(line)
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        raise UsageError(
+            f"Invalid address {address!r}",
+            "A line with a space names one address (no range) and then its names.",
+            "e.g. 10.20.0.5 mirror.corp.example.",
+        ) from None
+    return " ".join((str(ip), *(parse_domain(n) for n in names)))
 
 
 def _looks_like_address(text: str) -> bool:

@@ -171,6 +171,7 @@ def merge(builtin: list[Secret], asked: list[Secret]) -> tuple[Secret, ...]:
 # --- the proxy's configuration -------------------------------------------------
 
 CONF_DIR = "/etc/prov-egress"  # mounted read-only into the proxy
+HOSTS_FILE = "hosts"  # in CONF_DIR: names the proxy finds before DNS (egress.user_hosts)
 PROXY_PORT = 3128
 
 
@@ -206,11 +207,14 @@ def squid_conf(
     secrets: tuple[Secret, ...],
     upstream: bool = False,
     allow_nets: tuple[str, ...] = (),
+    hosts_file: bool = False,
 ) -> str:
     """squid's whole configuration (pure). Holds the secrets' values: it lives
     in the env dir here (0700) and in the proxy only. `upstream`: CONF_DIR has
     upstream-cas.pem, the CAs to trust for the real hosts (and only those).
-    `allow_nets`: private ranges it may reach after all (--allow-net)."""
+    `allow_nets`: private ranges it may reach after all (--allow-net).
+    `hosts_file`: CONF_DIR has HOSTS_FILE, the user's names for addresses,
+    which squid reads instead of the container's /etc/hosts."""
     lines = [
         "# Made by prov for one environment's egress proxy; not for editing.",
         f"acl client src {client}/32",
@@ -244,6 +248,7 @@ def squid_conf(
         "http_access deny private_dst " + ("!allowed_nets " if allow_nets else "") + "said_private",
         "http_access allow client",
         "http_access deny all",
+        *([f"hosts_file {CONF_DIR}/{HOSTS_FILE}"] if hosts_file else []),
         *_SETTINGS,
     ]
     return "\n".join(lines) + "\n"

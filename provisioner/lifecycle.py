@@ -905,7 +905,7 @@ def egress_report(
     return EgressReport(
         name,
         mode,
-        tuple(a for a in entries if "/" not in a),
+        tuple(a for a in entries if "/" not in a and " " not in a),
         log.denials,
         tuple(secrets),
         dict(sorted(log.allowed.items(), key=lambda item: (-item[1], item[0]))),

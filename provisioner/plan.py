@@ -23,7 +23,15 @@ from provisioner.config import (
     ProvPaths,
 )
 from provisioner.host import CredentialMount
-from provisioner.injection import CA, CONF_DIR, PRIVATE_NETS, PROXY_PORT, Secret, squid_conf
+from provisioner.injection import (
+    CA,
+    CONF_DIR,
+    HOSTS_FILE,
+    PRIVATE_NETS,
+    PROXY_PORT,
+    Secret,
+    squid_conf,
+)
 from provisioner.keys import PublicKey
 from provisioner.limits import PROXY_MEMORY, PROXY_NANO_CPUS, describe
 from provisioner.protect import Guard, git_excludes
@@ -360,6 +368,7 @@ class PlanInputs:
     disk: str = ""  # limits.disk_text: what bounds the agent's writes outside the project
     home_bound: int = 0  # bytes of the home's own file system (homedisk); 0: a plain volume
     allow_nets: tuple[str, ...] = ()  # private ranges the proxy may reach (--allow-net)
+    hosts: tuple[str, ...] = ()  # "ADDRESS NAME..." the proxy finds names at before DNS
 
 
 def _env_labels(
@@ -439,9 +448,17 @@ def _gate(i: PlanInputs, identity: str, egress_label: str) -> EgressPlan | None:
     if proxying:
         injected = i.secrets if i.egress_ca is not None else ()
         squid = squid_conf(
-            i.egress_address, i.env_address, i.allow, injected, bool(i.upstream_cas), i.allow_nets
+            i.egress_address,
+            i.env_address,
+            i.allow,
+            injected,
+            bool(i.upstream_cas),
+            i.allow_nets,
+            hosts_file=bool(i.hosts),
         )
         conf = (KeyFile("squid.conf", 0o644, squid.encode()),)
+        if i.hosts:
+            conf += (KeyFile(HOSTS_FILE, 0o644, "".join(f"{h}\n" for h in i.hosts).encode()),)
         if injected and i.egress_ca is not None:
             conf += (
                 KeyFile("ca.pem", 0o644, i.egress_ca.cert_pem),
@@ -639,7 +656,7 @@ def build_plan(i: PlanInputs) -> Plan:
     identity = home_id(i.paths)
     egress_label: str = i.containment.egress
     if i.containment.egress == "allowlist":
-        egress_label += ":" + ",".join((*i.allow, *i.allow_nets))
+        egress_label += ":" + ",".join((*i.allow, *i.allow_nets, *i.hosts))
     labels = _env_labels(i, mounts, identity, egress_label)
     key_files = (
         KeyFile(HOST_KEY_FILE, 0o600, i.host_key_private),

@@ -89,6 +89,8 @@ class Prepared:
     guards: tuple[protect.Guard, ...] = ()
     # Private, loopback or link-local ranges its proxy may reach (--allow-net).
     allow_nets: tuple[str, ...] = ()
+    # Where its proxy finds names before DNS: "ADDRESS NAME..." (egress.user_hosts).
+    hosts: tuple[str, ...] = ()
     # Settings files offered as copies, put into a new container before it starts.
     settings: tuple[host.CredentialMount, ...] = ()
     # Branch mode: the clone's branch and the commit it starts at (None: mount mode).
@@ -225,6 +227,7 @@ def _prepare_steps(
         egress_image=images_made.egress_image,
         allow=images_made.allow,
         allow_nets=images_made.allow_nets,
+        hosts=images_made.hosts,
         fresh=fresh,
         sync=sync,
         credentials=credentials,
@@ -490,6 +493,7 @@ class _Images:
     allow: tuple[str, ...]
     seconds: float
     allow_nets: tuple[str, ...] = ()
+    hosts: tuple[str, ...] = ()  # "ADDRESS NAME..." the proxy finds names at (egress.user_hosts)
 
 
 def _images(
@@ -516,9 +520,11 @@ def _images(
     egress_image, egress_built = "", False
     allow: tuple[str, ...] = ()
     nets: tuple[str, ...] = ()
+    hosts: tuple[str, ...] = ()
     if containment.egress == "allowlist":
         allow = egress.allowlist(containment.allow, paths.egress_defaults, paths.npm_registry_cache)
         nets = egress.allowed_nets(containment.allow_nets)
+        hosts = egress.user_hosts()
     if containment.egress == "allowlist" or (containment.internal and request.publishes):
         # the gate: the egress proxy, and the relay of a published port
         with images_lock:
@@ -531,7 +537,7 @@ def _images(
         reporter.detail(f"reusing image {built.tag}")
     if built.agent_versions:
         reporter.note("agents: " + ", ".join(f"{a} {v}" for a, v in built.agent_versions.items()))
-    return _Images(built, egress_image, allow, seconds, nets)
+    return _Images(built, egress_image, allow, seconds, nets, hosts)
 
 
 def _logins(

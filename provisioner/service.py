@@ -587,6 +587,7 @@ def _plan(
             egress_network=EGRESS_NETWORK,
             allow=prepared.allow,
             allow_nets=prepared.allow_nets,
+            hosts=prepared.hosts,
             extra_mounts=request.extras.mounts,
             session_env=prepared.session_env,
             gpus=request.extras.gpus,

@@ -295,3 +295,32 @@ def test_allow_nets_from_the_option_and_the_user_file(
     (tmp_path / "prov" / "egress-allow").write_text("example.org\n10.20.0.0/33\n")
     with pytest.raises(ConfigError, match="line 2"):
         egress.allowed_nets(())
+
+
+def test_the_user_files_address_lines_name_where_the_proxy_finds_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A line "ADDRESS NAME..." (as in /etc/hosts) goes into the proxy's own hosts
+    file, which squid reads instead of the container's; it allows neither the name
+    nor the address (the deny rules come first and are unchanged). A range or a
+    bad name on such a line is refused with its number."""
+    from provisioner import egress
+    from provisioner.errors import ConfigError
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    (tmp_path / "prov").mkdir()
+    user = tmp_path / "prov" / "egress-allow"
+    user.write_text(
+        "example.org\n10.20.0.0/16\n10.20.0.5  Mirror.Corp.Example  pkgs.corp.example\n"
+    )
+    assert egress.user_hosts() == ("10.20.0.5 mirror.corp.example pkgs.corp.example",)
+    assert egress.user_allowlist() == ("example.org",)
+    assert egress.allowed_nets(()) == ("10.20.0.0/16",)
+    for bad in ("10.20.0.0/16 mirror.corp.example", "10.20.0.5 not_a_name"):
+        user.write_text(f"example.org\n{bad}\n")
+        with pytest.raises(ConfigError, match="line 2"):
+            egress.user_hosts()
+    plain = injection.squid_conf("10.1.0.3", "10.1.0.2", ("example.com",), ())
+    mapped = injection.squid_conf("10.1.0.3", "10.1.0.2", ("example.com",), (), hosts_file=True)
+    assert "hosts_file" not in plain
+    assert mapped.replace("hosts_file /etc/prov-egress/hosts\n", "") == plain

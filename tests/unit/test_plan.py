@@ -171,6 +171,19 @@ def test_allowlist_puts_the_env_on_an_internal_network_behind_its_proxy() -> Non
     assert c.labels["prov.egress"] == "allowlist:github.com,example.org"
 
 
+def test_the_users_address_lines_reach_the_proxy_as_its_hosts_file() -> None:
+    """The user file's "ADDRESS NAME" lines: a hosts file beside squid.conf, which
+    squid is told to read; in the egress label, so a change is drift."""
+    hosts = ("10.20.0.5 mirror.corp.example",)
+    plan, _, _ = _plan(Path("/p/demo"), Path("/p"), containment=Containment(), hosts=hosts)
+    assert plan.egress is not None
+    conf = {f.name: f.content.decode() for f in plan.egress.files}
+    assert conf["hosts"] == "10.20.0.5 mirror.corp.example\n"
+    assert "hosts_file /etc/prov-egress/hosts\n" in conf["squid.conf"]
+    label = plan.container.labels["prov.egress"]
+    assert label == "allowlist:github.com,example.org,10.20.0.5 mirror.corp.example"
+
+
 def test_egress_none_has_no_proxy() -> None:
     """--egress none: internal network, no proxy, no proxy variables."""
     plan, _, _ = _plan(Path("/p/demo"), Path("/p"), containment=Containment(egress="none"))
