@@ -1035,6 +1035,9 @@ def gc(
         err.line(
             f"{verb} {report.slots} ready slot(s) of this PROV_HOME (the next `up` remakes them)"
         )
+    for network in report.networks:
+        verb = "removed" if report.removed else "would remove"
+        err.line(f"{verb} network {network}, an older prov's outside network no container uses")
     if not report.removable:
         err.line("nothing to remove: every prov image is in use")
     elif report.removed:

@@ -939,6 +939,8 @@ class GcReport:
     in_use: tuple[str, ...]  # tags of images containers use, or layers below them
     removed: bool  # False for a dry run
     slots: int = 0  # this PROV_HOME's ready slots: removed (with apply), or there
+    # An older prov's outside network no container refers to: removed, or there.
+    networks: tuple[str, ...] = ()
 
     @property
     def frees(self) -> int:
@@ -981,7 +983,32 @@ def gc(
     if apply:
         for candidate in removable:
             engine.remove_image(candidate.ref)
-    return GcReport(removable, in_use, apply, ready)
+    networks = _old_outside_networks(engine)
+    if apply:
+        for network in networks:
+            engine.remove_network(network)
+    return GcReport(removable, in_use, apply, ready, networks)
+
+
+def _old_outside_networks(engine: Engine) -> tuple[str, ...]:
+    """An older prov's outside network (spec.OLD_EGRESS_NETWORKS), once no
+    container refers to it, running or stopped (a stopped one could not start
+    again without it)."""
+    from provisioner.spec import OLD_EGRESS_NETWORKS
+
+    referred = {
+        network
+        for item in engine.summaries()
+        for network in ((item.get("NetworkSettings") or {}).get("Networks") or {})
+    }
+    return tuple(
+        name
+        for name in OLD_EGRESS_NETWORKS
+        if name not in referred
+        and (found := engine.network(name)) is not None
+        and (found.get("Labels") or {}).get(LABEL_MANAGED) == "true"
+        and not found.get("Containers")
+    )
 
 
 def select_unused(

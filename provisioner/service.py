@@ -922,7 +922,7 @@ def _converge(
         engine.remove_network(plan.network.name)  # egress changed: open <-> internal
         network = None
     if plan.egress is not None:
-        engine.create_plain_network(EGRESS_NETWORK, {"prov.managed": "true"})
+        engine.ensure_outside_network(EGRESS_NETWORK, {"prov.managed": "true"})
     if network is None:
         engine.create_network(plan.network)
         made.network_created = True
@@ -956,10 +956,11 @@ def _keep(
     shared, and Docker lets a network go while only stopped containers refer
     to it, e.g. `docker network prune`)."""
     proxy = made.prepared.existing_proxy
-    if plan.egress is not None and (proxy is None or not proxy.running or conf_changed):
+    moved = proxy is not None and EGRESS_NETWORK not in proxy.networks  # an older prov's network
+    if plan.egress is not None and (proxy is None or not proxy.running or conf_changed or moved):
         if proxy is not None:
             engine.remove(proxy.id)
-        engine.create_plain_network(EGRESS_NETWORK, {"prov.managed": "true"})
+        engine.ensure_outside_network(EGRESS_NETWORK, {"prov.managed": "true"})
         _make_proxy(engine, made, plan, paths)
     made.action = decision.action
     made.container_id = existing.id

@@ -175,7 +175,12 @@ def claim(
                 continue  # another `up` (or the filler's sweep) took it first
             info = engine.find(slot_container_name(slot_id))
             network, _, subnet = (info.labels.get(LABEL_NETWORK, "") if info else "").partition(" ")
-            fits = info is not None and info.running and info.labels.get(LABEL_SLOT_IMAGE) == image
+            fits = (
+                info is not None
+                and info.running
+                and info.labels.get(LABEL_SLOT_IMAGE) == image
+                and EGRESS_NETWORK in info.networks  # not an older prov's outside network
+            )
             if info is None or not fits or not subnet:
                 discard(engine, paths, slot_id)
                 continue
@@ -270,7 +275,7 @@ def _make(engine: Engine, paths: ProvPaths, image: str) -> None:
         write_conf_dir(
             directory, {"squid.conf": slot_conf().encode(), "nets": " ".join(nets).encode()}
         )
-        engine.create_plain_network(EGRESS_NETWORK, {LABEL_MANAGED: "true"})
+        engine.ensure_outside_network(EGRESS_NETWORK, {LABEL_MANAGED: "true"})
         network, proxy = _network(engine, paths, slot_id)
         spec = slot_spec(slot_id, image, directory, network, proxy, nets)
         container_id = engine.create(spec)
@@ -339,7 +344,11 @@ def sweep(engine: Engine, paths: ProvPaths, image: str | None) -> list[str]:
     for slot_id, item in containers.items():
         labels = item.get("Labels") or {}
         if _marker(paths, slot_id, "ready").exists():
-            fresh = image is not None and labels.get(LABEL_SLOT_IMAGE) == image
+            fresh = (
+                image is not None
+                and labels.get(LABEL_SLOT_IMAGE) == image
+                and EGRESS_NETWORK in ((item.get("NetworkSettings") or {}).get("Networks") or {})
+            )
             if fresh and item.get("State") == "running":
                 ready.append(slot_id)
             elif _take(paths, slot_id):  # not when an `up` has just claimed it

@@ -14,7 +14,12 @@ SSHD_PORT = "22/tcp"
 RELAY_PORT = "2222/tcp"
 
 
-EGRESS_NETWORK = "prov-egress"  # prov's outside network: every proxy's way out
+# prov's outside network: every gate's way out, a bridge whose containers
+# cannot reach one another (wire.outside_network_body). Named anew when that
+# became so: prov-egress, an older prov's, let them, and gates made then stay
+# on it until they are made again (`prov gc` removes it once it is empty).
+EGRESS_NETWORK = "prov-outside"
+OLD_EGRESS_NETWORKS = ("prov-egress",)
 
 
 def container_name(name: str) -> str:

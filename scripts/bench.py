@@ -587,10 +587,11 @@ def bench_injection(
     prov: list[str], client: docker.DockerClient, env: dict[str, str], tmp: Path, runs: int
 ) -> None:
     """What the proxy's secret injection adds to a request: one site under two
-    names on prov's egress network, one holding a secret (the proxy ends TLS,
+    names (an outside host, tests/integration/outside.py), one holding a secret (the proxy ends TLS,
     adds the header, re-encrypts) and one plain (a CONNECT tunnel), both asked
     by curl inside the environment, with new connections and a reused one."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tests.integration.outside import OutsideLan
     from tests.integration.tlssite import make_certs
 
     site_dir = tmp / "inj-site"
@@ -599,11 +600,17 @@ def bench_injection(
     (site_dir / "server.py").write_text(BENCH_SITE_SERVER)
     name = f"bench{os.getpid()}inj"
     site = None
+    lan = OutsideLan()
+    address = lan.address(10)
+    # The site's names and private range, as a user names an internal mirror.
+    config = tmp / "inj-config"
+    (config / "prov").mkdir(parents=True)
+    (config / "prov" / "egress-allow").write_text(f"{lan.net}\n{address} {INJECTED} {TUNNELLED}\n")
     try:
         bundle = tmp / "inj-bundle.pem"
         system = os.environ.get("SSL_CERT_FILE", "/etc/ssl/certs/ca-certificates.crt")
         bundle.write_bytes(Path(system).read_bytes() + ca.read_bytes())
-        up_env = {**env, "SSL_CERT_FILE": str(bundle)}
+        up_env = {**env, "SSL_CERT_FILE": str(bundle), "XDG_CONFIG_HOME": str(config)}
         up = json.loads(
             run(
                 [*prov, "up", name, "--project", str(tmp / "bench"), "--json",
@@ -612,22 +619,14 @@ def bench_injection(
                 env=up_env,
             )
         )  # fmt: skip
-        api = client.api
-        made = api.create_container(
+        site = lan.start(
+            client,
             client.containers.get(up["container"]).image.id,  # python3 is in it
             ["python3", "/srv/server.py"],
-            entrypoint=[],
-            name=f"prov-bench-site-{os.getpid()}",
-            volumes=["/srv"],
-            host_config=api.create_host_config(
-                network_mode="prov-egress", binds={str(site_dir): {"bind": "/srv", "mode": "ro"}}
-            ),
-            networking_config=api.create_networking_config(
-                {"prov-egress": api.create_endpoint_config(aliases=[INJECTED, TUNNELLED])}
-            ),
+            address,
+            {"prov.test": "bench-site"},
+            {str(site_dir): {"bind": "/srv", "mode": "ro"}},
         )
-        site = client.containers.get(made["Id"])
-        site.start()
         for _ in range(100):
             if b"READY" in site.logs():
                 break
@@ -662,6 +661,7 @@ def bench_injection(
         subprocess.run([*prov, "rm", "--yes", name], env=env, capture_output=True, check=False)
         if site is not None:
             site.remove(force=True)
+        lan.close()
 
 
 def bench_devcontainer(

@@ -65,6 +65,7 @@ class ContainerInfo:
     exit_code: int | None
     started_at: str
     addresses: tuple[str, ...] = ()  # IPv4 addresses on its networks
+    networks: tuple[str, ...] = ()  # the names of the networks it is on
 
     @property
     def managed(self) -> bool:
@@ -633,17 +634,26 @@ class Engine:
         )
         return str(created["Id"])
 
-    def create_plain_network(self, name: str, labels: dict[str, str]) -> None:
-        """A user-defined bridge with Docker's own addressing (its embedded DNS
-        resolves outside names as well as container names)."""
-        body = {"Name": name, "CheckDuplicate": True, "Driver": "bridge", "Labels": labels}
+    def ensure_outside_network(self, name: str, labels: dict[str, str]) -> None:
+        """prov's outside network (wire.outside_network_body), made if missing.
+        One of that name whose containers may reach one another (made by hand,
+        or by another tool) is refused, never joined."""
+        body = json.dumps(wire.outside_network_body(name, labels)).encode()
         try:
-            self._json(
-                f"create network {name}", "POST", "/networks/create", body=json.dumps(body).encode()
-            )
+            self._json(f"create network {name}", "POST", "/networks/create", body=body)
+            return
         except ProvError as exc:
             if "already exists" not in exc.seen:
                 raise
+        found = self.network(name)
+        if found is not None and not wire.isolates(found):
+            raise ProvError(
+                f"The network {name} lets its containers reach one another",
+                f"prov's gates share {name} and it must keep them apart, but its "
+                f"{wire.ICC_OPTION} option is not false (prov did not make it so).",
+                f"remove it (`docker network rm {name}`, after the containers on it) "
+                "and run prov again: prov makes it anew.",
+            )
 
     def connect_network(self, network: str, container_id: str) -> None:
         self._call(
@@ -1059,4 +1069,5 @@ def _info(attrs: dict[str, Any]) -> ContainerInfo:
             for net in ((attrs.get("NetworkSettings") or {}).get("Networks") or {}).values()
             if net.get("IPAddress")
         ),
+        networks=tuple(((attrs.get("NetworkSettings") or {}).get("Networks") or {}).keys()),
     )

@@ -157,6 +157,30 @@ def bridge_name(network: str) -> str:
     return "prov" + hashlib.sha256(network.encode()).hexdigest()[:11]
 
 
+# Docker's bridge option for container-to-container traffic (ICC): off, the
+# bridge drops what one of its containers sends another; each still reaches
+# the engine host and, through it, the world.
+ICC_OPTION = "com.docker.network.bridge.enable_icc"
+
+
+def outside_network_body(name: str, labels: dict[str, str]) -> dict[str, Any]:
+    """POST /networks/create's body for prov's outside network: a bridge with
+    Docker's own addressing (its embedded DNS resolves outside names as well),
+    ICC off, so that no gate on it can open a connection to another."""
+    return {
+        "Name": name,
+        "CheckDuplicate": True,
+        "Driver": "bridge",
+        "Labels": labels,
+        "Options": {ICC_OPTION: "false"},
+    }
+
+
+def isolates(network: dict[str, Any]) -> bool:
+    """Whether a network's inspect data says ICC is off."""
+    return (network.get("Options") or {}).get(ICC_OPTION) == "false"
+
+
 def network_body(spec: NetworkSpec) -> dict[str, Any]:
     """POST /networks/create's body: a bridge with a fixed subnet, internal
     unless the environment's egress is open."""

@@ -26,6 +26,8 @@ import docker.models.volumes
 import docker.types
 import pytest
 
+from tests.integration.outside import OutsideLan, address_of
+
 PROJECT_UID = 1234
 PROJECT_GID = 1235
 
@@ -208,10 +210,10 @@ def prov(
         os.chown(path, PROJECT_UID, PROJECT_GID)
     projects = root / "projects"
     projects.mkdir()
-    # The tests' 'outside' servers live on prov's egress network, whose addresses
-    # are private: the proxy refuses them unless the user allows their range,
-    # as this user does (the tests of that refusal use a home without it).
-    allow_test_servers(home, docker_client)
+    # The tests' 'outside' servers' addresses are private: the proxy refuses them
+    # unless the user allows their range, as this user does (the tests of that
+    # refusal use a home without it).
+    allow_test_servers(home)
     env = {
         **os.environ,
         "HOME": str(home),
@@ -342,37 +344,44 @@ def env_image() -> str:
     return ensure_image(Engine.connect(), request, print, lambda _: None).tag
 
 
-EGRESS_NET = "prov-egress"
+EGRESS_NET = "prov-outside"  # prov's outside network (spec.EGRESS_NETWORK)
 # Names of this test session's own: two sessions on one engine (CI and a
-# developer's run) each reach their own servers on the shared outside network.
+# developer's run) each reach their own servers.
 TEST_DOMAIN = f"prov-test-{secrets.token_hex(3)}"
 ALLOWED_DOMAIN, DENIED_DOMAIN = f"allowed.{TEST_DOMAIN}", f"denied.{TEST_DOMAIN}"
 SITE, DENIED_SITE = f"www.{ALLOWED_DOMAIN}", f"www.{DENIED_DOMAIN}"
 
-
-def ensure_egress_network(client: docker.DockerClient) -> None:
-    if not client.networks.list(names=[EGRESS_NET]):  # prov may have made it already
-        with contextlib.suppress(docker.errors.APIError):  # or another run, just now
-            client.networks.create(
-                EGRESS_NET, driver="bridge", labels={"prov.managed": "true"}, check_duplicate=True
-            )
-
-
-def egress_subnet(client: docker.DockerClient) -> str:
-    """prov's egress network's subnet (made if missing), where the test servers are."""
-    ensure_egress_network(client)
-    network = client.networks.get(EGRESS_NET)
-    return str(network.attrs["IPAM"]["Config"][0]["Subnet"])
+# The tests' 'outside' servers (outside.py): each in a network namespace of
+# its own, reached through this machine, at an address of this session's,
+# fixed before any server starts so that every test user's egress-allow file
+# can name it: its address lines are the tests' resolver.
+LAN = OutsideLan()
+OUTSIDE_NET = LAN.net
+TEST_HOSTS = {  # address -> the names it has
+    LAN.address(10): ("allowed.prov-test", "denied.prov-test"),  # test_bounds' own names
+    LAN.address(11): (ALLOWED_DOMAIN, DENIED_DOMAIN),
+    LAN.address(20): (SITE, DENIED_SITE),
+}
+server_address = address_of
 
 
-def allow_test_servers(home: Path, client: docker.DockerClient) -> None:
-    """Give `home` the user's egress-allow file with the range of prov's egress
-    network, where the tests' outside servers are: their addresses are private,
-    and the proxy refuses private addresses a user has not allowed by range. Every
-    test home whose environments reach those servers needs it."""
+def resolver_lines() -> str:
+    """The tests' resolver, as lines of a user's egress-allow file."""
+    return "".join(f"{address} {' '.join(names)}\n" for address, names in TEST_HOSTS.items())
+
+
+def allow_test_servers(home: Path) -> None:
+    """Give `home` the user's egress-allow file: the tests' resolver, and the
+    range of their outside servers, whose addresses are private, which the
+    proxy refuses unless a user allows their range. Every test home whose
+    environments reach those servers needs it."""
     allow_file = home / ".config" / "prov" / "egress-allow"
     allow_file.parent.mkdir(parents=True, exist_ok=True)
-    allow_file.write_text(f"# the tests' outside servers\n{egress_subnet(client)}\n")
+    allow_file.write_text(f"# the tests' outside servers\n{OUTSIDE_NET}\n{resolver_lines()}")
+
+
+def pytest_sessionfinish() -> None:
+    LAN.close()
 
 
 def start_outside_server(
@@ -383,28 +392,10 @@ def start_outside_server(
     label: str,
     binds: dict[str, dict[str, str]] | None = None,
 ) -> docker.models.containers.Container:
-    """A started 'outside' server on prov's egress network, known there by
-    `aliases` (the proxy resolves names with Docker's DNS on that network)."""
-    ensure_egress_network(client)
-    api = client.api
-    created = api.create_container(
-        image,
-        command,
-        entrypoint=[],
-        labels={"prov.test": label},
-        volumes=[b["bind"] for b in (binds or {}).values()],
-        host_config=api.create_host_config(network_mode=EGRESS_NET, binds=binds or {}),
-        networking_config=api.create_networking_config(
-            {EGRESS_NET: api.create_endpoint_config(aliases=aliases)}
-        ),
-    )
-    container = client.containers.get(created["Id"])
-    try:
-        container.start()
-    except BaseException:
-        container.remove(force=True)
-        raise
-    return container
+    """A started 'outside' server known by `aliases` (one TEST_HOSTS entry's
+    names), at that entry's address."""
+    address = next(a for a, names in TEST_HOSTS.items() if set(aliases) <= set(names))
+    return LAN.start(client, image, command, address, {"prov.test": label}, binds)
 
 
 @dataclass(frozen=True)
@@ -420,13 +411,12 @@ class HttpsSite:
         return self.container.logs().decode(errors="replace")
 
     def get(self, path: str) -> str:
-        """GET from this machine (the site's address on prov-egress, its name for
-        TLS), as a CLI on the host would ask the real endpoint."""
+        """GET from this machine (the site's address, its name for TLS), as a
+        CLI on the host would ask the real endpoint."""
         import http.client
         import ssl
 
-        self.container.reload()
-        address = self.container.attrs["NetworkSettings"]["Networks"][EGRESS_NET]["IPAddress"]
+        address = server_address(self.container)
         context = ssl.create_default_context(cafile=str(self.ca))
         conn = http.client.HTTPSConnection(SITE, 443, context=context, timeout=10)
         conn.sock = context.wrap_socket(
@@ -440,7 +430,7 @@ class HttpsSite:
 def https_site(
     tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient, env_image: str
 ) -> Iterator[HttpsSite]:
-    """An 'outside' HTTPS server on prov's egress network, as SITE (a subdomain of
+    """An 'outside' HTTPS server (start_outside_server), as SITE (a subdomain of
     the name the egress tests allow) and DENIED_SITE; it runs on prov's own image
     (python3 is in it), so it needs no registry."""
     from tests.integration import tlssite

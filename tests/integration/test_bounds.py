@@ -25,7 +25,15 @@ import pytest
 
 from provisioner import homedisk
 from provisioner.engine import Engine
-from tests.integration.conftest import EGRESS_NET, Prov, free_port, start_outside_server
+from tests.integration.conftest import (
+    EGRESS_NET,
+    OUTSIDE_NET,
+    Prov,
+    free_port,
+    resolver_lines,
+    server_address,
+    start_outside_server,
+)
 
 ALLOWED, DENIED = "allowed.prov-test", "denied.prov-test"
 
@@ -46,9 +54,9 @@ def _connect(prov: Prov, alias: str, target: str) -> str:
 
 @pytest.fixture(scope="module")
 def outside(docker_client: docker.DockerClient, env_image: str) -> Iterator[str]:
-    """An 'outside' server on prov's egress network, known there as ALLOWED and
-    DENIED: sshd on port 443 (its banner proves a tunnel reached it) and an HTTP
-    server on 2375 (Docker's API port, which the proxy must not forward to)."""
+    """An 'outside' server known as ALLOWED and DENIED: sshd on port 443 (its
+    banner proves a tunnel reached it) and an HTTP server on 2375 (Docker's API
+    port, which the proxy must not forward to). Its address."""
     script = (
         "mkdir -p /run/sshd && ssh-keygen -A >/dev/null && /usr/sbin/sshd -p 443 && "
         "exec python3 -m http.server 2375"
@@ -57,8 +65,7 @@ def outside(docker_client: docker.DockerClient, env_image: str) -> Iterator[str]
         docker_client, env_image, ["sh", "-c", script], [ALLOWED, DENIED], "bounds-server"
     )
     try:
-        container.reload()
-        yield str(container.attrs["NetworkSettings"]["Networks"][EGRESS_NET]["IPAddress"])
+        yield server_address(container)
     finally:
         container.remove(force=True)
 
@@ -66,8 +73,11 @@ def outside(docker_client: docker.DockerClient, env_image: str) -> Iterator[str]
 @pytest.fixture(scope="module")
 def strict(prov: Prov, tmp_path_factory: pytest.TempPathFactory) -> Prov:
     """The same user without the allowance of the test servers' private range
-    (conftest's egress-allow file): what everyone gets."""
+    (conftest's egress-allow file): what everyone gets. The tests' resolver
+    stays: the names are found, their addresses refused."""
     config = tmp_path_factory.mktemp("no-allow-config")
+    (config / "prov").mkdir()
+    (config / "prov" / "egress-allow").write_text(resolver_lines())
     return replace(prov, env={**prov.env, "XDG_CONFIG_HOME": str(config)})
 
 
@@ -189,10 +199,8 @@ def test_plain_http_to_an_allowed_name_on_another_port_is_refused_and_logged(
     assert any(f"allowed CONNECT {ALLOWED}:443" in line for line in report["recent"])
 
 
-def test_an_allowed_name_at_a_private_address_is_refused(
-    strict: Prov, outside: str, docker_client: docker.DockerClient
-) -> None:
-    """ALLOWED is allowed, but the tests' resolver (Docker's DNS on prov's egress network)
+def test_an_allowed_name_at_a_private_address_is_refused(strict: Prov, outside: str) -> None:
+    """ALLOWED is allowed, but the tests' resolver (the user file's address lines)
     maps it to a private address: the proxy refuses it and says why; the same server
     answers this machine (control), and --allow-net of its range lets it through."""
     name = strict.name("private")
@@ -207,33 +215,23 @@ def test_an_allowed_name_at_a_private_address_is_refused(
     assert any(
         ALLOWED in line and "private, loopback or link-local" in line for line in report["denials"]
     ), report["denials"]
-    subnet = docker_client.networks.get(EGRESS_NET).attrs["IPAM"]["Config"][0]["Subnet"]
-    strict.up(name, "--allow", ALLOWED, "--allow-net", subnet, "--recreate")
+    strict.up(name, "--allow", ALLOWED, "--allow-net", OUTSIDE_NET, "--recreate")
     assert "SSH-2.0-OpenSSH" in _connect(strict, alias, f"{ALLOWED}:443")
 
 
-def test_an_allowed_name_at_a_loopback_address_is_refused(
-    strict: Prov, outside: str, docker_client: docker.DockerClient
-) -> None:
-    """The tests' resolver here is the proxy's hosts file (Docker's DNS cannot
-    answer loopback): it maps lo.ALLOWED to 127.0.0.1 and out.ALLOWED to the
-    outside server. The proxy refuses lo.ALLOWED and says why, though the user
-    allowed the outside network's range; out.ALLOWED, looked up the same way,
-    goes through (control: the proxy did read the mapping)."""
+def test_an_allowed_name_at_a_loopback_address_is_refused(strict: Prov, outside: str) -> None:
+    """A user file that maps an allowed name to 127.0.0.1 (Docker's DNS cannot
+    answer loopback): the proxy refuses lo.ALLOWED and says why, though the
+    user allowed another private range, through which ALLOWED, found the same
+    way, goes (control)."""
+    allow_file = Path(strict.env["XDG_CONFIG_HOME"]) / "prov" / "egress-allow"
+    with allow_file.open("a") as handle:
+        handle.write(f"127.0.0.1 lo.{ALLOWED}\n")
     name = strict.name("loopback")
     strict.project(name)
-    subnet = docker_client.networks.get(EGRESS_NET).attrs["IPAM"]["Config"][0]["Subnet"]
-    strict.up(name, "--allow", ALLOWED, "--allow-net", subnet)
-    proxy = docker_client.containers.get(f"prov-{name}-egress")
-    hosts = Path(proxy.attrs["HostsPath"])
-    with hosts.open("a") as handle:
-        handle.write(f"127.0.0.1 lo.{ALLOWED}\n{outside} out.{ALLOWED}\n")
-    proxy.kill("SIGHUP")  # squid reads its hosts file again
+    strict.up(name, "--allow", ALLOWED, "--allow-net", OUTSIDE_NET)
     alias = f"prov-{name}"
-    deadline = time.monotonic() + 20
-    while "SSH-2.0-OpenSSH" not in (reached := _connect(strict, alias, f"out.{ALLOWED}:443")):
-        assert time.monotonic() < deadline, reached
-        time.sleep(0.5)
+    assert "SSH-2.0-OpenSSH" in _connect(strict, alias, f"{ALLOWED}:443")
     refused = _connect(strict, alias, f"lo.{ALLOWED}:443")
     assert "403" in refused and "SSH-2.0" not in refused, refused
     report = json.loads(strict.run("egress", name, "--json", check=True).stdout)
@@ -315,10 +313,12 @@ def test_one_proxy_cannot_open_a_tcp_connection_to_another(
     port or on 443 (a listener a compromised proxy could open), even for a user who
     allowed the outside network's range. Controls: this machine reaches the relay,
     and the listener answers inside its own proxy."""
+    Engine.connect().ensure_outside_network(EGRESS_NET, {"prov.managed": "true"})
+    subnet = docker_client.networks.get(EGRESS_NET).attrs["IPAM"]["Config"][0]["Subnet"]
     names = [prov.name("gate-a"), prov.name("gate-b")]
     for name in names:
         prov.project(name)
-        prov.up(name, "--port", str(free_port()))
+        prov.up(name, "--port", str(free_port()), "--allow-net", subnet)
     proxy_a, proxy_b = (docker_client.containers.get(f"prov-{n}-egress") for n in names)
     target = proxy_b.attrs["NetworkSettings"]["Networks"][EGRESS_NET]["IPAddress"]
     proxy_b.exec_run(
@@ -332,8 +332,10 @@ def test_one_proxy_cannot_open_a_tcp_connection_to_another(
         time.sleep(0.1)
     with socket.create_connection((target, 2222), timeout=3) as sock:
         assert sock.recv(16).startswith(b"SSH-2.0-")  # control: the relay, from the host
+    # A dropped SYN (the outside network's ICC off) would wait for TCP's own timeout.
     probe = "; ".join(
-        f"(exec 3<>/dev/tcp/{target}/{port} && timeout 3 head -c 16 <&3) 2>&1; echo ' exit' $?"
+        f"timeout 5 bash -c 'exec 3<>/dev/tcp/{target}/{port} && timeout 3 head -c 16 <&3' 2>&1;"
+        " echo ' exit' $?"
         for port in (2222, 443)
     )
     attempt = proxy_a.exec_run(["bash", "-c", probe], user="proxy").output.decode(errors="replace")
@@ -353,6 +355,58 @@ def test_one_proxy_cannot_open_a_tcp_connection_to_another(
     for seen in (attempt, from_peer):
         assert seen.count(" exit 0") == 0 and "SSH-2.0" not in seen and "here" not in seen, seen
         assert seen.count(" exit ") == 2, seen
+
+
+def test_two_containers_on_the_outside_network_cannot_reach_each_other(
+    prov: Prov, docker_client: docker.DockerClient, env_image: str
+) -> None:
+    """Neither of them with a firewall of its own: the outside network itself
+    (ICC off) drops what one sends the other. Control: the listener answers
+    this machine, as a gate's relay does."""
+    Engine.connect().ensure_outside_network(EGRESS_NET, {"prov.managed": "true"})
+    network = docker_client.networks.get(EGRESS_NET)
+    assert network.attrs["Options"]["com.docker.network.bridge.enable_icc"] == "false"
+    listener = docker_client.containers.run(
+        env_image,
+        [
+            "-c",
+            "import socket\ns = socket.socket()\ns.bind(('', 443))\ns.listen(8)\n"
+            "while True:\n    c, _ = s.accept()\n    c.sendall(b'here')\n    c.close()\n",
+        ],
+        entrypoint=["python3"],
+        network=EGRESS_NET,
+        labels={"prov.test": "icc-listener"},
+        detach=True,
+    )
+    try:
+        listener.reload()
+        target = listener.attrs["NetworkSettings"]["Networks"][EGRESS_NET]["IPAddress"]
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection((target, 443), timeout=3) as sock:
+                    assert sock.recv(8).startswith(b"here")  # control: it is there
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "the listener never answered this machine"
+                time.sleep(0.1)
+        probe = f"(exec 3<>/dev/tcp/{target}/443 && timeout 3 head -c 8 <&3) 2>&1; echo ' exit' $?"
+        peer = docker_client.containers.run(
+            env_image,
+            ["-c", f"timeout 10 bash -c {shlex.quote(probe)}; echo ' done' $?"],
+            entrypoint=["bash"],
+            network=EGRESS_NET,
+            labels={"prov.test": "icc-peer"},
+            detach=True,
+        )
+        try:
+            peer.wait(timeout=30)
+            seen = peer.logs().decode(errors="replace")
+        finally:
+            peer.remove(force=True)
+        assert "here" not in seen and " exit 0" not in seen and " done" in seen, seen
+    finally:
+        listener.remove(force=True)
 
 
 def test_status_shows_what_the_agents_writes_outside_the_project_hold(

@@ -74,7 +74,7 @@ def lp(
         path.write_text(json.dumps(data))
     for path in [*home.rglob("*")]:
         os.lchown(path, PROJECT_UID, PROJECT_GID)
-    allow_test_servers(home, docker_client)  # the stub APIs are on a private range
+    allow_test_servers(home)  # the stub APIs are on a private range
     ph = home.parent / "logins-ph"
     yield replace(
         prov,

@@ -51,7 +51,7 @@ def keyed(
     bundle.write_bytes(
         Path("/etc/ssl/certs/ca-certificates.crt").read_bytes() + https_site.ca.read_bytes()
     )
-    allow_test_servers(home, docker_client)  # the stub APIs are on a private range
+    allow_test_servers(home)  # the stub APIs are on a private range
     ph = home.parent / "keys-ph"
     user = replace(
         prov,

@@ -26,12 +26,26 @@ class SlotEngine:
         self.paths = paths
         self.running: dict[str, str] = {}  # container name -> image label
         self.removed: list[str] = []
+        self.old_network: set[str] = set()  # containers on an older prov's outside network
+
+    def _outside(self, name: str) -> str:
+        return "prov-egress" if name in self.old_network else EGRESS_NETWORK
 
     def find(self, name: str) -> ContainerInfo | None:
         if name not in self.running:
             return None
         labels = {LABEL_SLOT_IMAGE: self.running[name], "prov.network": f"{name}-net 10.0.0.0/28"}
-        return ContainerInfo(name + "-id", name, "running", labels, "", (), None, "")
+        return ContainerInfo(
+            name + "-id",
+            name,
+            "running",
+            labels,
+            "",
+            (),
+            None,
+            "",
+            networks=(f"{name}-net", self._outside(name)),
+        )
 
     def remove(self, name: str) -> None:
         self.removed.append(name)
@@ -50,6 +64,7 @@ class SlotEngine:
                     "prov.slot": name.removeprefix("prov-slot-"),
                     LABEL_SLOT_IMAGE: image,
                 },
+                "NetworkSettings": {"Networks": {f"{name}-net": {}, self._outside(name): {}}},
             }
             for name, image in self.running.items()
         ]
@@ -151,3 +166,21 @@ def test_how_many_are_kept(tmp_path: Path) -> None:
     for bad in ("-1", "two", "99"):
         with pytest.raises(ConfigError):
             slots.wanted(paths, {"PROV_SLOTS": bad})
+
+
+def test_a_slot_on_an_older_provs_outside_network_is_neither_claimed_nor_kept(
+    tmp_path: Path,
+) -> None:
+    """prov-egress let its containers reach one another: a slot made on it is
+    removed by the sweep and by a claim, never handed to an environment."""
+    paths = ProvPaths(tmp_path / "ph")
+    engine = SlotEngine(paths)
+    for slot_id in ("aa", "bb"):
+        _ready_slot(engine, paths, slot_id)
+        engine.old_network.add(f"prov-slot-{slot_id}")
+    assert slots.claim(engine, paths, IMAGE) is None  # type: ignore[arg-type]
+    assert "prov-slot-aa" in engine.removed and "prov-slot-bb" in engine.removed
+    _ready_slot(engine, paths, "cc")
+    engine.old_network.add("prov-slot-cc")
+    assert slots.sweep(engine, paths, IMAGE) == []  # type: ignore[arg-type]
+    assert "prov-slot-cc" in engine.removed

@@ -22,6 +22,7 @@ from provisioner.engine.wire import (
     diskd_body,
     memory_use,
     network_body,
+    outside_network_body,
 )
 from provisioner.errors import ProvError
 from provisioner.spec import ContainerSpec, KeyFile, Mount, NetworkSpec, Security
@@ -157,6 +158,39 @@ def test_a_network_body() -> None:
         "Options": {"com.docker.network.bridge.name": bridge_name("prov-demo-net")},
     }
     assert len(bridge_name("prov-a-very-long-environment-name-net")) <= 15
+
+
+def test_the_outside_network_keeps_its_containers_apart() -> None:
+    body = outside_network_body("prov-outside", {"prov.managed": "true"})
+    assert body == {
+        "Name": "prov-outside",
+        "CheckDuplicate": True,
+        "Driver": "bridge",
+        "Labels": {"prov.managed": "true"},
+        "Options": {"com.docker.network.bridge.enable_icc": "false"},
+    }
+
+
+def test_an_outside_network_made_otherwise_is_refused_not_joined() -> None:
+    """Made by prov (or another up just now): used. Of that name but with ICC on
+    (made by hand): a clear error, and nothing else is asked."""
+    exists = (409, {"message": "network with name prov-outside already exists"})
+    made = {"Name": "prov-outside", "Options": {"com.docker.network.bridge.enable_icc": "false"}}
+    transport = Recording(
+        [(201, {"Id": "n1"}), exists, (200, made), exists, (200, {"Options": {}})]
+    )
+    engine = Engine(transport, EngineTarget("unix:///var/run/docker.sock", "test"))
+    engine.ensure_outside_network("prov-outside", {"prov.managed": "true"})
+    create = transport.calls[0]
+    assert (create.method, create.path) == ("POST", "/networks/create")
+    assert json.loads(create.body or b"") == outside_network_body(
+        "prov-outside", {"prov.managed": "true"}
+    )
+    engine.ensure_outside_network("prov-outside", {"prov.managed": "true"})
+    with pytest.raises(ProvError, match="lets its containers reach one another") as refused:
+        engine.ensure_outside_network("prov-outside", {"prov.managed": "true"})
+    assert "docker network rm prov-outside" in refused.value.hint
+    assert [c.path for c in transport.calls[3:]] == ["/networks/create", "/networks/prov-outside"]
 
 
 class Recording:
