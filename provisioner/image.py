@@ -361,6 +361,19 @@ def ensure_image(
             line,
         )
         built_any |= built
+    # Last: what the layers above made writable for others than root (the
+    # entrypoint takes from it what the agent's UID and GID could write).
+    tag, content_hash, built = _layer(
+        engine,
+        "layer audit",
+        docker_context("audit"),
+        {"BASE_IMAGE": tag},
+        engine.image_id(tag) or "",
+        base_ref,
+        note,
+        line,
+    )
+    built_any |= built
     labels = engine.image_labels(tag)
     installed = {
         a: labels[f"prov.agent.{a}"] for a in AGENT_BUILD_ARGS if f"prov.agent.{a}" in labels

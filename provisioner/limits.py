@@ -92,6 +92,26 @@ def disk_text(home_bound: int, why: str, sudo: bool, scratch_each: int) -> str:
     return f"{home}; {outside}"
 
 
+# Written by the entrypoint at the first start (root's, in the container):
+# `UID:GID`, then each path of the container's own layer the image let the
+# agent write, now root's and unwritable by others.
+LAYER_TAKEN_PATH = "/etc/prov/layer-taken"
+LAYER_SHOWN = 3
+
+
+def layer_taken_text(record: str) -> str:
+    """What the entrypoint took back from the container's layer, in words
+    ("" when nothing: the image left the agent nothing there to write)."""
+    paths = [p for p in record.split("\n")[1:] if p]
+    if not paths:
+        return ""
+    shown = ", ".join(paths[:LAYER_SHOWN]) + (", ..." if len(paths) > LAYER_SHOWN else "")
+    return (
+        f"container layer: {len(paths)} path{'s' if len(paths) != 1 else ''} the image "
+        f"let the agent's UID write there ({shown}), which no size bounds, are root's now"
+    )
+
+
 def size_text(n: int) -> str:
     """Bytes as people read sizes of memory: 512 MiB, 11.7 GiB."""
     if n >= 1 << 30:

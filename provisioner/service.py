@@ -678,7 +678,12 @@ def _finish(engine: Engine, placed: _Placed, paths: ProvPaths, poll: float) -> U
     _record(engine, plan, prepared, port, paths, alias)
     if prepared.devcontainer is not None:
         _devcontainer_commands(engine, paths, alias, prepared, action, container_id)
-    return _result(engine, plan, prepared, action, seconds, paths)
+    disk = plan.disk
+    if action in ("created", "recreated"):  # the entrypoint's first start took it back
+        record = engine.read_file(container_id, limits.LAYER_TAKEN_PATH)
+        taken = limits.layer_taken_text(record.decode(errors="replace") if record else "")
+        disk += f"; {taken}" if taken else ""
+    return _result(engine, plan, prepared, action, seconds, paths, disk)
 
 
 def _ready_beyond_ssh(
@@ -770,6 +775,7 @@ def _result(
     action: str,
     seconds: float,
     paths: ProvPaths,
+    disk: str,
 ) -> UpResult:
     request, identity, host_pair = prepared.request, prepared.identity, prepared.host_pair
     return UpResult(
@@ -793,7 +799,7 @@ def _result(
         published_on=engine.site.host_name,
         image_seconds=prepared.image_seconds,
         limits=plan.limits,
-        disk=plan.disk,
+        disk=disk,
     )
 
 

@@ -227,6 +227,51 @@ if [ $# -gt 0 ]; then
 	chown -h agent:agent -- "$@" || die "cannot chown $* to agent"
 fi
 
+# --- 3a. the container's layer -------------------------------------------------
+# Only the home has a size; the container's own layer has none (overlay2 on
+# ext4 has no quota). prov's last image layer lists what on it others than
+# root may write (/usr/share/prov/layer-owned, `UID GID MODE PATH`). What of
+# that the agent's UID or GID could write, or anyone could, becomes root's and
+# unwritable by others, once per container, before sshd lets anyone in.
+# Mounts and everything below them are the host's (or prov's volumes) and are
+# left alone: mountinfo itself is read, so the home volume counts too.
+LAYER_OWNED=/usr/share/prov/layer-owned
+LAYER_TAKEN=/etc/prov/layer-taken
+if [ -f "$LAYER_OWNED" ] && [ "$(head -n 1 "$LAYER_TAKEN" 2>/dev/null)" != "$PROV_UID:$PROV_GID" ]; then
+	taken=$(awk -v uid="$PROV_UID" -v gid="$PROV_GID" '
+		FNR == NR {
+			m = $5
+			gsub(/\\040/, " ", m); gsub(/\\011/, "\t", m)
+			gsub(/\\012/, "\n", m); gsub(/\\134/, "\\", m)
+			if (m != "/") mounts[++n] = m
+			next
+		}
+		{
+			path = $0
+			sub(/^[^ ]+ [^ ]+ [^ ]+ /, "", path)
+			mode = sprintf("%04d", $3)
+			group_w = substr(mode, length(mode) - 1, 1) ~ /[2367]/
+			other_w = substr(mode, length(mode), 1) ~ /[2367]/
+			if (!($1 == uid || ($2 == gid && group_w) || other_w)) next
+			for (i = 1; i <= n; i++)
+				if (path == mounts[i] || index(path, mounts[i] "/") == 1) next
+			print path
+		}' /proc/self/mountinfo "$LAYER_OWNED") || die "cannot read $LAYER_OWNED"
+	if [ -n "$taken" ]; then
+		printf '%s\n' "$taken" | xargs -d '\n' chown -h root:root -- ||
+			die "cannot make the layer's paths the agent could write root's"
+		printf '%s\n' "$taken" | xargs -d '\n' chmod go-w -- ||
+			die "cannot make the layer's paths the agent could write unwritable"
+		count=$(printf '%s\n' "$taken" | wc -l)
+		first=$(printf '%s\n' "$taken" | head -n 3 | paste -s -d ' ')
+		printf "prov: layer: the image let the agent write %s path(s) of the container's own layer, which no size bounds (%s%s); they are root's now\n" \
+			"$count" "$first" "$([ "$count" -gt 3 ] && echo ', ...')" >&2
+	fi
+	{ printf '%s:%s\n' "$PROV_UID" "$PROV_GID"; printf '%s\n' "$taken"; } >"$LAYER_TAKEN.tmp" &&
+		chmod 0600 "$LAYER_TAKEN.tmp" && mv "$LAYER_TAKEN.tmp" "$LAYER_TAKEN" ||
+		die "cannot record what was taken from the layer in $LAYER_TAKEN"
+fi
+
 # --- 3b. the way to the project -----------------------------------------------
 # The project is mounted at its host path, e.g. /root/ntm_Dev/demo. Its
 # parents inside the container are the image's own directories (Docker makes

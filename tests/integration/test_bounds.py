@@ -28,6 +28,8 @@ from provisioner.engine import Engine
 from tests.integration.conftest import (
     EGRESS_NET,
     OUTSIDE_NET,
+    PROJECT_GID,
+    PROJECT_UID,
     Prov,
     free_port,
     resolver_lines,
@@ -499,6 +501,51 @@ def test_a_home_fill_stops_at_its_size_and_the_host_pays_no_more(
     assert not _loops_of(f"prov-{name}-disk")
     left = [v.name for v in docker_client.volumes.list() if v.name.startswith(f"prov-{name}-")]
     assert not left, left
+
+
+def test_what_the_image_gave_the_agents_uid_on_the_layer_is_taken_back(
+    prov: Prov, docker_client: docker.DockerClient
+) -> None:
+    """An image whose user shares the agent's UID (node:22's "node", a
+    devcontainer's "vscode") owns files on the container's layer, which no size
+    bounds. As the agent: none of them, nor a directory group-writable by its
+    GID or writable by all, can be written or made writable again; each stays
+    so after a restart. The image's directory at the project's own path, which
+    the project is mounted over, is left alone: the host's project keeps its
+    owner. `up` says what was taken."""
+    name = prov.name("layer")
+    project = prov.project(name)
+    (project / ".prov").mkdir()
+    owner = f"{PROJECT_UID}:{PROJECT_GID}"
+    (project / ".prov" / "Dockerfile").write_text(
+        "ARG PROV_IMAGE\nFROM ${PROV_IMAGE}\n"
+        f"RUN mkdir -p /home/dev/.cache /opt/shared /opt/team {shlex.quote(str(project))} "
+        "'/opt/odd name ' && echo x > /home/dev/.bashrc && "
+        f"chown -R {owner} /home/dev '/opt/odd name ' {shlex.quote(str(project))} && "
+        f"chmod 1777 /opt/shared && chgrp {PROJECT_GID} /opt/team && chmod 2775 /opt/team\n"
+    )
+    shown = prov.run("up", name, check=True).stderr
+    assert "container layer: 6 paths the image let the agent's UID write there" in shown, shown
+    alias = f"prov-{name}"
+    attack = (
+        "for p in /home/dev/x /home/dev/.cache/x /opt/shared/x /opt/team/x '/opt/odd name /x'; "
+        'do touch "$p" 2>/dev/null && echo "wrote $p"; done; '
+        "echo more >> /home/dev/.bashrc 2>/dev/null && echo appended; "
+        "chmod 0777 /home/dev 2>/dev/null && echo chmodded; "
+        "mv /home/dev /tmp/stolen 2>/dev/null && echo moved; "
+        f"touch {shlex.quote(str(project))}/made-inside && echo project-writable"
+    )
+    for _ in ("first start", "after a restart"):
+        done = prov.ssh(alias, attack, timeout=30)
+        assert done.stdout.split() == ["project-writable"], done
+        prov.run("restart", name, check=True)
+    assert (project.stat().st_uid, project.stat().st_gid) == (PROJECT_UID, PROJECT_GID)
+    assert (project / "made-inside").stat().st_uid == PROJECT_UID
+    # Restarts take nothing again: the record is the first start's.
+    container = docker_client.containers.get(alias)
+    assert "the image let the agent write 6 path(s)" in container.logs().decode()
+    assert container.logs().decode().count("prov: layer:") == 1
+    prov.run("rm", name, "--yes", check=True)
 
 
 def test_a_home_whose_file_system_is_gone_never_runs_the_agent_on_the_hosts_disk(

@@ -105,3 +105,17 @@ def test_what_bounds_the_disk_in_words() -> None:
         "home: not bounded (as asked (--disk none)), it grows on the engine host's disk; "
         "the rest: --sudo's root may write anywhere in the container's layer (not bounded)"
     )
+
+
+def test_layer_taken_text_names_what_the_first_start_took_back() -> None:
+    record = "1000:1000\n/home/node\n/opt/odd name \n/opt/shared\n/opt/team\n"
+    said = limits.layer_taken_text(record)
+    assert said.startswith("container layer: 4 paths the image let the agent's UID write")
+    assert "(/home/node, /opt/odd name , /opt/shared, ...)" in said
+    assert "(/x)" in limits.layer_taken_text("1000:1000\n/x\n")
+    assert "1 path the image" in limits.layer_taken_text("1000:1000\n/x\n")
+
+
+def test_layer_taken_text_is_silent_when_nothing_was_taken() -> None:
+    assert limits.layer_taken_text("1000:1000\n\n") == ""
+    assert limits.layer_taken_text("") == ""

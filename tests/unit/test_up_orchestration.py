@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from provisioner import ready, service, state
+from provisioner import limits, ready, service, state
 from provisioner.config import Containment, Extras, ProvPaths, UpRequest
 from provisioner.engine import ContainerInfo
 from provisioner.engine.hostview import HostView
@@ -28,6 +28,7 @@ class RecordingEngine:
     def __init__(self) -> None:
         self.target = EngineTarget(DEFAULT_HOST, "test")
         self.calls: list[tuple[str, str]] = []
+        self.files: dict[str, bytes] = {}  # what the containers' entrypoints wrote
         self.containers: dict[str, ContainerSpec] = {}
         self.networks: dict[str, NetworkSpec] = {}
         self.volumes: dict[str, dict[str, Any]] = {}
@@ -123,6 +124,10 @@ class RecordingEngine:
 
     def logs_tail(self, container_id: str, lines: int = 20) -> str:
         return ""
+
+    def read_file(self, container_id: str, path: str) -> bytes | None:
+        self._say("read_file", path)
+        return self.files.get(path)
 
     # what an undo asks
     def remove(self, container_id: str) -> None:
@@ -239,6 +244,23 @@ def test_the_engine_hosts_size_is_asked_once_and_kept(
     service.up_many([(_request(tmp_path, name="other"), Quiet())], paths)
     assert [c for c in engine.calls if c[0] == "info"] == [("info", "")]
     assert engine.containers["prov-other"].security.memory == 4 << 30
+
+
+def test_up_says_what_the_first_start_took_back_from_the_layer(
+    world: tuple[RecordingEngine, ProvPaths], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The entrypoint's record of the layer's paths it made root's is read once
+    the new environment is ready, and `up` says it beside the disk's bounds."""
+    engine, paths = world
+    monkeypatch.setattr(ready, "await_ssh", lambda *a, **k: 0.05)
+    engine.files[limits.LAYER_TAKEN_PATH] = b"1000:1000\n/home/node\n/opt/shared\n"
+    [result] = service.up_many([(_request(tmp_path), Quiet())], paths)
+    assert not isinstance(result, Exception), result
+    assert result.disk.endswith(
+        "; container layer: 2 paths the image let the agent's UID write there "
+        "(/home/node, /opt/shared), which no size bounds, are root's now"
+    )
+    assert ("read_file", limits.LAYER_TAKEN_PATH) in engine.calls
 
 
 def test_a_failure_undoes_exactly_what_this_run_made(
