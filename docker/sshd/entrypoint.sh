@@ -234,16 +234,13 @@ fi
 # that the agent's UID or GID could write, or anyone could, becomes root's and
 # unwritable by others, once per container, before sshd lets anyone in.
 # Mounts and everything below them are the host's (or prov's volumes) and are
-# left alone: mountinfo itself is read, so the home volume counts too.
+# left alone: MOUNTS, and the home volume it leaves out.
 LAYER_OWNED=/usr/share/prov/layer-owned
 LAYER_TAKEN=/etc/prov/layer-taken
 if [ -f "$LAYER_OWNED" ] && [ "$(head -n 1 "$LAYER_TAKEN" 2>/dev/null)" != "$PROV_UID:$PROV_GID" ]; then
-	taken=$(awk -v uid="$PROV_UID" -v gid="$PROV_GID" '
+	taken=$(printf '%s\n%s\n' "$MOUNTS" "$HOME_DIR" | awk -v uid="$PROV_UID" -v gid="$PROV_GID" '
 		FNR == NR {
-			m = $5
-			gsub(/\\040/, " ", m); gsub(/\\011/, "\t", m)
-			gsub(/\\012/, "\n", m); gsub(/\\134/, "\\", m)
-			if (m != "/") mounts[++n] = m
+			if ($0 != "/" && $0 != "") mounts[++n] = $0
 			next
 		}
 		{
@@ -256,7 +253,7 @@ if [ -f "$LAYER_OWNED" ] && [ "$(head -n 1 "$LAYER_TAKEN" 2>/dev/null)" != "$PRO
 			for (i = 1; i <= n; i++)
 				if (path == mounts[i] || index(path, mounts[i] "/") == 1) next
 			print path
-		}' /proc/self/mountinfo "$LAYER_OWNED") || die "cannot read $LAYER_OWNED"
+		}' - "$LAYER_OWNED") || die "cannot read $LAYER_OWNED"
 	if [ -n "$taken" ]; then
 		printf '%s\n' "$taken" | xargs -d '\n' chown -h root:root -- ||
 			die "cannot make the layer's paths the agent could write root's"
