@@ -1145,8 +1145,7 @@ def _launch(
     adding up: measured here, a warm `up` took 0.68 s with the proxy started
     after the environment and ~0.62 s with both at once): join the returned start before
     saying the environment is ready. A new container gets its session
-    environment (if any) right after starting, while its entrypoint sets up
-    the user; a stopped one has it already."""
+    environment (if any) before it starts; a stopped one has it already."""
     background = _Background(proxy_job) if proxy_job is not None else None
     try:
         _start_env(engine, plan, action, container_id, reporter)
@@ -1186,11 +1185,13 @@ def _start_env(
             engine.stop(container_id, timeout=1)
         engine.start(container_id)
     elif action in ("created", "recreated"):
-        engine.start(container_id)
+        # Create, copy, start: the session file is in place before the
+        # entrypoint runs, so no login can come before it.
         if plan.container.files:
             engine.inject_files(
                 container_id, [(f.path, f.mode, f.content) for f in plan.container.files]
             )
+        engine.start(container_id)
 
 
 def _devcontainer_commands(

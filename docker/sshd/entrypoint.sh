@@ -29,9 +29,9 @@
 # prov gives the container NET_ADMIN and SETPCAP for these steps only: both
 # are dropped from the bounding set before sshd starts, so no process below
 # sshd (not even root with --sudo) can get them back.
-# Put in by prov right after start, only if the user passes any:
+# Put in by prov between create and start, only if the user passes any:
 #   /etc/prov/environment  KEY=VALUE lines for sessions (pam_env reads it at
-#                          each login; prov logs in only once it is there)
+#                          each login)
 #
 # Nothing here may change the owner of anything inside a bind mount: host
 # directories are mounted under /home/agent, so every chown is

@@ -7,6 +7,7 @@ integration tests drive the whole of `up` for real."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -232,6 +233,26 @@ def test_a_new_environment_is_made_in_order(
     assert dict(spec.scratch) == {"/tmp": 1 << 30, "/var/tmp": 1 << 30, "/run/lock": 1 << 20}
     record = state.load(paths, "demo")
     assert record is not None and record.project_dir == str(tmp_path / "demo")
+
+
+def test_the_session_file_goes_in_before_the_container_starts(
+    world: tuple[RecordingEngine, ProvPaths], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Create, copy, start: the session variables' root-only file is in the
+    container before its entrypoint (and so any login) runs."""
+    engine, paths = world
+    monkeypatch.setattr(ready, "await_ssh", lambda *a, **k: 0.05)
+    request = replace(
+        _request(tmp_path), extras=Extras(agents=(), credentials="none", env=(("FOO", "bar"),))
+    )
+    [result] = service.up_many([(request, Quiet())], paths)
+    assert not isinstance(result, Exception), result
+    order = [c for c in engine.calls if c[0] in ("create", "inject_files", "start")]
+    assert order == [
+        ("create", "prov-demo"),
+        ("inject_files", "prov-demo"),
+        ("start", "prov-demo"),
+    ]
 
 
 def test_the_engine_hosts_size_is_asked_once_and_kept(
