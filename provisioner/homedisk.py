@@ -293,11 +293,37 @@ def _keeper_run(engine: Engine, image: str, volumes: str, args: list[str], actio
     return output
 
 
+# On every image with prov's SSH layer (docker/sshd/Dockerfile): what the
+# keeper's script needs is there.
+KEEPER_IMAGE_LABEL = "prov.ssh"
+
+
+def keeper_image(present: list[dict[str, Any]]) -> str:
+    """Of `present` (the engine's prov images, as Docker lists them), the
+    newest with prov's SSH layer; "" when there is none."""
+    fit = [i for i in present if (i.get("Labels") or {}).get(KEEPER_IMAGE_LABEL) == "1"]
+    fit.sort(key=lambda i: int(i.get("Created") or 0), reverse=True)
+    return str(fit[0]["Id"]) if fit else ""
+
+
 def _keeper(engine: Engine, image: str, volumes: str) -> str:
-    """The disk keeper's container ID, running; made from `image` if missing."""
+    """The disk keeper's container ID, running; made from `image` if missing
+    (or, when that image is gone, from another with prov's SSH layer: a home
+    must be released even after its image was removed)."""
     info = engine.find(DISKD)
     if info is None:
+        from provisioner.image import IMAGE_REPO
+
         labels = {LABEL_MANAGED: "true", LABEL_ROLE: DISKD_ROLE}
+        if not image or engine.image_id(image) is None:
+            image = keeper_image(engine.images(IMAGE_REPO))
+        if not image:
+            raise ProvError(
+                "prov's disk keeper is not running and no prov image is left to make it from",
+                "It mounts and unmounts the homes' own file systems; the image that made "
+                "this one was removed, and no other image with prov's SSH layer is here.",
+                "run `prov up` for any environment (it builds the image again), then retry.",
+            )
         try:
             engine.create_named(DISKD, wire.diskd_body(image, volumes, labels))
         except ProvError:  # another `up` made it just now (409), or a real refusal

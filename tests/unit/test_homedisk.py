@@ -65,3 +65,17 @@ def test_ls_reads_each_mounted_homes_use_and_its_size_from_one_keeper_answer() -
     # The globs the keeper expands are the layout the unit above parses.
     assert "/volumes/prov-*-disk/_data/mnt" in homedisk.HOMES_SCRIPT
     assert "/volumes/prov-*-disk/_data/home.img" in homedisk.HOMES_SCRIPT
+
+
+def test_the_keeper_is_made_from_the_newest_image_with_provs_ssh_layer() -> None:
+    """When the image that made a home is gone, any image with prov's SSH layer
+    can release it; the egress proxy's (prov-env too) cannot."""
+    listed = [
+        {"Id": "sha256:old", "Created": 100, "Labels": {"prov.ssh": "1", "prov.image": "1"}},
+        {"Id": "sha256:new", "Created": 300, "Labels": {"prov.ssh": "1"}},
+        {"Id": "sha256:egress", "Created": 900, "Labels": {"prov.image": "1"}},
+        {"Id": "sha256:bare", "Created": 950, "Labels": None},
+    ]
+    assert homedisk.keeper_image(listed) == "sha256:new"
+    assert homedisk.keeper_image(listed[2:]) == ""
+    assert homedisk.keeper_image([]) == ""
