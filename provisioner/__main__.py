@@ -1,5 +1,5 @@
 """`python -m provisioner` runs the prov CLI."""
 
-from provisioner.entry import main
+from provisioner.entry import launch
 
-main()
+launch()

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn, ParamSpec, TextIO, TypeVa
 
 import typer
 
+from provisioner import resident
 from provisioner.config import DEFAULT_BASE_IMAGE, DEFAULT_BIND, DEFAULT_TIMEOUT
 from provisioner.errors import ProvError
 from provisioner.spec import container_name
@@ -744,8 +745,8 @@ def _up_one(request: UpRequest, as_json: bool, spawn: bool) -> None:
     if spawn:
         from provisioner import handoff
 
-        code = _run(handoff.spawn, result.ntm_argv, result.ntm_env, result.ntm_command)
-        raise typer.Exit(code)
+        argv, env = _run(handoff.spawn_command, result.ntm_argv, result.ntm_env, result.ntm_command)
+        _exec(argv, env)
 
 
 @app.command()
@@ -1273,8 +1274,6 @@ def rm(
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def ssh(ctx: typer.Context, name: NameArg) -> None:
     """Open a shell (or run `-- CMD ...`) in the environment with the system ssh."""
-    import os
-
     from provisioner.config import ProvPaths
     from provisioner.state import require
 
@@ -1282,7 +1281,7 @@ def ssh(ctx: typer.Context, name: NameArg) -> None:
     _run(require, paths, _name(name))
     argv = ["ssh", "-F", str(paths.ssh_config), "--", alias_for(name), *ctx.args]
     try:
-        os.execvp("ssh", argv)  # noqa: S606 - replacing prov with ssh is the point
+        resident.hand_over(argv)  # replacing prov with ssh is the point
     except OSError as exc:
         from provisioner.errors import ProvError as Err
 
@@ -1307,13 +1306,11 @@ def doctor(as_json: JsonOpt = False) -> None:
         raise typer.Exit(1)
 
 
-def _exec(argv: list[str]) -> NoReturn:
-    import os
-
+def _exec(argv: list[str], env: dict[str, str] | None = None) -> NoReturn:
     from provisioner.errors import ProvError as Err
 
     try:
-        os.execvp(argv[0], argv)  # noqa: S606 - handing the terminal over is the point
+        resident.hand_over(argv, env)  # handing the terminal over is the point
     except OSError as exc:
         _fail(Err(f"Cannot run {argv[0]}", str(exc), f"install {argv[0]} or put it on PATH."))
 
@@ -1474,7 +1471,10 @@ def _only_the_command_asked(argv: list[str]) -> None:
 def main() -> None:
     try:
         _only_the_command_asked(sys.argv[1:])
-        app()
+        if resident.prog_name:  # a served run: the name the client was called by
+            app(prog_name=resident.prog_name)
+        else:
+            app()
     except KeyboardInterrupt:
         err.line("", "interrupted", "bold red")
         sys.exit(130)

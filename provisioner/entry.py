@@ -50,7 +50,20 @@ def internal_error_paragraph(exc: BaseException, command: str) -> str:
     )
 
 
+def launch() -> None:
+    """`prov`: the user's resident runs it when there is one (provisioner/
+    resident.py); else it runs here, and leaves a resident for the next runs."""
+    from provisioner import resident
+
+    resident.client(sys.argv)
+    try:
+        main()
+    finally:
+        resident.start(os.environ)
+
+
 def main() -> None:
+    """Run the command in sys.argv in this process."""
     argv, debug_flag = _take_debug_flag(sys.argv[1:])
     sys.argv[1:] = argv
     debug = debug_flag or os.environ.get("PROV_DEBUG", "") not in ("", "0")
