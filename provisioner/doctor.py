@@ -7,7 +7,7 @@ import stat
 import subprocess
 from dataclasses import dataclass
 
-from provisioner import host, sshconf
+from provisioner import host, resident, sshconf
 from provisioner.config import ProvPaths, user_ssh_config
 from provisioner.engine import targets
 from provisioner.engine.site import over_ssh
@@ -229,6 +229,7 @@ def diagnose(
             PASS,
             "none in /usr/local/share/ca-certificates (no TLS inspection to trust)",
         ),
+        Finding("resident", PASS, resident.describe()),
         _check(
             "debootstrap",
             shutil.which("debootstrap"),

@@ -22,9 +22,9 @@ user's own with mode 0700 (XDG_RUNTIME_DIR, else /tmp, `prov-UID`), and both
 ends check the other's UID (SO_PEERCRED). A resident whose code changed is
 never used: the socket's name is a digest of prov's files (names, sizes,
 mtimes), the Python that runs it and where it lives. It leaves after
-PROV_RESIDENT_IDLE seconds without a run (default 1800), or as soon as its
-socket is no longer its own. PROV_RESIDENT=0 runs every command in its own
-process and starts no resident.
+PROV_RESIDENT_IDLE seconds without a run (default 1800), as soon as prov's
+files change, or as soon as its socket is no longer its own.
+PROV_RESIDENT=0 runs every command in its own process and starts no resident.
 """
 
 from __future__ import annotations
@@ -71,14 +71,16 @@ def fingerprint(package: str, executable: str, version: str) -> str:
     """A digest of the code a resident runs: prov's files (by name, size and
     mtime), the Python that runs them and where they live."""
     digest = zlib.crc32(f"{PROTOCOL}\0{executable}\0{version}\0{package}".encode())
-    for top, dirs, files in sorted(os.walk(package)):
-        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
-        for name in sorted(f for f in files if f.endswith(".py")):
-            try:
-                st = os.stat(os.path.join(top, name))
-            except OSError:
-                continue
-            digest = zlib.crc32(f"{top}/{name}\0{st.st_size}\0{st.st_mtime_ns}".encode(), digest)
+    found = []
+    for top, dirs, files in os.walk(package):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        found += [f"{top}/{name}" for name in files if name.endswith(".py")]
+    for path in sorted(found):
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        digest = zlib.crc32(f"{path}\0{st.st_size}\0{st.st_mtime_ns}".encode(), digest)
     return f"{digest:08x}"
 
 
@@ -279,6 +281,28 @@ def hand_over(argv: list[str], env: dict[str, str] | None = None) -> NoReturn:
     os._exit(0)
 
 
+def describe() -> str:
+    """What this run knows of the resident, for `prov doctor`."""
+    if not enabled(os.environ):
+        return "off (PROV_RESIDENT=0): every prov command runs in its own process"
+    if _answer is None:
+        return (
+            "none served this run (it had its own process; it leaves one that serves the "
+            "next runs: PROV_RESIDENT=0 turns that off)"
+        )
+    resident = os.getppid()
+    try:
+        with open(f"/proc/{resident}/status", encoding="ascii") as status:
+            rss = next((ln.split()[1] for ln in status if ln.startswith("VmRSS:")), "?")
+    except OSError:
+        rss = "?"
+    return (
+        f"this run was served by prov's resident (pid {resident}, {rss} kB resident); it "
+        "leaves after PROV_RESIDENT_IDLE seconds without a run (default 1800); "
+        "PROV_RESIDENT=0 turns it off"
+    )
+
+
 # --- the resident itself
 
 
@@ -310,8 +334,10 @@ def serve(path: str, idle: float, run: Callable[[], None], preload: Callable[[],
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     staging = f"{path}.{os.getpid()}"
     listener.bind(staging)
+    os.chmod(staging, 0o600)  # the directory is 0700 already; the socket too
     os.rename(staging, path)
     own = os.stat(path).st_ino
+    code = os.path.basename(path).removesuffix(".sock")
     listener.listen(64)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
     last = time.monotonic()
@@ -323,8 +349,9 @@ def serve(path: str, idle: float, run: Callable[[], None], preload: Callable[[],
         except OSError:
             return
         if not ready:
-            if time.monotonic() - last >= idle:
-                os.unlink(path)
+            stale = fingerprint(_package(), sys.executable, sys.version) != code
+            if stale or time.monotonic() - last >= idle:
+                os.unlink(path)  # prov's files changed (the next run starts another), or idle
                 return
             continue
         try:
