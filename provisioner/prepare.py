@@ -621,7 +621,10 @@ def _guard_project(
             )
         return ()
     extra = protect.extra_kinds(project.path, request.extras.protect)
-    found = protect.survey(project.path, tuple(rel for rel, _ in extra))
+    ledger = paths.placeholders_ledger(request.name)
+    found = protect.survey(
+        project.path, tuple(rel for rel, _ in extra), tuple(protect.placeholders(ledger))
+    )
     for rel in protect.unguardable(found, extra):
         reporter.warn(
             f"{project.path / rel} is a symbolic link, which prov cannot cover: the agent "
@@ -629,7 +632,6 @@ def _guard_project(
         )
     guards = protect.plan_guards(found, extra)
     st = project.path.stat()
-    ledger = paths.placeholders_ledger(request.name)
     made = protect.make_placeholders(project.path, guards, (st.st_uid, st.st_gid), ledger)
     if made:
         placed.append(project.path)

@@ -191,8 +191,13 @@ def _git_named(project: Path) -> tuple[tuple[str, Kind], ...]:
     return tuple(dict.fromkeys(inside))
 
 
-def survey(project: Path, extra: tuple[str, ...] = ()) -> Survey:
+def survey(project: Path, extra: tuple[str, ...] = (), made: tuple[str, ...] = ()) -> Survey:
+    """`made`: the placeholders prov made there (its ledger). A `.git` that is
+    prov's own placeholder, still as prov made it, is no repository: it is
+    surveyed as missing, so the next `up` plans the same guards as the first."""
     kinds = {rel: _kind(project / rel) for rel in candidates(extra)}
+    if kinds.get(".git") == "dir" and _untouched(project, ".git", set(made)):
+        kinds[".git"] = None
     named = _git_named(project)
     modules: list[str] = []
     modules_dir = project / ".git" / "modules"
@@ -205,6 +210,19 @@ def survey(project: Path, extra: tuple[str, ...] = ()) -> Survey:
     for module in modules:
         kinds[f"{module}/config"] = _kind(project / module / "config")
     return Survey(kinds, named, tuple(modules))
+
+
+def _untouched(project: Path, rel: str, made: set[str]) -> bool:
+    """`rel` is a placeholder directory prov made, holding nothing but
+    placeholder directories of its own that hold nothing (what an older prov
+    left in its own `.git`: hooks/ and info/)."""
+    path = project / rel
+    if f"{rel}/" not in made or path.is_symlink() or not path.is_dir():
+        return False
+    return all(
+        child.is_dir() and _untouched(project, f"{rel}/{child.name}", made)
+        for child in path.iterdir()
+    )
 
 
 def extra_kinds(project: Path, paths: tuple[str, ...]) -> tuple[tuple[str, Kind], ...]:

@@ -133,3 +133,29 @@ def test_excludes_and_rsync_filters_name_the_covered_paths() -> None:
     filters = protect.rsync_excludes(("deploy.sh",))
     for name in ("/.git/hooks/", "/.git/config", "/.envrc", "/.claude/", "/deploy.sh"):
         assert f"--exclude={name}" in filters, name
+
+
+def test_provs_own_git_placeholder_is_no_repository_at_the_next_up(tmp_path: Path) -> None:
+    """The second `up` of a project that was no repository plans what the first
+    did (no .git/hooks or .git/info made inside prov's own empty .git, no
+    "not yet protected" warning); once the user runs `git init` there, it is a
+    repository again."""
+    project = tmp_path / "p"
+    project.mkdir()
+    ledger = tmp_path / "placeholders.json"
+    first = protect.plan_guards(protect.survey(project))
+    protect.make_placeholders(project, first, (0, 0), ledger)
+    assert (project / ".git").is_dir()
+    again = protect.survey(project, (), tuple(protect.placeholders(ledger)))
+    assert again.kinds[".git"] is None
+    covered = [(g.rel, g.kind, g.writable) for g in first]
+    assert [(g.rel, g.kind, g.writable) for g in protect.plan_guards(again)] == covered
+    assert protect.make_placeholders(project, protect.plan_guards(again), (0, 0), ledger) == ()
+    assert list((project / ".git").iterdir()) == []
+    # What an older prov left: hooks/ and info/ inside its own .git, empty, recorded.
+    for rel in (".git/hooks", ".git/info"):
+        (project / rel).mkdir()
+    protect._record(ledger, [*protect.placeholders(ledger), ".git/hooks/", ".git/info/"])
+    assert protect.survey(project, (), tuple(protect.placeholders(ledger))).kinds[".git"] is None
+    subprocess.run(["git", "init", "-q", str(project)], check=True)
+    assert protect.survey(project, (), tuple(protect.placeholders(ledger))).kinds[".git"] == "dir"
