@@ -1468,13 +1468,28 @@ def _only_the_command_asked(argv: list[str]) -> None:
         app.registered_commands, app.registered_groups = commands, groups
 
 
+_built: typer.core.TyperGroup | None = None  # every command, built once by prov's resident
+
+
+def build() -> None:
+    """Build every command now (the resident does, before it serves runs)."""
+    global _built
+    import typer.main
+
+    command = typer.main.get_command(app)
+    assert isinstance(command, typer.core.TyperGroup)  # noqa: S101 - an app of commands
+    _built = command
+
+
 def main() -> None:
     try:
-        _only_the_command_asked(sys.argv[1:])
-        if resident.prog_name:  # a served run: the name the client was called by
-            app(prog_name=resident.prog_name)
+        # A served run: the name the client was called by.
+        named = {"prog_name": resident.prog_name} if resident.prog_name else {}
+        if _built is not None:
+            _built(**named)
         else:
-            app()
+            _only_the_command_asked(sys.argv[1:])
+            app(**named)
     except KeyboardInterrupt:
         err.line("", "interrupted", "bold red")
         sys.exit(130)

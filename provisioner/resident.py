@@ -474,6 +474,9 @@ def preload() -> None:
     """What runs need, imported once here instead of in every run."""
     import importlib
 
+    from provisioner import cli
+
+    cli.build()
     for name in PRELOAD:
         try:
             importlib.import_module(name)
