@@ -225,6 +225,9 @@ def prov(
         # in the default containment claim one, the others make their own gate.
         # NTM's config is this test home's, never the user's.
         "NTM_CONFIG": str(home / ".config" / "ntm" / "config.toml"),
+        # The runs are served by prov's resident, as a user's are; the one the
+        # tests start leaves two minutes after their last run, not thirty.
+        "PROV_RESIDENT_IDLE": "120",
     }
     for key in ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY", "XDG_CONFIG_HOME"):
         env.pop(key, None)
