@@ -67,10 +67,19 @@ def private_dir(path: str, uid: int) -> bool:
     return (st.st_mode & 0o170000) == 0o040000 and st.st_uid == uid and not st.st_mode & 0o077
 
 
-def fingerprint(package: str, executable: str, version: str) -> str:
+def python_environ(environ: dict[str, str] | os._Environ[str]) -> dict[str, str]:
+    """The variables that change what Python imports and how (PYTHONPATH,
+    PYTHONHOME, PYTHONSAFEPATH, ...): a run with others is no run a resident
+    started under these may serve."""
+    return {k: v for k, v in environ.items() if k.startswith("PYTHON")}
+
+
+def fingerprint(package: str, executable: str, version: str, python: str = "") -> str:
     """A digest of the code a resident runs: prov's files (by name, size and
-    mtime), the Python that runs them and where they live."""
-    digest = zlib.crc32(f"{PROTOCOL}\0{executable}\0{version}\0{package}".encode())
+    mtime), the Python that runs them, where they live, and the PYTHON*
+    variables it runs under (`python`, as `_python_key` writes them)."""
+    head = f"{PROTOCOL}\0{executable}\0{version}\0{package}\0{python}"
+    digest = zlib.crc32(head.encode())
     found = []
     for top, dirs, files in os.walk(package):
         dirs[:] = [d for d in dirs if d != "__pycache__"]
@@ -88,8 +97,12 @@ def _package() -> str:
     return os.path.dirname(os.path.abspath(__file__))
 
 
+def _python_key(environ: dict[str, str] | os._Environ[str]) -> str:
+    return "\0".join(f"{k}={v}" for k, v in sorted(python_environ(environ).items()))
+
+
 def socket_path(environ: dict[str, str] | os._Environ[str]) -> str:
-    fp = fingerprint(_package(), sys.executable, sys.version)
+    fp = fingerprint(_package(), sys.executable, sys.version, _python_key(environ))
     return f"{run_dir(environ, os.getuid())}/{fp}.sock"
 
 
@@ -349,7 +362,8 @@ def serve(path: str, idle: float, run: Callable[[], None], preload: Callable[[],
         except OSError:
             return
         if not ready:
-            stale = fingerprint(_package(), sys.executable, sys.version) != code
+            now = fingerprint(_package(), sys.executable, sys.version, _python_key(os.environ))
+            stale = now != code
             if stale or time.monotonic() - last >= idle:
                 os.unlink(path)  # prov's files changed (the next run starts another), or idle
                 return
@@ -454,6 +468,7 @@ def start(environ: dict[str, str] | os._Environ[str]) -> None:
         return
     keep = {k: environ[k] for k in ("PATH", "LANG", "LC_ALL", "PROV_RESIDENT_IDLE") if k in environ}
     keep["XDG_RUNTIME_DIR"] = environ.get("XDG_RUNTIME_DIR", "")
+    keep.update(python_environ(environ))  # it imports what the run that started it did
     package = _package()
     try:
         subprocess.Popen(  # this Python, this package

@@ -37,6 +37,20 @@ def test_the_digest_changes_with_any_of_provs_files_and_with_the_python(tmp_path
     assert resident.fingerprint(str(package), "/usr/bin/python3", "3.13") == changed
 
 
+def test_a_run_under_other_python_variables_goes_to_another_resident() -> None:
+    """PYTHONPATH and its kin change what a run imports: a resident started
+    without them must not serve a run that has them (nor the other way)."""
+    plain = {"XDG_RUNTIME_DIR": "/run/user/1000", "HOME": "/home/u"}
+    assert resident.socket_path({**plain, "HOME": "/elsewhere"}) == resident.socket_path(plain)
+    with_path = {**plain, "PYTHONPATH": "/tmp/fake"}
+    assert resident.socket_path(with_path) != resident.socket_path(plain)
+    assert resident.socket_path({**plain, "PYTHONPATH": "/tmp/other"}) != resident.socket_path(
+        with_path
+    )
+    assert resident.socket_path({**plain, "PYTHONSAFEPATH": "1"}) != resident.socket_path(plain)
+    assert resident.python_environ({**with_path, "PROV_HOME": "/x"}) == {"PYTHONPATH": "/tmp/fake"}
+
+
 def test_only_a_private_directory_of_the_users_own_is_used(tmp_path: Path) -> None:
     uid = os.getuid()
     mine = tmp_path / "mine"
