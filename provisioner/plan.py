@@ -192,13 +192,21 @@ class SshTarget:
 
 
 @dataclass(frozen=True)
-class RemotePlacement:
-    """An environment on an engine on another machine: its keys come in a
-    volume, the project by rsync into a volume (or the engine host's own
-    path), and the alias reaches it through the engine host."""
+class Placement:
+    """What the engine's site (engine/site.py) answered, as the plan needs it.
 
-    proxy_command: str
-    sync: str  # rsync / none
+    Here (the default) this machine's paths are mounted: the keys, the proxy's
+    configuration, the agents' logins. Elsewhere none are: keys and the proxy's
+    configuration come in volumes, logins are copied in, the project is an
+    rsync copy in a volume (`project_copied`) or the engine host's own path,
+    and the alias goes through `proxy_command`."""
+
+    mounts_local_paths: bool = True
+    project_copied: bool = False
+    proxy_command: str | None = None
+
+
+HERE = Placement()
 
 
 @dataclass(frozen=True)
@@ -356,7 +364,7 @@ class PlanInputs:
     session_env: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # may hold secrets
     gpus: int | None = None
     agent_versions: dict[str, str] | None = None
-    remote: RemotePlacement | None = None
+    placement: Placement = HERE
     guards: tuple[Guard, ...] = ()
     credentials_mode: str = "tokens"
     branch: str | None = None
@@ -486,11 +494,11 @@ def _gate(i: PlanInputs, identity: str, egress_label: str) -> EgressPlan | None:
         bind=i.bind,
         port=relayed,
         container_port=RELAY_PORT,
-        mounts=()
-        if i.remote is not None or not conf
-        else (Mount(i.paths.egress_dir(i.name), CONF_DIR, read_only=True),),
+        mounts=(Mount(i.paths.egress_dir(i.name), CONF_DIR, read_only=True),)
+        if i.placement.mounts_local_paths and conf
+        else (),
         ro_volumes=((egress_volume_name(i.name), CONF_DIR),)
-        if i.remote is not None and conf
+        if not i.placement.mounts_local_paths and conf
         else (),
         volume_labels={LABEL_MANAGED: "true", LABEL_NAME: i.name, LABEL_HOME: identity},
         keys_dir=i.paths.keys_dir(i.name),
@@ -629,7 +637,7 @@ def _alias_entry(i: PlanInputs, alias: str) -> HostEntry:
         known_hosts=i.paths.known_hosts,
         control_dir=i.paths.control_dir,
         forward_agent=i.containment.forward_agent,
-        proxy_command=i.remote.proxy_command if i.remote is not None else None,
+        proxy_command=i.placement.proxy_command,
         local_forwards=i.forward_ports,
     )
 
@@ -638,13 +646,14 @@ def build_plan(i: PlanInputs) -> Plan:
     alias = alias_for(i.name)
     # The project in a volume of the environment's own, at the same path: a
     # remote engine's rsync copy, or branch mode's clone.
-    project_in_volume = (i.remote is not None and i.remote.sync == "rsync") or i.branch is not None
+    project_in_volume = i.placement.project_copied or i.branch is not None
+    here = i.placement.mounts_local_paths
     mounts = (
         *(() if project_in_volume else (Mount(i.project_dir, str(i.project_dir)),)),
         # Branch mode: what the clone is made from, read-only (the tree is not mounted).
         *((Mount(i.project_dir / ".git", ORIGIN, read_only=True),) if i.branch is not None else ()),
         # On a remote engine credentials are copied in, never mounted.
-        *(() if i.remote is not None else (Mount(c.source, c.target) for c in i.credentials)),
+        *((Mount(c.source, c.target) for c in i.credentials) if here else ()),
         *(Mount(m.source, m.target, m.read_only) for m in i.extra_mounts),
     )
     # Over the project mount: what the host executes from, read-only (a mount
@@ -680,14 +689,14 @@ def build_plan(i: PlanInputs) -> Plan:
         bind=i.bind,
         port=0 if i.containment.internal else i.port,
         # Not in LABEL_MOUNTS: every environment has it, at a path of its own.
-        mounts=(*mounts, *guarded)
-        if i.remote is not None
-        else (*mounts, *guarded, Mount(i.paths.keys_dir(i.name), KEYS_MOUNT, read_only=True)),
+        mounts=(*mounts, *guarded, Mount(i.paths.keys_dir(i.name), KEYS_MOUNT, read_only=True))
+        if here
+        else (*mounts, *guarded),
         volumes=(
             (home_volume_name(i.name), AGENT_HOME),
             *(((project_volume_name(i.name), str(i.project_dir)),) if project_in_volume else ()),
         ),
-        ro_volumes=((keys_volume_name(i.name), KEYS_MOUNT),) if i.remote is not None else (),
+        ro_volumes=() if here else ((keys_volume_name(i.name), KEYS_MOUNT),),
         volume_labels={LABEL_MANAGED: "true", LABEL_NAME: i.name, LABEL_HOME: identity},
         keys_dir=i.paths.keys_dir(i.name),
         key_files=key_files,

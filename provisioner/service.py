@@ -58,9 +58,9 @@ from provisioner.plan import (
     LABEL_SLOT,
     SESSION_ENV_PATH,
     NetworkSpec,
+    Placement,
     Plan,
     PlanInputs,
-    RemotePlacement,
     SshTarget,
     build_network,
     build_plan,
@@ -592,9 +592,11 @@ def _plan(
             session_env=prepared.session_env,
             gpus=request.extras.gpus,
             agent_versions=prepared.built.agent_versions,
-            remote=RemotePlacement(jump, prepared.sync)
-            if (jump := engine.site.proxy_command()) is not None
-            else None,
+            placement=Placement(
+                mounts_local_paths=engine.site.mounts_local_paths,
+                project_copied=prepared.sync == "rsync",
+                proxy_command=engine.site.proxy_command(),
+            ),
             guards=prepared.guards,
             secrets=prepared.secrets,
             egress_ca=prepared.egress_ca,

@@ -13,7 +13,7 @@ from provisioner import injection
 from provisioner.config import Containment, Extras
 from provisioner.egress import read_proxy_log
 from provisioner.errors import ConfigError, UsageError
-from provisioner.plan import RemotePlacement
+from provisioner.plan import Placement
 from tests.unit.test_plan import _plan
 
 VALUE = "sk-ant-REAL-0123456789abcdef"
@@ -223,7 +223,7 @@ def test_remote_proxy_reads_its_conf_from_a_volume() -> None:
         Path("/p/demo"),
         Path("/p"),
         containment=Containment(),
-        remote=RemotePlacement("ssh -W %h:%p eng", "rsync"),
+        placement=Placement(False, project_copied=True, proxy_command="ssh -W %h:%p eng"),
         secrets=(secret,),
         egress_ca=injection.make_ca("demo"),
     )

@@ -8,9 +8,10 @@ from provisioner import keys
 from provisioner.config import AgentCounts, Containment, ProvPaths
 from provisioner.host import CredentialMount
 from provisioner.plan import (
+    HERE,
     Mount,
+    Placement,
     PlanInputs,
-    RemotePlacement,
     build_network,
     build_plan,
     connect_host,
@@ -23,7 +24,7 @@ def _plan(  # type: ignore[no-untyped-def]
     bind: str = "127.0.0.1",
     agents: AgentCounts | None = None,
     containment: Containment | None = None,
-    remote: RemotePlacement | None = None,
+    placement: Placement = HERE,
     port: int | None = None,
     **more,
 ):
@@ -60,7 +61,7 @@ def _plan(  # type: ignore[no-untyped-def]
                 egress_address="10.213.0.3",
                 egress_network="prov-egress",
                 allow=("github.com", "example.org"),
-                remote=remote,
+                placement=placement,
                 **more,
             )
         ),
@@ -314,8 +315,8 @@ def test_remote_environment_mounts_nothing_of_this_machine() -> None:
     in a read-only volume, the project (rsync) in a volume the agent is given,
     credentials are copied in (not mounted); the alias reaches it through the
     engine host with a ControlPath of its own."""
-    remote = RemotePlacement("ssh -W [%h]:%p -- builder", "rsync")
-    plan, _, _ = _plan(Path("/p/demo"), Path("/p"), remote=remote)
+    remote = Placement(False, project_copied=True, proxy_command="ssh -W [%h]:%p -- builder")
+    plan, _, _ = _plan(Path("/p/demo"), Path("/p"), placement=remote)
     spec = plan.container
     assert spec.mounts == ()
     assert spec.ro_volumes == (("prov-demo-keys", "/etc/prov/keys"),)
@@ -328,7 +329,7 @@ def test_remote_environment_mounts_nothing_of_this_machine() -> None:
 
 def test_remote_sync_none_mounts_the_engine_hosts_own_path() -> None:
     """--sync none: the project is the engine host's directory at the same path."""
-    plan, _, _ = _plan(Path("/p/demo"), Path("/p"), remote=RemotePlacement("x", "none"))
+    plan, _, _ = _plan(Path("/p/demo"), Path("/p"), placement=Placement(False, proxy_command="x"))
     spec = plan.container
     assert spec.mounts == (Mount(Path("/p/demo"), "/p/demo"),)
     assert "PROV_PROJECT_VOLUME" not in spec.environment
