@@ -482,7 +482,6 @@ def up(
     Re-running it is safe: a running, unchanged environment is only re-verified, a
     stopped one is started, a removed one is recreated with the same keys."""
     from provisioner.config import AgentCounts, UpRequest
-    from provisioner.errors import UsageError
 
     _engine_flags(docker_host, engine)
     if prepare_slots is not None:
@@ -493,14 +492,6 @@ def up(
         names or [],
         {"--port": port, "--project": project, "--spawn": spawn or None, "--branch": branch},
     )
-    if devcontainer is not None and no_devcontainer:
-        _fail(
-            UsageError(
-                "--devcontainer and --no-devcontainer ask for opposite things",
-                "",
-                "pass one of them.",
-            )
-        )
     extras = _run(
         _extras,
         agents,
@@ -627,6 +618,12 @@ def _extras_more(
     """Branch mode ("": prov/NAME, per environment), devcontainer.json and secrets."""
     from dataclasses import replace
 
+    from provisioner.errors import UsageError
+
+    if devcontainer is not None and no_devcontainer:
+        raise UsageError(
+            "--devcontainer and --no-devcontainer ask for opposite things", "", "pass one of them."
+        )
     if branch is not None:
         extras = replace(extras, branch=branch)
     if devcontainer is not None or no_devcontainer:

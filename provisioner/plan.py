@@ -642,6 +642,21 @@ def _alias_entry(i: PlanInputs, alias: str) -> HostEntry:
     )
 
 
+def _env_files(i: PlanInputs) -> tuple[tuple[KeyFile, ...], tuple[InjectedFile, ...]]:
+    """The keys (and the proxy's CA) sshd reads, and the files put in before start."""
+    key_files = (
+        KeyFile(HOST_KEY_FILE, 0o600, i.host_key_private),
+        KeyFile(AUTHORIZED_KEYS_FILE, 0o644, (i.authorized_key.line + "\n").encode()),
+        *((KeyFile(EGRESS_CA_FILE, 0o644, i.egress_ca.cert_pem),) if i.egress_ca else ()),
+    )
+    if not i.session_env:
+        return key_files, ()
+    # A root-only file, not Docker's env (which `docker inspect` shows to anyone
+    # with Docker access); pam_env hands it to every login.
+    body = "".join(f"{key}={value}\n" for key, value in i.session_env)
+    return key_files, (InjectedFile(SESSION_ENV_PATH, 0o600, body.encode()),)
+
+
 def build_plan(i: PlanInputs) -> Plan:
     alias = alias_for(i.name)
     # The project in a volume of the environment's own, at the same path: a
@@ -667,17 +682,7 @@ def build_plan(i: PlanInputs) -> Plan:
     if i.containment.egress == "allowlist":
         egress_label += ":" + ",".join((*i.allow, *i.allow_nets, *i.hosts))
     labels = _env_labels(i, mounts, identity, egress_label)
-    key_files = (
-        KeyFile(HOST_KEY_FILE, 0o600, i.host_key_private),
-        KeyFile(AUTHORIZED_KEYS_FILE, 0o644, (i.authorized_key.line + "\n").encode()),
-        *((KeyFile(EGRESS_CA_FILE, 0o644, i.egress_ca.cert_pem),) if i.egress_ca else ()),
-    )
-    files: tuple[InjectedFile, ...] = ()
-    if i.session_env:
-        # A root-only file, not Docker's env (which `docker inspect` shows to anyone
-        # with Docker access); pam_env hands it to every login.
-        body = "".join(f"{key}={value}\n" for key, value in i.session_env)
-        files += (InjectedFile(SESSION_ENV_PATH, 0o600, body.encode()),)
+    key_files, files = _env_files(i)
     egress = _gate(i, identity, egress_label)
     environment = _env_environment(i, project_in_volume, egress)
     spec = ContainerSpec(
