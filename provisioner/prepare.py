@@ -70,7 +70,6 @@ class Prepared:
     existing: ContainerInfo | None
     public: keys.PublicKey
     identity: Path
-    key_source: str
     host_pair: keys.KeyPair
     built: BuiltImage
     mounted: tuple[host.CredentialMount, ...]
@@ -190,7 +189,7 @@ def _prepare_steps(
     creds = _find_credentials(credentials)
     _report_credentials(creds, credentials, engine, request, project, reporter)
     secrets = _secrets_for(request, paths, reporter)
-    public, identity, key_source, host_pair, egress_ca = _keys(request, paths, bool(secrets))
+    public, identity, host_pair, egress_ca = _keys(request, paths, bool(secrets))
     _grant_project(project, paths, request.name, granted, reporter)
     guards = _guard_project(engine, request, project, paths, reporter, placed, branch, base)
     reporter.step("image")
@@ -217,7 +216,6 @@ def _prepare_steps(
         existing=existing,
         public=public,
         identity=identity,
-        key_source=key_source,
         host_pair=host_pair,
         built=built,
         mounted=_logins(credentials, creds, paths, request.name, project),
@@ -374,17 +372,17 @@ def _modes(engine: Engine, request: UpRequest, paths: ProvPaths) -> tuple[str, s
 
 def _keys(
     request: UpRequest, paths: ProvPaths, injects: bool
-) -> tuple[keys.PublicKey, Path, str, keys.KeyPair, injection.CA | None]:
-    """The key sshd accepts (its IdentityFile and where it came from), the host
+) -> tuple[keys.PublicKey, Path, keys.KeyPair, injection.CA | None]:
+    """The key sshd accepts (and its IdentityFile), the host
     key, and the environment's CA when its proxy injects secrets: made once,
     kept in the env dir."""
     with file_lock(paths.keys_lock):
-        public, identity, key_source = _identity(request, paths)
+        public, identity = _identity(request, paths)
         host_pair = keys.load_or_create(
             paths.env_dir(request.name), keys.HOST_KEY_NAME, f"prov-{request.name}-host"
         )
         egress_ca = _egress_ca(paths, request.name) if injects else None
-    return public, identity, key_source, host_pair, egress_ca
+    return public, identity, host_pair, egress_ca
 
 
 def _existing(
@@ -723,19 +721,19 @@ def _check_mounts(
         targets[normal] = what
 
 
-def _identity(request: UpRequest, paths: ProvPaths) -> tuple[keys.PublicKey, Path, str]:
-    """The key sshd will accept, the IdentityFile for ssh config, and its source."""
+def _identity(request: UpRequest, paths: ProvPaths) -> tuple[keys.PublicKey, Path]:
+    """The key sshd will accept and the IdentityFile for ssh config."""
     if request.key_file is not None:
         pub_path = request.key_file.expanduser().absolute()
         public = keys.read_public_key_file(pub_path)
         private = pub_path.with_suffix("") if pub_path.suffix == ".pub" else None
         # With only the .pub, IdentityFile still selects that key from ssh-agent.
         identity = private if private is not None and private.exists() else pub_path
-        return public, identity, str(pub_path)
+        return public, identity
     pair = keys.load_or_create(
         paths.env_dir(request.name), keys.CLIENT_KEY_NAME, f"prov-{request.name}"
     )
-    return pair.public, paths.env_dir(request.name) / keys.CLIENT_KEY_NAME, "prov"
+    return pair.public, paths.env_dir(request.name) / keys.CLIENT_KEY_NAME
 
 
 def _secrets_for(

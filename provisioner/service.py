@@ -729,7 +729,6 @@ def _record(
                 bind=request.bind,
                 project_dir=str(prepared.project.path),
                 identity_file=str(identity),
-                authorized_key_source=prepared.key_source,
                 base_image=request.base_image,
                 ssh_host=plan.ssh.hostname,
                 ssh_port=plan.ssh.port,

@@ -7,7 +7,7 @@ never relies on in-memory state.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 from provisioner.config import ProvPaths
 from provisioner.errors import ConfigError, NotFound
@@ -23,7 +23,6 @@ class EnvRecord:
     bind: str
     project_dir: str
     identity_file: str
-    authorized_key_source: str  # "prov" or the user's .pub path
     base_image: str
     # Where the alias connects: the published port on loopback, or the
     # environment's own address on its internal network (port 22).
@@ -42,6 +41,9 @@ class EnvRecord:
     branch_base: str = ""
 
 
+_FIELDS = fields(EnvRecord)
+
+
 def save(paths: ProvPaths, record: EnvRecord) -> None:
     atomic_write(
         paths.env_dir(record.name) / RECORD_FILE, json.dumps(asdict(record), indent=2) + "\n", 0o600
@@ -52,7 +54,8 @@ def load(paths: ProvPaths, name: str) -> EnvRecord | None:
     path = paths.env_dir(name) / RECORD_FILE
     try:
         data = json.loads(path.read_text())
-        return EnvRecord(**data)
+        # A field an earlier prov wrote and no longer keeps is skipped.
+        return EnvRecord(**{f.name: data[f.name] for f in _FIELDS if f.name in data})
     except FileNotFoundError:
         return None
     except (OSError, ValueError, TypeError) as exc:
