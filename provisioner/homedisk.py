@@ -155,6 +155,7 @@ class Home:
     size: int = 0  # bytes of its own file system; 0: not bounded
     made: bool = False  # this run made the disk (a failure removes it again)
     why: str = ""  # why it is not bounded, in words
+    renewed: bool = False  # its home volume had lost its file system: made again, empty
 
 
 def ensure(engine: Engine, name: str, image: str, size: int | None, labels: dict[str, str]) -> Home:
@@ -163,13 +164,20 @@ def ensure(engine: Engine, name: str, image: str, size: int | None, labels: dict
     bind of it. A home volume made before prov bounded homes stays as it is.
     A failure leaves nothing of this call behind."""
     home = engine.volume(home_volume_name(name))
+    renewed = False
     if home is not None:
         bound = bound_of(home)
-        disk = engine.volume(disk_volume_name(name))
-        if not bound or disk is None:
+        if not bound:
             return Home(why="its home volume was made before prov bounded homes")
-        _mount(engine, disk, image, bound)
-        return Home(size=bound)
+        disk = engine.volume(disk_volume_name(name))
+        if disk is not None:
+            _mount(engine, disk, image, bound)
+            return Home(size=bound)
+        # A bind of a file system whose disk is gone (removed by hand, or an
+        # `up` cut off between the two): it holds nothing and binds nothing,
+        # so no container could start on it. It is made again.
+        engine.remove_volume(home_volume_name(name))
+        renewed = True
     disk = engine.create_volume(disk_volume_name(name), {**labels, IMAGE_LABEL: image})
     try:
         got = _mount(engine, disk, image, size)
@@ -179,14 +187,17 @@ def ensure(engine: Engine, name: str, image: str, size: int | None, labels: dict
             home_volume_options(str(disk["Mountpoint"])),
         )
     except BaseException:
-        # Undone as far as it goes: a helper that could not mount may not be
-        # able to unmount either (then there is nothing mounted to undo).
+        # Undone as far as it goes: the home volume (Docker may have made it
+        # before a Ctrl-C reached us), then the mount (a helper that could not
+        # mount may not be able to unmount either: then nothing is mounted).
+        with contextlib.suppress(ProvError):
+            engine.remove_volume(home_volume_name(name))
         with contextlib.suppress(ProvError):
             _unmount(engine, name, disk, image)
         with contextlib.suppress(ProvError):
             engine.remove_volume(disk_volume_name(name))
         raise
-    return Home(size=got, made=True)
+    return Home(size=got, made=True, renewed=renewed)
 
 
 # Every home's mount point and image as the keeper sees them (shell globs),

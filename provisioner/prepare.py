@@ -276,6 +276,12 @@ def _home(
             ) from None
         reporter.warn(f"the home is not bounded: {exc.what}. {exc.seen}")
         return homedisk.Home(why=f"this engine refused its file system ({exc.what})")
+    if home.renewed:
+        reporter.warn(
+            f"{name}'s home volume had lost its file system (its disk volume "
+            f"{homedisk.disk_volume_name(name)} is gone, and the home's files with it): "
+            "a new, empty home was made"
+        )
     _kept(home, asked, name, reporter)
     return home
 

@@ -582,3 +582,36 @@ def test_a_home_whose_file_system_is_gone_never_runs_the_agent_on_the_hosts_disk
     assert "--disk 512m is not applied" in kept and "(256m)" in kept, kept
     prov.run("rm", name, "--yes", check=True)
     assert not _loops_of(f"prov-{name}-disk")
+
+
+def test_a_home_volume_left_without_its_disk_is_made_again_and_said(
+    prov: Prov, docker_client: docker.DockerClient
+) -> None:
+    """An `up` cut off between making the home's disk and its home volume (or a
+    disk volume removed by hand) leaves a home volume that binds a directory no
+    longer there: no container can start on it. The next `up` says so, makes a
+    new bounded home and comes up, instead of failing in Docker's mount."""
+    from provisioner.config import ProvPaths
+    from provisioner.plan import LABEL_HOME, LABEL_MANAGED, LABEL_NAME, home_id
+
+    name = prov.name("nodisk")
+    prov.project(name)
+    root = str(docker_client.info()["DockerRootDir"])
+    docker_client.volumes.create(
+        f"prov-{name}-home",
+        driver="local",
+        driver_opts=homedisk.home_volume_options(f"{root}/volumes/prov-{name}-disk/_data"),
+        labels={
+            homedisk.DISK_LABEL: str(256 << 20),
+            LABEL_MANAGED: "true",
+            LABEL_NAME: name,
+            LABEL_HOME: home_id(ProvPaths(prov.prov_home)),
+        },
+    )
+    said = prov.run("up", name, "--disk", "256m", check=True).stderr
+    assert "had lost its file system" in said and "a new, empty home was made" in said, said
+    blocks = prov.ssh(f"prov-{name}", "df -P -k ~ | tail -1", timeout=30).stdout.split()
+    assert 200 * 1024 < int(blocks[1]) <= 256 * 1024, blocks  # its own file system, 256m
+    assert _loops_of(f"prov-{name}-disk")
+    prov.run("rm", name, "--yes", check=True)
+    assert not _loops_of(f"prov-{name}-disk")
