@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import docker
+import docker.errors
 import pytest
 
 from provisioner import slots
@@ -67,6 +68,29 @@ def _derived_base(client: docker.DockerClient, base: str, tag: str, action: str)
     return tag
 
 
+def _remove_images(client: docker.DockerClient, refs: list[str]) -> None:
+    """Remove `refs`, whatever their order: one that still has a child is tried
+    again once the others are gone."""
+    left = list(refs)
+    for _ in range(len(refs) + 1):
+        retry = []
+        for ref in left:
+            try:
+                client.images.remove(ref, force=True)
+            except docker.errors.ImageNotFound:
+                pass
+            except docker.errors.APIError as exc:
+                if exc.status_code != 409:
+                    raise
+                retry.append(ref)
+        if not retry:
+            return
+        left = retry
+        # A failed build's untagged layers of prov's Dockerfile are children too.
+        client.images.prune(filters={"dangling": True, "label": "prov.image=1"})
+    raise AssertionError(f"images still have children: {left}")
+
+
 @pytest.fixture(scope="module")
 def broken_images(local_base: str, docker_client: docker.DockerClient) -> Iterator[dict[str, str]]:
     images = {
@@ -88,9 +112,10 @@ def broken_images(local_base: str, docker_client: docker.DockerClient) -> Iterat
     images["noshell"] = "prov-test-noshell:1"
     yield images
     for ref in images.values():
-        for image in docker_client.images.list(filters={"label": f"prov.base={ref}"}):
-            docker_client.images.remove(image.id, force=True)
-        docker_client.images.remove(ref, force=True)
+        # prov's layers on it, children before their parents (the list's order is
+        # not that), then the base itself.
+        made = [i.id for i in docker_client.images.list(filters={"label": f"prov.base={ref}"})]
+        _remove_images(docker_client, [*made, ref])
     # A failed build leaves untagged intermediate layers of prov's Dockerfile.
     docker_client.images.prune(filters={"dangling": True, "label": "prov.image=1"})
 
