@@ -256,12 +256,15 @@ def await_ssh(
     poll: float = BANNER_POLL,
     banner: bool = True,
     project: str | None = None,
+    after_banner: Callable[[], None] | None = None,
 ) -> float:
     """Wait until sshd answers (polling its port every `poll` seconds at most)
     and the system ssh logs in through the alias and runs `true` (with
     `project`: the check that the agent may write it); return the seconds it
     took. `banner=False`: the port is not this machine's to poll (a remote
-    engine), so only the login through the alias is tried."""
+    engine), so only the login through the alias is tried. `after_banner` is
+    called once sshd answers (without a banner to poll: before the login),
+    for work that may run beside the login."""
     reporter.step("waiting for SSH")
     deadline = Deadline.after(timeout)
     started = time.monotonic()
@@ -274,6 +277,8 @@ def await_ssh(
 
     if banner:
         wait_banner(target, probe, deadline, reporter.detail, logs, poll)
+    if after_banner is not None:
+        after_banner()
     wait_alias_login(
         ssh_config, alias, probe, deadline, reporter.detail, logs, engine.site, project
     )

@@ -617,6 +617,8 @@ def _finish(engine: Engine, placed: _Placed, paths: ProvPaths, poll: float) -> U
     host_pair, identity = prepared.host_pair, prepared.identity
     alias = sshconf.alias_for(request.name)
     proxy_start: _Background | None = None
+    # The entrypoint's first start took back what the image gave the agent.
+    taken = _Taken(engine, container_id) if action in ("created", "recreated") else None
     try:
         proxy_start = _launch(
             engine,
@@ -660,6 +662,7 @@ def _finish(engine: Engine, placed: _Placed, paths: ProvPaths, poll: float) -> U
                 poll,
                 banner=engine.site.ports_here,
                 project=project,
+                after_banner=taken.start if taken is not None else None,
             )
         if proxy_start is not None:
             proxy_start.join()
@@ -673,6 +676,8 @@ def _finish(engine: Engine, placed: _Placed, paths: ProvPaths, poll: float) -> U
     except BaseException as exc:
         if proxy_start is not None:  # never remove a container while it is being started
             proxy_start.settle()
+        if taken is not None:
+            taken.settle()
         if isinstance(exc, ProvError):  # anything else: up_many undoes every environment
             abandon(engine, placed.made, paths)
         raise
@@ -680,11 +685,8 @@ def _finish(engine: Engine, placed: _Placed, paths: ProvPaths, poll: float) -> U
     _record(engine, plan, prepared, port, paths, alias)
     if prepared.devcontainer is not None:
         _devcontainer_commands(engine, paths, alias, prepared, action, container_id)
-    disk = plan.disk
-    if action in ("created", "recreated"):  # the entrypoint's first start took it back
-        record = engine.read_file(container_id, limits.LAYER_TAKEN_PATH)
-        taken = limits.layer_taken_text(record.decode(errors="replace") if record else "")
-        disk += f"; {taken}" if taken else ""
+    said = taken.result() if taken is not None else ""
+    disk = plan.disk + (f"; {said}" if said else "")
     return _result(engine, plan, prepared, action, seconds, paths, disk)
 
 
@@ -1115,6 +1117,35 @@ class _Background:
     def settle(self) -> None:
         """Wait for it to end, whatever it raised (another failure is being handled)."""
         self._thread.join()
+
+
+class _Taken:
+    """What the entrypoint took back from the image's layer, in words, read
+    beside the login: the entrypoint records it before sshd starts, so it is
+    there once sshd answers."""
+
+    def __init__(self, engine: Engine, container_id: str) -> None:
+        self._engine, self._container_id = engine, container_id
+        self._job: _Background | None = None
+        self._text = ""
+
+    def start(self) -> None:
+        self._job = _Background(self._read)
+
+    def _read(self) -> None:
+        record = self._engine.read_file(self._container_id, limits.LAYER_TAKEN_PATH)
+        self._text = limits.layer_taken_text(record.decode(errors="replace") if record else "")
+
+    def result(self) -> str:
+        if self._job is None:
+            self._read()
+        else:
+            self._job.join()
+        return self._text
+
+    def settle(self) -> None:
+        if self._job is not None:
+            self._job.settle()
 
 
 def _proxy_job(engine: Engine, placed: _Placed, paths: ProvPaths) -> Callable[[], None] | None:
