@@ -101,12 +101,16 @@ def _poll(
     delay = min(0.02, max_delay)
     last = "nothing tried yet"
     next_probe = float("-inf")
+    tried = False
     while True:
         # Asking Docker whether the container still runs costs more than a
-        # banner try, so it is asked at most every PROBE_EVERY seconds.
+        # banner try, so it is asked at most every PROBE_EVERY seconds, and
+        # only once a try failed: a first try that passes asks nothing (and
+        # does not queue behind other calls on the container, as a read of
+        # its files beside the login would make it).
         now = clock.now()
         problem = None
-        if now >= next_probe:
+        if tried and now >= next_probe:
             problem = probe()
             next_probe = now + PROBE_EVERY
         if problem is not None:
@@ -116,6 +120,7 @@ def _poll(
                 "read the container's last log lines below; `prov up` again after fixing it.",
                 log_tail=logs(),
             )
+        tried = True
         try:
             attempt()
             return

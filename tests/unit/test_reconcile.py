@@ -195,6 +195,18 @@ def test_stops_at_once_when_the_container_exits() -> None:
     assert "exited" in caught.value.seen
 
 
+def test_a_first_try_that_passes_asks_docker_nothing() -> None:
+    """The probe waits for a failed try: a login that works at once does not
+    queue behind another call on the container (the layer's record being read)."""
+    _clock, probes = _wait([])
+    assert probes == []
+
+
+def test_a_container_dead_from_the_start_is_seen_after_the_first_failed_try() -> None:
+    with pytest.raises(NotReady, match="stopped"):
+        _wait([ready.Transient("connection refused")] * 10_000, problem_after=0.0)
+
+
 def test_fatal_failure_is_not_retried() -> None:
     attempts: list[Exception | None] = [ready.Fatal("host key mismatch"), None]
     with pytest.raises(NotReady, match="failed"):
