@@ -20,7 +20,7 @@ import typer
 
 from provisioner import resident
 from provisioner.config import DEFAULT_BASE_IMAGE, DEFAULT_BIND, DEFAULT_TIMEOUT
-from provisioner.errors import ProvError
+from provisioner.errors import EXIT_CHECK_FAILED, EXIT_DECLINED, EXIT_INTERRUPTED, ProvError
 from provisioner.spec import container_name
 from provisioner.sshconf import alias_for
 
@@ -186,7 +186,7 @@ def _run(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         _fail(exc)
     except KeyboardInterrupt:
         err.line("nothing half-made was left behind.", "interrupted: ", "bold red")
-        raise typer.Exit(130) from None
+        raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
 @app.callback()
@@ -879,7 +879,7 @@ def _confirm_ending_sessions(name: str, verb: str, yes: bool) -> None:
         f"prov {verb} ends these tmux sessions and their agents: {listed}", "warning: ", "yellow"
     )
     if not typer.confirm(f"{verb.capitalize()} {name}?", default=False):
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_DECLINED)
 
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
@@ -1230,7 +1230,7 @@ def rm(
             f"Forget {name} here (keys, alias, record), without touching its engine?",
             default=False,
         ):
-            raise typer.Exit(1)
+            raise typer.Exit(EXIT_DECLINED)
         revoked = _run(lifecycle.forget, name)
         err.line(f"forgot {name}: keys, alias and record removed here", "✓ ", "bold green")
         if revoked:
@@ -1254,7 +1254,7 @@ def rm(
                 "yellow",
             )
         if not typer.confirm(f"Remove {name} with its keys and ssh alias?", default=False):
-            raise typer.Exit(1)
+            raise typer.Exit(EXIT_DECLINED)
     removal = _run(lifecycle.rm, name, asked=_asked())
     what = "container, keys and alias" if removal.container_removed else "keys and alias"
     err.line(f"removed {name}: {what}", "✓ ", "bold green")
@@ -1300,7 +1300,7 @@ def doctor(as_json: JsonOpt = False) -> None:
                 f"{finding.name}: {finding.detail}", f"{finding.level:4}  ", styles[finding.level]
             )
     if any(f.level == doc.FAIL for f in findings):
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_CHECK_FAILED)
 
 
 def _exec(argv: list[str], env: dict[str, str] | None = None) -> NoReturn:
@@ -1489,4 +1489,4 @@ def main() -> None:
             app(**named)
     except KeyboardInterrupt:
         err.line("", "interrupted", "bold red")
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)

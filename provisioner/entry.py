@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import sys
 
+from provisioner.errors import EXIT_INTERRUPTED  # a module of constants, no imports
+
 EX_SOFTWARE = 70
 EXIT_SIGPIPE = 128 + 13  # what `prov ls | head -1` gives, as for coreutils
 
@@ -74,7 +76,7 @@ def main() -> None:
         sys.stdout.flush()
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     except BrokenPipeError:
         _silence_stdout()
         sys.exit(EXIT_SIGPIPE)

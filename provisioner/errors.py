@@ -7,6 +7,13 @@ key material.
 
 from __future__ import annotations
 
+# Exit codes that are no error paragraph: the user answered no to a question
+# (nothing was done), a check found a failure it listed itself, and Ctrl-C (as
+# a shell reports SIGINT).
+EXIT_DECLINED = 1
+EXIT_CHECK_FAILED = 1
+EXIT_INTERRUPTED = 130
+
 
 class ProvError(Exception):
     """Base of all errors prov reports to the user."""
