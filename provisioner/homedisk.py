@@ -148,6 +148,11 @@ def bound_of(volume: dict[str, object] | None) -> int:
     return int(value) if isinstance(value, str) and value.isdigit() else 0
 
 
+class HomeLost(ProvError):
+    """The home volume binds a file system that is gone, and cannot be made
+    again under the container that holds it: no fallback to a plain volume."""
+
+
 @dataclass(frozen=True)
 class Home:
     """The environment's home as `up` found or made it."""
@@ -175,8 +180,17 @@ def ensure(engine: Engine, name: str, image: str, size: int | None, labels: dict
             return Home(size=bound)
         # A bind of a file system whose disk is gone (removed by hand, or an
         # `up` cut off between the two): it holds nothing and binds nothing,
-        # so no container could start on it. It is made again.
-        engine.remove_volume(home_volume_name(name))
+        # so no container could start on it. It is made again, unless a
+        # container still holds it.
+        try:
+            engine.remove_volume(home_volume_name(name))
+        except ProvError as exc:
+            raise HomeLost(
+                f"{name}'s home volume has lost its file system",
+                f"Its disk volume {disk_volume_name(name)} is gone (and the home's files "
+                f"with it), and Docker would not remove the home volume: {exc.what}.",
+                f"`prov rm {name}` and `prov up {name}` make a new, empty home.",
+            ) from None
         renewed = True
     disk = engine.create_volume(disk_volume_name(name), {**labels, IMAGE_LABEL: image})
     try:

@@ -266,6 +266,8 @@ def _home(
     labels = {LABEL_MANAGED: "true", LABEL_NAME: name, LABEL_HOME: home_id(paths)}
     try:
         home = homedisk.ensure(engine, name, image, asked, labels)
+    except homedisk.HomeLost:
+        raise
     except ProvError as exc:
         if asked is not None:
             raise type(exc)(

@@ -615,3 +615,31 @@ def test_a_home_volume_left_without_its_disk_is_made_again_and_said(
     assert _loops_of(f"prov-{name}-disk")
     prov.run("rm", name, "--yes", check=True)
     assert not _loops_of(f"prov-{name}-disk")
+
+
+def test_a_stopped_environment_whose_home_disk_was_removed_by_hand_says_what_to_do(
+    prov: Prov, docker_client: docker.DockerClient
+) -> None:
+    """Its container still holds the home volume, so prov cannot make a new
+    home under it: `start` and `up` fail with a paragraph that says so and what
+    to do (and it works), not with Docker's mount error."""
+    name = prov.name("diskrm")
+    prov.project(name)
+    prov.up(name, "--disk", "256m")
+    prov.run("stop", name, check=True)
+    disk = docker_client.volumes.get(f"prov-{name}-disk")
+    subprocess.run(["umount", f"{disk.attrs['Mountpoint']}/mnt"], check=True)
+    for line in _loops_of(f"prov-{name}-disk"):
+        if line.startswith("/dev/loop"):
+            subprocess.run(["losetup", "-d", line.split(":", 1)[0]], check=True)
+    disk.remove()
+    for args in (("start", name), ("up", name)):
+        failed = prov.run(*args)
+        assert failed.returncode != 0 and "Traceback" not in failed.stderr, failed.stderr
+        assert "home volume has lost its file system" in failed.stderr, failed.stderr
+        assert f"`prov rm {name}` and `prov up {name}`" in failed.stderr, failed.stderr
+    prov.run("rm", name, "--yes", check=True)
+    prov.up(name, "--disk", "256m")
+    assert prov.ssh(f"prov-{name}", "true", timeout=30).returncode == 0
+    prov.run("rm", name, "--yes", check=True)
+    assert not _loops_of(f"prov-{name}-disk")
