@@ -363,7 +363,7 @@ def _with_home(env: EnvStatus, homes: dict[str, tuple[int, int]]) -> EnvStatus:
 
 def engine_of(name: str, paths: ProvPaths, asked: targets.Asked = targets.NOTHING) -> Engine:
     """The engine environment NAME lives on (see targets.for_env)."""
-    return Engine.connect(targets.for_env(name, paths, asked))
+    return Engine.connect(targets.for_env(name, state.engine_of(paths, name), asked))
 
 
 def status(

@@ -233,7 +233,7 @@ def up_many(
             if record is None or not record.engine:
                 placing.append(index)
                 continue
-        target = targets.for_env(request.name, paths, asked)
+        target = targets.for_env(request.name, state.engine_of(paths, request.name), asked)
         groups.setdefault(target.host, (target, []))[1].append(index)
     if placing:
         chosen = _auto_place([items[i] for i in placing], paths)

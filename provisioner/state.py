@@ -66,6 +66,16 @@ def load(paths: ProvPaths, name: str) -> EnvRecord | None:
         ) from exc
 
 
+def engine_of(paths: ProvPaths, name: str) -> str:
+    """The engine NAME's record says it was made on ("": no record, none kept,
+    or a record the command itself will say is unreadable)."""
+    try:
+        record = load(paths, name)
+    except ConfigError:
+        return ""
+    return record.engine if record is not None else ""
+
+
 def require(paths: ProvPaths, name: str) -> EnvRecord:
     record = load(paths, name)
     if record is None:

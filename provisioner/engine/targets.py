@@ -17,12 +17,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from provisioner.errors import ConfigError, UsageError
-
-if TYPE_CHECKING:
-    from provisioner.config import ProvPaths
 
 DEFAULT_SOCKET = "/var/run/docker.sock"
 DEFAULT_HOST = f"unix://{DEFAULT_SOCKET}"
@@ -223,21 +219,16 @@ def explicit(asked: Asked, environ: Mapping[str, str] | None = None) -> bool:
 
 
 def for_env(
-    name: str, paths: ProvPaths, asked: Asked = NOTHING, environ: Mapping[str, str] | None = None
+    name: str,
+    recorded: str,
+    asked: Asked = NOTHING,
+    environ: Mapping[str, str] | None = None,
 ) -> EngineTarget:
     """The engine of environment NAME: the one named for this command if any,
-    else the one its record says it was made on, else the default."""
-    from provisioner import state
-
-    if not explicit(asked, environ) or asked.auto:  # auto: an existing one stays put
-        from provisioner.errors import ProvError
-
-        try:
-            record = state.load(paths, name)
-        except ProvError:
-            record = None  # the command itself says what is wrong with it
-        if record is not None and record.engine:
-            return EngineTarget(record.engine, f"where {name!r} was made")
+    else `recorded`, the one its record says it was made on ("": none), else
+    the default."""
+    if (not explicit(asked, environ) or asked.auto) and recorded:  # auto: it stays put
+        return EngineTarget(recorded, f"where {name!r} was made")
     return resolve(asked, environ)
 
 

@@ -51,3 +51,15 @@ def test_a_record_without_its_name_is_a_clear_error(tmp_path: Path) -> None:
     (paths.env_dir("demo") / state.RECORD_FILE).write_text(json.dumps({"port": 1}))
     with pytest.raises(ConfigError, match="unreadable"):
         state.load(paths, "demo")
+
+
+def test_the_recorded_engine_is_empty_without_a_readable_record(tmp_path: Path) -> None:
+    paths = ProvPaths(tmp_path)
+    assert state.engine_of(paths, "demo") == ""
+    paths.env_dir("demo").mkdir(parents=True)
+    (paths.env_dir("demo") / state.RECORD_FILE).write_text("{not json")
+    assert state.engine_of(paths, "demo") == ""
+    from dataclasses import replace
+
+    state.save(paths, replace(_record(), engine="ssh://builder"))
+    assert state.engine_of(paths, "demo") == "ssh://builder"

@@ -107,3 +107,18 @@ def test_named_engines_are_kept_in_a_file_edited_in_place(
     targets.remove_named("builder")
     assert path.read_text().startswith("# my engines\n")
     assert targets.named() == {"local2": "unix:///run/other.sock"}
+
+
+def test_an_environment_stays_on_the_engine_it_was_made_on_unless_one_is_named() -> None:
+    """for_env takes the record's engine as a value: nothing explicit (or
+    `--engine auto`) keeps it; --docker-host or DOCKER_HOST names another."""
+    bare: dict[str, str] = {"DOCKER_CONFIG": "/nonexistent"}
+    kept = targets.for_env("demo", "ssh://builder", targets.NOTHING, bare)
+    assert (kept.host, kept.source) == ("ssh://builder", "where 'demo' was made")
+    auto = targets.for_env("demo", "ssh://builder", targets.Asked(engine="auto"), bare)
+    assert auto.host == "ssh://builder"
+    named = targets.for_env("demo", "ssh://builder", targets.Asked.of("unix:///run/o.sock", None))
+    assert named.host == "unix:///run/o.sock"
+    env = targets.for_env("demo", "ssh://builder", targets.NOTHING, {"DOCKER_HOST": "tcp://h:2375"})
+    assert env.host == "tcp://h:2375"
+    assert targets.for_env("demo", "", targets.NOTHING, bare).host.startswith("unix://")

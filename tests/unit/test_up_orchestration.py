@@ -161,7 +161,7 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[RecordingEng
     for key in ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY", "DOCKER_HOST"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setattr(service.Engine, "connect", classmethod(lambda cls, target=None: engine))
-    monkeypatch.setattr(service.targets, "for_env", lambda name, paths, asked: engine.target)
+    monkeypatch.setattr(service.targets, "for_env", lambda name, recorded, asked: engine.target)
     monkeypatch.setattr(service.targets, "require_supported", lambda target, what: None)
     return engine, ProvPaths(tmp_path / "ph")
 
