@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -394,11 +395,27 @@ def start_outside_server(
     aliases: list[str],
     label: str,
     binds: dict[str, dict[str, str]] | None = None,
+    listening: tuple[int, ...] = (),
 ) -> docker.models.containers.Container:
     """A started 'outside' server known by `aliases` (one TEST_HOSTS entry's
-    names), at that entry's address."""
+    names), at that entry's address; with `listening`, once those ports take
+    a connection (a server still making its keys would refuse a test's first try)."""
     address = next(a for a, names in TEST_HOSTS.items() if set(aliases) <= set(names))
-    return LAN.start(client, image, command, address, {"prov.test": label}, binds)
+    container = LAN.start(client, image, command, address, {"prov.test": label}, binds)
+    deadline = time.monotonic() + 60
+    for port in listening:
+        while True:
+            try:
+                with socket.create_connection((address, port), timeout=1):
+                    break
+            except OSError:
+                container.reload()
+                if container.status != "running" or time.monotonic() > deadline:
+                    logs = container.logs().decode(errors="replace")
+                    container.remove(force=True)
+                    raise AssertionError(f"{label} never listened on {port}: {logs}") from None
+                threading.Event().wait(0.05)
+    return container
 
 
 @dataclass(frozen=True)

@@ -64,7 +64,12 @@ def outside(docker_client: docker.DockerClient, env_image: str) -> Iterator[str]
         "exec python3 -m http.server 2375"
     )
     container = start_outside_server(
-        docker_client, env_image, ["sh", "-c", script], [ALLOWED, DENIED], "bounds-server"
+        docker_client,
+        env_image,
+        ["sh", "-c", script],
+        [ALLOWED, DENIED],
+        "bounds-server",
+        listening=(443, 2375),
     )
     try:
         yield server_address(container)

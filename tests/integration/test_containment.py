@@ -141,7 +141,12 @@ def allowed_server(docker_client: docker.DockerClient, env_image: str) -> Iterat
     DENIED: an sshd on port 443, whose banner proves a tunnel reached it."""
     sshd = "mkdir -p /run/sshd && ssh-keygen -A >/dev/null && exec /usr/sbin/sshd -D -p 443"
     container = start_outside_server(
-        docker_client, env_image, ["sh", "-c", sshd], [ALLOWED, DENIED], "egress-server"
+        docker_client,
+        env_image,
+        ["sh", "-c", sshd],
+        [ALLOWED, DENIED],
+        "egress-server",
+        listening=(443,),
     )
     try:
         yield None
