@@ -224,16 +224,11 @@ def up_many(
     groups: dict[str, tuple[targets.EngineTarget, list[int]]] = {}
     placing: list[int] = []  # --engine auto, for environments not made yet
     for index, (request, _reporter) in enumerate(items):
-        if asked.auto:
-            # An existing environment stays on the engine it was made on.
-            try:
-                record = state.load(paths, request.name)
-            except ProvError:
-                record = None
-            if record is None or not record.engine:
-                placing.append(index)
-                continue
-        target = targets.for_env(request.name, state.engine_of(paths, request.name), asked)
+        recorded = state.engine_of(paths, request.name)
+        if asked.auto and not recorded:  # an existing environment stays where it was made
+            placing.append(index)
+            continue
+        target = targets.for_env(request.name, recorded, asked)
         groups.setdefault(target.host, (target, []))[1].append(index)
     if placing:
         chosen = _auto_place([items[i] for i in placing], paths)
