@@ -27,6 +27,8 @@ import docker.models.volumes
 import docker.types
 import pytest
 
+from provisioner.config import ProvPaths
+from provisioner.plan import home_id
 from tests.integration.outside import OutsideLan, address_of
 
 PROJECT_UID = 1234
@@ -76,14 +78,27 @@ def remove_slots(docker_client: docker.DockerClient, under: str) -> None:
     # by its files only: its network goes too.
     for marker in Path(under).glob("**/slots/*"):
         ids.append(marker.name.split(".")[0])
-    for slot_id in dict.fromkeys(ids):
-        for network in docker_client.networks.list(names=[f"prov-slot-{slot_id}-net"]):
+    networks = [
+        n
+        for slot_id in dict.fromkeys(ids)
+        for n in docker_client.networks.list(names=[f"prov-slot-{slot_id}-net"])
+    ]
+    # A slot an environment claimed whose files a sweep has forgotten (its
+    # network was that environment's, whose container a test removed by
+    # force): known by the PROV_HOME on its label only.
+    homes = {home_id(ProvPaths(d.parent)) for d in Path(under).glob("**/slots") if d.is_dir()}
+    for network in docker_client.networks.list(
+        filters={"label": ["prov.managed=true", "prov.role=slot"]}
+    ):
+        if (network.attrs.get("Labels") or {}).get("prov.home") in homes:
+            networks.append(network)
+    for network in {n.id: n for n in networks}.values():
+        with contextlib.suppress(docker.errors.NotFound):
             network.reload()
             for attached in network.containers:
                 with contextlib.suppress(docker.errors.NotFound):
                     attached.remove(force=True)
-            with contextlib.suppress(docker.errors.NotFound):
-                network.remove()
+            network.remove()
 
 
 def env_network(docker_client: docker.DockerClient, alias: str) -> str:
